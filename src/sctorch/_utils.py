@@ -1,0 +1,242 @@
+"""Shared helpers: device resolution, seeding, input access and checks, progress bars.
+
+One concept, one place: methods use these instead of re-implementing them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+logger = logging.getLogger("sctorch")
+
+RandomState = int | np.random.Generator | None
+
+
+# ----------------------------------------------------------------------------- seeding
+def get_rng(rng: RandomState) -> np.random.Generator:
+    """Return a :class:`numpy.random.Generator` for an int seed, a Generator or ``None``."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, int | np.integer):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be an int, a numpy.random.Generator or None, got {type(rng)!r}.")
+
+
+def seed_int(rng: RandomState) -> int:
+    """Derive one integer seed (for torch, scikit-learn, POT) from ``rng``."""
+    if isinstance(rng, int | np.integer):
+        return int(rng)
+    return int(get_rng(rng).integers(0, 2**31 - 1))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed numpy's legacy global state and torch (CPU and CUDA) with ``seed``."""
+    import torch
+
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- device
+def resolve_device(device: str | None = None):
+    """Pick a torch device: the one asked for, else CUDA, then MPS, then CPU.
+
+    Nothing touches CUDA until this is called.
+
+    Raises
+    ------
+    ValueError
+        If a CUDA/MPS device is requested but not available.
+    """
+    import torch
+
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; "
+                         "pass device='cpu' or device=None.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} was requested but MPS is not available; "
+                         "pass device='cpu' or device=None.")
+    return dev
+
+
+# ----------------------------------------------------------------------------- input access
+def get_matrix(adata: ad.AnnData, layer: str | None = None):
+    """Return ``adata.X`` or ``adata.layers[layer]`` (not copied).
+
+    Raises
+    ------
+    KeyError
+        If ``layer`` is not in ``adata.layers``.
+    """
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty; pass layer= naming a layer that holds the data.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found in adata.layers (available: "
+                       f"{list(adata.layers.keys())}). Pass layer=None to use adata.X.")
+    return adata.layers[layer]
+
+
+def _data_values(X) -> np.ndarray:
+    """The stored values of a dense or sparse matrix (no densification)."""
+    if sparse.issparse(X):
+        return np.asarray(X.data)
+    return np.asarray(X)
+
+
+def describe_source(layer: str | None) -> str:
+    """``'adata.X'`` or ``"adata.layers['name']"``, for error messages."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def check_finite(X, *, what: str = "adata.X") -> None:
+    """Raise ``ValueError`` if ``X`` holds NaN or infinite values."""
+    vals = _data_values(X)
+    if vals.size and not np.isfinite(vals).all():
+        n_bad = int((~np.isfinite(vals)).sum())
+        raise ValueError(f"{what} contains {n_bad} non-finite value(s) (NaN or inf). "
+                         "Remove or impute them before calling this function.")
+
+
+def check_counts(X, *, what: str = "adata.X") -> None:
+    """Check that ``X`` holds raw counts: finite, non-negative integers.
+
+    Raises
+    ------
+    ValueError
+        Naming what was found (non-finite, negative or non-integer values) and what to pass.
+    """
+    check_finite(X, what=what)
+    vals = _data_values(X)
+    if vals.size == 0:
+        return
+    if (vals < 0).any():
+        raise ValueError(f"{what} contains {int((vals < 0).sum())} negative value(s), but raw "
+                         "counts were expected. Pass the layer that holds the raw counts.")
+    frac = vals - np.round(vals)
+    if np.abs(frac).max() > 1e-6:
+        n = int((np.abs(frac) > 1e-6).sum())
+        example = vals[np.abs(frac) > 1e-6][0]
+        raise ValueError(f"{what} contains {n} non-integer value(s) (e.g. {example:.4g}), but raw "
+                         "counts were expected. It looks log-normalised or scaled; pass the layer "
+                         "that holds the raw integer counts (e.g. layer='counts').")
+
+
+def check_unique_var_names(adata: ad.AnnData) -> None:
+    """Raise ``ValueError`` if ``adata.var_names`` has duplicates."""
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"adata.var_names has {int(adata.var_names.duplicated().sum())} duplicate "
+                         f"name(s), e.g. {dup}. Call adata.var_names_make_unique() first.")
+
+
+def check_non_negative(X, *, what: str = "adata.X") -> None:
+    """Raise ``ValueError`` if ``X`` holds negative values (e.g. scaled data)."""
+    vals = _data_values(X)
+    if vals.size and (vals < 0).any():
+        raise ValueError(f"{what} contains negative values; expected counts or log-normalised "
+                         "expression (not scaled/centred data).")
+
+
+def is_integer_matrix(X) -> bool:
+    """Whether every stored value of ``X`` is a (non-negative) integer: raw counts."""
+    vals = _data_values(X)
+    if vals.size == 0:
+        return True
+    return bool((vals >= 0).all() and np.allclose(vals, np.round(vals), atol=1e-6, rtol=0))
+
+
+def row_sums(X) -> np.ndarray:
+    """Sum of every row as a 1-D float64 array (dense or sparse)."""
+    return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+
+
+def to_dense(X, dtype=np.float32) -> np.ndarray:
+    """Dense ``ndarray`` copy of a (small) dense or sparse block."""
+    if sparse.issparse(X):
+        return X.toarray().astype(dtype, copy=False)
+    return np.asarray(X, dtype=dtype)
+
+
+def iter_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Yield consecutive slices of ``range(n)`` of at most ``batch_size`` items."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def log_normalize(X, target_sum: float | None = 1e4):
+    """``log1p(X / library × target_sum)`` of a counts block; sparse stays sparse.
+
+    ``target_sum=None`` scales to the median library size (Scanpy's default).
+    Uses :func:`scanpy.pp.normalize_total` and :func:`scanpy.pp.log1p` on a throw-away AnnData.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    tmp = ad.AnnData(X.astype(np.float32))
+    sc.pp.normalize_total(tmp, target_sum=target_sum)
+    sc.pp.log1p(tmp)
+    return tmp.X
+
+
+# ----------------------------------------------------------------------------- records
+def package_versions() -> dict[str, str]:
+    """Versions of sctorch and the main libraries, for ``uns[...]['params']``."""
+    out = {}
+    for name in ("sctorch", "torch", "numpy", "scanpy", "anndata", "pot", "torch-geometric"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def make_params(**kwargs: Any) -> dict[str, Any]:
+    """A ``params`` record: the arguments given plus package versions (h5ad-writable)."""
+    params = {}
+    for k, v in kwargs.items():
+        if isinstance(v, np.random.Generator):
+            v = "numpy.random.Generator"
+        elif v is None:
+            v = "None"
+        elif isinstance(v, tuple | list):
+            v = np.asarray(v)
+        elif not isinstance(v, str | int | float | bool | np.ndarray | np.generic | dict):
+            v = str(v)
+        params[k] = v
+    params["versions"] = package_versions()
+    return params
+
+
+# ----------------------------------------------------------------------------- progress
+def progress_bar(iterable=None, *, total: int | None = None, desc: str | None = None,
+                 progress: bool = True, **kwargs):
+    """A ``tqdm.auto`` progress bar that is silent when ``progress`` is False."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not progress, leave=False, **kwargs)
+
+
+def as_dataframe(X, index, columns) -> pd.DataFrame:
+    """Dense DataFrame from an array with the given labels."""
+    return pd.DataFrame(np.asarray(X), index=pd.Index(index), columns=pd.Index(columns))

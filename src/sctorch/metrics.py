@@ -1,0 +1,255 @@
+"""Evaluation metrics: gene-/cell-wise agreement of two matrices and clustering scores.
+
+Gene-wise metrics compare the columns (one value per gene, across cells); cell-wise
+metrics compare the rows (one value per cell, across genes). Both accept dense arrays
+or :mod:`scipy.sparse` matrices of the same shape and are computed in blocks of rows,
+so a sparse matrix is never densified as a whole.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from ._utils import get_matrix, iter_batches, to_dense
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+Axis = Literal["gene", "cell"]
+
+__all__ = [
+    "cell_cosine",
+    "cell_mse",
+    "cell_pearson",
+    "cluster_and_score",
+    "clustering_scores",
+    "gene_cosine",
+    "gene_mse",
+    "gene_pearson",
+    "pairwise_scores",
+]
+
+
+def _check_pair(a, b) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"The two matrices differ in shape: {a.shape} vs {b.shape}. "
+                         "Align cells and genes first.")
+    if len(a.shape) != 2:
+        raise ValueError(f"Expected 2-D matrices (cells × genes), got shape {a.shape}.")
+
+
+def _block(X, sl):
+    return to_dense(X[sl], np.float64)
+
+
+def _as_rows(X):
+    return sparse.csr_matrix(X) if sparse.issparse(X) else np.asarray(X)
+
+
+def pairwise_scores(a, b, *, axis: Axis = "gene", batch_size: int = 2048) -> pd.DataFrame:
+    """Pearson correlation, cosine similarity and MSE between matching vectors of two matrices.
+
+    Parameters
+    ----------
+    a, b
+        Dense or sparse matrices of shape ``(n_cells, n_genes)`` on the same scale
+        (e.g. both log1p-normalised).
+    axis
+        ``"gene"``: one score per column (gene, across cells); ``"cell"``: one score per
+        row (cell, across genes).
+    batch_size
+        Rows densified at a time.
+
+    Returns
+    -------
+    DataFrame with columns ``pearson``, ``cosine``, ``mse`` and one row per gene
+    (``n_genes``) or cell (``n_cells``). Pearson is NaN where either vector is constant;
+    cosine is NaN where either vector is all zero.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or the inputs are not 2-D.
+    """
+    _check_pair(a, b)
+    if axis not in ("gene", "cell"):
+        raise ValueError(f"axis must be 'gene' or 'cell', got {axis!r}.")
+    A, B = _as_rows(a), _as_rows(b)
+    n_rows, n_cols = A.shape
+    if axis == "gene":
+        sx = np.zeros(n_cols)
+        sy = np.zeros(n_cols)
+        sxx = np.zeros(n_cols)
+        syy = np.zeros(n_cols)
+        sxy = np.zeros(n_cols)
+        for sl in iter_batches(n_rows, batch_size):
+            x, y = _block(A, sl), _block(B, sl)
+            sx += x.sum(0)
+            sy += y.sum(0)
+            sxx += (x * x).sum(0)
+            syy += (y * y).sum(0)
+            sxy += (x * y).sum(0)
+        n = float(n_rows)
+        out = _from_sums(n, sx, sy, sxx, syy, sxy)
+    else:
+        parts = []
+        for sl in iter_batches(n_rows, batch_size):
+            x, y = _block(A, sl), _block(B, sl)
+            parts.append(_from_sums(float(n_cols), x.sum(1), y.sum(1), (x * x).sum(1),
+                                    (y * y).sum(1), (x * y).sum(1)))
+        out = {k: np.concatenate([p[k] for p in parts]) for k in ("pearson", "cosine", "mse")}
+    return pd.DataFrame(out)
+
+
+def _from_sums(n, sx, sy, sxx, syy, sxy) -> dict[str, np.ndarray]:
+    cov = sxy - sx * sy / n
+    vx = np.maximum(sxx - sx * sx / n, 0.0)
+    vy = np.maximum(syy - sy * sy / n, 0.0)
+    # a vector is constant when its variance vanishes relative to its second moment
+    const = (vx <= 1e-10 * sxx) | (vy <= 1e-10 * syy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pearson = np.where(const, np.nan, cov / np.sqrt(vx * vy))
+        norm = np.sqrt(sxx * syy)
+        cosine = np.where(norm > 0, sxy / norm, np.nan)
+    mse = (sxx - 2 * sxy + syy) / n
+    return {"pearson": np.clip(pearson, -1.0, 1.0), "cosine": np.clip(cosine, -1.0, 1.0),
+            "mse": np.maximum(mse, 0.0)}
+
+
+def gene_pearson(a, b, **kwargs) -> np.ndarray:
+    """Pearson correlation per gene (column, across cells); see :func:`pairwise_scores`.
+
+    Returns an array of shape ``(n_genes,)``; NaN for a constant gene.
+    """
+    return pairwise_scores(a, b, axis="gene", **kwargs)["pearson"].to_numpy()
+
+
+def cell_pearson(a, b, **kwargs) -> np.ndarray:
+    """Pearson correlation per cell (row, across genes); shape ``(n_cells,)``; NaN if constant."""
+    return pairwise_scores(a, b, axis="cell", **kwargs)["pearson"].to_numpy()
+
+
+def gene_cosine(a, b, **kwargs) -> np.ndarray:
+    """Cosine similarity per gene (column); shape ``(n_genes,)``; NaN for an all-zero gene."""
+    return pairwise_scores(a, b, axis="gene", **kwargs)["cosine"].to_numpy()
+
+
+def cell_cosine(a, b, **kwargs) -> np.ndarray:
+    """Cosine similarity per cell (row); shape ``(n_cells,)``; NaN for an all-zero cell."""
+    return pairwise_scores(a, b, axis="cell", **kwargs)["cosine"].to_numpy()
+
+
+def gene_mse(a, b, **kwargs) -> np.ndarray:
+    """Mean squared error per gene (column, averaged over cells); shape ``(n_genes,)``."""
+    return pairwise_scores(a, b, axis="gene", **kwargs)["mse"].to_numpy()
+
+
+def cell_mse(a, b, **kwargs) -> np.ndarray:
+    """Mean squared error per cell (row, averaged over genes); shape ``(n_cells,)``."""
+    return pairwise_scores(a, b, axis="cell", **kwargs)["mse"].to_numpy()
+
+
+def clustering_scores(labels_true, labels_pred) -> dict[str, float]:
+    """Agreement of two labelings with scikit-learn.
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        Array-likes of length ``n_cells`` (any hashable labels).
+
+    Returns
+    -------
+    ``{"ARI", "FMI", "NMI", "completeness"}``: adjusted Rand index, Fowlkes–Mallows
+    index, normalised mutual information and completeness score.
+
+    Raises
+    ------
+    ValueError
+        If the lengths differ or a label is missing (NaN).
+    """
+    from sklearn import metrics as skm
+
+    t = pd.Series(np.asarray(labels_true, dtype=object))
+    p = pd.Series(np.asarray(labels_pred, dtype=object))
+    if len(t) != len(p):
+        raise ValueError(f"labels_true has {len(t)} entries but labels_pred has {len(p)}.")
+    if t.isna().any() or p.isna().any():
+        raise ValueError(f"Labels contain missing values ({int(t.isna().sum())} in labels_true, "
+                         f"{int(p.isna().sum())} in labels_pred); drop those cells first.")
+    t, p = t.astype(str).to_numpy(), p.astype(str).to_numpy()
+    return {
+        "ARI": float(skm.adjusted_rand_score(t, p)),
+        "FMI": float(skm.fowlkes_mallows_score(t, p)),
+        "NMI": float(skm.normalized_mutual_info_score(t, p)),
+        "completeness": float(skm.completeness_score(t, p)),
+    }
+
+
+def cluster_and_score(
+    adata: ad.AnnData,
+    labels_key: str,
+    *,
+    layer: str | None = None,
+    use_rep: str | None = None,
+    resolution: float = 1.0,
+    n_pcs: int = 50,
+    n_neighbors: int = 15,
+    random_state: int = 0,
+) -> dict[str, float]:
+    """Leiden-cluster one representation of ``adata`` and score it against known labels.
+
+    Runs Scanpy PCA (unless ``use_rep`` names an ``obsm`` embedding) → neighbours →
+    Leiden (igraph flavour) on a throw-away AnnData, so ``adata`` is not modified.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes; the matrix (``layer`` or ``X``) should be log-normalised.
+    labels_key
+        Column of ``adata.obs`` with the true labels.
+    layer
+        Layer to cluster (``None``: ``adata.X``). Ignored when ``use_rep`` is given.
+    use_rep
+        Key of ``adata.obsm`` to cluster directly (e.g. ``"X_scrobust"``).
+    resolution, n_pcs, n_neighbors, random_state
+        Passed to :func:`scanpy.tl.leiden`, :func:`scanpy.pp.pca` and
+        :func:`scanpy.pp.neighbors`.
+
+    Returns
+    -------
+    The dict of :func:`clustering_scores` plus ``n_clusters``.
+
+    Raises
+    ------
+    KeyError
+        If ``labels_key``, ``layer`` or ``use_rep`` is missing.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    if labels_key not in adata.obs:
+        raise KeyError(f"labels_key {labels_key!r} not found in adata.obs "
+                       f"(columns: {list(adata.obs.columns)}).")
+    if use_rep is not None:
+        if use_rep not in adata.obsm:
+            raise KeyError(f"use_rep {use_rep!r} not found in adata.obsm "
+                           f"(keys: {list(adata.obsm.keys())}).")
+        tmp = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names))
+        tmp.obsm["rep"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+        rep = "rep"
+    else:
+        X = get_matrix(adata, layer)
+        tmp = ad.AnnData(X.astype(np.float32), obs=pd.DataFrame(index=adata.obs_names))
+        n_comp = int(min(n_pcs, min(tmp.shape) - 1))
+        sc.pp.pca(tmp, n_comps=n_comp, random_state=random_state)
+        rep = "X_pca"
+    sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep=rep, random_state=random_state)
+    sc.tl.leiden(tmp, resolution=resolution, random_state=random_state, flavor="igraph",
+                 n_iterations=2, directed=False)
+    scores = clustering_scores(adata.obs[labels_key].to_numpy(), tmp.obs["leiden"].to_numpy())
+    scores["n_clusters"] = int(tmp.obs["leiden"].nunique())
+    return scores

@@ -1,0 +1,1 @@
+"""Torch modules only; they know nothing of AnnData (``tl`` does the AnnData in/out)."""

@@ -1,0 +1,3 @@
+"""Plotting in the Scanpy ``pl`` style."""
+
+__all__: list[str] = []

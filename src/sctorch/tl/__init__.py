@@ -1,0 +1,3 @@
+"""Tools: the methods (GenoMap, TCER, stImpute, scRobust)."""
+
+__all__: list[str] = []
