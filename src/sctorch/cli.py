@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
@@ -10,30 +11,7 @@ from pathlib import Path
 
 logger = logging.getLogger("sctorch")
 
-EFFICIENCY_LEVELS = {"high (0.75 %)": 15.0, "medium (0.5 %)": 10.0, "low (0.4 %)": 8.0}
-
-
-def _demo_tcer_protocol(out: Path, quick: bool, lines: list[str]) -> None:
-    """Down-sampling protocol on the bundled intestine subset (observed vs reference)."""
-    import numpy as np
-
-    from . import datasets, metrics, pp
-    from ._utils import log_normalize
-
-    adata = datasets.intestine_moor2018(bundled=True)
-    ref = pp.select_reference(adata)
-    ref_log = log_normalize(ref.X)
-    lines.append("## Down-sampling (SAVER/TCER protocol), bundled intestine subset")
-    lines.append(f"reference: {ref.n_obs} cells × {ref.n_vars} genes "
-                 "(select_reference quantile 0.25, detection 0.25)\n")
-    lines.append("| efficiency | mean gene Pearson observed vs reference |")
-    lines.append("|---|---|")
-    levels = dict(list(EFFICIENCY_LEVELS.items())[1:2]) if quick else EFFICIENCY_LEVELS
-    for label, shape in levels.items():
-        pp.simulate_efficiency_loss(ref, efficiency_shape=shape, efficiency_rate=2000, rng=0)
-        r = metrics.gene_pearson(log_normalize(ref.layers["observed"]), ref_log)
-        lines.append(f"| {label} | {np.nanmean(r):.3f} |")
-    ref.write_h5ad(out / "intestine_observed.h5ad", compression="gzip")
+DEMO_PARTS = ("tcer", "stimpute", "scrobust")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -42,7 +20,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     lines = ["# sctorch demo", ""]
-    _demo_tcer_protocol(out, args.quick, lines)
+    for name in DEMO_PARTS:
+        try:
+            part = importlib.import_module(f"sctorch._demos.{name}")
+        except ModuleNotFoundError:
+            continue
+        logger.info("demo: %s", name)
+        lines += part.run(out, quick=args.quick, device=args.device)
+        lines.append("")
     lines.append(f"\nfinished in {time.perf_counter() - t0:.1f} s")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text, encoding="utf-8")
