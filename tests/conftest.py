@@ -64,3 +64,11 @@ def assert_unchanged(adata, snap):
     np.testing.assert_array_equal(now.pop("X"), snap["X"], err_msg="adata.X was modified")
     for k, v in now.items():
         assert v == snap[k], f"adata.{k} changed: {snap[k]} -> {v}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny test models run fastest (and most reproducibly) on one intra-op thread."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -140,6 +140,15 @@ def check_counts(X, *, what: str = "adata.X") -> None:
                          "that holds the raw integer counts (e.g. layer='counts').")
 
 
+def check_cell_totals(X, *, what: str = "adata.X") -> np.ndarray:
+    """Return the per-cell totals of ``X``; raise ``ValueError`` if a cell has none."""
+    lib = row_sums(X)
+    if (lib <= 0).any():
+        raise ValueError(f"{int((lib <= 0).sum())} cell(s) have zero total counts in {what}; "
+                         "remove them first (e.g. scanpy.pp.filter_cells(adata, min_counts=1)).")
+    return lib
+
+
 def check_unique_var_names(adata: ad.AnnData) -> None:
     """Raise ``ValueError`` if ``adata.var_names`` has duplicates."""
     if not adata.var_names.is_unique:

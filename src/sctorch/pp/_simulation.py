@@ -9,6 +9,7 @@ from scipy import sparse
 from .. import _keys
 from .._utils import (
     RandomState,
+    check_cell_totals,
     check_counts,
     check_unique_var_names,
     describe_source,
@@ -86,10 +87,7 @@ def simulate_efficiency_loss(
     X = get_matrix(adata, layer)
     what = describe_source(layer)
     check_counts(X, what=what)
-    lib = row_sums(X)
-    if (lib <= 0).any():
-        raise ValueError(f"{int((lib <= 0).sum())} cell(s) have zero total counts in {what}; "
-                         "remove them first (e.g. scanpy.pp.filter_cells(adata, min_counts=1)).")
+    lib = check_cell_totals(X, what=what)
     gen = get_rng(rng)
     tau = gen.gamma(shape=efficiency_shape, scale=1.0 / efficiency_rate, size=adata.n_obs)
     mult = tau * scale / lib  # per-cell factor: Y ~ Poisson(x * mult)

@@ -1,0 +1,168 @@
+"""ER-Net: the expression-recovery network of TCER (Wei et al. 2024, Brief Bioinform bbae031).
+
+Torch modules only; they know nothing of AnnData. Input and output are GenoMap images
+of shape ``(batch, 1, H, W)``; any ``H``, ``W`` are accepted (the network pads to a
+multiple of 4 and crops back).
+
+Architecture (TCER paper §ER-Net, Figure 9):
+
+- encoder: a stride-1 convolution and two stride-2 convolutions
+  (``F`` → ``2F`` → ``4F`` channels, ``F = n_features``);
+- bottleneck: three cascaded DFA modules (:class:`DFAModule`): conv → ReLU → conv →
+  deformable convolution whose offsets a convolution predicts from the same input
+  (eq. 11) → channel attention → pixel attention, with a residual connection;
+- decoder: two stride-2 transposed convolutions and a stride-1 convolution; each skip
+  connection is fused with the decoder feature by concatenation, a 1×1 convolution
+  and CBAM (channel then spatial attention, :class:`CBAM`).
+
+Where the paper leaves widths open we double the channels at each stride-2 step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import DeformConv2d
+
+__all__ = ["CBAM", "DFAModule", "ERNet"]
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation channel attention (FFA-Net style, used in the DFA module)."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.fc = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x)
+
+
+class PixelAttention(nn.Module):
+    """Pixel attention: one weight in (0, 1) per spatial position (FFA-Net style)."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.fc = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x)
+
+
+class DFAModule(nn.Module):
+    """Deformable feature-attention module (TCER eq. 11).
+
+    ``y = x + PA(CA(DeformConv(h, offset(h))))`` with ``h = conv(ReLU(conv(x)))``;
+    the offsets (2 per kernel tap) are predicted by a 3×3 convolution of ``h``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+        self.offset = nn.Conv2d(channels, 2 * kernel_size * kernel_size, kernel_size, padding=pad)
+        nn.init.zeros_(self.offset.weight)  # start as a regular convolution
+        nn.init.zeros_(self.offset.bias)
+        self.deform = DeformConv2d(channels, channels, kernel_size, padding=pad)
+        self.ca = ChannelAttention(channels)
+        self.pa = PixelAttention(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv2(F.relu(self.conv1(x)))
+        h = self.deform(h, self.offset(h))
+        return x + self.pa(self.ca(h))
+
+
+class CBAM(nn.Module):
+    """Convolutional block attention (Woo et al. 2018): channel then spatial attention."""
+
+    def __init__(self, channels: int, reduction: int = 8, kernel_size: int = 7):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, channels, 1))
+        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(F.adaptive_avg_pool2d(x, 1))
+        mx = self.mlp(F.adaptive_max_pool2d(x, 1))
+        x = x * torch.sigmoid(avg + mx)
+        s = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(s))
+
+
+class SkipFusion(nn.Module):
+    """Fuse a skip connection with the upsampled decoder feature: concat → 1×1 conv → CBAM."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(2 * channels, channels, 1)
+        self.cbam = CBAM(channels)
+
+    def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.cbam(F.relu(self.reduce(torch.cat([up, skip], dim=1))))
+
+
+class ERNet(nn.Module):
+    """Encoder–DFA–decoder network that maps a masked GenoMap to a recovered GenoMap.
+
+    Parameters
+    ----------
+    n_features
+        Channels after the first convolution (``F``; the paper uses 64). The two
+        stride-2 stages have ``2F`` and ``4F`` channels.
+    n_dfa
+        Number of cascaded DFA modules in the bottleneck (3 in the paper).
+
+    Notes
+    -----
+    Input ``(B, 1, H, W)`` → output ``(B, 1, H, W)`` for any ``H``, ``W``: the input is
+    zero-padded on the bottom/right to multiples of 4 and the output cropped back.
+    """
+
+    def __init__(self, n_features: int = 64, n_dfa: int = 3):
+        super().__init__()
+        f = n_features
+        self.n_features = n_features
+        self.n_dfa = n_dfa
+        self.enc1 = nn.Sequential(nn.Conv2d(1, f, 3, padding=1), nn.ReLU(inplace=True))
+        self.enc2 = nn.Sequential(nn.Conv2d(f, 2 * f, 3, stride=2, padding=1),
+                                  nn.ReLU(inplace=True))
+        self.enc3 = nn.Sequential(nn.Conv2d(2 * f, 4 * f, 3, stride=2, padding=1),
+                                  nn.ReLU(inplace=True))
+        self.dfa = nn.Sequential(*[DFAModule(4 * f) for _ in range(n_dfa)])
+        self.up1 = nn.ConvTranspose2d(4 * f, 2 * f, 4, stride=2, padding=1)
+        self.fuse1 = SkipFusion(2 * f)
+        self.up2 = nn.ConvTranspose2d(2 * f, f, 4, stride=2, padding=1)
+        self.fuse2 = SkipFusion(f)
+        self.out = nn.Conv2d(f, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError("ERNet expects input of shape (batch, 1, H, W), "
+                             f"got {tuple(x.shape)}.")
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 4, (-w) % 4
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        z = self.dfa(self.enc3(e2))
+        d2 = self.fuse1(F.relu(self.up1(z)), e2)
+        d1 = self.fuse2(F.relu(self.up2(d2)), e1)
+        return self.out(d1)[..., :h, :w]

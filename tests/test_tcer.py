@@ -1,0 +1,212 @@
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from conftest import assert_unchanged, snapshot
+from scipy import sparse
+
+import sctorch as sct
+from sctorch.nn._ernet import ERNet
+from sctorch.tl._tcer import PLACEHOLDER, TCERModel, mask_blind_spot, mask_nonzero, tcer_loss
+
+
+def _with_grid_placement(a, shape, rng=0):
+    """A random one-to-one gene -> pixel placement written in the GenoMap keys."""
+    H, W = shape
+    pix = np.random.default_rng(rng).permutation(H * W)[: a.n_vars]
+    a.var["genomap_row"] = pix // W
+    a.var["genomap_col"] = pix % W
+    a.uns["genomap"] = {"shape": (H, W), "objective": 0.0}
+    return a
+
+
+def _planted_counts(n_cells=96, n_genes=30, seed=0):
+    """Counts from a rank-2 model: two gene programmes whose activity varies by cell."""
+    rng = np.random.default_rng(seed)
+    act = rng.gamma(2.0, 1.0, size=(n_cells, 2))
+    load = np.zeros((2, n_genes))
+    load[0, : n_genes // 2] = rng.uniform(1, 3, n_genes // 2)
+    load[1, n_genes // 2 :] = rng.uniform(1, 3, n_genes - n_genes // 2)
+    mu = act @ load + 0.1
+    X = rng.poisson(mu).astype(np.float32)
+    X[X.sum(1) == 0, 0] = 1
+    a = ad.AnnData(sparse.csr_matrix(X))
+    a.obs_names = [f"c{i}" for i in range(n_cells)]
+    a.var_names = [f"g{j}" for j in range(n_genes)]
+    return a
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (8, 8), (13, 10), (4, 4)])
+def test_ernet_output_shape_matches_input(shape):
+    net = ERNet(n_features=4)
+    x = torch.rand(3, 1, *shape)
+    assert net(x).shape == x.shape
+    with pytest.raises(ValueError, match="batch, 1, H, W"):
+        net(torch.rand(3, *shape))
+
+
+def test_mask_nonzero_hides_requested_fraction_and_never_padding():
+    g = torch.Generator().manual_seed(0)
+    H, W = 10, 10
+    gene_px = torch.zeros(H, W, dtype=torch.bool)
+    gene_px.view(-1)[:90] = True  # last 10 pixels are empty (no gene)
+    x = torch.zeros(4, H, W)
+    x.view(4, -1)[:, :60] = torch.rand(4, 60) + 0.1  # 60 non-zeros per image
+    inp, masked = mask_nonzero(x, 0.25, 0.25, gene_px, g)
+    assert masked.flatten(1).sum(1).tolist() == [15, 15, 15, 15]  # round(0.25 * 60)
+    assert (x[masked] > 0).all()
+    # zeros on gene pixels carry the placeholder, padding stays 0, visible non-zeros unchanged
+    zero_gene = gene_px & (x == 0)
+    assert (inp[zero_gene] == PLACEHOLDER).all()
+    assert (inp[:, ~gene_px] == 0).all()
+    vis = (x > 0) & ~masked
+    assert torch.equal(inp[vis], x[vis])
+    _, hidden = mask_blind_spot(x, 0.3, 0.3, gene_px, g)
+    assert not hidden[:, ~gene_px].any()
+    assert abs(hidden.float().sum().item() / (4 * 90) - 0.3) < 0.08
+
+
+def test_tcer_loss_hand_computed():
+    pred = torch.tensor([[[1.0, 2.0], [0.0, 4.0]]])
+    target = torch.tensor([[[2.0, 2.0], [5.0, 1.0]]])
+    known = torch.tensor([[[True, True], [False, True]]])
+    # spatial L1 on the known pixels: (1 + 0 + 3) / 3
+    assert tcer_loss(pred, target, known, 0.0).item() == pytest.approx(4 / 3)
+    assert tcer_loss(pred, target, known, 0.0, squared=True).item() == pytest.approx(10 / 3)
+    fp = torch.fft.rfft2(pred * known)
+    ft = torch.fft.rfft2(target * known)
+    expect = 4 / 3 + 0.5 * torch.abs(fp - ft).mean().item()
+    assert tcer_loss(pred, target, known, 0.5).item() == pytest.approx(expect)
+
+
+def test_training_on_planted_low_rank_genomap_beats_observed_error():
+    from sctorch.tl._tcer import TCERParams, _Placement, _train
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    H, W, n = 8, 8, 192
+    # low-rank images: a horizontal and a vertical programme, non-negative
+    u, v = rng.gamma(2, 1, size=(n, 1)), rng.gamma(2, 1, size=(n, 1))
+    rows = np.repeat(np.arange(H), W)
+    cols = np.tile(np.arange(W), H)
+    genes = u * (rows < 4) + v * (rows >= 4)
+    imgs = (genes / genes.max()).astype(np.float32)
+    placement = _Placement([f"g{i}" for i in range(H * W)], rows, cols, (H, W))
+    p = TCERParams(n_features=8, epochs=12, batch_size=32, lr=3e-3, lr_step=100,
+                   mask_ratio=(0.2, 0.4), fft_weight=0.1, patience=None, objective="dropout")
+    net = ERNet(8)
+    hist = _train(net, lambda idx: placement.images(imgs[idx]), np.arange(160),
+                  np.arange(160, n), placement, p, torch.device("cpu"), 0, False)
+    assert len(hist["val_loss"]) == 12
+    x = torch.as_tensor(placement.images(imgs[160:]))
+    g = torch.Generator().manual_seed(1)
+    inp, masked = mask_nonzero(x, 0.3, 0.3, torch.ones(H, W, dtype=torch.bool), g)
+    with torch.no_grad():
+        pred = net(inp[:, None]).squeeze(1)
+    err_net = (pred - x).abs()[masked].mean().item()
+    err_obs = x[masked].mean().item()  # a hidden pixel observed as 0
+    assert err_net < 0.5 * err_obs
+
+
+@pytest.fixture(scope="module")
+def trained():
+    a = _with_grid_placement(_planted_counts(), (6, 6))
+    model = sct.tl.tcer_impute(a, n_features=4, epochs=2, batch_size=32, progress=False,
+                               rng=0, return_model=True, device="cpu", objective="dropout",
+                               observed_weight=1.0)
+    return a, model
+
+
+def test_tcer_impute_writes_log_normalised_layer(trained):
+    a, _ = trained
+    out = a.layers["tcer"]
+    assert out.shape == a.shape and out.dtype == np.float32
+    assert np.isfinite(out).all() and (out >= 0).all()
+    logn = sct._utils.log_normalize(a.X).toarray()
+    nz = logn > 0
+    np.testing.assert_allclose(out[nz], logn[nz], rtol=1e-5)  # observed kept
+    assert (out[~nz] > 0).mean() > 0.5  # zeros imputed
+    assert len(a.uns["tcer"]["history"]["train_loss"]) == 2
+    assert a.uns["tcer"]["params"]["n_features"] == 4
+
+
+def test_save_load_identical_and_determinism(trained, tmp_path):
+    a, model = trained
+    path = tmp_path / "tcer.safetensors"
+    model.save(path)
+    loaded = TCERModel.load(path, device="cpu")
+    b = a.copy()
+    model.impute(b, key_added="m1", progress=False, device="cpu")
+    loaded.impute(b, key_added="m2", progress=False, device="cpu")
+    np.testing.assert_array_equal(b.layers["m1"], b.layers["m2"])
+    np.testing.assert_array_equal(b.layers["m1"], a.layers["tcer"])
+    # same seed, same device -> same result
+    c = _with_grid_placement(_planted_counts(), (6, 6))
+    sct.tl.tcer_impute(c, n_features=4, epochs=2, batch_size=32, progress=False, rng=0,
+                       device="cpu", objective="dropout", observed_weight=1.0)
+    np.testing.assert_array_equal(c.layers["tcer"], a.layers["tcer"])
+    with pytest.raises(ValueError, match="not a sctorch TCER model"):
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+        TCERModel.load(tmp_path / "other.safetensors")
+
+
+def test_impute_new_cells_with_missing_genes_warns(trained):
+    _, model = trained
+    new = _planted_counts(n_cells=20, seed=5)[:, 3:].copy()  # 3 model genes missing
+    with pytest.warns(UserWarning, match="3 of the model's 30 genes"):
+        model.impute(new, progress=False, device="cpu")
+    assert new.layers["tcer"].shape == new.shape
+    with pytest.raises(ValueError, match="shares 5 of the model's 30 genes"):
+        model.impute(_planted_counts(n_cells=20)[:, :5].copy(), progress=False)
+
+
+def test_bad_inputs_raise_and_leave_adata_unchanged():
+    base = _with_grid_placement(_planted_counts(n_cells=40), (6, 6))
+    # normalised data passed as counts
+    a = base.copy()
+    a.X = sct._utils.log_normalize(a.X)
+    snap = snapshot(a)
+    with pytest.raises(ValueError, match="non-integer"):
+        sct.tl.tcer_impute(a, epochs=1, progress=False)
+    assert_unchanged(a, snap)
+    # a cell with zero counts
+    X = base.X.toarray()
+    X[3] = 0
+    a = _with_grid_placement(ad.AnnData(X, obs=base.obs, var=base.var[[]]), (6, 6))
+    snap = snapshot(a)
+    with pytest.raises(ValueError, match="zero total counts"):
+        sct.tl.tcer_impute(a, epochs=1, progress=False)
+    assert_unchanged(a, snap)
+    # a GenoMap that does not match the genes (two genes on one pixel / off the grid)
+    a = base.copy()
+    a.var["genomap_row"] = 0
+    a.var["genomap_col"] = 0
+    snap = snapshot(a)
+    with pytest.raises(ValueError, match="one-to-one"):
+        sct.tl.tcer_impute(a, epochs=1, progress=False)
+    a.uns["genomap"] = {"shape": (2, 2)}
+    a.var["genomap_row"] = np.arange(a.n_vars) // 6
+    a.var["genomap_col"] = np.arange(a.n_vars) % 6
+    with pytest.raises(ValueError, match="outside"):
+        sct.tl.tcer_impute(a, epochs=1, progress=False)
+    assert "tcer" not in a.layers and "tcer" not in a.uns
+    with pytest.raises(ValueError, match="preset"):
+        sct.tl.tcer_impute(base.copy(), preset="huge", progress=False)
+    with pytest.raises(KeyError, match="counts"):
+        sct.tl.tcer_impute(base.copy(), layer="counts", progress=False)
+
+
+def test_blind_spot_default_blends_observed_and_prediction():
+    a = _with_grid_placement(_planted_counts(n_cells=64), (6, 6))
+    model = sct.tl.tcer_impute(a, n_features=4, epochs=1, batch_size=32, progress=False,
+                               rng=0, return_model=True, device="cpu")
+    assert model.params.objective == "blind_spot" and model.params.observed_weight == 0.25
+    model.params.observed_weight = 0.0
+    model.impute(a, key_added="pred", progress=False, device="cpu")
+    x = sct._utils.log_normalize(a.X).toarray()
+    expect = np.where(x > 0, 0.25 * x + 0.75 * a.layers["pred"], a.layers["pred"])
+    np.testing.assert_allclose(a.layers["tcer"], expect, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="observed_weight"):
+        sct.tl.tcer_impute(a.copy(), observed_weight=2.0, progress=False)
