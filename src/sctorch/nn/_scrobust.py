@@ -1,0 +1,231 @@
+"""scRobust torch modules (Park & Lee, Brief Bioinform 2024, 25(6):bbae586, §Methods).
+
+Gene-token embedding (eqs. 1–2), Transformer encoder with a CLS token, the two-layer
+projection heads of pre-training (eqs. 3–11) and the classifier of fine-tuning
+(eqs. 12–15). These modules know nothing of AnnData; ``sctorch.tl._scrobust`` builds the
+token batches and runs the training loops.
+
+Token batches are three tensors of shape ``(batch, length)``: ``ids`` (vocabulary ids,
+``int64``), ``scales`` (the gene's expression in the cell, ``float32``) and ``pad``
+(``bool``, ``True`` where the position is padding and must be ignored by attention).
+Position 0 of every sequence is the CLS token with scale 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "GeneTokenEmbedding",
+    "ProjectionHead",
+    "ScRobustEncoder",
+    "ScRobustNetwork",
+    "nt_xent_loss",
+]
+
+
+class GeneTokenEmbedding(nn.Module):
+    """Expression-scaled gene tokens: ``e_g / ||e_g|| × x_g`` (eqs. 1–2).
+
+    Each vocabulary entry has a trainable vector; the vector is normalised to unit length
+    and multiplied by the gene's expression in the cell. There are no positional or
+    segment embeddings: the order of genes in a cell carries no meaning.
+
+    Parameters
+    ----------
+    vocab_size
+        Number of tokens (special tokens included).
+    d_model
+        Embedding width.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        # raw vectors of norm ≈ 1, so that their dot products with the expression head's
+        # output (eqs. 9–10) start on the scale of log-normalised expression
+        nn.init.normal_(self.embedding.weight, std=d_model ** -0.5)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The raw (not normalised) gene vectors, ``(vocab_size, d_model)``."""
+        return self.embedding.weight
+
+    def forward(self, ids: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """Token vectors of shape ``(batch, length, d_model)`` for ``ids``/``scales``."""
+        e = F.normalize(self.embedding(ids), dim=-1, eps=1e-12)
+        return e * scales.unsqueeze(-1).to(e.dtype)
+
+
+class ScRobustEncoder(nn.Module):
+    """Gene-token embedding followed by a :class:`torch.nn.TransformerEncoder`.
+
+    The encoder layers are post-LayerNorm (as BERT), ``batch_first`` and use
+    :func:`torch.nn.functional.scaled_dot_product_attention` through
+    :class:`torch.nn.MultiheadAttention` (fused paths on CPU and GPU). The output at
+    position 0 (the CLS token) is the cell embedding.
+
+    Parameters
+    ----------
+    vocab_size, d_model
+        Vocabulary size and model width.
+    n_heads, n_layers
+        Attention heads and encoder layers (paper: 8 heads, 1 layer; 2 layers for
+        ≥ 20,000 cells).
+    dim_feedforward
+        Width of the feed-forward block (``4 × d_model`` when ``None``, as BERT).
+    dropout
+        Dropout inside the encoder layers.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 512, n_heads: int = 8, n_layers: int = 1,
+                 dim_feedforward: int | None = None, dropout: float = 0.1):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+        self.tokens = GeneTokenEmbedding(vocab_size, d_model)
+        # post-LayerNorm (BERT layout): attention sees the expression-scaled tokens. With
+        # pre-LayerNorm, LN(s·e) = LN(e) would erase the expression scale s of eq. 2 before
+        # the CLS token attends to the genes.
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, dim_feedforward=dim_feedforward or 4 * d_model, dropout=dropout,
+            activation="gelu", batch_first=True, norm_first=False)
+        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+
+    def forward(self, ids: torch.Tensor, scales: torch.Tensor,
+                pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``(batch, length, d_model)``; ``[:, 0]`` is the cell embedding."""
+        x = self.tokens(ids, scales)
+        return self.transformer(x, src_key_padding_mask=pad)
+
+    def cls_attention(self, ids: torch.Tensor, scales: torch.Tensor,
+                      pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of the CLS query over all tokens in the last layer, head-averaged.
+
+        Returns
+        -------
+        Tensor ``(batch, length)``; rows sum to 1 over non-padded positions.
+        """
+        x = self.tokens(ids, scales)
+        layers = self.transformer.layers
+        for layer in layers[:-1]:
+            x = layer(x, src_key_padding_mask=pad)
+        last = layers[-1]
+        h = last.norm1(x) if last.norm_first else x
+        _, w = last.self_attn(h[:, :1], h, h, key_padding_mask=pad, need_weights=True,
+                              average_attn_weights=True)
+        return w[:, 0]
+
+
+class ProjectionHead(nn.Module):
+    """Two-layer head ``Linear → ELU → Dropout → Linear`` (projection and classifier)."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, d_in), nn.ELU(), nn.Dropout(dropout),
+                                 nn.Linear(d_in, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the head to ``(…, d_in)``."""
+        return self.net(x)
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    r"""NT-Xent (SimCLR) loss of two views, eqs. 6–8.
+
+    For ``2N`` projected embeddings :math:`z` (``z1`` then ``z2``), with cosine similarity
+    :math:`s_{ij}`, the loss of the positive pair :math:`(i, j)` is
+    :math:`-\log \frac{\exp(s_{ij}/\tau)}{\sum_{k \ne i} \exp(s_{ik}/\tau)}`, averaged over
+    all ``2N`` anchors.
+
+    Parameters
+    ----------
+    z1, z2
+        ``(N, d)`` projections of the first and second view of the same ``N`` cells.
+    temperature
+        :math:`\tau` (0.07 in the paper).
+    """
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+class ScRobustNetwork(nn.Module):
+    """Encoder plus the pre-training heads and (optionally) a classifier.
+
+    Parameters
+    ----------
+    vocab_size, d_model, n_heads, n_layers, dim_feedforward, dropout
+        See :class:`ScRobustEncoder`.
+    head_dropout
+        Dropout of the two-layer heads.
+    n_classes
+        Classes of the fine-tuning classifier (``0``: none).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 512, n_heads: int = 8, n_layers: int = 1,
+                 dim_feedforward: int | None = None, dropout: float = 0.1,
+                 head_dropout: float = 0.3, n_classes: int = 0):
+        super().__init__()
+        self.encoder = ScRobustEncoder(vocab_size, d_model, n_heads, n_layers, dim_feedforward,
+                                       dropout)
+        self.cl_head = ProjectionHead(d_model, d_model, head_dropout)
+        self.ge_head = ProjectionHead(d_model, d_model, head_dropout)
+        self.head_dropout = head_dropout
+        self.classifier = ProjectionHead(d_model, n_classes, head_dropout) if n_classes else None
+
+    def set_classifier(self, n_classes: int) -> None:
+        """Attach a fresh two-layer classifier with ``n_classes`` outputs."""
+        d = self.encoder.tokens.weight.shape[1]
+        self.classifier = ProjectionHead(d, n_classes, self.head_dropout)
+
+    def embed(self, ids, scales, pad=None) -> torch.Tensor:
+        """CLS output ``(batch, d_model)``: the cell embedding."""
+        return self.encoder(ids, scales, pad)[:, 0]
+
+    def predict_expression(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Expression of genes ``ids`` (``(N, L)``) predicted from cell embeddings ``h``.
+
+        The cell embedding goes through the expression head and is dotted with the raw
+        gene vectors (eqs. 9–10); returns ``(N, L)``.
+        """
+        g = self.ge_head(h)
+        return torch.einsum("nld,nd->nl", self.encoder.tokens.weight[ids], g)
+
+    def pretrain_loss(self, view1, view2, target, temperature: float = 0.07):
+        """Contrastive + expression-prediction loss of one batch (eq. 11).
+
+        Parameters
+        ----------
+        view1, view2
+            ``(ids, scales, pad)`` of two random subsets of each cell's non-zero genes.
+        target
+            ``(ids, scales, pad)`` of a third subset whose expression is predicted from
+            the embeddings of both views.
+
+        Returns
+        -------
+        ``(total, contrastive, mse)`` scalar tensors.
+        """
+        n = view1[0].shape[0]
+        ids = torch.cat([view1[0], view2[0]])
+        scales = torch.cat([view1[1], view2[1]])
+        pad = torch.cat([view1[2], view2[2]])
+        h = self.embed(ids, scales, pad)
+        cl = nt_xent_loss(self.cl_head(h[:n]), self.cl_head(h[n:]), temperature)
+        t_ids, t_scales, t_pad = target
+        pred = self.predict_expression(h, torch.cat([t_ids, t_ids]))
+        keep = ~torch.cat([t_pad, t_pad])
+        mse = ((pred - torch.cat([t_scales, t_scales])) ** 2)[keep].mean()
+        return cl + mse, cl, mse
+
+    def classify(self, ids, scales, pad=None) -> torch.Tensor:
+        """Class logits ``(batch, n_classes)`` from the CLS output (eq. 13)."""
+        if self.classifier is None:
+            raise RuntimeError("this network has no classifier; call set_classifier first.")
+        return self.classifier(self.embed(ids, scales, pad))

@@ -1,0 +1,415 @@
+"""scRobust (Park & Lee 2024): tokens, pre-training, embedding, annotation, pathways, markers."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from conftest import assert_unchanged, require_data, snapshot
+from scipy import sparse
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+import sctorch as sct
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+from sctorch.nn._scrobust import GeneTokenEmbedding, nt_xent_loss  # noqa: E402
+from sctorch.tl._scrobust import _Batcher, _prepare, _unique_rank  # noqa: E402
+
+TINY = {"d_model": 32, "n_heads": 4, "dim_feedforward": 64, "dropout": 0.0,
+        "head_dropout": 0.0, "lr": 2e-3, "batch_size": 32, "progress": False}
+
+
+def planted(n_per=40, n_pops=2, n_markers=8, n_genes=40, seed=0, prefix="c"):
+    """Populations that differ only in their marker genes (raw counts, CSR)."""
+    rng = np.random.default_rng(seed)
+    n = n_per * n_pops
+    lam = np.full((n, n_genes), 1.0)
+    pop = np.repeat(np.arange(n_pops), n_per)
+    for k in range(n_pops):
+        lam[pop == k, k * n_markers:(k + 1) * n_markers] = 12.0
+    X = rng.poisson(lam).astype(np.float32)
+    X[:, -1] += 1  # no empty cell
+    a = ad.AnnData(sparse.csr_matrix(X))
+    a.obs_names = [f"{prefix}{i}" for i in range(n)]
+    a.var_names = [f"G{j}" for j in range(n_genes)]
+    a.obs["pop"] = pd.Categorical([f"P{k}" for k in pop])
+    return a
+
+
+@pytest.fixture(scope="module")
+def two_pops():
+    return planted(seed=1)
+
+
+@pytest.fixture(scope="module")
+def model2(two_pops):
+    return sct.tl.scrobust_pretrain(two_pops, epochs=4, n_genes_per_view=8, rng=0,
+                                    **dict(TINY, lr=5e-3))
+
+
+# ----------------------------------------------------------------------------- tokens
+def test_tokenisation_hand_made():
+    X = sparse.csr_matrix(np.array([[0, 2.0, 0, 1.5],
+                                    [3.0, 0, 0, 0],
+                                    [0.5, 0.25, 4.0, 0]], dtype=np.float32))
+    a = ad.AnnData(X)
+    a.var_names = ["A", "B", "C", "D"]
+    a.obs_names = ["x", "y", "z"]
+    vocab = ["PAD", "SEP", "UNKNOWN", "CLS", "MASK", "D", "C", "B"]  # gene 'A' is unknown
+    model = sct.tl.ScRobustModel(None, vocab, {})
+    # cell 'y' only expresses the unknown gene A -> refused
+    with pytest.warns(UserWarning, match="1 of 4 genes"), \
+            pytest.raises(ValueError, match=r"1 cell\(s\) of adata \(e.g. \['y'\]\)"):
+        _prepare(a, model.token_ids, layer=None, input_scale="log1p", min_shared_genes=1)
+    a2 = a[[0, 2]].copy()
+    with pytest.warns(UserWarning):
+        tok = _prepare(a2, model.token_ids, layer=None, input_scale="log1p", min_shared_genes=1)
+    b = _Batcher(tok, pad_id=0, cls_id=3, device="cpu")
+    # order by token id (a fixed priority) to get a deterministic sequence
+    rank = torch.arange(len(vocab), dtype=torch.float64)
+    ids, vals, pad = b.select(torch.tensor([0, 1]), 5, rank=rank)
+    np.testing.assert_array_equal(ids.numpy(), [[3, 5, 7], [3, 6, 7]])
+    np.testing.assert_allclose(vals.numpy(), [[1, 1.5, 2.0], [1, 4.0, 0.25]])
+    assert not pad.any()
+    ids, vals, pad = b.select(torch.tensor([1]), 1, rank=rank)  # the rarest-priority gene only
+    np.testing.assert_array_equal(ids.numpy(), [[3, 6]])
+    ids, vals, pad = b.select(torch.tensor([1, 0]), 5, rank=-rank)  # reversed priority
+    np.testing.assert_array_equal(ids.numpy(), [[3, 7, 6], [3, 7, 5]])
+    ids = torch.cat([ids, torch.zeros(2, 1, dtype=torch.long)], 1)  # a padding position
+    vals = torch.cat([vals, torch.zeros(2, 1)], 1)
+    # the token vector is the unit-norm gene vector times the value
+    emb = GeneTokenEmbedding(len(vocab), 6)
+    out = emb(ids, vals).detach().numpy()
+    W = emb.weight.detach().numpy()
+    for i in range(2):
+        for j in range(3):
+            w = W[ids[i, j]]
+            np.testing.assert_allclose(out[i, j], w / np.linalg.norm(w) * vals[i, j].item(),
+                                       rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:, 3], 0.0)
+
+
+def test_raw_counts_are_log_normalised():
+    X = np.array([[1, 3, 0], [0, 2, 2]], dtype=np.float32)
+    a = ad.AnnData(sparse.csr_matrix(X))
+    a.var_names = ["A", "B", "C"]
+    model = sct.tl.ScRobustModel(None, ["PAD", "SEP", "UNKNOWN", "CLS", "MASK", "A", "B", "C"], {})
+    tok = _prepare(a, model.token_ids, layer=None, input_scale="counts", min_shared_genes=1)
+    expect = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(tok.X.toarray(), expect, rtol=1e-5)
+    np.testing.assert_array_equal(tok.ids, [5, 6, 6, 7])
+
+
+def test_views_only_nonzero_genes_and_independent():
+    rng = np.random.default_rng(0)
+    X = (rng.random((30, 50)) < 0.4) * rng.integers(1, 9, (30, 50))
+    X[0] = 0
+    X[0, [3, 7]] = [1, 2]  # a cell with fewer genes than a view
+    a = ad.AnnData(sparse.csr_matrix(X.astype(np.float32)))
+    a.var_names = [f"g{j}" for j in range(50)]
+    model = sct.tl.ScRobustModel(None, sct.tl._scrobust._build_vocab(None, a.var_names), {})
+    tok = _prepare(a, model.token_ids, layer=None, input_scale="counts", min_shared_genes=1)
+    b = _Batcher(tok, pad_id=0, cls_id=3, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.arange(30)
+    v1 = b.select(rows, 6, generator=gen)
+    v2 = b.select(rows, 6, generator=gen)
+    differ = 0
+    for v in (v1, v2):
+        ids, vals, pad = (t.numpy() for t in v)
+        assert (ids[:, 0] == 3).all() and (vals[:, 0] == 1).all() and not pad[:, 0].any()
+        for i in range(30):
+            genes = ids[i, 1:][~pad[i, 1:]] - 5
+            assert len(genes) == min(6, int((X[i] > 0).sum()))
+            assert len(set(genes)) == len(genes)  # without replacement
+            assert (X[i, genes] > 0).all()  # only non-zero genes
+            np.testing.assert_allclose(vals[i, 1:][~pad[i, 1:]],
+                                       np.log1p(X[i, genes] / X[i].sum() * 1e4), rtol=1e-5)
+    for i in range(1, 30):
+        differ += set(v1[0][i].tolist()) != set(v2[0][i].tolist())
+    assert differ >= 25  # drawn independently, not forced to coincide
+    assert sorted(v1[0][0, 1:3].tolist()) == [5 + 3, 5 + 7] and v1[2][0, 3:].all()
+
+
+def test_unique_rank_rarest_first():
+    det = np.array([np.nan, 0.5, 0.1, 0.1, 0.9])
+    np.testing.assert_array_equal(_unique_rank(det).numpy(), [4, 2, 0, 1, 3])
+
+
+# ----------------------------------------------------------------------------- loss
+def test_nt_xent_hand_computed():
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    z2 = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
+    tau = 0.5
+    z = np.array([[1, 0], [0, 1], [1, 1], [-1, 1]], dtype=float)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    s = z @ z.T / tau
+    pos = {0: 2, 1: 3, 2: 0, 3: 1}
+    expect = np.mean([-s[i, pos[i]] + math.log(sum(math.exp(s[i, k]) for k in range(4) if k != i))
+                      for i in range(4)])
+    got = nt_xent_loss(z1, z2, temperature=tau).item()
+    assert got == pytest.approx(expect, rel=1e-6)
+    # identical, well separated pairs give a small loss
+    e = torch.eye(4)
+    assert nt_xent_loss(e, e, 0.07).item() < 1e-3
+
+
+# ----------------------------------------------------------------------------- pre-training
+def test_pretraining_separates_planted_populations(two_pops, model2):
+    a = two_pops.copy()
+    hist = model2.history["pretrain"]
+    assert len(hist) == 4 and hist[-1]["mse"] < hist[0]["mse"]
+    assert model2.config["n_layers"] == 1 and model2.config["n_genes_per_view"] == 8
+    sct.tl.scrobust_embed(a, model2, n_genes=40, progress=False)
+    E = a.obsm["X_scrobust"]
+    assert E.shape == (80, 32) and E.dtype == np.float32
+    km = KMeans(2, n_init=10, random_state=0).fit_predict(E)
+    assert adjusted_rand_score(a.obs["pop"], km) > 0.8
+    assert a.uns["X_scrobust"]["params"]["n_genes"] == 40
+
+
+def test_default_view_size_is_ten_percent(two_pops):
+    m = sct.tl.scrobust_pretrain(two_pops, epochs=1, rng=0, **TINY)
+    nnz = np.diff(two_pops.X.indptr).mean()
+    assert m.config["n_genes_per_view"] == max(8, round(0.1 * nnz))
+
+
+def test_seeds_reproduce(two_pops):
+    kw = dict(TINY, dropout=0.1, head_dropout=0.3)
+    m1 = sct.tl.scrobust_pretrain(two_pops, epochs=1, rng=7, **kw)
+    m2 = sct.tl.scrobust_pretrain(two_pops, epochs=1, rng=7, **kw)
+    m3 = sct.tl.scrobust_pretrain(two_pops, epochs=1, rng=8, **kw)
+    s1, s2, s3 = (m.network.state_dict() for m in (m1, m2, m3))
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+    assert any(not torch.equal(s1[k], s3[k]) for k in s1)
+    e1 = sct.tl.scrobust_embed(two_pops, m1, gene_order="random", rng=3, progress=False, copy=True)
+    e2 = sct.tl.scrobust_embed(two_pops, m1, gene_order="random", rng=3, progress=False, copy=True)
+    np.testing.assert_array_equal(e1.obsm["X_scrobust"], e2.obsm["X_scrobust"])
+
+
+def test_save_load_identical(tmp_path, two_pops, model2):
+    a = two_pops.copy()
+    sct.tl.scrobust_embed(a, model2, progress=False)
+    model2.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json",
+                                                                  "model.safetensors"]
+    with pytest.raises(FileExistsError):
+        model2.save(tmp_path / "m")
+    m = sct.tl.ScRobustModel.load(tmp_path / "m", device="cpu")
+    assert m.vocab == model2.vocab and m.config == model2.config
+    b = sct.tl.scrobust_embed(two_pops, m, progress=False, copy=True)
+    np.testing.assert_array_equal(a.obsm["X_scrobust"], b.obsm["X_scrobust"])
+    with pytest.raises(FileNotFoundError, match="not a saved"):
+        sct.tl.ScRobustModel.load(tmp_path)
+
+
+def test_embed_without_model_pretrains(two_pops):
+    a = sct.tl.scrobust_embed(two_pops, pretrain_kwargs=dict(TINY, epochs=1), n_genes=10,
+                              progress=False, copy=True)
+    assert a.obsm["X_scrobust"].shape == (80, 32)
+    assert "X_scrobust" not in two_pops.obsm
+
+
+# ----------------------------------------------------------------------------- annotation
+@pytest.fixture(scope="module")
+def annotated():
+    full = planted(n_per=50, n_pops=3, n_markers=6, n_genes=36, seed=3)
+    ref, query = full[::2].copy(), full[1::2].copy()
+    base = sct.tl.scrobust_pretrain(ref, epochs=2, n_genes_per_view=8, rng=0, **TINY)
+    before = {k: v.clone() for k, v in base.network.state_dict().items()}
+    ft = sct.tl.scrobust_annotate(query, ref, labels_key="pop", model=base, n_genes=36,
+                                  epochs=6, batch_size=16, lr=2e-3, rng=0, progress=False,
+                                  return_model=True)
+    return base, before, ft, ref, query
+
+
+def test_annotation_planted_high_accuracy(annotated):
+    base, before, ft, _ref, query = annotated
+    acc = (query.obs["scrobust_label"].astype(str) == query.obs["pop"].astype(str)).mean()
+    assert acc >= 0.9
+    conf = query.obs["scrobust_confidence"]
+    assert conf.between(1 / 3, 1).all() and conf.mean() > 0.6
+    assert ft.classes == ["P0", "P1", "P2"] and ft.is_fine_tuned
+    # the given model was copied, not fine-tuned in place
+    for k, v in base.network.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not base.is_fine_tuned
+
+
+def test_annotation_with_saved_finetuned_model(tmp_path, annotated):
+    _, _, ft, _, query = annotated
+    ft.save(tmp_path / "ft")
+    m = sct.tl.ScRobustModel.load(tmp_path / "ft")
+    np.testing.assert_array_equal(m.gene_detection, ft.gene_detection.astype(np.float32))
+    q = sct.tl.scrobust_annotate(query, model=m, n_genes=36, progress=False, copy=True)
+    assert (q.obs["scrobust_label"] == query.obs["scrobust_label"]).mean() > 0.95
+
+
+def test_annotation_query_vocabulary_mismatch(annotated):
+    _, _, ft, _, query = annotated
+    q = query.copy()
+    q.var_names = [g if i % 3 else f"X{i}" for i, g in enumerate(q.var_names)]  # 12 unknown
+    with pytest.warns(UserWarning, match="12 of 36 genes of adata_query are not in the model"):
+        sct.tl.scrobust_annotate(q, model=ft, n_genes=36, progress=False)
+    assert q.obs["scrobust_label"].notna().all()
+    assert q.uns["scrobust_label"]["params"]["n_query_genes_skipped"] == 12
+    q2 = query.copy()
+    q2.var_names = [f"X{i}" for i in range(q2.n_vars)]
+    snap = snapshot(q2)
+    with pytest.raises(ValueError, match="shares only 0 of its 36 genes"):
+        sct.tl.scrobust_annotate(q2, model=ft, progress=False)
+    assert_unchanged(q2, snap)
+
+
+def test_annotation_bad_inputs(annotated):
+    _, _, ft, ref, query = annotated
+    q = query.copy()
+    for k in ("scrobust_label", "scrobust_confidence"):
+        del q.obs[k]
+    del q.uns["scrobust_label"]
+    snap = snapshot(q)
+    kw = dict(epochs=1, progress=False, model=ft)
+    with pytest.raises(KeyError, match=r"'celltype' not found in adata_ref\.obs"):
+        sct.tl.scrobust_annotate(q, ref, labels_key="celltype", **kw)
+    with pytest.raises(ValueError, match="labels_key= is required"):
+        sct.tl.scrobust_annotate(q, ref, **kw)
+    r = ref.copy()
+    r.obs["one"] = "T"
+    with pytest.raises(ValueError, match="single class"):
+        sct.tl.scrobust_annotate(q, r, labels_key="one", **kw)
+    r.obs["nan"] = r.obs["pop"].astype(object)
+    r.obs.iloc[3, r.obs.columns.get_loc("nan")] = np.nan
+    with pytest.raises(ValueError, match="1 missing"):
+        sct.tl.scrobust_annotate(q, r, labels_key="nan", **kw)
+    with pytest.raises(ValueError, match="Give adata_ref"):
+        sct.tl.scrobust_annotate(q, model=None, progress=False)
+    q_empty = q.copy()
+    X = q_empty.X.toarray()
+    X[2] = 0
+    q_empty.X = sparse.csr_matrix(X)
+    snap_e = snapshot(q_empty)
+    with pytest.raises(ValueError, match="zero total counts"):
+        sct.tl.scrobust_annotate(q_empty, model=ft, progress=False)
+    assert_unchanged(q_empty, snap_e)
+    assert_unchanged(q, snap)
+
+
+def test_bad_inputs_pretrain_and_embed(two_pops, model2):
+    a = two_pops.copy()
+    snap = snapshot(a)
+    with pytest.raises(ValueError, match="non-integer"):
+        b = a.copy()
+        b.X = b.X * 0.5
+        sct.tl.scrobust_pretrain(b, epochs=1, **TINY)
+    # a cell whose only non-zero genes are outside the vocabulary
+    c = a.copy()
+    c.var_names = [*list(c.var_names[:-1]), "NEW"]
+    X = c.X.toarray()
+    X[5] = 0
+    X[5, -1] = 4
+    c.X = sparse.csr_matrix(X)
+    snap_c = snapshot(c)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no non-zero expression"):
+        sct.tl.scrobust_embed(c, model2, progress=False)
+    assert_unchanged(c, snap_c)
+    with pytest.raises(KeyError, match="Layer 'counts' not found"):
+        sct.tl.scrobust_embed(a, model2, layer="counts", progress=False)
+    with pytest.raises(ValueError, match="d_model=30 must be divisible"):
+        sct.tl.scrobust_pretrain(a, **dict(TINY, d_model=30))
+    with pytest.raises(ValueError, match="gene_order"):
+        sct.tl.scrobust_embed(a, model2, gene_order="hvg", progress=False)
+    assert_unchanged(a, snap)
+
+
+# ----------------------------------------------------------------------------- vocab file
+def test_whole_human_vocabulary_file():
+    require_data("scrobust_vocab/whole_human_vocab.csv")
+    path = sct.datasets.data_dir() / "scrobust_vocab" / "whole_human_vocab.csv"
+    df = pd.read_csv(path)
+    a = sct.datasets.ifnb_pbmc(bundled=True)[:64, :300].copy()
+    a = a[np.asarray(a.X.sum(1)).ravel() > 0].copy()
+    known = a.var_names.isin(df["SYMBOL"])
+    with pytest.warns(UserWarning, match=f"{int((~known).sum())} of 300 genes"):
+        m = sct.tl.scrobust_pretrain(a, vocab=path, epochs=1, rng=0, **TINY)
+    assert len(m.vocab) == len(df) and m.cls_id == 3 and m.pad_id == 0
+    sym_to_id = dict(zip(df["SYMBOL"], df["ID"], strict=True))
+    g = a.var_names[known][:5]
+    np.testing.assert_array_equal(m.token_ids(g), [sym_to_id[x] for x in g])
+    assert m.network.encoder.tokens.weight.shape == (len(df), 32)
+
+
+# ----------------------------------------------------------------------------- pathways
+def test_pathway_scores_formula_and_labels(tmp_path, two_pops, model2):
+    a = two_pops.copy()
+    sets = {"setA": [f"G{j}" for j in range(8)] + ["NOT_A_GENE"],
+            "setB": [f"G{j}" for j in range(8, 16)], "tiny": ["G30"]}
+    with pytest.warns(UserWarning, match="1 gene set"):
+        sct.tl.scrobust_pathway_scores(a, sets, model2)
+    df = a.obsm["X_scrobust_pathways"]
+    assert list(df.columns) == ["setA", "setB"] and (df.index == a.obs_names).all()
+    # eqs. 16–20 by hand for one cell and one set
+    W = model2.network.encoder.tokens.weight.detach().numpy().astype(float)
+    W = W[model2.token_ids(sets["setB"])]
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    x = np.log1p(a.X[5].toarray().ravel() / a.X[5].sum() * 1e4)[8:16]
+    p, c = W.sum(0), (x[:, None] * W).sum(0)
+    assert df.iloc[5, 1] == pytest.approx(c @ p / (p @ p), rel=1e-4)
+    assert a.uns["X_scrobust_pathways"]["genes_used"]["setA"] == sets["setA"][:8]
+    labels = a.obs["scrobust_pathway_label"].astype(str).str.replace("set", "P").map(
+        {"PA": "P0", "PB": "P1"})
+    assert (labels == a.obs["pop"].astype(str)).mean() > 0.9
+    # a GMT file gives the same scores
+    gmt = tmp_path / "s.gmt"
+    gmt.write_text("setA\tna\t" + "\t".join(sets["setA"]) + "\nsetB\tna\t"
+                   + "\t".join(sets["setB"]) + "\n")
+    b = sct.tl.scrobust_pathway_scores(two_pops, gmt, model2, copy=True)
+    np.testing.assert_allclose(b.obsm["X_scrobust_pathways"].to_numpy(), df.to_numpy(),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="None of the 1 gene sets"):
+        sct.tl.scrobust_pathway_scores(two_pops, {"x": ["nope"]}, model2)
+
+
+# ----------------------------------------------------------------------------- markers
+def test_marker_genes_rank_genes_groups_shape(two_pops, model2):
+    a = two_pops.copy()
+    sct.tl.scrobust_marker_genes(a, "pop", model2, n_genes=5, progress=False)
+    rec = a.uns["scrobust_markers"]
+    assert rec["params"]["groupby"] == "pop" and rec["names"].dtype.names == ("P0", "P1")
+    df = sc.get.rank_genes_groups_df(a, "P0", key="scrobust_markers")
+    assert list(df.columns[:3]) == ["names", "scores", "logfoldchanges"] and len(df) == 5
+    assert (np.diff(df["scores"]) <= 0).all()
+    # hand aggregation of CLS attention for the top gene of P0
+    tok = _prepare(a, model2.token_ids, layer=None, input_scale="counts", min_shared_genes=1)
+    b = _Batcher(tok, pad_id=0, cls_id=3, device="cpu")
+    ids, vals, pad = b.select(torch.arange(80), 800, rank=_unique_rank(tok.detection(45)))
+    with torch.no_grad():
+        w = model2.network.encoder.cls_attention(ids, vals, pad)
+    np.testing.assert_allclose(w.sum(1).numpy(), 1.0, rtol=1e-5)
+    gid = model2.token_ids([df["names"][0]])[0]
+    per_cell = (w * (ids == gid)).sum(1).numpy()
+    in0 = (a.obs["pop"] == "P0").to_numpy()
+    assert df["scores"][0] == pytest.approx(per_cell[in0].mean() - per_cell[~in0].mean(),
+                                            rel=1e-4)
+    # planted markers (G0–G7 for P0, G8–G15 for P1) are found
+    top0 = set(rec["names"]["P0"])
+    top1 = set(rec["names"]["P1"])
+    assert len(top0 & {f"G{j}" for j in range(8)}) >= 4
+    assert len(top1 & {f"G{j}" for j in range(8, 16)}) >= 4
+    with pytest.raises(KeyError, match="groupby 'nope'"):
+        sct.tl.scrobust_marker_genes(a, "nope", model2, progress=False)
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, sctorch; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
