@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -64,7 +65,7 @@ def random_placement(a: ad.AnnData, key: str, seed: int = 0) -> None:
     a.uns[key] = {"shape": (H, W), "objective": float("nan")}
 
 
-def run(datasets, levels, epochs, preset, out: Path) -> None:
+def run(datasets, levels, epochs, preset, out: Path, n_features=None) -> None:
     import magic
 
     rows = []
@@ -96,7 +97,8 @@ def run(datasets, levels, epochs, preset, out: Path) -> None:
 
             def run_tcer(obs=obs, key="genomap"):
                 sct.tl.tcer_impute(obs, genomap_key=key, preset=preset, epochs=epochs,
-                                   progress=True, rng=0, key_added=f"tcer_{key}")
+                                   n_features=n_features, progress=True, rng=0,
+                                   key_added=f"tcer_{key}")
                 return obs.layers[f"tcer_{key}"]
 
             tc, tsec, tpeak = measured(run_tcer)
@@ -122,10 +124,10 @@ def run(datasets, levels, epochs, preset, out: Path) -> None:
                 rows.append({"data": name, "efficiency": LEVELS[shape], "method": "reference",
                              "cells": obs.n_obs, "genes": obs.n_vars,
                              "ARI": sct.metrics.cluster_and_score(tmp, labels)["ARI"]})
-    write(rows, out, epochs, preset)
+    write(rows, out, epochs, preset, n_features)
 
 
-def write(rows, out: Path, epochs, preset) -> None:
+def write(rows, out: Path, epochs, preset, n_features) -> None:
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -133,8 +135,9 @@ def write(rows, out: Path, epochs, preset) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as fh:
         fh.write("# TCER benchmark (down-sampling protocol)\n\n")
-        fh.write(f"Command: `python benchmarks/tcer.py` with preset={preset!r}, "
-                 f"epochs={epochs}; 2 CPU cores. Process peak RSS {rss:.0f} MiB.\n\n")
+        fh.write(f"Command: `python benchmarks/tcer.py {' '.join(sys.argv[1:])}`\n\n")
+        fh.write(f"Settings: preset={preset!r}, epochs={epochs}, n_features={n_features}; "
+                 f"2 CPU cores. Process peak RSS {rss:.0f} MiB.\n\n")
         fh.write(df.to_markdown(index=False, floatfmt=".3f"))
         fh.write("\n")
     print(df.to_string())
@@ -146,9 +149,10 @@ def main() -> None:
     ap.add_argument("--levels", nargs="+", type=float, default=list(LEVELS))
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--preset", default="fast")
+    ap.add_argument("--n-features", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/tcer.md")
     args = ap.parse_args()
-    run(args.datasets, args.levels, args.epochs, args.preset, Path(args.out))
+    run(args.datasets, args.levels, args.epochs, args.preset, Path(args.out), args.n_features)
 
 
 if __name__ == "__main__":

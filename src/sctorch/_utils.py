@@ -196,12 +196,15 @@ def iter_batches(n: int, batch_size: int) -> Iterator[slice]:
 def log_normalize(X, target_sum: float | None = 1e4):
     """``log1p(X / library × target_sum)`` of a counts block; sparse stays sparse.
 
-    ``target_sum=None`` scales to the median library size (Scanpy's default).
+    ``target_sum=None`` scales to the median library size of the non-empty cells.
     Uses :func:`scanpy.pp.normalize_total` and :func:`scanpy.pp.log1p` on a throw-away AnnData.
     """
     import anndata as ad
     import scanpy as sc
 
+    if target_sum is None:  # explicit median: Scanpy's differs between sparse and dense input
+        lib = row_sums(X)
+        target_sum = float(np.median(lib[lib > 0])) if (lib > 0).any() else 1.0
     tmp = ad.AnnData(X.astype(np.float32))
     sc.pp.normalize_total(tmp, target_sum=target_sum)
     sc.pp.log1p(tmp)

@@ -1,3 +1,5 @@
 """Plotting in the Scanpy ``pl`` style."""
 
-__all__: list[str] = []
+from ._genomap import genomap
+
+__all__ = ["genomap"]

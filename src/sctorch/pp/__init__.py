@@ -1,5 +1,6 @@
-"""Preprocessing: the evaluation protocol's observation model and reference selection."""
+"""Preprocessing: the evaluation protocol, reference selection and ESM-2 gene embeddings."""
 
+from ._esm import esm_gene_embeddings
 from ._simulation import select_reference, simulate_efficiency_loss
 
-__all__ = ["select_reference", "simulate_efficiency_loss"]
+__all__ = ["esm_gene_embeddings", "select_reference", "simulate_efficiency_loss"]
