@@ -818,7 +818,8 @@ def _finetune(model: ScRobustModel, rtok: _Tokens, labels: pd.Series, *, dev, n_
     import torch.nn.functional as F
 
     classes = sorted(labels.unique())
-    y_all = torch.as_tensor(pd.Categorical(labels, categories=classes).codes, dtype=torch.long)
+    y_all = torch.as_tensor(np.array(pd.Categorical(labels, categories=classes).codes),
+                            dtype=torch.long)
     ft = ScRobustModel(_copy.deepcopy(model.network).to(dev), model.vocab, model.config,
                        classes=classes, history=_copy.deepcopy(model.history))
     seed_everything(seed)
