@@ -121,37 +121,52 @@ def _from_sums(n, sx, sy, sxx, syy, sxy) -> dict[str, np.ndarray]:
             "mse": np.maximum(mse, 0.0)}
 
 
-def gene_pearson(a, b, **kwargs) -> np.ndarray:
-    """Pearson correlation per gene (column, across cells); see :func:`pairwise_scores`.
+_WHAT = {
+    "pearson": ("Pearson correlation", "NaN where either vector is constant"),
+    "cosine": ("cosine similarity", "NaN where either vector is all zero"),
+    "mse": ("mean squared error", "never NaN"),
+}
 
-    Returns an array of shape ``(n_genes,)``; NaN for a constant gene.
+
+def _one_score(axis: Axis, column: str):
+    """Make the function that returns one column of :func:`pairwise_scores`."""
+    what, nan = _WHAT[column]
+    unit, other, n = (("gene", "cells", "n_genes") if axis == "gene"
+                      else ("cell", "genes", "n_cells"))
+
+    def score(a, b, *, batch_size: int = 2048) -> np.ndarray:
+        return pairwise_scores(a, b, axis=axis, batch_size=batch_size)[column].to_numpy()
+
+    score.__name__ = score.__qualname__ = f"{unit}_{column}"
+    score.__module__ = __name__
+    score.__doc__ = f"""{what.capitalize()} per {unit}, across {other}.
+
+    Parameters
+    ----------
+    a, b
+        Dense or sparse matrices of shape ``(n_cells, n_genes)`` on the same scale
+        (e.g. both log1p-normalised).
+    batch_size
+        Rows densified at a time.
+
+    Returns
+    -------
+    float64 array of shape ``({n},)``; {nan}.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or the inputs are not 2-D.
     """
-    return pairwise_scores(a, b, axis="gene", **kwargs)["pearson"].to_numpy()
+    return score
 
 
-def cell_pearson(a, b, **kwargs) -> np.ndarray:
-    """Pearson correlation per cell (row, across genes); shape ``(n_cells,)``; NaN if constant."""
-    return pairwise_scores(a, b, axis="cell", **kwargs)["pearson"].to_numpy()
-
-
-def gene_cosine(a, b, **kwargs) -> np.ndarray:
-    """Cosine similarity per gene (column); shape ``(n_genes,)``; NaN for an all-zero gene."""
-    return pairwise_scores(a, b, axis="gene", **kwargs)["cosine"].to_numpy()
-
-
-def cell_cosine(a, b, **kwargs) -> np.ndarray:
-    """Cosine similarity per cell (row); shape ``(n_cells,)``; NaN for an all-zero cell."""
-    return pairwise_scores(a, b, axis="cell", **kwargs)["cosine"].to_numpy()
-
-
-def gene_mse(a, b, **kwargs) -> np.ndarray:
-    """Mean squared error per gene (column, averaged over cells); shape ``(n_genes,)``."""
-    return pairwise_scores(a, b, axis="gene", **kwargs)["mse"].to_numpy()
-
-
-def cell_mse(a, b, **kwargs) -> np.ndarray:
-    """Mean squared error per cell (row, averaged over genes); shape ``(n_cells,)``."""
-    return pairwise_scores(a, b, axis="cell", **kwargs)["mse"].to_numpy()
+gene_pearson = _one_score("gene", "pearson")
+cell_pearson = _one_score("cell", "pearson")
+gene_cosine = _one_score("gene", "cosine")
+cell_cosine = _one_score("cell", "cosine")
+gene_mse = _one_score("gene", "mse")
+cell_mse = _one_score("cell", "mse")
 
 
 def clustering_scores(labels_true, labels_pred) -> dict[str, float]:

@@ -17,7 +17,11 @@ _ENV = "SCTORCH_DATA_DIR"
 def data_dir() -> Path | None:
     """The data directory: ``$SCTORCH_DATA_DIR``, else ``../shared/data`` beside the repository.
 
-    Returns ``None`` when neither exists.
+    Returns
+    -------
+    The :class:`~pathlib.Path` of the directory, or ``None`` when ``SCTORCH_DATA_DIR`` is
+    unset and no ``shared/data`` folder sits beside the repository checkout. Never raises;
+    the loaders raise :class:`FileNotFoundError` when a file is missing.
     """
     env = os.environ.get(_ENV)
     if env:
