@@ -124,7 +124,7 @@ def run(datasets, levels, epochs, preset, out: Path, n_features=None) -> None:
                 rows.append({"data": name, "efficiency": LEVELS[shape], "method": "reference",
                              "cells": obs.n_obs, "genes": obs.n_vars,
                              "ARI": sct.metrics.cluster_and_score(tmp, labels)["ARI"]})
-    write(rows, out, epochs, preset, n_features)
+            write(rows, out, epochs, preset, n_features)  # after every level: partial runs count
 
 
 def write(rows, out: Path, epochs, preset, n_features) -> None:

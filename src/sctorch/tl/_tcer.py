@@ -502,7 +502,8 @@ def tcer_impute(
     Output: a zero pixel gets the prediction; an observed non-zero ``x`` becomes
     ``w·x + (1 − w)·prediction`` with ``w = observed_weight`` (1 keeps measured values,
     as the paper; the default 0.25 of the ``"fast"`` preset was the best of
-    0, 0.25, …, 1 on the intestine benchmark at 0.5 % efficiency).
+    0, 0.25, …, 1 on the bundled intestine subset at 0.5 % efficiency; it is a fixed
+    choice, not fitted per data set).
 
     Normalisation (the paper's): ``log1p(counts / library × 1e4)``; images are divided
     by the maximum log-normalised value so that inputs lie in [0, 1].
