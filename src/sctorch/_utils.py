@@ -248,7 +248,3 @@ def progress_bar(iterable=None, *, total: int | None = None, desc: str | None = 
 
     return tqdm(iterable, total=total, desc=desc, disable=not progress, leave=False, **kwargs)
 
-
-def as_dataframe(X, index, columns) -> pd.DataFrame:
-    """Dense DataFrame from an array with the given labels."""
-    return pd.DataFrame(np.asarray(X), index=pd.Index(index), columns=pd.Index(columns))
