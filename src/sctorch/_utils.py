@@ -11,7 +11,6 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from scipy import sparse
 
 if TYPE_CHECKING:
