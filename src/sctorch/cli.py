@@ -1,10 +1,16 @@
-"""The ``sctorch`` command: ``sctorch demo`` and, later, pipeline subcommands on ``.h5ad`` files."""
+"""The ``sctorch`` command: ``sctorch demo`` and pipeline subcommands on ``.h5ad`` files.
+
+Every subcommand that writes an ``.h5ad`` refuses to write over an existing file (its own
+input included) unless ``--overwrite`` is given, and writes through a temporary file in
+the same folder, so a failed run leaves no half-written output and the input untouched.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +20,107 @@ logger = logging.getLogger("sctorch")
 DEMO_PARTS = ("tcer", "stimpute", "scrobust")
 
 
+# ------------------------------------------------------------------------------ helpers
+def _read(path: str):
+    import anndata as ad
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"input file {p} does not exist.")
+    return ad.read_h5ad(p)
+
+
+def _check_output(out: str, inputs: list[str], overwrite: bool) -> Path:
+    """Refuse to write over an input or an existing file unless ``overwrite``."""
+    p = Path(out)
+    if p.suffix != ".h5ad":
+        raise ValueError(f"output {p} must end in .h5ad.")
+    same = [i for i in inputs if Path(i).exists() and p.exists() and p.samefile(i)]
+    if same and not overwrite:
+        raise ValueError(f"output {p} is the input file {same[0]}; choose another output or "
+                         "pass --overwrite to replace the input.")
+    if p.exists() and not overwrite:
+        raise ValueError(f"output {p} already exists; pass --overwrite to replace it.")
+    if not p.parent.exists():
+        raise FileNotFoundError(f"output folder {p.parent} does not exist.")
+    return p
+
+
+def _write(adata, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"wrote {out}")
+
+
+def _common(p: argparse.ArgumentParser, *, device: bool = True) -> None:
+    if device:
+        p.add_argument("--device", default=None,
+                       help="torch device: cpu, cuda, cuda:1, mps (default: cuda, mps, else cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow the output to replace an existing file, the input included")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _gene_list(value: str | None) -> list[str] | None:
+    """``a,b,c`` or ``@file`` (one gene per line) → list of names."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise FileNotFoundError(f"gene list file {path} does not exist.")
+        genes = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        genes = [g.strip() for g in value.split(",")]
+    genes = [g for g in genes if g]
+    if not genes:
+        raise ValueError(f"no gene names in {value!r}.")
+    return genes
+
+
+def _gene_mask(adata, genes_key: str | None):
+    if genes_key is None:
+        return None
+    if genes_key not in adata.var:
+        raise KeyError(f"--genes-key {genes_key!r} is not a column of var; columns: "
+                       f"{list(adata.var.columns)}.")
+    col = adata.var[genes_key]
+    if col.dtype != bool:
+        raise ValueError(f"var[{genes_key!r}] must be boolean (e.g. highly_variable), "
+                         f"found dtype {col.dtype}.")
+    return col.to_numpy()
+
+
+def _embeddings(value: str | None):
+    """Gene embeddings: a CSV/TSV/Parquet table (genes × dims) or a stImpute set name."""
+    if value is None:
+        return None
+    import pandas as pd
+
+    from . import datasets
+
+    if value.lower() in ("osmfish", "merfish", "mouse_brain"):
+        return datasets.esm2_gene_embeddings(value)
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"gene embeddings file {path} does not exist (expected a .csv, "
+                                ".tsv or .parquet table, genes × dimensions, gene names as "
+                                "the first column, or one of osmFISH, MERFISH, Mouse_brain).")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in (".csv", ".tsv", ".txt"):
+        sep = "," if path.suffix == ".csv" else "\t"
+        return pd.read_csv(path, sep=sep, index_col=0)
+    raise ValueError(f"gene embeddings file {path} must be .csv, .tsv or .parquet.")
+
+
+# ----------------------------------------------------------------------------- commands
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo on the bundled data and write ``summary.md`` to ``--out``."""
     out = Path(args.out)
@@ -21,11 +128,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     lines = ["# sctorch demo", ""]
     for name in DEMO_PARTS:
-        try:
-            part = importlib.import_module(f"sctorch._demos.{name}")
-        except ModuleNotFoundError:
-            continue
+        part = importlib.import_module(f"sctorch._demos.{name}")
         logger.info("demo: %s", name)
+        print(f"[sctorch demo] {name} ...", file=sys.stderr, flush=True)
         lines += part.run(out, quick=args.quick, device=args.device)
         lines.append("")
     lines.append(f"\nfinished in {time.perf_counter() - t0:.1f} s")
@@ -34,6 +139,268 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(text)
     print(f"results written to {out.resolve()}")
     return 0
+
+
+def cmd_genomap(args: argparse.Namespace) -> int:
+    """``sctorch genomap IN OUT``: place genes on a GenoMap grid."""
+    from . import tl
+
+    out = _check_output(args.output, [args.input], args.overwrite)
+    adata = _read(args.input)
+    genes = _gene_list(args.genes)
+    mask = _gene_mask(adata, args.genes_key)
+    if genes is not None and mask is not None:
+        raise ValueError("give --genes or --genes-key, not both.")
+    tl.genomap(adata, layer=args.layer, genes=genes if mask is None else mask,
+               max_iter=args.max_iter, solver=args.solver, key_added=args.key_added,
+               rng=args.seed, progress=not args.quiet)
+    _write(adata, out)
+    return 0
+
+
+def cmd_tcer(args: argparse.Namespace) -> int:
+    """``sctorch tcer IN OUT``: TCER imputation (train, or impute with a saved model)."""
+    from . import tl
+
+    out = _check_output(args.output, [args.input], args.overwrite)
+    if args.model_out and Path(args.model_out).exists() and not args.overwrite:
+        raise ValueError(f"--model-out {args.model_out} already exists; pass --overwrite.")
+    adata = _read(args.input)
+    if args.model:
+        model = tl.TCERModel.load(args.model, device=args.device)
+        model.impute(adata, layer=args.layer, device=args.device, key_added=args.key_added,
+                     progress=not args.quiet)
+    else:
+        kw = {k: getattr(args, k) for k in ("n_features", "epochs", "lr")
+              if getattr(args, k) is not None}
+        model = tl.tcer_impute(adata, layer=args.layer, preset=args.preset,
+                               batch_size=args.batch_size, device=args.device, rng=args.seed,
+                               key_added=args.key_added, progress=not args.quiet,
+                               return_model=True, **kw)
+    _write(adata, out)
+    if args.model_out:
+        model.save(args.model_out)
+        print(f"wrote {args.model_out}")
+    return 0
+
+
+def cmd_stimpute(args: argparse.Namespace) -> int:
+    """``sctorch stimpute SPATIAL REFERENCE OUT``: predict unmeasured spatial genes."""
+    from . import tl
+
+    out = _check_output(args.output, [args.spatial, args.reference], args.overwrite)
+    adata_sp = _read(args.spatial)
+    adata_ref = _read(args.reference)
+    kw = {k: getattr(args, k) for k in ("alpha", "epochs", "ae_epochs")
+          if getattr(args, k) is not None}
+    result = tl.stimpute(
+        adata_sp, adata_ref, genes=_gene_list(args.genes), layer_sp=args.layer_sp,
+        layer_ref=args.layer_ref, gene_embeddings=_embeddings(args.embeddings),
+        n_neighbors=args.n_neighbors, case_sensitive=not args.case_insensitive,
+        device=args.device, rng=args.seed, key_added=args.key_added,
+        return_adata=args.predicted_only, progress=not args.quiet, **kw)
+    _write(result if args.predicted_only else adata_sp, out)
+    return 0
+
+
+def cmd_scrobust_embed(args: argparse.Namespace) -> int:
+    """``sctorch scrobust embed IN OUT``: scRobust cell embeddings in ``obsm``."""
+    from . import tl
+
+    out = _check_output(args.output, [args.input], args.overwrite)
+    adata = _read(args.input)
+    if args.model:
+        model = tl.ScRobustModel.load(args.model, device=args.device)
+    else:
+        model = tl.scrobust_pretrain(
+            adata, layer=args.layer, input_scale=args.input_scale, d_model=args.d_model,
+            n_heads=args.n_heads, epochs=args.epochs, lr=args.lr, device=args.device,
+            rng=args.seed, progress=not args.quiet)
+    tl.scrobust_embed(adata, model, layer=args.layer, input_scale=args.input_scale,
+                      n_genes=args.n_genes, key_added=args.key_added, device=args.device,
+                      rng=args.seed, progress=not args.quiet)
+    _write(adata, out)
+    if args.model_out:
+        model.save(args.model_out, overwrite=args.overwrite)
+        print(f"wrote {args.model_out}")
+    return 0
+
+
+def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
+    """``sctorch scrobust annotate QUERY OUT``: cell-type labels from a reference or model."""
+    from . import tl
+
+    if args.reference is None and args.model is None:
+        raise ValueError("give --reference REF.h5ad with --labels-key, or --model DIR holding "
+                         "a fine-tuned model.")
+    if args.reference is not None and args.labels_key is None:
+        raise ValueError("--reference needs --labels-key (the obs column of cell types).")
+    inputs = [args.query] + ([args.reference] if args.reference else [])
+    out = _check_output(args.output, inputs, args.overwrite)
+    query = _read(args.query)
+    ref = _read(args.reference) if args.reference else None
+    model = tl.ScRobustModel.load(args.model, device=args.device) if args.model else None
+    pre = {"d_model": args.d_model, "n_heads": args.n_heads, "epochs": args.pretrain_epochs,
+           "lr": args.lr}
+    res = tl.scrobust_annotate(
+        query, ref, labels_key=args.labels_key, model=model, layer=args.layer,
+        ref_layer=args.layer, input_scale=args.input_scale, n_genes=args.n_genes,
+        epochs=args.epochs, lr=args.lr, pretrain_kwargs=pre, key_added=args.key_added,
+        return_model=bool(args.model_out), device=args.device, rng=args.seed,
+        progress=not args.quiet)
+    _write(query, out)
+    if args.model_out:
+        res.save(args.model_out, overwrite=args.overwrite)
+        print(f"wrote {args.model_out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- parser
+def _add_demo(sub) -> None:
+    demo = sub.add_parser("demo", help="run the methods on bundled real data",
+                          description="Run TCER, stImpute and scRobust on the bundled real data "
+                                      "and write .h5ad results, PNG figures and summary.md to "
+                                      "--out.")
+    demo.add_argument("--out", default="sctorch_demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--device", default=None, help="torch device (default: cuda, mps, else cpu)")
+    demo.add_argument("--quick", action="store_true", help="smaller settings, for a smoke test")
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_genomap(sub) -> None:
+    p = sub.add_parser(
+        "genomap", help="place genes on a GenoMap grid (sct.tl.genomap)",
+        description="Place the genes of IN on a 2-D grid by Gromov-Wasserstein matching of "
+                    "gene-gene correlation to grid distance (TCER paper, GenoMap "
+                    "construction). Writes var['genomap_row'], var['genomap_col'] and "
+                    "uns['genomap'] into OUT. Input: raw counts or log-normalised.")
+    p.add_argument("input", metavar="IN", help="input .h5ad (cells x genes)")
+    p.add_argument("output", metavar="OUT", help="output .h5ad")
+    p.add_argument("--layer", default=None, help="layer to read (default: X)")
+    p.add_argument("--genes", default=None,
+                   help="genes to place: 'A,B,C' or '@file' with one name per line "
+                        "(default: all)")
+    p.add_argument("--genes-key", default=None,
+                   help="boolean var column choosing the genes, e.g. highly_variable")
+    p.add_argument("--max-iter", type=int, default=100, help="GW iterations (default: %(default)s)")
+    p.add_argument("--solver", choices=("exchange", "pot"), default="exchange",
+                   help="exact GW solver (default: %(default)s)")
+    p.add_argument("--key-added", default="genomap", help="output key (default: %(default)s)")
+    _common(p, device=False)
+    p.set_defaults(func=cmd_genomap)
+
+
+def _add_tcer(sub) -> None:
+    p = sub.add_parser(
+        "tcer", help="impute dropouts with TCER (sct.tl.tcer_impute)",
+        description="Impute the raw counts of IN with TCER (ER-Net on GenoMap images; builds "
+                    "the GenoMap first if IN has none). Writes layers[KEY] (log1p-normalised, "
+                    "same cells and genes) and uns[KEY] into OUT. With --model, imputes with a "
+                    "saved model instead of training.")
+    p.add_argument("input", metavar="IN", help="input .h5ad of raw counts")
+    p.add_argument("output", metavar="OUT", help="output .h5ad")
+    p.add_argument("--layer", default=None, help="layer holding the counts (default: X)")
+    p.add_argument("--preset", choices=("fast", "paper"), default="fast",
+                   help="settings: CPU-friendly 'fast' or the paper's (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: preset)")
+    p.add_argument("--n-features", type=int, default=None,
+                   help="ER-Net width (default: preset)")
+    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: preset)")
+    p.add_argument("--model", default=None, help="impute with this saved model (.safetensors)")
+    p.add_argument("--model-out", default=None, help="save the trained model here")
+    p.add_argument("--key-added", default="tcer", help="output layer (default: %(default)s)")
+    _common(p)
+    p.set_defaults(func=cmd_tcer)
+
+
+def _add_stimpute(sub) -> None:
+    p = sub.add_parser(
+        "stimpute", help="predict unmeasured spatial genes (sct.tl.stimpute)",
+        description="Predict, for the cells of SPATIAL, genes measured only in REFERENCE "
+                    "(scRNA-seq) with stImpute. Both raw counts or both log-normalised "
+                    "(detected). Writes obsm[KEY] and uns[KEY] into OUT (a copy of SPATIAL), "
+                    "or, with --predicted-only, an AnnData of the predicted genes that keeps "
+                    "obs and obsm['spatial'].")
+    p.add_argument("spatial", metavar="SPATIAL", help="spatial .h5ad (cells x measured genes)")
+    p.add_argument("reference", metavar="REFERENCE", help="scRNA-seq reference .h5ad")
+    p.add_argument("output", metavar="OUT", help="output .h5ad")
+    p.add_argument("--genes", default=None,
+                   help="genes to predict: 'A,B,C' or '@file' (default: all reference genes "
+                        "not measured in SPATIAL)")
+    p.add_argument("--layer-sp", default=None, help="layer of SPATIAL (default: X)")
+    p.add_argument("--layer-ref", default=None, help="layer of REFERENCE (default: X)")
+    p.add_argument("--embeddings", default=None,
+                   help="gene embeddings (genes x dims) as .csv/.tsv/.parquet, or osmFISH, "
+                        "MERFISH, Mouse_brain for stImpute's precomputed ESM-2 sets "
+                        "(default: expression similarity only)")
+    p.add_argument("--n-neighbors", type=int, default=50,
+                   help="nearest reference cells per spatial cell (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="GNN weight of the final blend (default: 0.7, 0.5 above 10,000 cells)")
+    p.add_argument("--epochs", type=int, default=None, help="GNN epochs per round (default: 10)")
+    p.add_argument("--ae-epochs", type=int, default=None,
+                   help="autoencoder epochs (default: 30)")
+    p.add_argument("--case-insensitive", action="store_true",
+                   help="match gene names ignoring case (names are never changed)")
+    p.add_argument("--predicted-only", action="store_true",
+                   help="write an AnnData of the predicted genes instead")
+    p.add_argument("--key-added", default="stimpute", help="output key (default: %(default)s)")
+    _common(p)
+    p.set_defaults(func=cmd_stimpute)
+
+
+def _scrobust_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", default=None, help="layer to read (default: X)")
+    p.add_argument("--input-scale", choices=("counts", "log1p"), default="counts",
+                   help="scale of the input (default: %(default)s)")
+    p.add_argument("--model", default=None, help="folder of a saved scRobust model")
+    p.add_argument("--model-out", default=None, help="save the model into this folder")
+    p.add_argument("--d-model", type=int, default=512,
+                   help="pre-training: token dimension (default: %(default)s, as the paper)")
+    p.add_argument("--n-heads", type=int, default=8, help="pre-training: attention heads")
+    p.add_argument("--lr", type=float, default=5e-5,
+                   help="Adam learning rate (default: %(default)s)")
+
+
+def _add_scrobust(sub) -> None:
+    p = sub.add_parser("scrobust", help="scRobust embeddings and annotation",
+                       description="scRobust (Transformer on gene tokens): 'embed' writes "
+                                   "obsm['X_scrobust'], 'annotate' writes obs labels.")
+    ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    e = ssub.add_parser(
+        "embed", help="cell embeddings (sct.tl.scrobust_embed)",
+        description="Embed the cells of IN with a scRobust encoder (pre-trained on IN unless "
+                    "--model is given) and write obsm[KEY] into OUT.")
+    e.add_argument("input", metavar="IN", help="input .h5ad")
+    e.add_argument("output", metavar="OUT", help="output .h5ad")
+    _scrobust_args(e)
+    e.add_argument("--epochs", type=int, default=10,
+                   help="pre-training epochs (default: %(default)s)")
+    e.add_argument("--n-genes", type=int, default=400,
+                   help="highly unique genes per cell at embedding (default: %(default)s)")
+    e.add_argument("--key-added", default="X_scrobust", help="obsm key (default: %(default)s)")
+    _common(e)
+    e.set_defaults(func=cmd_scrobust_embed)
+    a = ssub.add_parser(
+        "annotate", help="cell-type annotation (sct.tl.scrobust_annotate)",
+        description="Fine-tune a scRobust classifier on --reference (labels in "
+                    "--labels-key) or use a fine-tuned --model, then write obs[KEY] and "
+                    "obs['scrobust_confidence'] for the cells of QUERY into OUT.")
+    a.add_argument("query", metavar="QUERY", help="query .h5ad")
+    a.add_argument("output", metavar="OUT", help="output .h5ad")
+    a.add_argument("--reference", default=None, help="labelled reference .h5ad")
+    a.add_argument("--labels-key", default=None, help="obs column of the reference labels")
+    _scrobust_args(a)
+    a.add_argument("--pretrain-epochs", type=int, default=10,
+                   help="pre-training epochs when no --model is given (default: %(default)s)")
+    a.add_argument("--epochs", type=int, default=20,
+                   help="fine-tuning epochs (default: %(default)s)")
+    a.add_argument("--n-genes", type=int, default=800,
+                   help="highly unique genes per cell (default: %(default)s, as the paper)")
+    a.add_argument("--key-added", default="scrobust_label", help="obs key (default: %(default)s)")
+    _common(a)
+    a.set_defaults(func=cmd_scrobust_annotate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,13 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sctorch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the methods on bundled real data",
-                          description="Run sctorch on the bundled real data and write results, "
-                                      "figures and summary.md to --out.")
-    demo.add_argument("--out", default="sctorch_demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--device", default=None, help="torch device (default: cuda, mps, else cpu)")
-    demo.add_argument("--quick", action="store_true", help="smaller settings, for a smoke test")
-    demo.set_defaults(func=cmd_demo)
+    for add in (_add_demo, _add_genomap, _add_tcer, _add_stimpute, _add_scrobust):
+        add(sub)
     return parser
 
 
@@ -68,8 +430,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
+    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError,
+            ImportError) as err:
         print(f"sctorch {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a pipeline needs a clear message and a status
+        print(f"sctorch {args.command}: failed: {type(err).__name__}: {err} "
+              "(run with -v for the log)", file=sys.stderr)
+        if args.verbose:
+            raise
         return 1
 
 
