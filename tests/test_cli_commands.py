@@ -135,3 +135,12 @@ def test_scrobust_annotate_needs_reference_or_model(counts_file, tmp_path, capsy
     assert main(["scrobust", "annotate", str(counts_file), str(tmp_path / "o.h5ad"),
                  "--reference", str(counts_file)]) == 1
     assert "--labels-key" in capsys.readouterr().err
+
+
+def test_demo_fails_with_clear_message(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["demo", "--quick", "--out", str(blocker)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sctorch demo: error:") and str(blocker) in err
+    assert blocker.read_text() == "not a folder"
