@@ -105,6 +105,7 @@ def test_writes_obsm_uns_and_blend(plant):
     rec = a.uns["stimpute"]
     assert list(rec["genes"]) == HELD
     assert rec["reliability"].shape == (len(HELD),) and np.isfinite(rec["reliability"]).all()
+    assert (np.abs(rec["reliability"]) <= 1.0).all()  # an estimated cosine similarity
     p = rec["params"]
     assert p["alpha"] == 0.7 and p["n_train"] == 30 and p["n_with_embedding"] == 36
     assert "non-integer" in p["spatial_scale"]

@@ -528,6 +528,7 @@ def _reliability(prob: _Problem, nbr: np.ndarray, pred_targets: np.ndarray, bar
     mlp.eval()
     with torch.no_grad():
         rel = mlp(torch.as_tensor(pred_targets[cells].T.copy(), device=prob.device))
+    rel = rel.clamp(-1.0, 1.0)  # it estimates a cosine similarity
     bar.update(1)
     return rel.cpu().numpy().astype(np.float32), cos
 
@@ -687,7 +688,8 @@ def stimpute(
        folds; a GNN trained on the other folds (same neighbours) predicts each fold, and
        an MLP learns the out-of-fold cosine similarity from a gene's predicted profile
        (over all spatial cells, or a seeded subset of 4,096 when there are more); it then
-       scores every predicted gene.
+       scores every predicted gene. The MLP ends in a linear layer (as the authors' code),
+       so its output is clipped to [-1, 1], the range of the cosine it estimates.
 
     Everything runs in mini-batches of spatial cells: the ``(batch, genes, k)`` features
     are gathered per batch (the batch shrinks so that one block holds at most 2\ :sup:`23`
