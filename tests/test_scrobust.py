@@ -145,6 +145,37 @@ def test_unique_rank_rarest_first():
     np.testing.assert_array_equal(_unique_rank(det).numpy(), [4, 2, 0, 1, 3])
 
 
+def test_cls_output_equals_full_encoder_output():
+    # the cell embedding evaluates the last layer for the CLS query only; it must equal
+    # position 0 of the full encoder, with padding, in eval and (dropout off) train mode,
+    # for 1 and 2 layers
+    from sctorch.nn._scrobust import ScRobustEncoder
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 50, (4, 12), generator=g)
+    ids[:, 0] = 3
+    scales = torch.rand(4, 12, generator=g) * 3
+    scales[:, 0] = 1.0
+    pad = torch.zeros(4, 12, dtype=torch.bool)
+    pad[1, 7:] = True
+    pad[3, 3:] = True
+    for n_layers in (1, 2):
+        torch.manual_seed(0)
+        enc = ScRobustEncoder(50, d_model=16, n_heads=2, n_layers=n_layers, dropout=0.0)
+        for mode in (enc.eval, enc.train):
+            mode()
+            with torch.no_grad():
+                full = enc(ids, scales, pad)[:, 0]
+                fast = enc.cls_output(ids, scales, pad)
+            torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+        # gradients flow to the gene vectors of every non-padded token
+        enc.train()
+        enc.cls_output(ids, scales, pad).sum().backward()
+        grad = enc.tokens.weight.grad
+        assert grad[ids[3, 1:3]].abs().sum() > 0
+        assert torch.all(grad[ids[3, 3:][~torch.isin(ids[3, 3:], ids[~pad])]] == 0)
+
+
 # ----------------------------------------------------------------------------- loss
 def test_nt_xent_hand_computed():
     z1 = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
