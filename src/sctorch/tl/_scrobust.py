@@ -1086,7 +1086,8 @@ def scrobust_marker_genes(
     model.to(dev)
     net = model.network
     net.eval()
-    code = torch.as_tensor(pd.Categorical(groups, categories=names).codes, dtype=torch.long)
+    code = torch.as_tensor(np.array(pd.Categorical(groups, categories=names).codes),
+                           dtype=torch.long)
     V = len(model.vocab)
     acc = torch.zeros(len(names), V, dtype=torch.float64)
     rank = _unique_rank(tok.detection(V))
