@@ -106,15 +106,23 @@ def test_stimpute_command(tmp_path):
     p = ad.read_h5ad(pred)
     assert list(p.var_names) == held and p.n_obs == 300
     np.testing.assert_array_equal(p.obsm["spatial"], sp.obsm["spatial"])
+    # same seed, same call: the predicted-genes AnnData holds the same predictions
+    np.testing.assert_allclose(np.asarray(p.X), res.obsm["stimpute"].to_numpy(), rtol=1e-5,
+                               atol=1e-6)
 
 
-def test_scrobust_commands(counts_file, tmp_path):
+def test_scrobust_commands(counts_file, tmp_path, capsys):
     tiny = ["--d-model", "16", "--n-heads", "2", "--lr", "5e-3", "--device", "cpu", "--quiet"]
     emb, mdir = tmp_path / "e.h5ad", tmp_path / "model"
     assert main(["scrobust", "embed", str(counts_file), str(emb), "--epochs", "1",
                  "--n-genes", "16", "--model-out", str(mdir), *tiny]) == 0
     X = ad.read_h5ad(emb).obsm["X_scrobust"]
     assert X.shape == (80, 16) and np.isfinite(X).all()
+    # an existing --model-out is refused before any training, and nothing is written
+    again = tmp_path / "again.h5ad"
+    assert main(["scrobust", "embed", str(counts_file), str(again), "--epochs", "1",
+                 "--model-out", str(mdir), *tiny]) == 1
+    assert "--model-out" in capsys.readouterr().err and not again.exists()
     # annotate with a reference, keep the fine-tuned model, then annotate from it alone
     ann, ann2, ft = tmp_path / "a.h5ad", tmp_path / "a2.h5ad", tmp_path / "ft"
     assert main(["scrobust", "annotate", str(counts_file), str(ann), "--reference",

@@ -46,6 +46,12 @@ def _check_output(out: str, inputs: list[str], overwrite: bool) -> Path:
     return p
 
 
+def _check_model_out(path: str | None, overwrite: bool) -> None:
+    """Refuse an existing ``--model-out`` before any work, unless ``overwrite``."""
+    if path and Path(path).exists() and not overwrite:
+        raise ValueError(f"--model-out {path} already exists; pass --overwrite to replace it.")
+
+
 def _write(adata, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -163,8 +169,7 @@ def cmd_tcer(args: argparse.Namespace) -> int:
     from . import tl
 
     out = _check_output(args.output, [args.input], args.overwrite)
-    if args.model_out and Path(args.model_out).exists() and not args.overwrite:
-        raise ValueError(f"--model-out {args.model_out} already exists; pass --overwrite.")
+    _check_model_out(args.model_out, args.overwrite)
     adata = _read(args.input)
     if args.model:
         model = tl.TCERModel.load(args.model, device=args.device)
@@ -208,6 +213,7 @@ def cmd_scrobust_embed(args: argparse.Namespace) -> int:
     from . import tl
 
     out = _check_output(args.output, [args.input], args.overwrite)
+    _check_model_out(args.model_out, args.overwrite)
     adata = _read(args.input)
     if args.model:
         model = tl.ScRobustModel.load(args.model, device=args.device)
@@ -237,6 +243,7 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
         raise ValueError("--reference needs --labels-key (the obs column of cell types).")
     inputs = [args.query] + ([args.reference] if args.reference else [])
     out = _check_output(args.output, inputs, args.overwrite)
+    _check_model_out(args.model_out, args.overwrite)
     query = _read(args.query)
     ref = _read(args.reference) if args.reference else None
     model = tl.ScRobustModel.load(args.model, device=args.device) if args.model else None
