@@ -126,6 +126,21 @@ def test_reliability_ranks_predictable_genes_higher():
     assert rel[:6].mean() > rel[6:].mean() + 0.2, rel
 
 
+def test_reliability_is_clipped_to_cosine_range(plant, monkeypatch):
+    # an MLP whose raw output leaves [-1, 1] gives scores clipped to that range
+    from sctorch.nn import _stimpute as nn_st
+
+    class Overshooting(nn_st.ReliabilityMLP):
+        def forward(self, profiles):
+            return super().forward(profiles) * 0.0 + 3.0
+
+    monkeypatch.setattr(nn_st, "ReliabilityMLP", Overshooting)
+    sp, rf, emb = plant
+    out = sct.tl.stimpute(sp, rf, genes=HELD, gene_embeddings=emb, n_neighbors=10,
+                          return_adata=True, **{**FAST, "reliability_folds": 2})
+    np.testing.assert_array_equal(out.var["reliability"].to_numpy(), 1.0)
+
+
 def test_sparse_dense_and_seeds(plant):
     sp, rf, _ = plant
     counts_sp = ad.AnnData(np.round(np.expm1(sp.X) * 3).astype(np.float32), obs=sp.obs,
