@@ -174,25 +174,6 @@ def _copy_tutorials() -> None:
     _sync_folder(TUT_DST, {nb.name: nb.read_bytes() for nb in notebooks})
 
 
-def _tutorials_source(app, docname: str, source: list[str]) -> None:
-    """Without notebooks, replace the globbing toctree of ``tutorials.md`` by a note.
-
-    An empty glob is a Sphinx warning (fatal with ``-W``); the page then says that no
-    tutorial has been added yet instead.
-    """
-    if docname != "tutorials" or any(TUT_DST.glob("*.ipynb")):
-        return
-    note = (":::{note}\nNo tutorial notebook is in `tutorials/` yet; they appear here "
-            "once they are added.\n:::\n")
-    source[0] = re.sub(r"```\{toctree\}.*?```\n?", note, source[0], flags=re.DOTALL)
-
-
-def _reread_tutorials(app, env, added, changed, removed) -> list[str]:
-    """Re-read ``tutorials.md`` on every build: whether it has a toctree depends on the
-    notebooks present, which Sphinx does not see as a change of that page."""
-    return ["tutorials"] if "tutorials" in env.found_docs else []
-
-
 # --------------------------------------------------------------------------------------
 # `sctorch --help` and every subcommand's help -> docs/_generated/cli_help.md
 # --------------------------------------------------------------------------------------
@@ -245,6 +226,4 @@ def setup(app):
     _copy_benchmarks()
     _copy_tutorials()
     _write_cli_help()
-    app.connect("source-read", _tutorials_source)
-    app.connect("env-get-outdated", _reread_tutorials)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
