@@ -6,7 +6,7 @@ from conftest import assert_unchanged, snapshot
 from scipy import sparse
 
 import sctorch as sct
-from sctorch.nn._ernet import ERNet
+from sctorch.nn._ernet import BatchParallelDeformConv2d, ERNet
 from sctorch.tl._tcer import PLACEHOLDER, TCERModel, mask_blind_spot, mask_nonzero, tcer_loss
 
 
@@ -43,6 +43,39 @@ def test_ernet_output_shape_matches_input(shape):
     assert net(x).shape == x.shape
     with pytest.raises(ValueError, match="batch, 1, H, W"):
         net(torch.rand(3, *shape))
+
+
+def test_batch_parallel_deform_conv_equals_torchvision():
+    from torchvision.ops import DeformConv2d
+
+    torch.manual_seed(0)
+    ref = DeformConv2d(6, 5, 3, padding=1)
+    par = BatchParallelDeformConv2d(6, 5, 3, padding=1)
+    par.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 6, 9, 8)  # odd batch: unequal slices
+    off = torch.randn(7, 18, 9, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        outs, grads = [], []
+        for m in (ref, par):
+            xi, oi = x.clone().requires_grad_(), off.clone().requires_grad_()
+            m.zero_grad()
+            y = m(xi, oi)
+            (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+            outs.append(y.detach())
+            if m is par:  # the threaded path ran, not the plain torchvision module
+                assert type(y.grad_fn).__name__ == "_ChunkedDeformConvBackward"
+            grads.append([xi.grad, oi.grad, m.weight.grad, m.bias.grad])
+        with torch.no_grad():
+            y_eval = par(x, off)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    for g_par, g_ref in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(g_par, g_ref, rtol=1e-5, atol=1e-5)
+    assert not y_eval.requires_grad
+    torch.testing.assert_close(y_eval, outs[1], rtol=0, atol=0)
 
 
 def test_mask_nonzero_hides_requested_fraction_and_never_padding():

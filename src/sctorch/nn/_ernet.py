@@ -16,16 +16,111 @@ Architecture (TCER paper §ER-Net, Figure 9):
   and CBAM (channel then spatial attention, :class:`CBAM`).
 
 Where the paper leaves widths open we double the channels at each stride-2 step.
+
+On the CPU the deformable convolution is torchvision's ``deform_conv2d`` run on
+slices of the batch in parallel threads (:class:`BatchParallelDeformConv2d`): its
+CPU kernel samples and scatters in a serial loop, so one ``deform_conv2d`` call uses
+one core whatever ``torch.get_num_threads()`` says. The values are torchvision's, up
+to float rounding (its matrix products are then taken over smaller batches).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DeformConv2d
+from torchvision.ops import DeformConv2d, deform_conv2d
 
-__all__ = ["CBAM", "DFAModule", "ERNet"]
+__all__ = ["CBAM", "BatchParallelDeformConv2d", "DFAModule", "ERNet"]
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A process-wide thread pool with at least ``n`` workers (created on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < n:
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sctorch-dcn")
+        return _POOL
+
+
+class _ChunkedDeformConv(torch.autograd.Function):
+    """``deform_conv2d`` on ``n`` slices of the batch, forward and backward in threads.
+
+    Each slice's forward is recorded with its own autograd graph (leaf copies of the
+    inputs); the backward runs ``torch.autograd.grad`` on every slice in parallel,
+    concatenates the input and offset gradients and sums the weight and bias gradients
+    in a fixed order, so results do not depend on thread timing.
+    """
+
+    @staticmethod
+    def forward(ctx, x, offset, weight, bias, n, stride, padding, dilation):
+        xs, offs = x.chunk(n), offset.chunk(n)
+
+        def run(i):
+            with torch.enable_grad():
+                leaves = (xs[i].detach().requires_grad_(), offs[i].detach().requires_grad_(),
+                          weight.detach().requires_grad_(), bias.detach().requires_grad_())
+                y = deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3],
+                                  stride=stride, padding=padding, dilation=dilation)
+            return y, leaves
+
+        ctx.parts = list(_pool(len(xs)).map(run, range(len(xs))))
+        return torch.cat([y.detach() for y, _ in ctx.parts])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        parts, ctx.parts = ctx.parts, None
+        gs = grad.split([y.shape[0] for y, _ in parts])
+
+        def run(i):
+            y, leaves = parts[i]
+            return torch.autograd.grad(y, leaves, gs[i])
+
+        grads = list(_pool(len(parts)).map(run, range(len(parts))))
+        gw, gb = grads[0][2], grads[0][3]
+        for g in grads[1:]:
+            gw, gb = gw + g[2], gb + g[3]
+        return (torch.cat([g[0] for g in grads]), torch.cat([g[1] for g in grads]), gw, gb,
+                None, None, None, None)
+
+
+class BatchParallelDeformConv2d(DeformConv2d):
+    """:class:`torchvision.ops.DeformConv2d` that splits a CPU batch over threads.
+
+    Same parameters, state-dict keys and values as ``DeformConv2d`` (no mask / DCNv2
+    modulation). On a CPU tensor with a batch of at least 2 and more than one torch
+    thread, the batch is cut into ``min(torch.get_num_threads(), batch)`` slices that
+    run torchvision's ``deform_conv2d`` concurrently (forward and backward); elsewhere
+    (CUDA, one thread, batch 1) it is plain ``DeformConv2d``. Outputs and gradients
+    equal torchvision's up to float rounding (about 1e-7 relative: the matrix products
+    run over smaller batches and the weight gradients are summed over slices).
+    """
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        n = min(torch.get_num_threads(), x.shape[0])
+        if mask is not None or x.device.type != "cpu" or n < 2 or self.bias is None:
+            return super().forward(x, offset, mask)
+        if not (torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad
+                                             or self.weight.requires_grad)):
+            xs, offs = x.chunk(n), offset.chunk(n)
+
+            def run(i):  # grad mode is thread-local: switch it off in the worker too
+                with torch.no_grad():
+                    return deform_conv2d(xs[i], offs[i], self.weight, self.bias,
+                                         stride=self.stride, padding=self.padding,
+                                         dilation=self.dilation)
+
+            return torch.cat(list(_pool(len(xs)).map(run, range(len(xs)))))
+        return _ChunkedDeformConv.apply(x, offset, self.weight, self.bias, n, self.stride,
+                                        self.padding, self.dilation)
 
 
 class ChannelAttention(nn.Module):
@@ -78,7 +173,7 @@ class DFAModule(nn.Module):
         self.offset = nn.Conv2d(channels, 2 * kernel_size * kernel_size, kernel_size, padding=pad)
         nn.init.zeros_(self.offset.weight)  # start as a regular convolution
         nn.init.zeros_(self.offset.bias)
-        self.deform = DeformConv2d(channels, channels, kernel_size, padding=pad)
+        self.deform = BatchParallelDeformConv2d(channels, channels, kernel_size, padding=pad)
         self.ca = ChannelAttention(channels)
         self.pa = PixelAttention(channels)
 
