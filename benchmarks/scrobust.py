@@ -2,14 +2,15 @@
 
 Protocol (issue 6): 5-fold stratified cross-validation, macro-F1 and accuracy, with 0 %,
 30 % and 50 % additional dropout (that fraction of each cell's non-zero counts set to 0,
-seeded, in training and test cells alike) — scRobust (pre-train on all cells without
-labels, fine-tune on the training fold) vs logistic regression on the top 2,000 HVGs of
-log-normalised data (HVGs chosen on the training fold) vs CellTypist (``celltypist.train``
-on the fold, then ``annotate``). Each method × dropout level runs in its own process; its
-seconds and peak resident memory (``ru_maxrss`` of that process) are reported. Also:
-Leiden ARI/NMI on ``X_scrobust`` vs PCA of HVGs, pathway-based annotation with immune
-marker sets, the top-10 attention markers per cell type, and pre-training throughput at
-d_model = 512, 1 layer.
+seeded, in training and test cells alike) — scRobust (pre-train on all cells without labels,
+fine-tune on the training fold) vs logistic regression on the top 2,000 HVGs of
+log-normalised data (HVGs chosen on the training fold; also with
+``class_weight="balanced"``, like scRobust's default fine-tuning loss) vs CellTypist
+(``celltypist.train`` on the fold, then ``annotate``). Each method × dropout level runs in
+its own process; its seconds and peak resident memory (``ru_maxrss`` of that process) are
+reported. Also: Leiden ARI/NMI on ``X_scrobust`` vs PCA of HVGs, pathway-based annotation
+with immune marker sets, the top-10 attention markers per cell type, and pre-training
+throughput at d_model = 512, 1 layer.
 
 Run ``python benchmarks/scrobust.py`` (CPU budget settings, see ``CPU`` below) or
 ``python benchmarks/scrobust.py --full`` (the paper's settings; meant for a GPU).
@@ -140,16 +141,18 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
             sct.tl.scrobust_annotate(q, a[tr].copy(), labels_key="cell_type", model=model,
                                      rng=SEED, progress=False, **cfg["finetune"])
             res.append(score(y[te], q.obs["scrobust_label"].astype(str)))
-    elif method == "logistic regression":
+    elif method in ("logistic regression", "logistic regression (balanced)"):
         import scanpy as sc
         from sklearn.linear_model import LogisticRegression
+
+        weight = "balanced" if method.endswith("(balanced)") else None
 
         b = lognorm(a)
         for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
             t = b[tr].copy()
             sc.pp.highly_variable_genes(t, n_top_genes=2000)
             hv = t.var["highly_variable"].to_numpy()
-            clf = LogisticRegression(max_iter=1000).fit(t.X[:, hv], y[tr])
+            clf = LogisticRegression(max_iter=1000, class_weight=weight).fit(t.X[:, hv], y[tr])
             res.append(score(y[te], clf.predict(b.X[te][:, hv])))
     elif method == "CellTypist":
         import celltypist

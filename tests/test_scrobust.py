@@ -277,6 +277,37 @@ def test_annotation_planted_high_accuracy(annotated):
     assert not base.is_fine_tuned
 
 
+def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated):
+    from sctorch.tl._scrobust import _class_weights
+
+    labels = pd.Series(["b", "a", "a", "a", "c", "c"])
+    # n / (n_classes × n_c) = 6 / (3 × [3, 1, 2]) for the sorted classes a, b, c
+    np.testing.assert_allclose(_class_weights(labels, "balanced"), [2 / 3, 2.0, 1.0])
+    np.testing.assert_allclose(_class_weights(labels, {"a": 1, "b": 5, "c": 2}), [1, 5, 2])
+    assert _class_weights(labels, None) is None
+    with pytest.raises(ValueError, match="no weight for 1 reference label"):
+        _class_weights(labels, {"a": 1, "b": 1})
+    with pytest.raises(ValueError, match="class_weight must be 'balanced'"):
+        _class_weights(labels, "inverse")
+    with pytest.raises(ValueError, match="finite and > 0"):
+        _class_weights(labels, {"a": 1, "b": 0, "c": 1})
+
+    base, _, _, ref, query = annotated
+    r = ref[ref.obs["pop"].astype(str) != "P2"].copy()  # unbalanced: keep 5 cells of P2
+    r = ad.concat([r, ref[ref.obs["pop"].astype(str) == "P2"][:5]])
+    kw = dict(labels_key="pop", model=base, n_genes=36, epochs=2, batch_size=16, lr=2e-3,
+              rng=0, progress=False, copy=True)
+    bal = sct.tl.scrobust_annotate(query, r, **kw)
+    w = dict(zip(["P0", "P1", "P2"], _class_weights(r.obs["pop"].astype(str), "balanced"),
+                 strict=True))
+    same = sct.tl.scrobust_annotate(query, r, class_weight=w, **kw)
+    plain = sct.tl.scrobust_annotate(query, r, class_weight=None, **kw)
+    np.testing.assert_array_equal(bal.obs["scrobust_confidence"],
+                                  same.obs["scrobust_confidence"])
+    assert not np.allclose(bal.obs["scrobust_confidence"], plain.obs["scrobust_confidence"])
+    assert bal.uns["scrobust_label"]["params"]["class_weight"] == "balanced"
+
+
 def test_annotation_with_saved_finetuned_model(tmp_path, annotated):
     _, _, ft, _, query = annotated
     ft.save(tmp_path / "ft")

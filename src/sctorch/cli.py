@@ -252,7 +252,9 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     res = tl.scrobust_annotate(
         query, ref, labels_key=args.labels_key, model=model, layer=args.layer,
         ref_layer=args.layer, input_scale=args.input_scale, n_genes=args.n_genes,
-        epochs=args.epochs, lr=args.lr, pretrain_kwargs=pre, key_added=args.key_added,
+        epochs=args.epochs, lr=args.lr,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
+        pretrain_kwargs=pre, key_added=args.key_added,
         return_model=bool(args.model_out), device=args.device, rng=args.seed,
         progress=not args.quiet)
     _write(query, out)
@@ -405,6 +407,8 @@ def _add_scrobust(sub) -> None:
                    help="fine-tuning epochs (default: %(default)s)")
     a.add_argument("--n-genes", type=int, default=800,
                    help="highly unique genes per cell (default: %(default)s, as the paper)")
+    a.add_argument("--class-weight", choices=["balanced", "none"], default="balanced",
+                   help="cross-entropy class weights in fine-tuning (default: %(default)s)")
     a.add_argument("--key-added", default="scrobust_label", help="obs key (default: %(default)s)")
     _common(a)
     a.set_defaults(func=cmd_scrobust_annotate)
