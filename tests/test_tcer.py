@@ -78,6 +78,37 @@ def test_batch_parallel_deform_conv_equals_torchvision():
     torch.testing.assert_close(y_eval, outs[1], rtol=0, atol=0)
 
 
+def _deform_in_child(module, x, off, queue):
+    torch.set_num_threads(2)
+    y = module(x, off)
+    y.sum().backward()
+    queue.put(float(y.detach().sum()))
+
+
+def test_batch_parallel_deform_conv_works_in_a_forked_child():
+    # the parent's thread pool does not survive fork(); a child must not wait on it
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        m = BatchParallelDeformConv2d(4, 4, 3, padding=1)
+        x, off = torch.randn(4, 4, 6, 6), torch.zeros(4, 18, 6, 6)
+        m(x, off).sum().backward()  # the parent creates its pool
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_deform_in_child, args=(m, x, off, queue))
+        proc.start()
+        proc.join(60)
+        alive = proc.is_alive()
+        if alive:
+            proc.kill()
+    finally:
+        torch.set_num_threads(threads)
+    assert not alive and proc.exitcode == 0
+    assert queue.get(timeout=5) == pytest.approx(float(m(x, off).detach().sum()), rel=1e-5)
+
+
 def test_mask_nonzero_hides_requested_fraction_and_never_padding():
     g = torch.Generator().manual_seed(0)
     H, W = 10, 10

@@ -26,6 +26,7 @@ to float rounding (its matrix products are then taken over smaller batches).
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,6 +39,17 @@ __all__ = ["CBAM", "BatchParallelDeformConv2d", "DFAModule", "ERNet"]
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
+
+
+def _forget_pool_in_child() -> None:
+    # a forked child has none of the parent's pool threads: a pool inherited from the
+    # parent would queue work that never runs, so the child makes its own on first use
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
