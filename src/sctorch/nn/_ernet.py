@@ -110,15 +110,16 @@ class BatchParallelDeformConv2d(DeformConv2d):
     modulation). On a CPU tensor with a batch of at least 2 and more than one torch
     thread, the batch is cut into ``min(torch.get_num_threads(), batch)`` slices that
     run torchvision's ``deform_conv2d`` concurrently (forward and backward); elsewhere
-    (CUDA, one thread, batch 1) it is plain ``DeformConv2d``. Outputs and gradients
-    equal torchvision's up to float rounding (about 1e-7 relative: the matrix products
+    (CUDA, one thread, batch 1, CPU autocast) it is plain ``DeformConv2d``. Outputs and
+    gradients equal torchvision's up to float rounding (about 1e-7 relative: the matrix products
     run over smaller batches and the weight gradients are summed over slices).
     """
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         n = min(torch.get_num_threads(), x.shape[0])
-        if mask is not None or x.device.type != "cpu" or n < 2 or self.bias is None:
+        if (mask is not None or x.device.type != "cpu" or n < 2 or self.bias is None
+                or torch.is_autocast_enabled("cpu")):  # autocast state is thread-local
             return super().forward(x, offset, mask)
         if not (torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad
                                              or self.weight.requires_grad)):
