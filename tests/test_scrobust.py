@@ -277,7 +277,7 @@ def test_annotation_planted_high_accuracy(annotated):
     assert not base.is_fine_tuned
 
 
-def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated):
+def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated, tmp_path):
     from sctorch.tl._scrobust import _class_weights
 
     labels = pd.Series(["b", "a", "a", "a", "c", "c"])
@@ -306,6 +306,9 @@ def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated):
                                   same.obs["scrobust_confidence"])
     assert not np.allclose(bal.obs["scrobust_confidence"], plain.obs["scrobust_confidence"])
     assert bal.uns["scrobust_label"]["params"]["class_weight"] == "balanced"
+    same.write_h5ad(tmp_path / "weighted.h5ad")  # the recorded mapping is storable
+    back = ad.read_h5ad(tmp_path / "weighted.h5ad").uns["scrobust_label"]["params"]
+    assert back["class_weight"]["P2"] == pytest.approx(w["P2"])
 
 
 def test_annotation_with_saved_finetuned_model(tmp_path, annotated):

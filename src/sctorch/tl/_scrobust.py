@@ -827,8 +827,9 @@ def scrobust_annotate(
     target.obs[confidence_key] = prob.max(1).astype(np.float32)
     target.uns[key_added] = {"params": make_params(
         labels_key=labels_key, n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
-        class_weight=None if class_weight is None else (
-            class_weight if isinstance(class_weight, str) else dict(class_weight)),
+        class_weight=None if adata_ref is None or class_weight is None else (
+            class_weight if isinstance(class_weight, str)
+            else {str(k): float(v) for k, v in class_weight.items()}),
         layer=layer, ref_layer=ref_layer, input_scale=input_scale,
         n_query_genes_skipped=qtok.n_missing, model=repr(model), device=str(dev), rng=rng)}
     out = target if copy else None
