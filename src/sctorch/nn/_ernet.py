@@ -52,13 +52,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-def _pool(n: int) -> ThreadPoolExecutor:
-    """A process-wide thread pool with at least ``n`` workers (created on first use)."""
+def _in_threads(fn, items: list) -> list:
+    """``[fn(item) for item in items]``, run concurrently in a process-wide thread pool."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < n:
-            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sctorch-dcn")
-        return _POOL
+        if _POOL is None or _POOL._max_workers < len(items):
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="sctorch-dcn")
+        pool = _POOL
+    return list(pool.map(fn, items))
 
 
 class _ChunkedDeformConv(torch.autograd.Function):
@@ -72,17 +75,14 @@ class _ChunkedDeformConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, offset, weight, bias, n, stride, padding, dilation):
-        xs, offs = x.chunk(n), offset.chunk(n)
-
-        def run(i):
+        def run(xo):
             with torch.enable_grad():
-                leaves = (xs[i].detach().requires_grad_(), offs[i].detach().requires_grad_(),
+                leaves = (xo[0].detach().requires_grad_(), xo[1].detach().requires_grad_(),
                           weight.detach().requires_grad_(), bias.detach().requires_grad_())
-                y = deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3],
-                                  stride=stride, padding=padding, dilation=dilation)
+                y = deform_conv2d(*leaves, stride=stride, padding=padding, dilation=dilation)
             return y, leaves
 
-        ctx.parts = list(_pool(len(xs)).map(run, range(len(xs))))
+        ctx.parts = _in_threads(run, list(zip(x.chunk(n), offset.chunk(n), strict=True)))
         return torch.cat([y.detach() for y, _ in ctx.parts])
 
     @staticmethod
@@ -90,12 +90,8 @@ class _ChunkedDeformConv(torch.autograd.Function):
     def backward(ctx, grad):
         parts, ctx.parts = ctx.parts, None
         gs = grad.split([y.shape[0] for y, _ in parts])
-
-        def run(i):
-            y, leaves = parts[i]
-            return torch.autograd.grad(y, leaves, gs[i])
-
-        grads = list(_pool(len(parts)).map(run, range(len(parts))))
+        grads = _in_threads(lambda pg: torch.autograd.grad(pg[0][0], pg[0][1], pg[1]),
+                            list(zip(parts, gs, strict=True)))
         gw, gb = grads[0][2], grads[0][3]
         for g in grads[1:]:
             gw, gb = gw + g[2], gb + g[3]
@@ -107,12 +103,17 @@ class BatchParallelDeformConv2d(DeformConv2d):
     """:class:`torchvision.ops.DeformConv2d` that splits a CPU batch over threads.
 
     Same parameters, state-dict keys and values as ``DeformConv2d`` (no mask / DCNv2
-    modulation). On a CPU tensor with a batch of at least 2 and more than one torch
-    thread, the batch is cut into ``min(torch.get_num_threads(), batch)`` slices that
-    run torchvision's ``deform_conv2d`` concurrently (forward and backward); elsewhere
-    (CUDA, one thread, batch 1, CPU autocast) it is plain ``DeformConv2d``. Outputs and
-    gradients equal torchvision's up to float rounding (about 1e-7 relative: the matrix products
-    run over smaller batches and the weight gradients are summed over slices).
+    modulation); ``forward(x, offset)`` takes ``x`` of shape ``(B, C_in, H, W)`` and
+    ``offset`` of shape ``(B, 2·k_h·k_w, H_out, W_out)`` and returns
+    ``(B, C_out, H_out, W_out)``, on any scale (it is a convolution). On a CPU tensor with
+    a batch of at least 2 and more than one torch thread, the batch is cut into
+    ``min(torch.get_num_threads(), B)`` slices that run torchvision's ``deform_conv2d``
+    concurrently (forward and backward); elsewhere (CUDA, one thread, batch 1, CPU
+    autocast) it is plain ``DeformConv2d``. Outputs and gradients equal torchvision's up
+    to float rounding (about 1e-7 relative: the matrix products run over smaller batches
+    and the weight gradients are summed over slices). Errors are torchvision's (e.g. for
+    mismatched shapes). Why: torchvision's CPU kernel samples and scatters in a serial
+    loop, which was 63 % of an ER-Net training step (``benchmarks/results/tcer_speed.md``).
     """
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor,
@@ -121,19 +122,17 @@ class BatchParallelDeformConv2d(DeformConv2d):
         if (mask is not None or x.device.type != "cpu" or n < 2 or self.bias is None
                 or torch.is_autocast_enabled("cpu")):  # autocast state is thread-local
             return super().forward(x, offset, mask)
-        if not (torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad
-                                             or self.weight.requires_grad)):
-            xs, offs = x.chunk(n), offset.chunk(n)
+        if torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad
+                                        or self.weight.requires_grad):
+            return _ChunkedDeformConv.apply(x, offset, self.weight, self.bias, n, self.stride,
+                                            self.padding, self.dilation)
 
-            def run(i):  # grad mode is thread-local: switch it off in the worker too
-                with torch.no_grad():
-                    return deform_conv2d(xs[i], offs[i], self.weight, self.bias,
-                                         stride=self.stride, padding=self.padding,
-                                         dilation=self.dilation)
+        def run(xo):  # grad mode is thread-local: switch it off in the worker too
+            with torch.no_grad():
+                return deform_conv2d(*xo, self.weight, self.bias, stride=self.stride,
+                                     padding=self.padding, dilation=self.dilation)
 
-            return torch.cat(list(_pool(len(xs)).map(run, range(len(xs)))))
-        return _ChunkedDeformConv.apply(x, offset, self.weight, self.bias, n, self.stride,
-                                        self.padding, self.dilation)
+        return torch.cat(_in_threads(run, list(zip(x.chunk(n), offset.chunk(n), strict=True))))
 
 
 class ChannelAttention(nn.Module):
