@@ -262,15 +262,21 @@ def test_bad_inputs_raise_and_leave_adata_unchanged():
         sct.tl.tcer_impute(base.copy(), layer="counts", progress=False)
 
 
-def test_blind_spot_default_blends_observed_and_prediction():
+def test_blind_spot_output_keeps_or_blends_observed_values():
     a = _with_grid_placement(_planted_counts(n_cells=64), (6, 6))
     model = sct.tl.tcer_impute(a, n_features=4, epochs=1, batch_size=32, progress=False,
                                rng=0, return_model=True, device="cpu")
-    assert model.params.objective == "blind_spot" and model.params.observed_weight == 0.25
+    # default: measured values kept (the paper's rule), zeros get the prediction
+    assert model.params.objective == "blind_spot" and model.params.observed_weight == 1.0
     model.params.observed_weight = 0.0
     model.impute(a, key_added="pred", progress=False, device="cpu")
     x = sct._utils.log_normalize(a.X).toarray()
+    np.testing.assert_allclose(a.layers["tcer"], np.where(x > 0, x, a.layers["pred"]),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a.layers["pred"][x > 0], x[x > 0])  # the prediction differs
+    model.params.observed_weight = 0.25
+    model.impute(a, key_added="blend", progress=False, device="cpu")
     expect = np.where(x > 0, 0.25 * x + 0.75 * a.layers["pred"], a.layers["pred"])
-    np.testing.assert_allclose(a.layers["tcer"], expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.layers["blend"], expect, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="observed_weight"):
         sct.tl.tcer_impute(a.copy(), observed_weight=2.0, progress=False)
