@@ -171,7 +171,10 @@ sct.pl.genomap(obs, groupby="zone", n_per_group=6, layer="log_observed", panel_s
 # `sct.tl.tcer_impute` turns the observed cells into GenoMap images, trains ER-Net to
 # recover pixels hidden behind the placeholder δ = −1 (the reference is never seen;
 # 10 % of the cells with fixed masks give the validation loss) and writes the imputed,
-# log-normalised matrix to `layers['tcer']`.
+# log-normalised matrix to `layers['tcer']`. Zeros get the network's prediction and
+# measured values are kept, as in the paper (`observed_weight=1`, the default); a lower
+# weight blends measured values with the prediction, which on this tissue scored a little
+# higher in the benchmark but blurred cell types on PBMCs (`benchmarks/results/tcer.md`).
 
 # %%
 t = time.perf_counter()
@@ -279,7 +282,7 @@ print(pd.DataFrame({"landmark score": {n: e["knn_r"] for n, e in emb.items()},
 # - At 0.5 % mean efficiency the observed cells keep a median of 486 of their 7,444
 #   UMIs and 9.5 % of the matrix entries are non-zero (55 % in the reference).
 # - Per-gene Pearson correlation with the reference rises from 0.304 (observed) to
-#   0.313 (TCER) on average, median 0.274 → 0.279; TCER is above the observed data for
+#   0.306 (TCER) on average, median 0.274 → 0.276; TCER is above the observed data for
 #   67 % of the 2,781 genes. This is a small gain. The validation loss was still falling
 #   at the last epoch, and the repository's benchmark (`benchmarks/results/tcer.md`)
 #   found that longer, wider training kept improving TCER on this tissue, while a
