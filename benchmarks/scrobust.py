@@ -239,7 +239,7 @@ def hvg_embedding_worker(cfg: dict) -> dict:
 
     a = load(0.0)
     a = a[:, fold_hvgs(a)].copy()
-    a = a[np.asarray(a.X.sum(1)).ravel() > 0].copy()  # cells with no HVG count
+    a = a[np.asarray(a.X.sum(1)).ravel() > 0].copy()  # drop cells without any HVG count
     model = sct.tl.scrobust_pretrain(a, rng=SEED, progress=False, **cfg["pretrain"])
     sct.tl.scrobust_embed(a, model, n_genes=cfg["embed_genes"], progress=False)
     out = sct.metrics.cluster_and_score(a, "cell_type", use_rep="X_scrobust")

@@ -21,8 +21,9 @@ log-normalised reference). Estimators, all from the observed counts only:
   count-scale posterior mean ``log1p(10⁴ (c + β μ) / (n + β))`` with ``μ`` the predicted
   proportions, ``c`` the counts and ``n`` the library size.
 
-The best value over the blend settings is chosen **with the reference**, so that column is
-an upper bound for the family (an oracle), not a method anyone could run.
+The "best simple estimator" row takes the best of the linear and kNN outputs (TCER's rows are
+not candidates) chosen **with the reference**, so it is an upper bound for those families
+(an oracle), not a method anyone could run.
 
 Usage::
 
