@@ -119,11 +119,11 @@ def lognorm(a):
     return b
 
 
-def fold_hvgs(a_train, n_top: int = 2000):
-    """Boolean mask of the top HVGs (Seurat flavour) of log-normalised training cells."""
+def fold_hvgs(b_train, n_top: int = 2000):
+    """Boolean mask of the top HVGs (Seurat flavour) of log-normalised cells ``b_train``."""
     import scanpy as sc
 
-    t = lognorm(a_train)
+    t = b_train.copy()  # scanpy writes into .var
     sc.pp.highly_variable_genes(t, n_top_genes=n_top)
     return t.var["highly_variable"].to_numpy()
 
@@ -142,25 +142,17 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
     base = _rss_mb()
     t0 = time.perf_counter()
     res = []
-    if method == "scRobust":
+    if method in ("scRobust", HVG_METHOD):
+        # pre-training on all genes and cells, no labels; HVG_METHOD then fine-tunes and
+        # predicts on the training fold's 2,000 HVGs, the genes the logistic regression sees
         import sctorch as sct
 
         model = sct.tl.scrobust_pretrain(a, rng=SEED, progress=False, **cfg["pretrain"])
         if save_to:
             model.save(save_to, overwrite=True)
+        b = lognorm(a) if method == HVG_METHOD else None
         for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
-            q = a[te].copy()
-            sct.tl.scrobust_annotate(q, a[tr].copy(), labels_key="cell_type", model=model,
-                                     rng=SEED, progress=False, **cfg["finetune"])
-            res.append(score(y[te], q.obs["scrobust_label"].astype(str)))
-    elif method == HVG_METHOD:
-        # the same pre-training (all genes, all cells, no labels); fine-tuning and query on
-        # the training fold's 2,000 HVGs, the genes the logistic regression sees
-        import sctorch as sct
-
-        model = sct.tl.scrobust_pretrain(a, rng=SEED, progress=False, **cfg["pretrain"])
-        for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
-            hv = fold_hvgs(a[tr])
+            hv = fold_hvgs(b[tr]) if b is not None else slice(None)
             q = a[te][:, hv].copy()
             sct.tl.scrobust_annotate(q, a[tr][:, hv].copy(), labels_key="cell_type",
                                      model=model, rng=SEED, progress=False, **cfg["finetune"])
@@ -172,9 +164,9 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
 
         b = lognorm(a)
         for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
-            t = b[tr].copy()
-            hv = fold_hvgs(a[tr])
-            clf = LogisticRegression(max_iter=1000, class_weight=weight).fit(t.X[:, hv], y[tr])
+            hv = fold_hvgs(b[tr])
+            clf = LogisticRegression(max_iter=1000, class_weight=weight).fit(b.X[tr][:, hv],
+                                                                              y[tr])
             res.append(score(y[te], clf.predict(b.X[te][:, hv])))
     elif method == "CellTypist":
         import celltypist
@@ -238,7 +230,7 @@ def hvg_embedding_worker(cfg: dict) -> dict:
     import sctorch as sct
 
     a = load(0.0)
-    a = a[:, fold_hvgs(a)].copy()
+    a = a[:, fold_hvgs(lognorm(a))].copy()
     a = a[np.asarray(a.X.sum(1)).ravel() > 0].copy()  # drop cells without any HVG count
     model = sct.tl.scrobust_pretrain(a, rng=SEED, progress=False, **cfg["pretrain"])
     sct.tl.scrobust_embed(a, model, n_genes=cfg["embed_genes"], progress=False)

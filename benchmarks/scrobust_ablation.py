@@ -31,20 +31,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scrobust import CPU, SEED, fold_hvgs, folds, load, score
+from scrobust import CPU, SEED, fold_hvgs, folds, load, lognorm, score
 
 VARIANTS = ("all genes", "HVG fine-tune", "HVG pre-train 2", "HVG pre-train 5",
             "HVG pre-train 50", "no pre-training", "frozen gene embeddings")
 
 
-def run_variant(variant: str, a, y, n_folds: int) -> dict:
+def run_variant(variant: str, a, b, y, n_folds: int) -> dict:
+    """One variant on counts ``a`` (``b``: the same cells log-normalised, for HVGs)."""
     import sctorch as sct
 
     pre = dict(CPU["pretrain"])
     data = a
     if variant.startswith("HVG pre-train"):
         pre["epochs"] = int(variant.rsplit(" ", 1)[1])
-        data = a[:, fold_hvgs(a)].copy()
+        data = a[:, fold_hvgs(b)].copy()
         data = data[np.asarray(data.X.sum(1)).ravel() > 0].copy()
     elif variant == "no pre-training":
         pre.update(epochs=1, lr=1e-12)
@@ -55,7 +56,7 @@ def run_variant(variant: str, a, y, n_folds: int) -> dict:
     f1, acc = [], []
     for tr, te in folds(y)[:n_folds]:
         hv = (np.ones(a.n_vars, dtype=bool) if variant in ("all genes", "frozen gene embeddings")
-              else fold_hvgs(a[tr]))
+              else fold_hvgs(b[tr]))
         q = a[te][:, hv].copy()
         sct.tl.scrobust_annotate(q, a[tr][:, hv].copy(), labels_key="cell_type", model=model,
                                  rng=SEED, progress=False, **CPU["finetune"])
@@ -84,9 +85,10 @@ def main(argv=None) -> int:
     rows = []
     for level in (float(x) for x in args.levels.split(",")):
         a = load(level)
+        b = lognorm(a)
         y = a.obs["cell_type"].astype(str).to_numpy()
         for v in args.variants.split(","):
-            r = run_variant(v, a, y, args.folds) | {"level": level}
+            r = run_variant(v, a, b, y, args.folds) | {"level": level}
             print(r, flush=True)
             rows.append(r)
     lines = ["# scRobust ablation: pre-training and gene set (ifnb PBMC)", "",
