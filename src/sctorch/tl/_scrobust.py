@@ -854,9 +854,9 @@ def scrobust_annotate(
 
 def _class_weights(labels: pd.Series, class_weight) -> np.ndarray | None:
     """Cross-entropy weight per class (classes in sorted order), or None."""
-    classes = sorted(labels.unique())
     if class_weight is None:
         return None
+    classes = sorted(labels.unique())
     if isinstance(class_weight, str):
         if class_weight != "balanced":
             raise ValueError(f"class_weight must be 'balanced', a mapping or None, got "
