@@ -120,8 +120,8 @@ def case_scrobust_pretrain_embed():
     a = _ifnb_small()
     model = _scrobust_model(a)
     sct.tl.scrobust_embed(a, model, n_genes=32, rng=0, progress=False)
-    loss = model.history["pretrain"][-1]
-    loss = loss["loss"] if isinstance(loss, dict) else float(loss)
+    h = model.history  # read in either history layout (a list of records or a flat dict)
+    loss = h["pretrain_loss"][-1] if "pretrain_loss" in h else h["pretrain"][-1]["loss"]
     return [*_summary(a.obsm["X_scrobust"]), float(loss)]
 
 
