@@ -7,11 +7,11 @@ imported only when a function needs them.
 
 from importlib import metadata as _metadata
 
-from . import datasets, metrics, pl, pp, tl
+from . import datasets, metrics, models, pl, pp, tl
 
 try:
     __version__ = _metadata.version("sctorch")
 except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "datasets", "metrics", "pl", "pp", "tl"]
+__all__ = ["__version__", "datasets", "metrics", "models", "pl", "pp", "tl"]

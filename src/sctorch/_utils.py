@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +40,33 @@ def seed_int(rng: RandomState) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed numpy's legacy global state and torch (CPU and CUDA) with ``seed``."""
+    """Seed numpy's legacy global state and torch globally (being replaced by :func:`seeded`)."""
     import torch
 
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's and numpy's global generators seeded with ``seed``.
+
+    Inside the block, torch (CPU and, when available, CUDA) and numpy's legacy global
+    state are seeded as if by ``torch.manual_seed(seed)`` and ``np.random.seed(seed)``,
+    so weight initialisation and dropout are reproducible; on exit both are restored, so
+    a caller's own random streams are not changed by calling sctorch.
+    """
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
 
 
 # ----------------------------------------------------------------------------- device

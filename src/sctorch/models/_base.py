@@ -1,0 +1,352 @@
+"""BaseModel: the one lifecycle (config, gene list, history, device, save/load) of every model.
+
+A subclass is the user-facing model of one method (``TCERModel``, ``StImputeModel``,
+``ScRobustModel``); it owns a torch module (``self.module``) and adds its own ``fit`` and
+apply methods. Every model is stored in the same format, one ``.safetensors`` file:
+
+- tensors ``module.<name>`` (the module's ``state_dict``) and ``array.<name>`` (extra
+  arrays of the model, e.g. a GenoMap placement);
+- header metadata (JSON strings, never unpickled): ``format`` = ``"sctorch.model"``,
+  ``format_version``, ``model_class``, ``sctorch_version``, ``config``, ``genes``,
+  ``history``, ``extra`` and ``checksum`` (SHA-256 of every tensor's name, dtype, shape
+  and bytes), verified on load.
+
+Loading never executes code from the file; a file that is not a sctorch model, that is
+corrupted, or whose weights do not fit its configuration gets one :class:`ValueError`
+saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+FORMAT = "sctorch.model"
+FORMAT_VERSION = 1
+_MAX_HEADER = 256 * 2**20  # a larger safetensors header is not a sctorch model
+
+_REGISTRY: dict[str, type[BaseModel]] = {}
+
+
+class ModelFileError(ValueError):
+    """A file that is not a (valid, intact) sctorch model file."""
+
+
+def _checksum(tensors: dict[str, Any]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, validated without trusting the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ModelFileError(f"{path} is not a sctorch model file ({size} bytes: too short).")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, _MAX_HEADER):
+            raise ModelFileError(f"{path} is not a sctorch model file (no safetensors header).")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path} is not a sctorch model file (unreadable header).") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a sctorch model file (no {FORMAT!r} tag in its "
+                             "header). Models are written by Model.save().")
+    return meta
+
+
+def _json_field(meta: dict[str, str], key: str, path: Path):
+    try:
+        return json.loads(meta[key])
+    except (KeyError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: sctorch model file lacks a readable {key!r} "
+                             "field; it is corrupted or was not written by sctorch.") from None
+
+
+class BaseModel:
+    """The lifecycle shared by every sctorch model.
+
+    Parameters
+    ----------
+    module
+        The method's :class:`torch.nn.Module` (``None`` before training, for models that
+        build it in ``fit``).
+    config
+        Hyper-parameters: a dataclass instance of ``config_cls`` (or a JSON-able dict when
+        the subclass has none). Everything needed to rebuild ``module``.
+    genes
+        The gene list (or token vocabulary) the model was trained on, in model order.
+    history
+        Per-epoch training records, ``{name: [value per epoch]}`` (e.g. ``train_loss``,
+        ``val_loss``), as written by :func:`sctorch.models.fit`.
+
+    Subclasses implement :meth:`_build_module` and, where they carry more state,
+    :meth:`_extra_state` / :meth:`_set_extra_state` and :meth:`_check_integrity`.
+    """
+
+    config_cls: ClassVar[type | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    def __init__(self, module=None, *, config: Any = None, genes: Sequence[str] = (),
+                 history: dict[str, list[float]] | None = None):
+        self.module = module
+        if config is None and self.config_cls is not None:
+            config = self.config_cls()
+        self.config = config if config is not None else {}
+        self.genes = [str(g) for g in genes]
+        self.history: dict[str, list[float]] = {k: [float(x) for x in v]
+                                                 for k, v in (history or {}).items()}
+
+    # ------------------------------------------------------------------ subclass hooks
+    @classmethod
+    def _build_module(cls, config: Any, extra: dict[str, Any]):
+        """A fresh (untrained) module for ``config``; ``extra`` is :meth:`_extra_state`'s JSON."""
+        raise NotImplementedError
+
+    def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able extra fields and named numpy arrays to store beside the weights."""
+        return {}, {}
+
+    def _set_extra_state(self, extra: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`_extra_state` returned."""
+
+    def _check_integrity(self) -> None:
+        """Raise ``ValueError`` if the loaded parts of the model do not fit together."""
+
+    # ------------------------------------------------------------------ config
+    def _config_dict(self) -> dict[str, Any]:
+        if dataclasses.is_dataclass(self.config):
+            return dataclasses.asdict(self.config)
+        return dict(self.config)
+
+    @classmethod
+    def _config_from_dict(cls, d: dict[str, Any]):
+        if cls.config_cls is None:
+            return d
+        fields = {f.name: f for f in dataclasses.fields(cls.config_cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ModelFileError(f"unknown configuration field(s) {unknown} for "
+                                 f"{cls.__name__}; the file is from another sctorch version.")
+        kw = {}
+        for k, v in d.items():
+            if isinstance(v, list) and str(fields[k].type).startswith("tuple"):
+                v = tuple(v)
+            kw[k] = v
+        return cls.config_cls(**kw)
+
+    # ------------------------------------------------------------------ device
+    @property
+    def device(self):
+        """The torch device of the module's parameters (``None`` without a module)."""
+        if self.module is None:
+            return None
+        p = next(iter(self.module.parameters()), None)
+        return None if p is None else p.device
+
+    def to(self, device) -> BaseModel:
+        """Move the module to ``device`` (in place); returns ``self``."""
+        if self.module is not None:
+            self.module.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(genes={len(self.genes)}, config={self._config_dict()})"
+
+    # ------------------------------------------------------------------ genes
+    def gene_indexer(self, var_names, *, min_shared: int, what: str = "adata") -> np.ndarray:
+        """Position of each model gene in ``var_names`` (``-1`` where missing).
+
+        Missing genes are reported in a :class:`UserWarning` (callers treat them as not
+        detected); fewer than ``min_shared`` shared genes is refused.
+
+        Raises
+        ------
+        ValueError
+            If ``var_names`` shares fewer than ``min_shared`` of the model's genes.
+        """
+        import pandas as pd
+
+        pos = pd.Index(var_names).get_indexer(self.genes)
+        n_shared = int((pos >= 0).sum())
+        if n_shared < min_shared:
+            raise ValueError(f"{what} shares {n_shared} of the model's {len(self.genes)} genes "
+                             f"(matched exactly on var_names); at least {min_shared} are needed. "
+                             "Check that var_names use the same gene symbols (and case) as "
+                             "the training data.")
+        if n_shared < len(self.genes):
+            warnings.warn(f"{len(self.genes) - n_shared} of the model's {len(self.genes)} genes "
+                          f"are missing from {what}; they are treated as not detected.",
+                          UserWarning, stacklevel=3)
+        return pos
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the model to one ``.safetensors`` file (see the module docstring).
+
+        Parameters
+        ----------
+        path
+            File to write (conventionally ``*.safetensors``).
+        overwrite
+            Replace an existing file.
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` exists and ``overwrite`` is False.
+        FileNotFoundError
+            If the folder of ``path`` does not exist.
+        ValueError
+            If the model has no trained module yet.
+        """
+        import torch
+        from safetensors.torch import save_file
+
+        from .. import __version__
+
+        path = Path(path)
+        if self.module is None:
+            raise ValueError(f"This {type(self).__name__} has not been trained; call fit() "
+                             "before save().")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; pass a file path such as "
+                                    f"{path / 'model.safetensors'}.")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"Folder {path.parent} does not exist; create it first.")
+        extra, arrays = self._extra_state()
+        tensors = {f"module.{k}": v.detach().cpu().contiguous()
+                   for k, v in self.module.state_dict().items()}
+        for k, a in arrays.items():
+            tensors[f"array.{k}"] = torch.as_tensor(np.ascontiguousarray(a))
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "model_class": type(self).__name__,
+            "sctorch_version": __version__,
+            "config": json.dumps(self._config_dict()),
+            "genes": json.dumps(self.genes),
+            "history": json.dumps(self.history),
+            "extra": json.dumps(extra),
+            "checksum": _checksum(tensors),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:  # write beside, then rename: an existing file is never left half-written
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> BaseModel:
+        """Read a model written by :meth:`save` (safetensors + JSON; no code is executed).
+
+        Called on :class:`BaseModel` (``sctorch.models.load``) it returns whichever model
+        class the file holds; called on a subclass, the file must hold that class.
+
+        Parameters
+        ----------
+        path
+            A file written by :meth:`save`.
+        device
+            Torch device for the module (``None``: CUDA, then MPS, else CPU).
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        ValueError
+            If ``path`` is not a sctorch model file, is corrupted (checksum), holds another
+            model class, or its weights or parts do not fit its configuration.
+        """
+        from safetensors.torch import load_file
+
+        from .._utils import resolve_device
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"Model file {path} not found.")
+        if path.is_dir():
+            raise ModelFileError(f"{path} is a folder, not a sctorch model file (models are "
+                                 "single .safetensors files written by Model.save()).")
+        meta = _read_header(path)
+        name = meta.get("model_class")
+        klass = _REGISTRY.get(name) if cls is BaseModel else cls
+        if klass is None:
+            raise ModelFileError(f"{path} holds a model of unknown class {name!r}.")
+        if name != klass.__name__:
+            raise ModelFileError(f"{path} holds a {name}, not a {klass.__name__}; load it with "
+                                 f"sctorch.models.{name}.load().")
+        try:
+            version = int(meta.get("format_version", ""))
+        except ValueError:
+            version = -1
+        if version != FORMAT_VERSION:
+            raise ModelFileError(f"{path} has model format version {meta.get('format_version')!r};"
+                                 f" this sctorch reads version {FORMAT_VERSION}.")
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise ModelFileError(f"{path}: the weights of this sctorch model file cannot be "
+                                 f"read ({type(err).__name__}: {err}).") from None
+        if _checksum(tensors) != meta.get("checksum"):
+            raise ModelFileError(f"{path}: the weights do not match the checksum stored at save;"
+                                 " the file is corrupted. Re-train or restore the file.")
+        config = klass._config_from_dict(_json_field(meta, "config", path))
+        extra = _json_field(meta, "extra", path)
+        model = klass(None, config=config, genes=_json_field(meta, "genes", path),
+                      history=_json_field(meta, "history", path))
+        arrays = {k[6:]: v.numpy() for k, v in tensors.items() if k.startswith("array.")}
+        try:
+            model._set_extra_state(extra, arrays)
+            module = klass._build_module(config, extra)
+            module.load_state_dict({k[7:]: v for k, v in tensors.items()
+                                    if k.startswith("module.")}, strict=True)
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            raise ModelFileError(f"{path}: the stored parts do not fit together "
+                                 f"({type(err).__name__}: {err}).") from None
+        module.eval()
+        model.module = module
+        try:
+            model._check_integrity()
+        except ValueError as err:
+            raise ModelFileError(f"{path}: {err}") from None
+        return model.to(resolve_device(device))
+
+
+def load(path: str | Path, *, device: str | None = None) -> BaseModel:
+    """Load any sctorch model file; returns the model class the file holds.
+
+    See :meth:`BaseModel.load`.
+    """
+    return BaseModel.load(path, device=device)

@@ -1,0 +1,171 @@
+"""fit(): the one training loop of sctorch.
+
+Every method trains its torch modules through :func:`fit` (epochs, mini-batches, optimiser
+step, per-epoch scheduler, validation, early stopping, best-weights restore, history,
+progress bar, logging). What a method supplies is its batches and its loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import numpy as np
+
+logger = logging.getLogger("sctorch")
+
+LossOut = Any  # a scalar loss tensor, or (loss tensor, {name: float or scalar tensor})
+
+
+def fit(
+    module,
+    loss_fn: Callable[[Any], LossOut],
+    batches: Callable[[int], Iterable[Any]],
+    *,
+    epochs: int,
+    optimizer=None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    params: Iterable | None = None,
+    scheduler: Callable[[Any], Any] | None = None,
+    validate: Callable[[], float] | None = None,
+    val_key: str = "val_loss",
+    mode: Literal["min", "max"] = "min",
+    patience: int | None = None,
+    min_delta: float = 1e-5,
+    restore_best: bool = True,
+    history: dict[str, list[float]] | None = None,
+    prefix: str = "train",
+    desc: str = "training",
+    progress: bool = True,
+    bar=None,
+) -> dict[str, list[float]]:
+    """Train ``module`` for up to ``epochs`` passes; the one training loop of sctorch.
+
+    Each epoch: ``module.train()``; for every batch of ``batches(epoch)``, compute
+    ``loss_fn(batch)``, zero the gradients, back-propagate and step the optimiser; step
+    the scheduler; then, with ``validate``, evaluate it with ``module.eval()`` under
+    ``torch.no_grad()``. With ``validate``, the weights of the best epoch are restored at
+    the end (``restore_best``) and training stops after ``patience`` epochs without an
+    improvement larger than ``min_delta``.
+
+    Randomness comes from the caller's batches and from torch's global generator (weight
+    initialisation, dropout); callers run training inside :func:`sctorch._utils.seeded`.
+
+    Parameters
+    ----------
+    module
+        The :class:`torch.nn.Module` to train (its parameters are optimised unless
+        ``params`` or ``optimizer`` says otherwise).
+    loss_fn
+        ``batch -> loss`` or ``batch -> (loss, {name: value})``: the scalar loss to
+        minimise and extra per-batch values to record (their epoch means are stored as
+        ``history[f"{prefix}_{name}"]``).
+    batches
+        ``epoch -> iterable of batches`` (any objects ``loss_fn`` understands).
+    epochs
+        Maximum number of epochs (≥ 1).
+    optimizer
+        A ready :class:`torch.optim.Optimizer` (e.g. one kept across calls); ``None``
+        builds Adam over ``params`` (default: ``module.parameters()``) with ``lr``,
+        ``betas`` and ``weight_decay``.
+    scheduler
+        ``optimizer -> LR scheduler``, stepped once per epoch.
+    validate
+        ``() -> float``: the model-selection score of the current weights, recorded as
+        ``history[val_key]``.
+    mode
+        ``"min"``: lower validation scores are better; ``"max"``: higher.
+    patience
+        Epochs without improvement before stopping (``None``: never stop early).
+    restore_best
+        Keep the weights of the best validation epoch (only with ``validate``).
+    history
+        A history dict to append to (modified in place and returned).
+    prefix
+        Prefix of the training keys: ``history[f"{prefix}_loss"]`` is the mean batch loss.
+    desc, progress, bar
+        Progress-bar label and switch; ``bar`` is an existing ``tqdm`` bar to advance by
+        one per epoch instead of a new one.
+
+    Returns
+    -------
+    The history, ``{key: [value per epoch]}``.
+
+    Raises
+    ------
+    ValueError
+        If ``epochs`` < 1, ``mode`` is unknown, or a loss is not finite (says which epoch).
+    """
+    import torch
+
+    from .._utils import progress_bar
+
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs!r}.")
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+    if optimizer is None:
+        optimizer = torch.optim.Adam(module.parameters() if params is None else params,
+                                     lr=lr, betas=betas, weight_decay=weight_decay)
+    sched = scheduler(optimizer) if scheduler is not None else None
+    history = {} if history is None else history
+    sign = 1.0 if mode == "min" else -1.0
+    best, best_state, stale = np.inf, None, 0
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(total=int(epochs), desc=desc, progress=progress)
+    try:
+        for epoch in range(int(epochs)):
+            module.train()
+            sums: dict[str, float] = {}
+            n = 0
+            for batch in batches(epoch):
+                out = loss_fn(batch)
+                loss, extra = out if isinstance(out, tuple) else (out, {})
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                for k, v in extra.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
+            if n and not np.isfinite(sums["loss"]):
+                raise ValueError(f"{desc}: the training loss became non-finite in epoch "
+                                 f"{epoch + 1}; lower the learning rate or check the input.")
+            for k, v in sums.items():
+                history.setdefault(f"{prefix}_{k}", []).append(v / max(n, 1))
+            if sched is not None:
+                sched.step()
+            post = {"loss": f"{sums.get('loss', np.nan) / max(n, 1):.4f}"}
+            stop = False
+            if validate is not None:
+                module.eval()
+                with torch.no_grad():
+                    score = float(validate())
+                history.setdefault(val_key, []).append(score)
+                post[val_key] = f"{score:.4f}"
+                if sign * score < best - min_delta:
+                    best, stale = sign * score, 0
+                    if restore_best:
+                        best_state = copy.deepcopy(module.state_dict())
+                else:
+                    stale += 1
+                    stop = patience is not None and stale >= patience
+            logger.info("%s epoch %d: %s", desc, epoch + 1,
+                        ", ".join(f"{k} {v}" for k, v in post.items()))
+            bar.set_postfix(post) if own_bar else None
+            bar.update(1)
+            if stop:
+                logger.info("%s: early stop after %d epochs", desc, epoch + 1)
+                break
+    finally:
+        if own_bar:
+            bar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return history

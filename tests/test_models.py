@@ -1,0 +1,166 @@
+"""The shared model lifecycle: one save format, clear errors for foreign files, fit()."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sctorch._utils import seeded
+from sctorch.models import BaseModel, ModelFileError, fit, load
+
+
+@dataclasses.dataclass
+class _Cfg:
+    d: int = 3
+    ratio: tuple[float, float] = (0.1, 0.2)
+
+
+class _Toy(BaseModel):
+    config_cls = _Cfg
+
+    @classmethod
+    def _build_module(cls, config, extra):
+        return torch.nn.Linear(config.d, 1)
+
+    def _extra_state(self):
+        return {"note": "x"}, {"pos": self.pos}
+
+    def _set_extra_state(self, extra, arrays):
+        self.pos = arrays["pos"]
+
+    def _check_integrity(self):
+        if len(np.unique(self.pos)) != len(self.pos):
+            raise ValueError("two genes share one position")
+
+
+def _toy(seed=0):
+    with seeded(seed):
+        m = _Toy(torch.nn.Linear(3, 1), config=_Cfg(), genes=["a", "b", "c"])
+    m.pos = np.arange(3)
+    return m
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # unpickling this object would create a file
+        return (open, (str(self.path), "w"))
+
+
+def test_save_load_round_trip_and_dispatch(tmp_path):
+    m = _toy()
+    m.history = {"train_loss": [1.0, 0.5]}
+    path = tmp_path / "toy.safetensors"
+    m.save(path)
+    for loaded in (_Toy.load(path), load(path)):
+        assert type(loaded) is _Toy
+        assert loaded.config == _Cfg() and loaded.config.ratio == (0.1, 0.2)
+        assert loaded.genes == ["a", "b", "c"] and loaded.history == m.history
+        np.testing.assert_array_equal(loaded.pos, np.arange(3))
+        x = torch.randn(4, 3)
+        torch.testing.assert_close(loaded.module(x), m.module(x))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        m.save(path)
+    m.save(path, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        m.save(tmp_path / "missing" / "m.safetensors")
+
+
+@pytest.mark.parametrize("content", ["pickle", "text", "empty", "random", "big_header"])
+def test_foreign_files_are_refused_without_running_code(tmp_path, content):
+    path = tmp_path / "model.safetensors"
+    marker = tmp_path / "pwned"
+    data = {"pickle": pickle.dumps(_RunsCode(marker)), "text": b'{"d_model": 3}',
+            "empty": b"", "random": np.random.default_rng(0).bytes(4096),
+            "big_header": (2**40).to_bytes(8, "little") + b"{}"}[content]
+    path.write_bytes(data)
+    for loader in (load, _Toy.load):
+        with pytest.raises(ModelFileError, match="not a sctorch model file"):
+            loader(path)
+    assert not marker.exists()
+
+
+def test_corrupted_weights_wrong_class_and_integrity(tmp_path):
+    m = _toy()
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    raw = bytearray(path.read_bytes())
+    raw[-2] ^= 0xFF
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load(bad)
+
+    class _Other(_Toy):
+        pass
+
+    with pytest.raises(ModelFileError, match=r"holds a _Toy, not a _Other"):
+        _Other.load(path)
+    m.pos = np.array([0, 0, 1])
+    m.save(path, overwrite=True)
+    with pytest.raises(ModelFileError, match="share one position"):
+        load(path)
+    with pytest.raises(ModelFileError, match="is a folder"):
+        load(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nope.safetensors")
+
+
+def test_fit_early_stopping_restores_best_weights():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    X = torch.randn(32, 2)
+    y = X @ torch.tensor([1.0, -2.0])
+    scores = iter([3.0, 1.0, 2.0, 2.5, 0.5])
+    seen = {}
+
+    def validate():
+        s = next(scores)
+        if s == 1.0:
+            seen["best"] = net.weight.detach().clone()
+        return s
+
+    hist = fit(net, lambda b: ((net(X[b]).squeeze(1) - y[b]) ** 2).mean(),
+               lambda e: [slice(0, 16), slice(16, 32)], epochs=5, lr=0.1, validate=validate,
+               patience=2, progress=False)
+    assert hist["val_loss"] == [3.0, 1.0, 2.0, 2.5]  # stopped after two stale epochs
+    assert len(hist["train_loss"]) == 4
+    torch.testing.assert_close(net.weight, seen["best"])  # best (epoch 2) weights restored
+
+
+def test_fit_mode_max_extras_and_errors():
+    net = torch.nn.Linear(1, 1)
+    x = torch.ones(4, 1)
+
+    def loss_fn(b):
+        loss = (net(x) ** 2).mean()
+        return loss, {"acc": 0.5}
+
+    hist = fit(net, loss_fn, lambda e: [0, 1], epochs=2, validate=lambda: 0.1, mode="max",
+               prefix="pretrain", val_key="val_f1", progress=False)
+    assert set(hist) == {"pretrain_loss", "pretrain_acc", "val_f1"}
+    assert hist["pretrain_acc"] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        fit(net, loss_fn, lambda e: [0], epochs=0, progress=False)
+    with pytest.raises(ValueError, match="non-finite"):
+        fit(net, lambda b: net(x).sum() * float("nan"), lambda e: [0], epochs=1,
+            progress=False)
+
+
+def test_seeded_restores_callers_generators():
+    torch.manual_seed(123)
+    np.random.seed(5)
+    expect_t, expect_n = torch.rand(1), np.random.rand()
+    torch.manual_seed(123)
+    np.random.seed(5)
+    with seeded(0):
+        a = torch.rand(1)
+    with seeded(0):
+        b = torch.rand(1)
+    assert torch.equal(a, b)
+    assert torch.equal(torch.rand(1), expect_t) and np.random.rand() == expect_n
