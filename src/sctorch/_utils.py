@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scipy import sparse
@@ -193,6 +193,51 @@ def is_integer_matrix(X) -> bool:
     if vals.size == 0:
         return True
     return bool((vals >= 0).all() and np.allclose(vals, np.round(vals), atol=1e-6, rtol=0))
+
+
+InputScale = Literal["auto", "counts", "log1p"]
+_LOG1P_MAX = 30.0  # log1p-normalised expression stays far below this (log1p(1e6) ≈ 13.8)
+
+
+def resolve_input_scale(X, input_scale: str = "auto", *, what: str = "adata.X") -> str:
+    """The one rule for "raw counts or log-normalised": validate ``X``, return its scale.
+
+    ``"counts"``: finite, non-negative integers (:func:`check_counts`). ``"log1p"``:
+    finite, non-negative, not integer counts and at most 30 (log-normalised values;
+    ``log1p(10⁶)`` ≈ 13.8). ``"auto"``: ``"counts"`` when every stored value is a
+    non-negative integer, else ``"log1p"`` with the same checks.
+
+    Returns
+    -------
+    ``"counts"`` or ``"log1p"``.
+
+    Raises
+    ------
+    ValueError
+        If ``input_scale`` is unknown, or ``X`` does not hold what it declares (says what
+        was found and which ``input_scale`` or layer to pass instead).
+    """
+    if input_scale not in ("auto", "counts", "log1p"):
+        raise ValueError(f"input_scale must be 'auto', 'counts' or 'log1p', got {input_scale!r}.")
+    check_finite(X, what=what)
+    if input_scale == "counts":
+        check_counts(X, what=what)
+        return "counts"
+    check_non_negative(X, what=what)
+    vals = _data_values(X)
+    if input_scale == "auto" and is_integer_matrix(X):
+        return "counts"
+    vmax = float(vals.max()) if vals.size else 0.0
+    if vals.size and vmax > 1 and is_integer_matrix(X):
+        raise ValueError(f"{what} holds integer values up to {vmax:.0f}: raw counts, but "
+                         "input_scale='log1p' was given. Pass input_scale='counts' (or 'auto'),"
+                         " or the layer that holds log-normalised values.")
+    if vmax > _LOG1P_MAX:
+        raise ValueError(f"{what} holds values up to {vmax:.4g}, but log1p-normalised "
+                         f"expression stays below {_LOG1P_MAX:g}. Pass raw counts (input_scale="
+                         "'counts') or log1p(normalised) values (scanpy.pp.normalize_total, "
+                         "then scanpy.pp.log1p).")
+    return "log1p"
 
 
 def row_sums(X) -> np.ndarray:
