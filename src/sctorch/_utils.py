@@ -205,7 +205,8 @@ def resolve_input_scale(X, input_scale: str = "auto", *, what: str = "adata.X") 
     ``"counts"``: finite, non-negative integers (:func:`check_counts`). ``"log1p"``:
     finite, non-negative, not integer counts and at most 30 (log-normalised values;
     ``log1p(10⁶)`` ≈ 13.8). ``"auto"``: ``"counts"`` when every stored value is a
-    non-negative integer, else ``"log1p"`` with the same checks.
+    non-negative integer, else ``"log1p"`` (finite, non-negative; continuous values such
+    as imaging intensities are not capped, since they are used as given).
 
     Returns
     -------
@@ -232,7 +233,7 @@ def resolve_input_scale(X, input_scale: str = "auto", *, what: str = "adata.X") 
         raise ValueError(f"{what} holds integer values up to {vmax:.0f}: raw counts, but "
                          "input_scale='log1p' was given. Pass input_scale='counts' (or 'auto'),"
                          " or the layer that holds log-normalised values.")
-    if vmax > _LOG1P_MAX:
+    if input_scale == "log1p" and vmax > _LOG1P_MAX:
         raise ValueError(f"{what} holds values up to {vmax:.4g}, but log1p-normalised "
                          f"expression stays below {_LOG1P_MAX:g}. Pass raw counts (input_scale="
                          "'counts') or log1p(normalised) values (scanpy.pp.normalize_total, "
