@@ -6,6 +6,7 @@ One concept, one place: methods use these instead of re-implementing them.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -73,7 +74,8 @@ def seeded(seed: int) -> Iterator[None]:
 def resolve_device(device: str | None = None):
     """Pick a torch device: the one asked for, else CUDA, then MPS, then CPU.
 
-    Nothing touches CUDA until this is called.
+    Nothing touches CUDA until this is called. Under ``torchrun`` (``WORLD_SIZE`` > 1),
+    ``None`` picks ``cuda:LOCAL_RANK``.
 
     Raises
     ------
@@ -84,7 +86,10 @@ def resolve_device(device: str | None = None):
 
     if device is None:
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            # under torchrun each process takes the GPU of its local rank
+            local = os.environ.get("LOCAL_RANK") if os.environ.get("WORLD_SIZE", "1") != "1" \
+                else None
+            return torch.device(f"cuda:{int(local)}" if local is not None else "cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

@@ -55,6 +55,13 @@ def fit(
     Randomness comes from the caller's batches and from torch's global generator (weight
     initialisation, dropout); callers run training inside :func:`sctorch._utils.seeded`.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) training is data-parallel
+    (:mod:`sctorch.models._distributed`): rank 0's initial weights are broadcast, each rank
+    computes the loss of its contiguous share of every global batch (a batch of cell
+    indices, array or tensor), gradients are averaged over ranks before each step, and the
+    recorded losses and validation scores are means over ranks, so every rank takes the
+    same early-stopping decision.
+
     Parameters
     ----------
     module
@@ -103,6 +110,7 @@ def fit(
     import torch
 
     from .._utils import progress_bar
+    from . import _distributed as dist
 
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs!r}.")
@@ -112,6 +120,11 @@ def fit(
         optimizer = torch.optim.Adam(module.parameters() if params is None else params,
                                      lr=lr, betas=betas, weight_decay=weight_decay)
     sched = scheduler(optimizer) if scheduler is not None else None
+    first = next(iter(module.parameters()), None)
+    distributed = dist.setup(None if first is None else first.device)
+    if distributed:
+        dist.broadcast_parameters(module)
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
     history = {} if history is None else history
     sign = 1.0 if mode == "min" else -1.0
     best, best_state, stale = np.inf, None, 0
@@ -124,15 +137,27 @@ def fit(
             sums: dict[str, float] = {}
             n = 0
             for batch in batches(epoch):
+                optimizer.zero_grad(set_to_none=True)
+                if distributed:
+                    batch = dist.shard(batch)
+                    if hasattr(batch, "__len__") and len(batch) == 0:  # still join the step
+                        dist.average_gradients(trained)
+                        optimizer.step()
+                        continue
                 out = loss_fn(batch)
                 loss, extra = out if isinstance(out, tuple) else (out, {})
-                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if distributed:
+                    dist.average_gradients(trained)
                 optimizer.step()
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 for k, v in extra.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
+            if distributed:
+                n_all = dist.mean_over_ranks(n)
+                sums = {k: dist.mean_over_ranks(v) for k, v in sums.items()}
+                n = n_all
             if n and not np.isfinite(sums["loss"]):
                 raise ValueError(f"{desc}: the training loss became non-finite in epoch "
                                  f"{epoch + 1}; lower the learning rate or check the input.")
@@ -145,7 +170,7 @@ def fit(
             if validate is not None:
                 module.eval()
                 with torch.no_grad():
-                    score = float(validate())
+                    score = dist.mean_over_ranks(float(validate()))
                 history.setdefault(val_key, []).append(score)
                 post[val_key] = f"{score:.4f}"
                 if sign * score < best - min_delta:
