@@ -122,11 +122,46 @@ def get_matrix(adata: ad.AnnData, layer: str | None = None):
     return adata.layers[layer]
 
 
+def is_backed(X) -> bool:
+    """Whether ``X`` is an on-disk matrix of a backed AnnData (h5py / anndata dataset)."""
+    return X is not None and not (isinstance(X, np.ndarray) or sparse.issparse(X))
+
+
+def read_rows(X, rows) -> np.ndarray | sparse.spmatrix:
+    """Rows ``rows`` (a slice or sorted indices) of ``X`` as an in-memory dense or sparse block.
+
+    Works alike for in-memory matrices and the on-disk ``X`` of an AnnData opened with
+    ``anndata.read_h5ad(path, backed="r")``: only those rows are read.
+    """
+    if is_backed(X) and not isinstance(rows, slice):
+        rows = np.asarray(rows)
+        if rows.size and (np.diff(rows) <= 0).any():  # h5py needs increasing indices
+            order = np.argsort(rows, kind="stable")
+            block = X[rows[order]]
+            return block[np.argsort(order)]
+    return X[rows]
+
+
+def iter_row_blocks(X, batch_size: int = 8192) -> Iterator[tuple[slice, object]]:
+    """Yield ``(rows, block)`` over consecutive row blocks of ``X`` (in memory or backed)."""
+    for sl in iter_batches(X.shape[0], batch_size):
+        yield sl, read_rows(X, sl)
+
+
 def _data_values(X) -> np.ndarray:
-    """The stored values of a dense or sparse matrix (no densification)."""
+    """The stored values of a dense or sparse in-memory matrix (no densification)."""
     if sparse.issparse(X):
         return np.asarray(X.data)
     return np.asarray(X)
+
+
+def _value_blocks(X) -> Iterator[np.ndarray]:
+    """The stored values of ``X``: one array in memory, block by block for a backed matrix."""
+    if is_backed(X):
+        for _, block in iter_row_blocks(X):
+            yield _data_values(block)
+    else:
+        yield _data_values(X)
 
 
 def describe_source(layer: str | None) -> str:
@@ -136,9 +171,8 @@ def describe_source(layer: str | None) -> str:
 
 def check_finite(X, *, what: str = "adata.X") -> None:
     """Raise ``ValueError`` if ``X`` holds NaN or infinite values."""
-    vals = _data_values(X)
-    if vals.size and not np.isfinite(vals).all():
-        n_bad = int((~np.isfinite(vals)).sum())
+    n_bad = sum(int((~np.isfinite(v)).sum()) for v in _value_blocks(X))
+    if n_bad:
         raise ValueError(f"{what} contains {n_bad} non-finite value(s) (NaN or inf). "
                          "Remove or impute them before calling this function.")
 
@@ -152,19 +186,23 @@ def check_counts(X, *, what: str = "adata.X") -> None:
         Naming what was found (non-finite, negative or non-integer values) and what to pass.
     """
     check_finite(X, what=what)
-    vals = _data_values(X)
-    if vals.size == 0:
-        return
-    if (vals < 0).any():
-        raise ValueError(f"{what} contains {int((vals < 0).sum())} negative value(s), but raw "
+    n_neg = n_frac = 0
+    example = None
+    for vals in _value_blocks(X):
+        if vals.size == 0:
+            continue
+        n_neg += int((vals < 0).sum())
+        bad = np.abs(vals - np.round(vals)) > 1e-6
+        if bad.any():
+            n_frac += int(bad.sum())
+            example = vals[bad][0] if example is None else example
+    if n_neg:
+        raise ValueError(f"{what} contains {n_neg} negative value(s), but raw "
                          "counts were expected. Pass the layer that holds the raw counts.")
-    frac = vals - np.round(vals)
-    if np.abs(frac).max() > 1e-6:
-        n = int((np.abs(frac) > 1e-6).sum())
-        example = vals[np.abs(frac) > 1e-6][0]
-        raise ValueError(f"{what} contains {n} non-integer value(s) (e.g. {example:.4g}), but raw "
-                         "counts were expected. It looks log-normalised or scaled; pass the layer "
-                         "that holds the raw integer counts (e.g. layer='counts').")
+    if n_frac:
+        raise ValueError(f"{what} contains {n_frac} non-integer value(s) (e.g. {example:.4g}), "
+                         "but raw counts were expected. It looks log-normalised or scaled; pass "
+                         "the layer that holds the raw integer counts (e.g. layer='counts').")
 
 
 def check_cell_totals(X, *, what: str = "adata.X") -> np.ndarray:
@@ -186,18 +224,15 @@ def check_unique_var_names(adata: ad.AnnData) -> None:
 
 def check_non_negative(X, *, what: str = "adata.X") -> None:
     """Raise ``ValueError`` if ``X`` holds negative values (e.g. scaled data)."""
-    vals = _data_values(X)
-    if vals.size and (vals < 0).any():
+    if any(bool((v < 0).any()) for v in _value_blocks(X) if v.size):
         raise ValueError(f"{what} contains negative values; expected counts or log-normalised "
                          "expression (not scaled/centred data).")
 
 
 def is_integer_matrix(X) -> bool:
     """Whether every stored value of ``X`` is a (non-negative) integer: raw counts."""
-    vals = _data_values(X)
-    if vals.size == 0:
-        return True
-    return bool((vals >= 0).all() and np.allclose(vals, np.round(vals), atol=1e-6, rtol=0))
+    return all(bool((v >= 0).all() and np.allclose(v, np.round(v), atol=1e-6, rtol=0))
+               for v in _value_blocks(X) if v.size)
 
 
 InputScale = Literal["auto", "counts", "log1p"]
@@ -230,11 +265,10 @@ def resolve_input_scale(X, input_scale: str = "auto", *, what: str = "adata.X") 
         check_counts(X, what=what)
         return "counts"
     check_non_negative(X, what=what)
-    vals = _data_values(X)
     if input_scale == "auto" and is_integer_matrix(X):
         return "counts"
-    vmax = float(vals.max()) if vals.size else 0.0
-    if vals.size and vmax > 1 and is_integer_matrix(X):
+    vmax = max((float(v.max()) for v in _value_blocks(X) if v.size), default=0.0)
+    if vmax > 1 and is_integer_matrix(X):
         raise ValueError(f"{what} holds integer values up to {vmax:.0f}: raw counts, but "
                          "input_scale='log1p' was given. Pass input_scale='counts' (or 'auto'),"
                          " or the layer that holds log-normalised values.")
@@ -247,7 +281,10 @@ def resolve_input_scale(X, input_scale: str = "auto", *, what: str = "adata.X") 
 
 
 def row_sums(X) -> np.ndarray:
-    """Sum of every row as a 1-D float64 array (dense or sparse)."""
+    """Sum of every row as a 1-D float64 array (dense, sparse or backed, read by blocks)."""
+    if is_backed(X):
+        return np.concatenate([row_sums(block) for _, block in iter_row_blocks(X)]) \
+            if X.shape[0] else np.zeros(0)
     return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
 
 
