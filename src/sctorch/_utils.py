@@ -334,7 +334,11 @@ def package_versions() -> dict[str, str]:
 
 
 def make_params(**kwargs: Any) -> dict[str, Any]:
-    """A ``params`` record: the arguments given plus package versions (h5ad-writable)."""
+    """A ``params`` record: the arguments given, package versions and ``world_size``.
+
+    ``world_size`` is the number of torchrun processes (1 without torchrun). Values are
+    made h5ad-writable.
+    """
     params = {}
     for k, v in kwargs.items():
         if isinstance(v, np.random.Generator):
@@ -347,6 +351,7 @@ def make_params(**kwargs: Any) -> dict[str, Any]:
             v = str(v)
         params[k] = v
     params["versions"] = package_versions()
+    params.setdefault("world_size", int(os.environ.get("WORLD_SIZE", "1") or 1))
     return params
 
 

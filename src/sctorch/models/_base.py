@@ -217,6 +217,8 @@ class BaseModel:
         overwrite
             Replace an existing file.
 
+        Under ``torchrun`` only rank 0 writes the file (the ranks hold identical weights).
+
         Raises
         ------
         FileExistsError
@@ -242,6 +244,10 @@ class BaseModel:
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"Folder {path.parent} does not exist; create it first.")
+        from ._distributed import is_main_process
+
+        if not is_main_process():  # under torchrun only rank 0 writes (all ranks agree)
+            return
         extra, arrays = self._extra_state()
         tensors = {f"module.{k}": v.detach().cpu().contiguous()
                    for k, v in self.module.state_dict().items()}
