@@ -76,15 +76,40 @@ def test_missing_file_error_names_file_and_variable(monkeypatch, tmp_path):
 
 
 def test_esm2_embeddings():
-    require_data("esm2_gene_embeddings/osmFISH_emb.pkl")
+    require_data("esm2_gene_embeddings/osmFISH_emb.h5ad")
     e = sct.datasets.esm2_gene_embeddings("osmFISH")
     assert isinstance(e, pd.DataFrame) and e.shape == (275, 2560)
     osm_genes = ["Gad2", "Slc32a1", "Plp1", "Sox10"]
     assert all(g in e.index for g in osm_genes)
     assert e.dtypes.iloc[0] == np.float32 and np.isfinite(e.to_numpy()).all()
     assert sct.datasets.esm2_gene_embeddings("MERFISH").shape == (209, 2560)
+    assert list(e.columns) == list(range(2560)) and e.index.dtype == object
     with pytest.raises(ValueError, match="osmFISH"):
         sct.datasets.esm2_gene_embeddings("nope")
+
+
+class _Exploit:
+    """Unpickling this creates ``path``: stands for any code a pickle can run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_esm2_embeddings_never_unpickle(monkeypatch, tmp_path):
+    import pickle
+
+    folder = tmp_path / "esm2_gene_embeddings"
+    folder.mkdir()
+    marker = tmp_path / "pwned.txt"
+    (folder / "osmFISH_emb.pkl").write_bytes(pickle.dumps(_Exploit(marker)))
+    monkeypatch.setenv("SCTORCH_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="SCTORCH_DATA_DIR") as e:
+        sct.datasets.esm2_gene_embeddings("osmFISH")
+    assert "osmFISH_emb.h5ad" in str(e.value)
+    assert not marker.exists()
 
 
 def test_gene_sets(tmp_path):
