@@ -107,6 +107,8 @@ def simulate_efficiency_loss(
         If ``adata`` has 0 cells or 0 genes, if ``var_names`` has duplicates, if the
         input is not raw counts (non-finite, negative or non-integer values), if a cell
         has zero counts, or if a parameter is not positive. ``adata`` is left unchanged.
+    TypeError
+        If ``rng`` is not an int, a :class:`numpy.random.Generator` or ``None``.
     """
     for name, val in (("efficiency_shape", efficiency_shape),
                       ("efficiency_rate", efficiency_rate), ("scale", scale)):
