@@ -76,15 +76,40 @@ def test_missing_file_error_names_file_and_variable(monkeypatch, tmp_path):
 
 
 def test_esm2_embeddings():
-    require_data("esm2_gene_embeddings/osmFISH_emb.pkl")
+    require_data("esm2_gene_embeddings/osmFISH_emb.h5ad")
     e = sct.datasets.esm2_gene_embeddings("osmFISH")
     assert isinstance(e, pd.DataFrame) and e.shape == (275, 2560)
     osm_genes = ["Gad2", "Slc32a1", "Plp1", "Sox10"]
     assert all(g in e.index for g in osm_genes)
     assert e.dtypes.iloc[0] == np.float32 and np.isfinite(e.to_numpy()).all()
     assert sct.datasets.esm2_gene_embeddings("MERFISH").shape == (209, 2560)
+    assert list(e.columns) == list(range(2560)) and e.index.dtype == object
     with pytest.raises(ValueError, match="osmFISH"):
         sct.datasets.esm2_gene_embeddings("nope")
+
+
+class _Exploit:
+    """Unpickling this creates ``path``: stands for any code a pickle can run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_esm2_embeddings_never_unpickle(monkeypatch, tmp_path):
+    import pickle
+
+    folder = tmp_path / "esm2_gene_embeddings"
+    folder.mkdir()
+    marker = tmp_path / "pwned.txt"
+    (folder / "osmFISH_emb.pkl").write_bytes(pickle.dumps(_Exploit(marker)))
+    monkeypatch.setenv("SCTORCH_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="SCTORCH_DATA_DIR") as e:
+        sct.datasets.esm2_gene_embeddings("osmFISH")
+    assert "osmFISH_emb.h5ad" in str(e.value)
+    assert not marker.exists()
 
 
 def test_gene_sets(tmp_path):
@@ -104,3 +129,28 @@ def test_gene_sets(tmp_path):
     gmt.write_text("A\tdesc\tG1\tG2\tG1\nB\t\tG3\n")
     assert sct.datasets.read_gmt(gmt) == {"A": ["G1", "G2"], "B": ["G3"]}
     assert sct.datasets.gene_sets(gmt) == {"A": ["G1", "G2"], "B": ["G3"]}
+
+
+def test_read_gmt_duplicate_set_names_raise(tmp_path):
+    gmt = tmp_path / "dup.gmt"
+    gmt.write_text("A\td\tG1\nB\td\tG2\nA\td\tG3\nB\td\tG4\nC\td\tG5\n")
+    with pytest.raises(ValueError, match=r"'A' on lines 1, 3; 'B' on lines 2, 4") as e:
+        sct.datasets.read_gmt(gmt)
+    assert "dup.gmt" in str(e.value) and "rename or merge" in str(e.value)
+    with pytest.raises(ValueError, match="'A' on lines 1, 3"):
+        sct.datasets.gene_sets(gmt)
+    (tmp_path / "noname.gmt").write_text("\td\tG1\n")
+    with pytest.raises(ValueError, match="line 1 has an empty gene-set name"):
+        sct.datasets.read_gmt(tmp_path / "noname.gmt")
+
+
+def test_gene_set_json_duplicate_names_raise(tmp_path):
+    j = tmp_path / "dup.json"
+    j.write_text('{"A": ["G1"], "B": ["G2"], "A": ["G3"]}')
+    with pytest.raises(ValueError, match=r"dup\.json.*\['A'\].*more than once"):
+        sct.datasets.gene_sets(j)
+    peg = tmp_path / "peg.json"
+    peg.write_text('{"cell_types": [{"name": "T", "markers": [{"genes": ["CD3D+"]}], '
+                   '"subtypes": {"cell_types": [{"name": "T", "markers": []}]}}]}')
+    with pytest.raises(ValueError, match="'T' is defined more than once"):
+        sct.datasets.gene_sets(peg)

@@ -73,3 +73,88 @@ def test_cluster_and_score_recovers_planted_groups():
     assert "X_pca" not in a.obsm  # input untouched
     with pytest.raises(KeyError, match="labels_key"):
         sct.metrics.cluster_and_score(a, "missing")
+
+
+_PAIR_FUNCS = [
+    ("pairwise_scores", {"axis": "gene"}), ("pairwise_scores", {"axis": "cell"}),
+    ("gene_pearson", {}), ("cell_pearson", {}), ("gene_cosine", {}), ("cell_cosine", {}),
+    ("gene_mse", {}), ("cell_mse", {}),
+]
+
+
+@pytest.mark.parametrize(("func", "kw"), _PAIR_FUNCS)
+@pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
+def test_pair_metrics_refuse_non_finite(pair, func, kw, fmt):
+    a, b = pair
+    a, b = a.copy(), b.copy()
+    a[2, 4] = np.nan
+    b[0, 0] = np.inf
+    b[1, 1] = -np.inf
+    conv = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[fmt]
+    A, B = conv(a), conv(b)
+    f = getattr(sct.metrics, func)
+    with pytest.raises(ValueError, match=r"a holds 1 non-finite value\(s\) \(NaN or inf\) and "
+                                         r"b holds 2 non-finite") as e:
+        f(A, B, **kw)
+    assert "impute" in str(e.value)
+    with pytest.raises(ValueError, match=r"^b holds 2 non-finite"):
+        f(np.nan_to_num(a), B, **kw)
+    with pytest.raises(ValueError, match=r"a and b have 0 cells"):
+        f(a[:0], b[:0], **kw)
+    with pytest.raises(ValueError, match=r"a and b have 0 genes"):
+        f(a[:, :0], b[:, :0], **kw)
+
+
+def test_pair_metrics_integer_and_list_input(pair):
+    a, b = pair
+    ai = a.astype(np.int8)
+    np.testing.assert_allclose(sct.metrics.gene_mse(ai, b), sct.metrics.gene_mse(a, b))
+    np.testing.assert_allclose(sct.metrics.cell_pearson(a.tolist(), b.tolist()),
+                               sct.metrics.cell_pearson(a, b), equal_nan=True)
+    with pytest.raises(ValueError, match="not a number"):
+        sct.metrics.gene_mse(a.astype(str), b)
+
+
+def test_clustering_scores_refuse_non_finite_and_empty():
+    with pytest.raises(ValueError, match=r"non-finite.*1 in labels_true, 2 in labels_pred"):
+        sct.metrics.clustering_scores([1.0, np.inf, 2.0], [np.nan, -np.inf, 2.0])
+    with pytest.raises(ValueError, match=r"empty \(0 cells\)"):
+        sct.metrics.clustering_scores([], [])
+    with pytest.raises(ValueError, match="must be 1-D"):
+        sct.metrics.clustering_scores(np.zeros((3, 2)), np.zeros((3, 2)))
+
+
+def _blobs(n=60, g=8):
+    rng = np.random.default_rng(0)
+    lab = np.repeat(["x", "y"], n // 2)
+    X = np.abs(rng.normal(0, 0.3, size=(n, g)) + 3 * (lab == "x")[:, None])
+    return ad.AnnData(X.astype(np.float32), obs=pd.DataFrame(
+        {"t": lab}, index=[str(i) for i in range(n)]))
+
+
+def test_cluster_and_score_refuses_bad_input_before_clustering():
+    from conftest import assert_unchanged, snapshot
+
+    a = _blobs()
+    a.X[3, 2] = np.nan
+    a.obsm["r"] = np.ones((a.n_obs, 2))
+    a.obsm["r"][0, 0] = np.inf
+    snap = snapshot(a)
+    with pytest.raises(ValueError, match=r"adata\.X contains 1 non-finite"):
+        sct.metrics.cluster_and_score(a, "t")
+    with pytest.raises(ValueError, match=r"adata\.obsm\['r'\] contains 1 non-finite"):
+        sct.metrics.cluster_and_score(a, "t", use_rep="r")
+    assert_unchanged(a, snap)
+    b = _blobs()
+    b.obs.loc["0", "t"] = np.nan
+    with pytest.raises(ValueError, match=r"missing or non-finite.*1 in labels_true"):
+        sct.metrics.cluster_and_score(b, "t")
+    with pytest.raises(ValueError, match=r"adata has 1 cell\(s\)"):
+        sct.metrics.cluster_and_score(_blobs()[:1].copy(), "t")
+    with pytest.raises(ValueError, match=r"adata\.X has 0 columns"):
+        sct.metrics.cluster_and_score(_blobs()[:, :0].copy(), "t")
+
+
+def test_cluster_and_score_one_gene_clusters_the_gene():
+    s = sct.metrics.cluster_and_score(_blobs()[:, :1].copy(), "t", resolution=0.1)
+    assert s["ARI"] > 0.9

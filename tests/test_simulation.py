@@ -134,3 +134,47 @@ def test_intestine_reference_shape_and_protocol_pearson(intestine_reference):
     # the expected figures: roughly 0.36, 0.30, 0.27
     np.testing.assert_allclose(means, [0.36, 0.30, 0.27], atol=0.015)
     assert means[0] > means[1] > means[2]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint8])
+@pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
+def test_small_integer_dtypes_do_not_overflow(dtype, fmt):
+    # one dominant gene: with scale 1e7 its observed counts (~4e4) exceed int8/int16/uint8
+    X = np.ones((12, 6), dtype=np.float32)
+    X[:, 0] = 100
+    X[3, 2:] = 0
+    conv = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[fmt]
+    ref = sct.pp.simulate_efficiency_loss(ad.AnnData(conv(X)), scale=1e7, rng=5, copy=True)
+    a = ad.AnnData(conv(X.astype(dtype)))
+    snap = snapshot(a)
+    out = sct.pp.simulate_efficiency_loss(a, scale=1e7, rng=5, copy=True)
+    assert_unchanged(a, snap)
+    Y, Yref = out.layers["observed"], ref.layers["observed"]
+    assert Y.dtype == np.int32 and sparse.issparse(Y) == (fmt != "dense")
+    if fmt != "dense":
+        assert Y.format == fmt
+        Y, Yref = Y.toarray(), Yref.toarray()
+    assert Y.max() > np.iinfo(dtype).max  # the values that used to wrap around
+    np.testing.assert_array_equal(Y, Yref.astype(np.int64))  # the same draws as float input
+    assert (Y >= 0).all()
+
+
+def test_float16_and_huge_scale_keep_counts_exact(small_counts):
+    a = ad.AnnData(small_counts.X.toarray().astype(np.float16))
+    y = sct.pp.simulate_efficiency_loss(a, scale=1e8, rng=0, copy=True).layers["observed"]
+    assert y.dtype == np.float32 and y.max() > 2048  # float16 holds integers up to 2048 only
+    b = ad.AnnData(small_counts.X.toarray().astype(np.int32))
+    yb = sct.pp.simulate_efficiency_loss(b, scale=1e13, rng=0, copy=True).layers["observed"]
+    assert yb.dtype == np.int64 and yb.max() > np.iinfo(np.int32).max
+    assert (yb >= 0).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0)])
+@pytest.mark.parametrize("func", ["simulate_efficiency_loss", "select_reference"])
+def test_empty_adata_raises(shape, func):
+    a = ad.AnnData(np.zeros(shape, dtype=np.float32))
+    snap = snapshot(a)
+    what = "cells" if shape[0] == 0 else "genes"
+    with pytest.raises(ValueError, match=rf"adata has 0 {what} \(shape {shape[0]} × {shape[1]}\)"):
+        getattr(sct.pp, func)(a)
+    assert_unchanged(a, snap)

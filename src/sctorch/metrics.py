@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._utils import get_matrix, iter_batches, to_dense
+from ._utils import check_finite, describe_source, get_matrix, iter_batches, to_dense
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -35,12 +35,38 @@ __all__ = [
 ]
 
 
+def _n_non_finite(X, name: str, batch_size: int = 4096) -> int:
+    """Number of NaN/inf values in a dense or sparse matrix (dense scanned in row blocks)."""
+    if X.dtype.kind not in "biufc":
+        raise ValueError(f"{name} has dtype {X.dtype}, not a number; pass a numeric matrix "
+                         "(e.g. the .X or a layer of an AnnData).")
+    if X.dtype.kind in "biu":
+        return 0
+    if sparse.issparse(X):
+        return int(np.count_nonzero(~np.isfinite(X.data)))
+    return sum(int(np.count_nonzero(~np.isfinite(np.asarray(X[sl]))))
+               for sl in iter_batches(X.shape[0], batch_size))
+
+
 def _check_pair(a, b) -> None:
+    """Same 2-D shape, non-empty, numeric and finite; ``ValueError`` saying what to do."""
     if a.shape != b.shape:
         raise ValueError(f"The two matrices differ in shape: {a.shape} vs {b.shape}. "
                          "Align cells and genes first.")
     if len(a.shape) != 2:
         raise ValueError(f"Expected 2-D matrices (cells × genes), got shape {a.shape}.")
+    if 0 in a.shape:
+        what = "cells (rows)" if a.shape[0] == 0 else "genes (columns)"
+        raise ValueError(f"a and b have 0 {what} (shape {a.shape}): there is nothing to score. "
+                         "Pass matrices with at least one cell and one gene.")
+    bad = {name: _n_non_finite(X, name) for name, X in (("a", a), ("b", b))}
+    if any(bad.values()):
+        found = " and ".join(f"{name} holds {n} non-finite value(s) (NaN or inf)"
+                             for name, n in bad.items() if n)
+        raise ValueError(f"{found}, out of {a.shape[0]} × {a.shape[1]}; the scores of the "
+                         "affected genes/cells would be NaN. Remove or impute them first (drop "
+                         "those cells or genes, or replace them, e.g. numpy.nan_to_num) and "
+                         "score again.")
 
 
 def _block(X, sl):
@@ -74,12 +100,14 @@ def pairwise_scores(a, b, *, axis: Axis = "gene", batch_size: int = 2048) -> pd.
     Raises
     ------
     ValueError
-        If the shapes differ or the inputs are not 2-D.
+        If the shapes differ, the inputs are not 2-D, have 0 cells or 0 genes, are not
+        numeric, or hold NaN/inf (says which argument holds how many), or ``axis`` is
+        unknown.
     """
-    _check_pair(a, b)
+    A, B = _as_rows(a), _as_rows(b)
+    _check_pair(A, B)
     if axis not in ("gene", "cell"):
         raise ValueError(f"axis must be 'gene' or 'cell', got {axis!r}.")
-    A, B = _as_rows(a), _as_rows(b)
     n_rows, n_cols = A.shape
     if axis == "gene":
         sx = np.zeros(n_cols)
@@ -156,7 +184,8 @@ def _one_score(axis: Axis, column: str):
     Raises
     ------
     ValueError
-        If the shapes differ or the inputs are not 2-D.
+        If the shapes differ, the inputs are not 2-D, have 0 cells or 0 genes, are not
+        numeric, or hold NaN/inf (says which argument holds how many).
     """
     return score
 
@@ -167,6 +196,31 @@ gene_cosine = _one_score("gene", "cosine")
 cell_cosine = _one_score("cell", "cosine")
 gene_mse = _one_score("gene", "mse")
 cell_mse = _one_score("cell", "mse")
+
+
+def _labels(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
+    """Validated labels as two string arrays (see :func:`clustering_scores`)."""
+    arrays = {"labels_true": np.asarray(labels_true, dtype=object),
+              "labels_pred": np.asarray(labels_pred, dtype=object)}
+    for name, v in arrays.items():
+        if v.ndim != 1:
+            raise ValueError(f"{name} must be 1-D (one label per cell), got shape {v.shape}.")
+    t, p = (pd.Series(v) for v in arrays.values())
+    if len(t) != len(p):
+        raise ValueError(f"labels_true has {len(t)} entries but labels_pred has {len(p)}.")
+    if len(t) == 0:
+        raise ValueError("labels_true and labels_pred are empty (0 cells): there is nothing to "
+                         "score. Pass one label per cell.")
+
+    def n_bad(x: pd.Series) -> int:
+        inf = x.map(lambda v: isinstance(v, float | np.floating) and np.isinf(v))
+        return int((x.isna() | inf.astype(bool)).sum())
+
+    bt, bp = n_bad(t), n_bad(p)
+    if bt or bp:
+        raise ValueError(f"Labels contain missing or non-finite values (NaN, None or inf: {bt} in "
+                         f"labels_true, {bp} in labels_pred); drop those cells first.")
+    return t.astype(str).to_numpy(), p.astype(str).to_numpy()
 
 
 def clustering_scores(labels_true, labels_pred) -> dict[str, float]:
@@ -185,18 +239,12 @@ def clustering_scores(labels_true, labels_pred) -> dict[str, float]:
     Raises
     ------
     ValueError
-        If the lengths differ or a label is missing (NaN).
+        If the labels are not 1-D, the lengths differ, there are none, or a label is
+        missing or non-finite (NaN, None, ±inf; says how many in each argument).
     """
     from sklearn import metrics as skm
 
-    t = pd.Series(np.asarray(labels_true, dtype=object))
-    p = pd.Series(np.asarray(labels_pred, dtype=object))
-    if len(t) != len(p):
-        raise ValueError(f"labels_true has {len(t)} entries but labels_pred has {len(p)}.")
-    if t.isna().any() or p.isna().any():
-        raise ValueError(f"Labels contain missing values ({int(t.isna().sum())} in labels_true, "
-                         f"{int(p.isna().sum())} in labels_pred); drop those cells first.")
-    t, p = t.astype(str).to_numpy(), p.astype(str).to_numpy()
+    t, p = _labels(labels_true, labels_pred)
     return {
         "ARI": float(skm.adjusted_rand_score(t, p)),
         "FMI": float(skm.fowlkes_mallows_score(t, p)),
@@ -237,12 +285,17 @@ def cluster_and_score(
 
     Returns
     -------
-    The dict of :func:`clustering_scores` plus ``n_clusters``.
+    The dict of :func:`clustering_scores` plus ``n_clusters``. With a single gene (or
+    ``min(n_cells, n_genes) - 1 < 1``) the matrix itself is clustered instead of PCs.
 
     Raises
     ------
     KeyError
         If ``labels_key``, ``layer`` or ``use_rep`` is missing.
+    ValueError
+        If ``adata`` has fewer than 2 cells, the matrix or embedding has 0 columns or
+        holds NaN/inf (says how many), or a label is missing or non-finite. All checks
+        run before any clustering; ``adata`` is never modified.
     """
     import anndata as ad
     import scanpy as sc
@@ -250,23 +303,38 @@ def cluster_and_score(
     if labels_key not in adata.obs:
         raise KeyError(f"labels_key {labels_key!r} not found in adata.obs "
                        f"(columns: {list(adata.obs.columns)}).")
+    if adata.n_obs < 2:
+        raise ValueError(f"adata has {adata.n_obs} cell(s); clustering needs at least 2. Pass "
+                         "the full data set, not a subset this small.")
+    labels = adata.obs[labels_key].to_numpy()
+    _labels(labels, labels)  # missing labels fail here, before the clustering
     if use_rep is not None:
         if use_rep not in adata.obsm:
             raise KeyError(f"use_rep {use_rep!r} not found in adata.obsm "
                            f"(keys: {list(adata.obsm.keys())}).")
-        tmp = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names))
-        tmp.obsm["rep"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)
-        rep = "rep"
+        R = np.asarray(adata.obsm[use_rep], dtype=np.float32).reshape(adata.n_obs, -1)
+        what = f"adata.obsm[{use_rep!r}]"
     else:
         X = get_matrix(adata, layer)
-        tmp = ad.AnnData(X.astype(np.float32), obs=pd.DataFrame(index=adata.obs_names))
-        n_comp = int(min(n_pcs, min(tmp.shape) - 1))
+        what = describe_source(layer)
+        R = X
+    if R.shape[1] == 0:
+        raise ValueError(f"{what} has 0 columns: nothing to cluster. Pass a layer or use_rep "
+                         "with at least one gene or dimension.")
+    check_finite(R, what=what)
+    tmp = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names))
+    n_comp = int(min(n_pcs, min(R.shape) - 1))
+    if use_rep is not None or n_comp < 1:
+        tmp.obsm["rep"] = R if use_rep is not None else to_dense(R, np.float32)
+        rep = "rep"
+    else:
+        tmp = ad.AnnData(R.astype(np.float32), obs=tmp.obs)
         sc.pp.pca(tmp, n_comps=n_comp, random_state=random_state)
         rep = "X_pca"
     sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep=rep, random_state=random_state)
     sc.tl.leiden(tmp, resolution=resolution, random_state=random_state, flavor="igraph",
                  n_iterations=2, directed=False)
-    scores = clustering_scores(adata.obs[labels_key].to_numpy(), tmp.obs["leiden"].to_numpy())
+    scores = clustering_scores(labels, tmp.obs["leiden"].to_numpy())
     scores["n_clusters"] = int(tmp.obs["leiden"].nunique())
     return scores
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from ._loaders import _path, data_dir
@@ -33,9 +34,12 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
     Raises
     ------
     ValueError
-        If a non-empty line has fewer than two tab-separated fields.
+        If a non-empty line has fewer than two tab-separated fields or an empty set
+        name, or if two lines carry the same set name (names every duplicate and its
+        line numbers; nothing is returned, so no set silently replaces another).
     """
     out: dict[str, list[str]] = {}
+    lines: dict[str, list[int]] = {}
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
@@ -44,26 +48,48 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
             fields = line.split("\t")
             if len(fields) < 2:
                 raise ValueError(f"{path}: line {i} is not GMT (name<TAB>description<TAB>genes…).")
+            name = fields[0].strip()
+            if not name:
+                raise ValueError(f"{path}: line {i} has an empty gene-set name; give every set "
+                                 "a name in the first field.")
+            lines.setdefault(name, []).append(i)
             genes = [g.strip() for g in fields[2:] if g.strip()]
-            out[fields[0]] = list(dict.fromkeys(genes))
+            out[name] = list(dict.fromkeys(genes))
+    dups = {k: v for k, v in lines.items() if len(v) > 1}
+    if dups:
+        listed = "; ".join(f"{k!r} on lines {', '.join(map(str, v))}" for k, v in dups.items())
+        raise ValueError(f"{path}: {len(dups)} gene-set name(s) occur more than once ({listed}). "
+                         "Set names must be unique: rename or merge the duplicate lines in the "
+                         "file.")
     return out
 
 
-def _pegasus_sets(node: dict, out: dict[str, list[str]]) -> None:
+def _pegasus_sets(node: dict, out: dict[str, list[str]], path: Path) -> None:
     for ct in node.get("cell_types", []):
         genes = [g[:-1] for m in ct.get("markers", []) for g in m.get("genes", [])
                  if g.endswith("+")]
+        if ct["name"] in out:
+            raise ValueError(f"{path}: cell type {ct['name']!r} is defined more than once "
+                             "(set names must be unique); rename or merge the entries in the "
+                             "file.")
         out[ct["name"]] = list(dict.fromkeys(genes))
         if ct.get("subtypes"):
-            _pegasus_sets(ct["subtypes"], out)
+            _pegasus_sets(ct["subtypes"], out, path)
 
 
 def _read_json(path: Path, tissue: str | None) -> dict[str, list[str]]:
+    def unique_keys(pairs):  # json.load would silently keep the last of two equal keys
+        dup = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        if dup:
+            raise ValueError(f"{path}: key(s) {dup} occur more than once in one JSON object "
+                             "(set names must be unique); rename or merge them in the file.")
+        return dict(pairs)
+
     with open(path, encoding="utf-8") as fh:
-        d = json.load(fh)
+        d = json.load(fh, object_pairs_hook=unique_keys)
     if isinstance(d, dict) and "cell_types" in d:  # pegasus marker database
         out: dict[str, list[str]] = {}
-        _pegasus_sets(d, out)
+        _pegasus_sets(d, out, path)
         return out
     if isinstance(d, dict) and d and all(isinstance(v, list) for v in d.values()):
         return {k: list(dict.fromkeys(map(str, v))) for k, v in d.items()}
@@ -101,7 +127,9 @@ def gene_sets(name: str | Path, *, tissue: str | None = None) -> dict[str, list[
     FileNotFoundError
         If the file is not found (names the file and ``SCTORCH_DATA_DIR``).
     ValueError
-        If the file format is not recognised, or ``tissue`` is needed and missing.
+        If the file format is not recognised, ``tissue`` is needed and missing, or a set
+        name occurs twice (see :func:`read_gmt`; for JSON, a repeated key or pegasus
+        cell-type name).
     """
     p = Path(name)
     if not p.exists():

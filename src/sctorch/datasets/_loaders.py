@@ -258,8 +258,8 @@ def zeisel2015(subset: str = "descend") -> ad.AnnData:
     return a
 
 
-_ESM_FILES = {"osmfish": "osmFISH_emb.pkl", "merfish": "MERFISH_emb.pkl",
-              "mouse_brain": "Mouse_brain_emb.pkl"}
+_ESM_FILES = {"osmfish": "osmFISH_emb.h5ad", "merfish": "MERFISH_emb.h5ad",
+              "mouse_brain": "Mouse_brain_emb.h5ad"}
 
 
 def esm2_gene_embeddings(name: str = "osmFISH") -> pd.DataFrame:
@@ -267,6 +267,9 @@ def esm2_gene_embeddings(name: str = "osmFISH") -> pd.DataFrame:
 
     ESM-2 ``esm2_t36_3B_UR50D``, last layer, mean-pooled over residues, as published
     with stImpute (Zeng et al. 2024, Commun Biol 7:1271; GitHub cquzys/stImpute).
+    Read from the AnnData copies ``esm2_gene_embeddings/<name>_emb.h5ad`` in the data
+    directory (genes × dimensions); the original pickled files beside them are never
+    opened, because unpickling a file can run code.
 
     Parameters
     ----------
@@ -276,21 +279,31 @@ def esm2_gene_embeddings(name: str = "osmFISH") -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame of float32, **genes × 2,560 dimensions** (index: gene symbols).
+    DataFrame of float32, **genes × 2,560 dimensions** (index: gene symbols as ``str``;
+    columns: ``RangeIndex`` 0–2,559).
 
     Raises
     ------
     ValueError
-        If ``name`` is unknown.
+        If ``name`` is unknown, or the file holds duplicate gene names or non-finite
+        values.
     FileNotFoundError
-        If the data directory lacks the file.
+        If the data directory lacks ``esm2_gene_embeddings/<name>_emb.h5ad`` (names the
+        file and ``SCTORCH_DATA_DIR``; a ``.pkl`` alone is not read).
     """
-    key = name.lower()
+    key = str(name).lower()
     if key not in _ESM_FILES:
         raise ValueError(f"name must be one of 'osmFISH', 'MERFISH', 'Mouse_brain'; got {name!r}.")
-    # a pickled DataFrame from the project's own data directory (trusted input)
-    df = pd.read_pickle(_path(f"esm2_gene_embeddings/{_ESM_FILES[key]}"))
-    out = df.T.astype(np.float32)
-    out.index = out.index.astype(str)
-    out.columns = pd.RangeIndex(out.shape[1])
-    return out
+    rel = f"esm2_gene_embeddings/{_ESM_FILES[key]}"
+    a = _read(rel)  # HDF5 through anndata: no unpickling
+    X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    X = np.asarray(X, dtype=np.float32)
+    genes = a.obs_names.astype(str)
+    if not genes.is_unique:
+        dup = genes[genes.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"{rel} holds duplicate gene names, e.g. {dup}; the file is damaged. "
+                         "Replace it with the copy described in its SOURCE.txt.")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{rel} holds {int((~np.isfinite(X)).sum())} non-finite value(s); the "
+                         "file is damaged. Replace it with the copy described in its SOURCE.txt.")
+    return pd.DataFrame(X, index=pd.Index(genes, name=None), columns=pd.RangeIndex(X.shape[1]))

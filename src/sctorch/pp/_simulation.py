@@ -20,6 +20,29 @@ from .._utils import (
 )
 
 
+def _check_not_empty(adata: ad.AnnData) -> None:
+    """Raise ``ValueError`` if ``adata`` has no cells or no genes."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        what = "cells" if adata.n_obs == 0 else "genes"
+        raise ValueError(f"adata has 0 {what} (shape {adata.n_obs} × {adata.n_vars}); pass an "
+                         "AnnData with at least one cell and one gene (check the filtering or "
+                         "subsetting that produced it).")
+
+
+def _output_dtype(dtype: np.dtype, y_max: int) -> np.dtype:
+    """Dtype that holds every drawn count exactly (see the Returns of the caller)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        out = np.promote_types(dtype, np.int32)  # int8/16, uint8/16 -> int32
+        return out if y_max <= np.iinfo(out).max else np.dtype(np.int64)
+    if dtype.kind == "f":
+        for cand in map(np.dtype, (np.float32, np.float64)):
+            if cand.itemsize >= dtype.itemsize and y_max <= 2 ** (np.finfo(cand).nmant + 1):
+                return cand
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
 def simulate_efficiency_loss(
     adata: ad.AnnData,
     *,
@@ -66,8 +89,13 @@ def simulate_efficiency_loss(
     ``None`` (or a copy when ``copy=True``), having written
 
     - ``layers[key_added]``: observed counts, ``n_obs × n_vars``, the same sparse/dense
-      format as the input, integer values (integer dtype when the input has one,
-      otherwise the input's float dtype holding integers);
+      format as the input (CSC stays CSC), integer values drawn and checked in int64,
+      then written as: the input's integer dtype widened to at least ``int32``
+      (``int8``/``int16``/``uint8``/``uint16`` → ``int32``, which the draws cannot
+      overflow unless ``scale`` is huge; then ``int64``); for float input ``float32``
+      or ``float64``, whichever of them at least as wide as the input holds every
+      count exactly (``float16`` → ``float32``; ``float32`` → ``float64`` only above
+      2**24); for any other dtype ``float32``;
     - ``obs['efficiency']``: :math:`\tau_c` (float64);
     - ``uns[key_added]['params']``: the arguments and package versions.
 
@@ -76,13 +104,17 @@ def simulate_efficiency_loss(
     KeyError
         If ``layer`` does not exist.
     ValueError
-        If the input is not raw counts (non-finite, negative or non-integer values),
-        if a cell has zero counts, or if a parameter is not positive.
+        If ``adata`` has 0 cells or 0 genes, if ``var_names`` has duplicates, if the
+        input is not raw counts (non-finite, negative or non-integer values), if a cell
+        has zero counts, or if a parameter is not positive. ``adata`` is left unchanged.
+    TypeError
+        If ``rng`` is not an int, a :class:`numpy.random.Generator` or ``None``.
     """
     for name, val in (("efficiency_shape", efficiency_shape),
                       ("efficiency_rate", efficiency_rate), ("scale", scale)):
         if not (np.isfinite(val) and val > 0):
             raise ValueError(f"{name} must be a positive number, got {val!r}.")
+    _check_not_empty(adata)
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     what = describe_source(layer)
@@ -91,7 +123,7 @@ def simulate_efficiency_loss(
     gen = get_rng(rng)
     tau = gen.gamma(shape=efficiency_shape, scale=1.0 / efficiency_rate, size=adata.n_obs)
     mult = tau * scale / lib  # per-cell factor: Y ~ Poisson(x * mult)
-    out_dtype = X.dtype if np.issubdtype(X.dtype, np.number) else np.float32
+    in_dtype = X.dtype if np.issubdtype(X.dtype, np.number) else np.dtype(np.float32)
 
     if sparse.issparse(X):
         Xc = sparse.csr_matrix(X)
@@ -99,17 +131,20 @@ def simulate_efficiency_loss(
             Xc = Xc.sorted_indices()  # a copy: the user's matrix is left as it was
         rows = np.repeat(np.arange(Xc.shape[0]), np.diff(Xc.indptr))
         lam = Xc.data.astype(np.float64) * mult[rows]
-        y = gen.poisson(lam)
+        y = gen.poisson(lam)  # int64: no overflow whatever the input dtype
+        out_dtype = _output_dtype(in_dtype, int(y.max()) if y.size else 0)
         Y = sparse.csr_matrix((y.astype(out_dtype), Xc.indices.copy(), Xc.indptr.copy()),
                               shape=Xc.shape)
         Y.eliminate_zeros()
-        if sparse.isspmatrix_csc(X):
+        if X.format == "csc":
             Y = Y.tocsc()
     else:  # draw on the non-zeros in row-major order: the same stream as the CSR path
         Xd = np.asarray(X)
         rows, cols = np.nonzero(Xd)
+        y = gen.poisson(Xd[rows, cols].astype(np.float64) * mult[rows])
+        out_dtype = _output_dtype(in_dtype, int(y.max()) if y.size else 0)
         Y = np.zeros(Xd.shape, dtype=out_dtype)
-        Y[rows, cols] = gen.poisson(Xd[rows, cols].astype(np.float64) * mult[rows])
+        Y[rows, cols] = y
 
     target = adata.copy() if copy else adata
     target.layers[key_added] = Y
@@ -163,8 +198,11 @@ def select_reference(
     ------
     ValueError
         If the input is not raw counts, a threshold is outside [0, 1],
-        ``detection_among`` is not ``"all"``/``"kept"``, or no cell or no gene passes
-        (says how many of each remained).
+        ``detection_among`` is not ``"all"``/``"kept"``, ``adata`` has 0 cells or 0
+        genes, ``var_names`` has duplicates, or no cell or no gene passes (says how
+        many of each remained).
+    KeyError
+        If ``layer`` does not exist.
     """
     for name, val in (("min_library_quantile", min_library_quantile),
                       ("min_detection", min_detection)):
@@ -172,6 +210,7 @@ def select_reference(
             raise ValueError(f"{name} must lie in [0, 1], got {val!r}.")
     if detection_among not in ("all", "kept"):
         raise ValueError(f"detection_among must be 'all' or 'kept', got {detection_among!r}.")
+    _check_not_empty(adata)
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     check_counts(X, what=describe_source(layer))
