@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import shlex
 import sys
 import threading
 import time
@@ -142,7 +143,7 @@ def command(script: str | Path | None = None, args: Sequence[str] | None = None)
     """``python benchmarks/NAME.py ARGS`` (``args`` default: this process's arguments)."""
     name = Path(script or sys.argv[0]).name
     args = sys.argv[1:] if args is None else list(args)
-    return " ".join(["python", f"benchmarks/{name}", *args])
+    return shlex.join(["python", f"benchmarks/{name}", *args])
 
 
 def machine() -> str:
