@@ -3,12 +3,13 @@
 Run ``python benchmarks/genomap.py`` (``--quick``: 1,024 intestine genes only). Writes
 ``benchmarks/results/genomap.md`` and ``benchmarks/results/genomap_intestine_zones.png``.
 
-Every data set is log-normalised once (``sctorch._utils.log_normalize``, 10⁴ per cell,
-log1p), restricted to its ``n`` most variable genes (``scanpy.pp.highly_variable_genes``)
-and written to a temporary ``.npy``; each method then runs in its own subprocess with
-2 BLAS/FFT threads on exactly that matrix, so seconds and peak RSS (``ru_maxrss``) are
-comparable. The three quality figures of every placement come from
-:func:`sctorch.metrics.genomap_quality` on the same matrix.
+Every data set is log-normalised once (``scanpy.pp.normalize_total`` to 10⁴ per cell,
+then ``scanpy.pp.log1p``: ``_harness.log_normalize``), restricted to its ``n`` most
+variable genes (``scanpy.pp.highly_variable_genes``) and written to a temporary
+``.npy``; each method then runs in its own subprocess with 2 BLAS/FFT threads on exactly
+that matrix, so seconds and peak RSS (``ru_maxrss``) are comparable. The three quality
+figures of every placement come from :func:`sctorch.metrics.genomap_quality` on the same
+matrix.
 
 Methods
 - ``sctorch``: ``sct.tl.genomap`` with its defaults.
@@ -34,6 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import (
+    RssSampler,
+    current_rss_mib,
+    grid_shape,
+    log_normalize,
+    peak_rss_mib,
+    write_results,
+)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PEER_ITER = 100  # the peer's default is 1,000; capped here to keep the run under an hour
@@ -41,41 +52,6 @@ THREADS = "2"
 
 
 # ----------------------------------------------------------------------------- children
-def _rss_mb() -> float:
-    """Peak resident memory of this process so far (``ru_maxrss``), MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _current_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-class _RssSampler:
-    """Highest current RSS seen while the block runs (sampled every 5 ms)."""
-
-    def __enter__(self):
-        import threading
-
-        self.peak = _current_rss_mb()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
-        return self
-
-    def _loop(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _current_rss_mb())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, _current_rss_mb())
-
-
 def _naive(X: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     R = np.corrcoef(X.T.astype(np.float64))
     _, vec = np.linalg.eigh(R)
@@ -97,21 +73,23 @@ def child(method: str, path: str, out: str) -> None:
     import anndata as ad  # noqa: F401  (imported before the clock starts)
 
     import sctorch as sct  # noqa: F401
-    from sctorch.tl._genomap import grid_shape
 
     h, w = grid_shape(n)
     info: dict = {}
-    rss0 = _current_rss_mb()
-    with _RssSampler() as sampler:
+    rss0 = current_rss_mib()
+    with RssSampler() as sampler:
         u0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         rows, cols = _place(method, X, (h, w), info)
         sec = time.perf_counter() - t0
         u1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
+    # the grid every method uses is the one sct.tl.genomap picks (its uns shape)
+    if "shape" in info and tuple(info.pop("shape")) != (h, w):
+        raise RuntimeError(f"sct.tl.genomap chose another grid than {(h, w)} for {n} genes.")
     Path(out).write_text(json.dumps({
         "seconds": sec, "cpu_seconds": cpu, "rss_before_mb": rss0, "rss_during_mb": sampler.peak,
-        "rss_peak_mb": _rss_mb(),
+        "rss_peak_mb": peak_rss_mib(),
         "rows": np.asarray(rows).tolist(), "cols": np.asarray(cols).tolist(), **info}))
 
 
@@ -127,6 +105,7 @@ def _place(method: str, X: np.ndarray, shape: tuple[int, int], info: dict):
         sct.tl.genomap(a, progress=False)
         rows, cols = a.var["genomap_row"].to_numpy(), a.var["genomap_col"].to_numpy()
         info["n_iter"] = a.uns["genomap"]["n_iter"]
+        info["shape"] = [int(v) for v in a.uns["genomap"]["shape"]]
     elif method == "genomap":
         # this script is also called genomap.py: import the package, not ourselves
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
@@ -160,7 +139,6 @@ def _prepare(name: str, n: int, tmp: Path):
     import scanpy as sc
 
     import sctorch as sct
-    from sctorch._utils import log_normalize
 
     a = sct.datasets.intestine_moor2018() if name == "intestine" else sct.datasets.pbmc3k()
     sc.pp.filter_genes(a, min_cells=3)
@@ -184,7 +162,6 @@ def _run(method: str, path: Path, tmp: Path) -> dict:
 
 def _quality(a, res: dict) -> dict:
     import sctorch as sct
-    from sctorch.tl._genomap import grid_shape
 
     b = a.copy()
     rows, cols = np.asarray(res["rows"]), np.asarray(res["cols"])
@@ -206,13 +183,10 @@ def main(quick: bool = False) -> None:
     if not quick:
         cases += [("intestine", 2025, True), ("pbmc3k", 2025, True), ("intestine", 5000, False)]
     lines = [
-        "# GenoMap construction benchmark",
-        "",
-        f"`python benchmarks/genomap.py`; every method in its own subprocess with "
-        f"{THREADS} BLAS/FFT threads (`OMP_NUM_THREADS={THREADS}`) on this machine "
-        f"({os.cpu_count()} CPU cores visible, shared with other jobs, so wall seconds "
-        "vary with their load; CPU s = user + system time of the method, all threads). "
-        "Input: log-normalised expression of the "
+        f"Every method in its own subprocess with {THREADS} BLAS/FFT threads "
+        f"(`OMP_NUM_THREADS={THREADS}`) on this machine ({os.cpu_count()} CPU cores visible, "
+        "shared with other jobs, so wall seconds vary with their load; CPU s = user + system "
+        "time of the method, all threads). Input: log-normalised expression of the "
         "n most variable genes. Peer: `genomap` (PyPI) `construct_genomap_returnT`, "
         f"`epsilon=0`, `num_iter={PEER_ITER}` (its default is 1,000), placement = argmax "
         "of T per gene. Peak = whole-process peak RSS (`ru_maxrss`, includes Python, "
@@ -229,8 +203,6 @@ def main(quick: bool = False) -> None:
         "coherence | Spearman |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    from sctorch.tl._genomap import grid_shape
-
     picture_done = False
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
@@ -264,8 +236,8 @@ def main(quick: bool = False) -> None:
                 picture_done = True
     lines += ["", "Picture: `genomap_intestine_zones.png` — `sct.pl.genomap` of the "
               "intestine (1,024 genes, log-normalised), 8 random cells per crypt–villus zone."]
-    (RESULTS / "genomap.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(RESULTS / "genomap.md", "GenoMap construction benchmark", lines,
+                  script=__file__)
 
 
 def _picture(a, res: dict) -> None:
@@ -273,7 +245,6 @@ def _picture(a, res: dict) -> None:
 
     matplotlib.use("Agg")
     import sctorch as sct
-    from sctorch.tl._genomap import grid_shape
 
     b = a.copy()
     b.var["genomap_row"], b.var["genomap_col"] = res["rows"], res["cols"]

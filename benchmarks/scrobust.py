@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import peak_rss_mib, write_results
+
 LEVELS = (0.0, 0.3, 0.5)
 SEED = 0
 # the CPU run: a small model and few epochs. Fine-tuning uses the paper's 800 highly unique
@@ -69,12 +72,6 @@ def _setup(threads: int):
 
     if threads:
         torch.set_num_threads(threads)
-
-
-def _rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def add_dropout(X, frac: float, seed: int):
@@ -139,7 +136,7 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
     _setup(cfg["threads"])
     a = load(level)
     y = a.obs["cell_type"].astype(str).to_numpy()
-    base = _rss_mb()
+    base = peak_rss_mib()
     t0 = time.perf_counter()
     res = []
     if method in ("scRobust", HVG_METHOD):
@@ -181,7 +178,7 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
             res.append(score(y[te], p.predicted_labels["predicted_labels"].astype(str)))
     r = np.asarray(res)
     return {"method": method, "level": level, "f1": r[:, 0], "acc": r[:, 1],
-            "seconds": time.perf_counter() - t0, "peak_mb": _rss_mb(), "base_mb": base}
+            "seconds": time.perf_counter() - t0, "peak_mb": peak_rss_mib(), "base_mb": base}
 
 
 def embedding_worker(cfg: dict, model_dir: str) -> dict:
@@ -249,7 +246,7 @@ def throughput_worker(n_cells: int, threads: int) -> dict:
                              rng=SEED, progress=False)
     dt = time.perf_counter() - t0
     return {"cells_per_s": n_cells / dt, "seconds": dt, "n_cells": n_cells,
-            "threads": threads, "peak_mb": _rss_mb()}
+            "threads": threads, "peak_mb": peak_rss_mib()}
 
 
 def in_process(fn, *args):
@@ -304,11 +301,9 @@ def main(argv=None) -> int:
     def f(level, method, key):
         return next(r for r in rows if r["level"] == level and r["method"] == method)[key]
 
-    lines = ["# scRobust benchmark: ifnb PBMC (2,800 cells × 14,053 genes, 13 cell types)", "",
-             f"Command: `python benchmarks/scrobust.py{' --full' if args.full else ''}` "
-             f"({'paper settings' if args.full else 'CPU budget settings'}; "
-             f"{total / 60:.0f} min in all on a 2-core machine shared with other jobs).", "",
-             f"scRobust settings: pre-training {cfg['pretrain']} (all cells, no labels, "
+    note = (f"{'Paper settings' if args.full else 'CPU budget settings'}; {total / 60:.0f} "
+            "min in all on a machine shared with other jobs.")
+    lines = [f"scRobust settings: pre-training {cfg['pretrain']} (all cells, no labels, "
              f"once per dropout level); fine-tuning {cfg['finetune']} per fold; torch threads "
              f"{cfg['threads'] or 'default'}. CellTypist 1.7.1 with `use_SGD=True` (its default "
              "solver fails with scikit-learn 1.9). Paper: d_model 512, up to 1,000 pre-training "
@@ -346,9 +341,8 @@ def main(argv=None) -> int:
                   f"{thr['n_cells']} cells, {thr['threads']} torch threads: "
                   f"**{thr['cells_per_s']:.1f} cells/s** ({thr['seconds']:.0f} s for one epoch; "
                   f"peak RSS {thr['peak_mb']:.0f} MB).", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    write_results(args.out, "scRobust benchmark: ifnb PBMC (2,800 cells × 14,053 genes, "
+                  "13 cell types)", lines, note=note, script=__file__)
     return 0
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _harness import write_results
 from scrobust import CPU, SEED, fold_hvgs, folds, load, lognorm, score
 
 VARIANTS = ("all genes", "HVG fine-tune", "HVG pre-train 2", "HVG pre-train 5",
@@ -91,19 +92,18 @@ def main(argv=None) -> int:
             r = run_variant(v, a, b, y, args.folds) | {"level": level}
             print(r, flush=True)
             rows.append(r)
-    lines = ["# scRobust ablation: pre-training and gene set (ifnb PBMC)", "",
-             f"Command: `python benchmarks/scrobust_ablation.py --levels {args.levels} "
-             f"--folds {args.folds}`; CPU settings of `benchmarks/scrobust.py` "
-             f"(pre-training {CPU['pretrain']}, fine-tuning {CPU['finetune']}), folds 1–"
-             f"{args.folds} of its 5-fold split, one torch thread.", "",
-             "| added dropout | variant | macro-F1 (mean of folds) | per fold | accuracy | "
+    note = (f"CPU settings of `benchmarks/scrobust.py` (pre-training {CPU['pretrain']}, "
+            f"fine-tuning {CPU['finetune']}), folds 1–{args.folds} of its 5-fold split, one "
+            "torch thread.")
+    lines = ["| added dropout | variant | macro-F1 (mean of folds) | per fold | accuracy | "
              "final NT-Xent | seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['level']:.0%} | {r['variant']} | {r['f1']:.3f} | "
                      f"{' / '.join(f'{v:.3f}' for v in r['f1_folds'])} | {r['acc']:.3f} | "
                      f"{r['pretrain_loss']:.2f} | {r['seconds']:.0f} |")
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    write_results(args.out, "scRobust ablation: pre-training and gene set (ifnb PBMC)", lines,
+                  script=__file__, args=["--levels", args.levels, "--folds", str(args.folds)],
+                  note=note)
     return 0
 
 

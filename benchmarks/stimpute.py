@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import peak_rss_mib, stimpute_normalise, write_results
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "stimpute.md"
@@ -109,13 +110,6 @@ def knn_baseline(sp_train, ref_train, ref_target, k=50, n_pcs=30):
     return out
 
 
-def _norm(adata):
-    from sctorch.tl._stimpute import _normalised
-
-    X, _ = _normalised(adata, None, "adata")
-    return X.toarray() if hasattr(X, "toarray") else np.asarray(X)
-
-
 def child(method: str, arg: str, out: str) -> dict:
     import torch
 
@@ -136,8 +130,8 @@ def child(method: str, arg: str, out: str) -> dict:
             pred = a.layers["stimpute_cv"]
             rel = tab["reliability"].to_numpy()
         else:
-            sp_n = _norm(sp[:, shared])
-            ref_all = _norm(ref)
+            sp_n = stimpute_normalise(sp[:, shared])
+            ref_all = stimpute_normalise(ref)
             col = {g: i for i, g in enumerate(ref.var_names)}
             ref_n = ref_all[:, [col[g] for g in shared]]
             for tr, te in folds(shared):
@@ -155,15 +149,14 @@ def child(method: str, arg: str, out: str) -> dict:
                                   return_adata=True)
             pred = res.X
         else:
-            sp_n = _norm(sp)
-            ref_n = _norm(ref)
+            sp_n = stimpute_normalise(sp)
+            ref_n = stimpute_normalise(ref)
             col = {g: i for i, g in enumerate(ref.var_names)}
             pred = knn_baseline(sp_n, ref_n[:, [col[g] for g in sp.var_names]],
                                 ref_n[:, [col[g] for g in held]])
         extra["shape"] = list(pred.shape)
     secs = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-    return {"seconds": secs, "peak_mib": peak, **extra}
+    return {"seconds": secs, "peak_mib": peak_rss_mib(), **extra}
 
 
 def tangram_fold(sp_n, ref_n, shared, tr, te):
@@ -303,17 +296,11 @@ def main() -> None:
         part = old.split(title, 1)[1].split("\n## ", 1)[0]
         return [title + part.rstrip(), ""]
 
-    head = ["# stImpute benchmark", "",
-            f"Command: `python benchmarks/stimpute.py {' '.join(sys.argv[1:])}`".rstrip() + "; "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"{time.strftime('%Y-%m-%d')}.", ""]
     dros = (section("## Drosophila embryo, 5-fold CV over the shared genes")
             if args.skip_drosophila else drosophila_section(args.threads))
     scale = (section("## Scale: osmFISH resampled to N spatial cells, synthetic 20,000-cell "
                      "reference") if args.skip_scale else scale_section(args.scale, args.threads))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(head + dros + scale) + "\n", encoding="utf-8")
-    print(RESULTS.read_text(encoding="utf-8"))
+    write_results(RESULTS, "stImpute benchmark", dros + scale, script=__file__)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
-import time
-import tracemalloc
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 
 import sctorch as sct
-from sctorch._utils import log_normalize
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import log_normalize, measured, peak_rss_mib, write_results
 
 LEVELS = {15.0: "0.75 %", 10.0: "0.5 %", 8.0: "0.4 %"}
 LABELS = {"intestine": "zone", "ifnb": "cell_type", "pbmc3k": None}
@@ -44,16 +43,6 @@ def load(name: str) -> ad.AnnData:
     if name == "ifnb":
         return sct.datasets.ifnb_pbmc()
     raise ValueError(name)
-
-
-def measured(fn):
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    out = fn()
-    sec = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return out, sec, peak
 
 
 def random_placement(a: ad.AnnData, key: str, seed: int = 0) -> None:
@@ -131,15 +120,11 @@ def write(rows, out: Path, epochs, preset, n_features) -> None:
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as fh:
-        fh.write("# TCER benchmark (down-sampling protocol)\n\n")
-        fh.write(f"Command: `python benchmarks/tcer.py {' '.join(sys.argv[1:])}`\n\n")
-        fh.write(f"Settings: preset={preset!r}, epochs={epochs}, n_features={n_features}; "
-                 f"2 CPU cores. Process peak RSS {rss:.0f} MiB.\n\n")
-        fh.write(df.to_markdown(index=False, floatfmt=".3f"))
-        fh.write("\n")
+    body = [f"Settings: preset={preset!r}, epochs={epochs}, n_features={n_features}; "
+            f"2 CPU cores. Process peak RSS {peak_rss_mib():.0f} MiB.", "",
+            df.to_markdown(index=False, floatfmt=".3f")]
+    write_results(out, "TCER benchmark (down-sampling protocol)", body, script=__file__,
+                  echo=False)
     print(df.to_string())
 
 

@@ -41,9 +41,9 @@ import anndata as ad
 import numpy as np
 
 import sctorch as sct
-from sctorch._utils import log_normalize
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _harness import log_normalize, write_results
 from tcer import LEVELS, load
 
 WEIGHTS = (0.25, 0.5, 1.0)
@@ -126,14 +126,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rows = [r for d in args.datasets
             for r in run(d, args.level, args.tcer_epochs, args.tcer_features)]
-    lines = [f"# TCER protocol: what simple estimators reach ({LEVELS.get(args.level, args.level)}"
-             " efficiency)", "",
-             f"Command: `python benchmarks/tcer_ceiling.py --datasets {' '.join(args.datasets)} "
-             f"--level {args.level:g}"
-             + (f" --tcer-epochs {args.tcer_epochs} --tcer-features {args.tcer_features}"
-                if args.tcer_epochs else "") + "`. Mean gene-wise Pearson against the reference; "
-             "see the script's docstring for the estimators.", "",
-             "| data | estimator | variant | mean Pearson | minus observed |",
+    cmd_args = ["--datasets", *args.datasets, "--level", f"{args.level:g}"]
+    if args.tcer_epochs:
+        cmd_args += ["--tcer-epochs", str(args.tcer_epochs),
+                     "--tcer-features", str(args.tcer_features)]
+    lines = ["| data | estimator | variant | mean Pearson | minus observed |",
              "|---|---|---|---|---|"]
     for d in args.datasets:
         sub = [r for r in rows if r["data"] == d]
@@ -146,8 +143,10 @@ def main(argv=None) -> int:
         lines.append(f"| {d} | **best simple estimator (oracle)** | {best['estimator']}, "
                      f"{best['variant']} | **{best['mean_pearson']:.3f}** | "
                      f"**{best['mean_pearson'] - base:+.3f}** |")
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    write_results(args.out, "TCER protocol: what simple estimators reach "
+                  f"({LEVELS.get(args.level, args.level)} efficiency)", lines, args=cmd_args,
+                  note="Mean gene-wise Pearson against the reference; see the script's "
+                  "docstring for the estimators.", script=__file__)
     return 0
 
 

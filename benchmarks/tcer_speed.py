@@ -15,16 +15,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import log_normalize, peak_rss_mib, write_results
 
 
 def main() -> None:
@@ -39,7 +37,6 @@ def main() -> None:
     import torch
 
     import sctorch as sct
-    from sctorch._utils import log_normalize
 
     torch.set_num_threads(args.threads)
     a = sct.datasets.pbmc3k()[: args.cells].copy()
@@ -55,13 +52,13 @@ def main() -> None:
 
     t0 = time.perf_counter()
     magic.MAGIC(random_state=0, verbose=0).fit_transform(log_normalize(a.X).toarray())
-    rows.append(("MAGIC (defaults)", time.perf_counter() - t0, rss_mib(), ""))
+    rows.append(("MAGIC (defaults)", time.perf_counter() - t0, peak_rss_mib(), ""))
     print(rows[-1], flush=True)
 
     t0 = time.perf_counter()
     sct.tl.genomap(a, rng=0)
     t_gm = time.perf_counter() - t0
-    rows.append(("sct.tl.genomap (defaults)", t_gm, rss_mib(), ""))
+    rows.append(("sct.tl.genomap (defaults)", t_gm, peak_rss_mib(), ""))
     print(rows[-1], flush=True)
 
     t0 = time.perf_counter()
@@ -72,27 +69,21 @@ def main() -> None:
     n_ep = len(hist["train_loss"]) if isinstance(hist, dict) and "train_loss" in hist else "?"
     note = (f"preset {p.get('preset')!r}, n_features {p.get('n_features')}, "
             f"epochs run {n_ep} of {p.get('epochs')}")
-    rows.append(("sct.tl.tcer_impute (defaults)", t_tc, rss_mib(), note))
+    rows.append(("sct.tl.tcer_impute (defaults)", t_tc, peak_rss_mib(), note))
     print(rows[-1], flush=True)
     total = t_gm + t_tc
     assert np.isfinite(a.layers["tcer"]).all()
 
-    out = Path(args.out)
-    with open(out, "w") as fh:
-        fh.write(f"# TCER speed: {a.n_obs:,} cells × {a.n_vars:,} genes, default settings\n\n")
-        fh.write(f"Command: `python benchmarks/tcer_speed.py {' '.join(sys.argv[1:])}` "
-                 f"({args.threads} torch threads, CPU).\n\n")
-        fh.write(f"Data: first {a.n_obs} cells of pbmc3k, {a.n_vars} most variable genes, "
-                 "raw counts.\n\n")
-        fh.write("| step | seconds | process peak RSS MiB | notes |\n|---|---|---|---|\n")
-        for name, sec, rss, nt in rows:
-            fh.write(f"| {name} | {sec:.1f} | {rss:.0f} | {nt} |\n")
-        verdict = "under" if total < 900 else "over"
-        fh.write(f"\nGenoMap + TCER: **{total:.0f} s = {total / 60:.1f} min** on "
-                 f"{args.threads} torch thread(s), {verdict} the 15-minute target (which is "
-                 f"for 2 CPU cores); {total / rows[0][1]:.0f}× MAGIC's time on the same "
-                 "matrix.\n")
-    print(out.read_text())
+    verdict = "under" if total < 900 else "over"
+    body = [f"Data: first {a.n_obs} cells of pbmc3k, {a.n_vars} most variable genes, "
+            "raw counts.", "",
+            "| step | seconds | process peak RSS MiB | notes |", "|---|---|---|---|",
+            *(f"| {name} | {sec:.1f} | {rss:.0f} | {nt} |" for name, sec, rss, nt in rows),
+            "", f"GenoMap + TCER: **{total:.0f} s = {total / 60:.1f} min** on "
+            f"{args.threads} torch thread(s), {verdict} the 15-minute target (which is "
+            f"for 2 CPU cores); {total / rows[0][1]:.0f}× MAGIC's time on the same matrix."]
+    write_results(args.out, f"TCER speed: {a.n_obs:,} cells × {a.n_vars:,} genes, default "
+                  "settings", body, note=f"{args.threads} torch threads, CPU.", script=__file__)
 
 
 if __name__ == "__main__":

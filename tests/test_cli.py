@@ -54,3 +54,105 @@ def test_demo_quick_writes_summary(tmp_path, capsys):
 
     res = ad.read_h5ad(tmp_path / "tcer_intestine.h5ad")
     assert "tcer" in res.layers and res.layers["tcer"].shape == res.shape
+
+
+# every option of a subcommand that stands for a function argument, with the argument(s)
+# it is passed to; a flag marked "not" is the negation of a boolean argument
+_NOT = object()
+
+
+def _signature_map():
+    tl = sct.tl
+    return {
+        "genomap": {
+            "layer": [(tl.genomap, "layer")], "genes": [(tl.genomap, "genes")],
+            "max_iter": [(tl.genomap, "max_iter")], "solver": [(tl.genomap, "solver")],
+            "key_added": [(tl.genomap, "key_added")], "seed": [(tl.genomap, "rng")],
+            "quiet": [(tl.genomap, "progress", _NOT)],
+        },
+        "tcer": {
+            **{k: [(tl.tcer_impute, k)] for k in ("layer", "preset", "epochs", "n_features",
+                                                  "batch_size", "lr", "device", "key_added")},
+            "seed": [(tl.tcer_impute, "rng")], "quiet": [(tl.tcer_impute, "progress", _NOT)],
+        },
+        "stimpute": {
+            **{k: [(tl.stimpute, k)] for k in ("genes", "layer_sp", "layer_ref", "n_neighbors",
+                                               "alpha", "epochs", "ae_epochs", "device",
+                                               "key_added")},
+            "embeddings": [(tl.stimpute, "gene_embeddings")],
+            "case_insensitive": [(tl.stimpute, "case_sensitive", _NOT)],
+            "predicted_only": [(tl.stimpute, "return_adata")],
+            "seed": [(tl.stimpute, "rng")], "quiet": [(tl.stimpute, "progress", _NOT)],
+        },
+        "scrobust embed": {
+            **{k: [(tl.scrobust_pretrain, k), (tl.scrobust_embed, k)]
+               for k in ("layer", "input_scale", "device")},
+            **{k: [(tl.scrobust_pretrain, k)] for k in ("d_model", "n_heads", "lr", "epochs")},
+            "n_genes": [(tl.scrobust_embed, "n_genes")],
+            "key_added": [(tl.scrobust_embed, "key_added")],
+            "seed": [(tl.scrobust_pretrain, "rng"), (tl.scrobust_embed, "rng")],
+            "quiet": [(tl.scrobust_pretrain, "progress", _NOT),
+                      (tl.scrobust_embed, "progress", _NOT)],
+        },
+        "scrobust annotate": {
+            **{k: [(tl.scrobust_annotate, k)] for k in ("labels_key", "layer", "input_scale",
+                                                        "n_genes", "epochs", "class_weight",
+                                                        "key_added", "device")},
+            **{k: [(tl.scrobust_pretrain, k)] for k in ("d_model", "n_heads")},
+            "layer": [(tl.scrobust_annotate, "layer"), (tl.scrobust_annotate, "ref_layer")],
+            "lr": [(tl.scrobust_annotate, "lr"), (tl.scrobust_pretrain, "lr")],
+            "pretrain_epochs": [(tl.scrobust_pretrain, "epochs")],
+            "seed": [(tl.scrobust_annotate, "rng")],
+            "quiet": [(tl.scrobust_annotate, "progress", _NOT)],
+        },
+    }
+
+
+# options of the command itself, with no function argument behind them
+_CLI_ONLY = {"help", "input", "output", "query", "spatial", "reference", "genes_key", "model",
+             "model_out", "overwrite", "func", "action"}
+
+
+def _subcommands(parser, prefix=""):
+    """``{"tcer": parser, "scrobust embed": parser, ...}`` for every leaf subcommand."""
+    import argparse
+
+    out = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                inner = _subcommands(sub, f"{prefix}{name} ")
+                out.update(inner or {f"{prefix}{name}": sub})
+    return out
+
+
+def test_cli_defaults_are_the_functions_defaults():
+    import inspect
+
+    from sctorch import _keys
+    from sctorch.cli import build_parser
+
+    subs = _subcommands(build_parser())
+    mapping = _signature_map()
+    assert set(subs) == set(mapping) | {"demo"}
+    for name, options in mapping.items():
+        parser = subs[name]
+        dests = {a.dest for a in parser._actions}
+        # a new option must be mapped here (or declared command-only) to be accepted
+        assert dests - _CLI_ONLY == set(options), name
+        for dest, targets in options.items():
+            cli = parser.get_default(dest)
+            for func, param, *neg in targets:
+                expected = inspect.signature(func).parameters[param].default
+                if neg:
+                    expected = not expected
+                if param == "class_weight":
+                    assert cli == ("none" if expected is None else expected), (name, dest)
+                else:
+                    assert cli == expected and type(cli) is type(expected), (name, dest, param)
+    # the output keys the commands write by default are the registry's
+    assert subs["genomap"].get_default("key_added") == _keys.GENOMAP
+    assert subs["tcer"].get_default("key_added") == _keys.TCER
+    assert subs["stimpute"].get_default("key_added") == _keys.STIMPUTE
+    assert subs["scrobust embed"].get_default("key_added") == _keys.SCROBUST_EMBED
+    assert subs["scrobust annotate"].get_default("key_added") == _keys.SCROBUST_LABEL

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from . import _keys
 
 logger = logging.getLogger("sctorch")
 
@@ -21,6 +26,18 @@ DEMO_PARTS = ("tcer", "stimpute", "scrobust")
 
 
 # ------------------------------------------------------------------------------ helpers
+def _default(func: Callable, name: str) -> Any:
+    """The default of parameter ``name`` of the public function ``func``.
+
+    Every option that stands for a function argument takes its default from here, so the
+    command and the Python API cannot drift apart.
+    """
+    param = inspect.signature(func).parameters[name]
+    if param.default is inspect.Parameter.empty:
+        raise TypeError(f"{func.__qualname__}() has no default for {name!r}.")
+    return param.default
+
+
 def _read(path: str):
     import anndata as ad
 
@@ -63,11 +80,13 @@ def _write(adata, out: Path) -> None:
     print(f"wrote {out}")
 
 
-def _common(p: argparse.ArgumentParser, *, device: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, func: Callable, *, device: bool = True) -> None:
+    """``--device``, ``--seed`` (defaults from ``func``), ``--overwrite``, ``--quiet``."""
     if device:
-        p.add_argument("--device", default=None,
+        p.add_argument("--device", default=_default(func, "device"),
                        help="torch device: cpu, cuda, cuda:1, mps (default: cuda, mps, else cpu)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=_default(func, "rng"),
+                   help="random seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="allow the output to replace an existing file, the input included")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -277,29 +296,37 @@ def _add_demo(sub) -> None:
 
 
 def _add_genomap(sub) -> None:
+    from . import tl
+
+    f, key = tl.genomap, _keys.GENOMAP
     p = sub.add_parser(
         "genomap", help="place genes on a GenoMap grid (sct.tl.genomap)",
         description="Place the genes of IN on a 2-D grid by Gromov-Wasserstein matching of "
                     "gene-gene correlation to grid distance (TCER paper, GenoMap "
-                    "construction). Writes var['genomap_row'], var['genomap_col'] and "
-                    "uns['genomap'] into OUT. Input: raw counts or log-normalised.")
+                    f"construction). Writes var['{key}_row'], var['{key}_col'] and "
+                    f"uns['{key}'] into OUT. Input: raw counts or log-normalised.")
     p.add_argument("input", metavar="IN", help="input .h5ad (cells x genes)")
     p.add_argument("output", metavar="OUT", help="output .h5ad")
-    p.add_argument("--layer", default=None, help="layer to read (default: X)")
-    p.add_argument("--genes", default=None,
+    p.add_argument("--layer", default=_default(f, "layer"), help="layer to read (default: X)")
+    p.add_argument("--genes", default=_default(f, "genes"),
                    help="genes to place: 'A,B,C' or '@file' with one name per line "
                         "(default: all)")
     p.add_argument("--genes-key", default=None,
                    help="boolean var column choosing the genes, e.g. highly_variable")
-    p.add_argument("--max-iter", type=int, default=100, help="GW iterations (default: %(default)s)")
-    p.add_argument("--solver", choices=("exchange", "pot"), default="exchange",
+    p.add_argument("--max-iter", type=int, default=_default(f, "max_iter"),
+                   help="GW iterations (default: %(default)s)")
+    p.add_argument("--solver", choices=("exchange", "pot"), default=_default(f, "solver"),
                    help="exact GW solver (default: %(default)s)")
-    p.add_argument("--key-added", default="genomap", help="output key (default: %(default)s)")
-    _common(p, device=False)
+    p.add_argument("--key-added", default=_default(f, "key_added"),
+                   help="output key (default: %(default)s)")
+    _common(p, f, device=False)
     p.set_defaults(func=cmd_genomap)
 
 
 def _add_tcer(sub) -> None:
+    from . import tl
+
+    f = tl.tcer_impute
     p = sub.add_parser(
         "tcer", help="impute dropouts with TCER (sct.tl.tcer_impute)",
         description="Impute the raw counts of IN with TCER (ER-Net on GenoMap images; builds "
@@ -308,74 +335,100 @@ def _add_tcer(sub) -> None:
                     "saved model instead of training.")
     p.add_argument("input", metavar="IN", help="input .h5ad of raw counts")
     p.add_argument("output", metavar="OUT", help="output .h5ad")
-    p.add_argument("--layer", default=None, help="layer holding the counts (default: X)")
-    p.add_argument("--preset", choices=("fast", "paper"), default="fast",
+    p.add_argument("--layer", default=_default(f, "layer"),
+                   help="layer holding the counts (default: X)")
+    p.add_argument("--preset", choices=("fast", "paper"), default=_default(f, "preset"),
                    help="settings: CPU-friendly 'fast' or the paper's (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: preset)")
-    p.add_argument("--n-features", type=int, default=None,
+    p.add_argument("--epochs", type=int, default=_default(f, "epochs"),
+                   help="training epochs (default: preset)")
+    p.add_argument("--n-features", type=int, default=_default(f, "n_features"),
                    help="ER-Net width (default: preset)")
-    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: preset)")
+    p.add_argument("--batch-size", type=int, default=_default(f, "batch_size"),
+                   help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=_default(f, "lr"),
+                   help="learning rate (default: preset)")
     p.add_argument("--model", default=None, help="impute with this saved model (.safetensors)")
     p.add_argument("--model-out", default=None, help="save the trained model here")
-    p.add_argument("--key-added", default="tcer", help="output layer (default: %(default)s)")
-    _common(p)
+    p.add_argument("--key-added", default=_default(f, "key_added"),
+                   help="output layer (default: %(default)s)")
+    _common(p, f)
     p.set_defaults(func=cmd_tcer)
 
 
 def _add_stimpute(sub) -> None:
+    from . import tl
+
+    f = tl.stimpute
     p = sub.add_parser(
         "stimpute", help="predict unmeasured spatial genes (sct.tl.stimpute)",
         description="Predict, for the cells of SPATIAL, genes measured only in REFERENCE "
                     "(scRNA-seq) with stImpute. Both raw counts or both log-normalised "
                     "(detected). Writes obsm[KEY] and uns[KEY] into OUT (a copy of SPATIAL), "
                     "or, with --predicted-only, an AnnData of the predicted genes that keeps "
-                    "obs and obsm['spatial'].")
+                    f"obs and obsm['{_keys.SPATIAL}'].")
     p.add_argument("spatial", metavar="SPATIAL", help="spatial .h5ad (cells x measured genes)")
     p.add_argument("reference", metavar="REFERENCE", help="scRNA-seq reference .h5ad")
     p.add_argument("output", metavar="OUT", help="output .h5ad")
-    p.add_argument("--genes", default=None,
+    p.add_argument("--genes", default=_default(f, "genes"),
                    help="genes to predict: 'A,B,C' or '@file' (default: all reference genes "
                         "not measured in SPATIAL)")
-    p.add_argument("--layer-sp", default=None, help="layer of SPATIAL (default: X)")
-    p.add_argument("--layer-ref", default=None, help="layer of REFERENCE (default: X)")
-    p.add_argument("--embeddings", default=None,
+    p.add_argument("--layer-sp", default=_default(f, "layer_sp"),
+                   help="layer of SPATIAL (default: X)")
+    p.add_argument("--layer-ref", default=_default(f, "layer_ref"),
+                   help="layer of REFERENCE (default: X)")
+    p.add_argument("--embeddings", default=_default(f, "gene_embeddings"),
                    help="gene embeddings (genes x dims) as .csv/.tsv/.parquet, or osmFISH, "
                         "MERFISH, Mouse_brain for stImpute's precomputed ESM-2 sets "
                         "(default: expression similarity only)")
-    p.add_argument("--n-neighbors", type=int, default=50,
+    p.add_argument("--n-neighbors", type=int, default=_default(f, "n_neighbors"),
                    help="nearest reference cells per spatial cell (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=None,
+    p.add_argument("--alpha", type=float, default=_default(f, "alpha"),
                    help="GNN weight of the final blend (default: 0.7, 0.5 above 10,000 cells)")
-    p.add_argument("--epochs", type=int, default=None, help="GNN epochs per round (default: 10)")
-    p.add_argument("--ae-epochs", type=int, default=None,
-                   help="autoencoder epochs (default: 30)")
+    p.add_argument("--epochs", type=int, default=_default(f, "epochs"),
+                   help="GNN epochs per round (default: %(default)s)")
+    p.add_argument("--ae-epochs", type=int, default=_default(f, "ae_epochs"),
+                   help="autoencoder epochs (default: %(default)s)")
     p.add_argument("--case-insensitive", action="store_true",
                    help="match gene names ignoring case (names are never changed)")
     p.add_argument("--predicted-only", action="store_true",
                    help="write an AnnData of the predicted genes instead")
-    p.add_argument("--key-added", default="stimpute", help="output key (default: %(default)s)")
-    _common(p)
+    p.add_argument("--key-added", default=_default(f, "key_added"),
+                   help="output key (default: %(default)s)")
+    _common(p, f)
     p.set_defaults(func=cmd_stimpute)
 
 
-def _scrobust_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", default=None, help="layer to read (default: X)")
-    p.add_argument("--input-scale", choices=("counts", "log1p"), default="counts",
+def _scrobust_args(p: argparse.ArgumentParser, func: Callable) -> None:
+    """Options shared by ``scrobust embed`` and ``annotate``.
+
+    ``func`` is the function that reads the input (``--layer``, ``--input-scale``) and
+    trains with ``--lr``; the pre-training options come from ``scrobust_pretrain``.
+    """
+    from . import tl
+
+    pre = tl.scrobust_pretrain
+    p.add_argument("--layer", default=_default(func, "layer"), help="layer to read (default: X)")
+    p.add_argument("--input-scale", choices=("counts", "log1p"),
+                   default=_default(func, "input_scale"),
                    help="scale of the input (default: %(default)s)")
     p.add_argument("--model", default=None, help="folder of a saved scRobust model")
     p.add_argument("--model-out", default=None, help="save the model into this folder")
-    p.add_argument("--d-model", type=int, default=512,
+    p.add_argument("--d-model", type=int, default=_default(pre, "d_model"),
                    help="pre-training: token dimension (default: %(default)s, as the paper)")
-    p.add_argument("--n-heads", type=int, default=8, help="pre-training: attention heads")
-    p.add_argument("--lr", type=float, default=5e-5,
+    p.add_argument("--n-heads", type=int, default=_default(pre, "n_heads"),
+                   help="pre-training: attention heads")
+    p.add_argument("--lr", type=float, default=_default(func, "lr"),
                    help="Adam learning rate (default: %(default)s)")
 
 
 def _add_scrobust(sub) -> None:
+    from . import tl
+
+    pre, emb, ann = tl.scrobust_pretrain, tl.scrobust_embed, tl.scrobust_annotate
     p = sub.add_parser("scrobust", help="scRobust embeddings and annotation",
                        description="scRobust (Transformer on gene tokens): 'embed' writes "
-                                   "obsm['X_scrobust'], 'annotate' writes obs labels.")
+                                   f"obsm['{_keys.SCROBUST_EMBED}'], 'annotate' writes obs "
+                                   "labels.")
     ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     e = ssub.add_parser(
         "embed", help="cell embeddings (sct.tl.scrobust_embed)",
@@ -383,34 +436,38 @@ def _add_scrobust(sub) -> None:
                     "--model is given) and write obsm[KEY] into OUT.")
     e.add_argument("input", metavar="IN", help="input .h5ad")
     e.add_argument("output", metavar="OUT", help="output .h5ad")
-    _scrobust_args(e)
-    e.add_argument("--epochs", type=int, default=10,
+    _scrobust_args(e, pre)
+    e.add_argument("--epochs", type=int, default=_default(pre, "epochs"),
                    help="pre-training epochs (default: %(default)s)")
-    e.add_argument("--n-genes", type=int, default=400,
+    e.add_argument("--n-genes", type=int, default=_default(emb, "n_genes"),
                    help="highly unique genes per cell at embedding (default: %(default)s)")
-    e.add_argument("--key-added", default="X_scrobust", help="obsm key (default: %(default)s)")
-    _common(e)
+    e.add_argument("--key-added", default=_default(emb, "key_added"),
+                   help="obsm key (default: %(default)s)")
+    _common(e, emb)
     e.set_defaults(func=cmd_scrobust_embed)
     a = ssub.add_parser(
         "annotate", help="cell-type annotation (sct.tl.scrobust_annotate)",
         description="Fine-tune a scRobust classifier on --reference (labels in "
                     "--labels-key) or use a fine-tuned --model, then write obs[KEY] and "
-                    "obs['scrobust_confidence'] for the cells of QUERY into OUT.")
+                    f"obs['{_keys.SCROBUST_CONFIDENCE}'] for the cells of QUERY into OUT.")
     a.add_argument("query", metavar="QUERY", help="query .h5ad")
     a.add_argument("output", metavar="OUT", help="output .h5ad")
     a.add_argument("--reference", default=None, help="labelled reference .h5ad")
-    a.add_argument("--labels-key", default=None, help="obs column of the reference labels")
-    _scrobust_args(a)
-    a.add_argument("--pretrain-epochs", type=int, default=10,
+    a.add_argument("--labels-key", default=_default(ann, "labels_key"),
+                   help="obs column of the reference labels")
+    _scrobust_args(a, ann)
+    a.add_argument("--pretrain-epochs", type=int, default=_default(pre, "epochs"),
                    help="pre-training epochs when no --model is given (default: %(default)s)")
-    a.add_argument("--epochs", type=int, default=20,
+    a.add_argument("--epochs", type=int, default=_default(ann, "epochs"),
                    help="fine-tuning epochs (default: %(default)s)")
-    a.add_argument("--n-genes", type=int, default=800,
+    a.add_argument("--n-genes", type=int, default=_default(ann, "n_genes"),
                    help="highly unique genes per cell (default: %(default)s, as the paper)")
-    a.add_argument("--class-weight", choices=["balanced", "none"], default="balanced",
+    a.add_argument("--class-weight", choices=["balanced", "none"],
+                   default=_default(ann, "class_weight"),
                    help="cross-entropy class weights in fine-tuning (default: %(default)s)")
-    a.add_argument("--key-added", default="scrobust_label", help="obs key (default: %(default)s)")
-    _common(a)
+    a.add_argument("--key-added", default=_default(ann, "key_added"),
+                   help="obs key (default: %(default)s)")
+    _common(a, ann)
     a.set_defaults(func=cmd_scrobust_annotate)
 
 

@@ -22,7 +22,7 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import train_test_split
 
-    from .. import datasets, tl
+    from .. import _keys, datasets, tl
 
     t0 = time.perf_counter()
     adata = datasets.ifnb_pbmc(bundled=True)
@@ -30,7 +30,7 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     model = tl.scrobust_pretrain(adata, epochs=epochs, device=device, rng=0, progress=False,
                                  **DEMO_MODEL)
     tl.scrobust_embed(adata, model, n_genes=400, device=device, progress=False)
-    emb = sc.AnnData(adata.obsm["X_scrobust"], obs=adata.obs[["cell_type"]].copy())
+    emb = sc.AnnData(adata.obsm[_keys.SCROBUST_EMBED], obs=adata.obs[["cell_type"]].copy())
     sc.pp.neighbors(emb, use_rep="X", random_state=0)
     sc.tl.umap(emb, random_state=0)
     adata.obsm["X_umap_scrobust"] = emb.obsm["X_umap"]
@@ -49,9 +49,9 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
                          epochs=1 if quick else 4, batch_size=32, lr=1e-3, device=device,
                          rng=0, progress=False)
     truth = query.obs["cell_type"].astype(str)
-    pred = query.obs["scrobust_label"].astype(str)
+    pred = query.obs[_keys.SCROBUST_LABEL].astype(str)
     acc, f1 = accuracy_score(truth, pred), f1_score(truth, pred, average="macro")
-    adata.obs["scrobust_label"] = "reference"
+    adata.obs[_keys.SCROBUST_LABEL] = "reference"
     adata.obs.loc[query.obs_names, "scrobust_label"] = pred
     adata.write_h5ad(out / "ifnb_scrobust.h5ad", compression="gzip")
     return ["## scRobust, bundled ifnb PBMC subset",

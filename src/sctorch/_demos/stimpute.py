@@ -16,7 +16,7 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .. import datasets, metrics, tl
+    from .. import _keys, datasets, metrics, tl
 
     insitu, scrna = datasets.drosophila_embryo(bundled=True)
     rng = np.random.default_rng(0)
@@ -34,7 +34,7 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     res.write_h5ad(out / "stimpute_drosophila.h5ad", compression="gzip")
 
     show = [held[int(i)] for i in np.argsort(-np.nan_to_num(r, nan=-2))[:2]]
-    xy = np.asarray(res.obsm["spatial"])
+    xy = np.asarray(res.obsm[_keys.SPATIAL])
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), constrained_layout=True)
     for row, g in enumerate(show):
         j = held.index(g)

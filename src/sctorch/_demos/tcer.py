@@ -40,7 +40,7 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     """Down-sample the bundled intestine reference, impute it with TCER, report Pearson."""
     import anndata as ad
 
-    from .. import datasets, metrics, pp, tl
+    from .. import _keys, datasets, metrics, pp, tl
     from .._utils import log_normalize
 
     adata = datasets.intestine_moor2018(bundled=True)
@@ -53,19 +53,19 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     levels = dict(list(EFFICIENCY_LEVELS.items())[1:2]) if quick else EFFICIENCY_LEVELS
     for label, shape in levels.items():
         pp.simulate_efficiency_loss(ref, efficiency_shape=shape, efficiency_rate=2000, rng=0)
-        r = metrics.gene_pearson(log_normalize(ref.layers["observed"]), ref_log)
+        r = metrics.gene_pearson(log_normalize(ref.layers[_keys.OBSERVED_LAYER]), ref_log)
         lines.append(f"| {label} | {np.nanmean(r):.3f} |")
 
     # TCER at the medium level (0.5 %)
     pp.simulate_efficiency_loss(ref, efficiency_shape=10.0, efficiency_rate=2000, rng=0)
-    keep = np.asarray(ref.layers["observed"].sum(1)).ravel() > 0
-    obs = ad.AnnData(ref.layers["observed"][keep].copy(), obs=ref.obs[keep].copy(),
+    keep = np.asarray(ref.layers[_keys.OBSERVED_LAYER].sum(1)).ravel() > 0
+    obs = ad.AnnData(ref.layers[_keys.OBSERVED_LAYER][keep].copy(), obs=ref.obs[keep].copy(),
                      var=ref.var[[]].copy())
     truth = ref_log[keep]
     tl.genomap(obs, rng=0)
     tl.tcer_impute(obs, n_features=8, epochs=1 if quick else 8, device=device, rng=0)
     r_obs = metrics.gene_pearson(log_normalize(obs.X), truth)
-    r_tcer = metrics.gene_pearson(obs.layers["tcer"], truth)
+    r_tcer = metrics.gene_pearson(obs.layers[_keys.TCER], truth)
     lines += ["", f"TCER at 0.5 % efficiency ({obs.n_obs} cells, "
               f"{'1 epoch, quick' if quick else '8 epochs'}, n_features 8):", "",
               "| data | mean gene Pearson | median gene Pearson |", "|---|---|---|",
@@ -73,10 +73,10 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
               f"| TCER | {np.nanmean(r_tcer):.3f} | {np.nanmedian(r_tcer):.3f} |"]
     from .. import pl
 
-    pl.genomap(obs, groupby="zone", n_per_group=6, layer="tcer", show=False,
+    pl.genomap(obs, groupby="zone", n_per_group=6, layer=_keys.TCER, show=False,
                save=str(out / "tcer_genomap_by_zone.png"))
     _umaps({"reference": truth.toarray(), "observed (0.5 %)": log_normalize(obs.X).toarray(),
-            "TCER": obs.layers["tcer"]}, obs.obs["zone"], out / "tcer_umap.png")
+            "TCER": obs.layers[_keys.TCER]}, obs.obs["zone"], out / "tcer_umap.png")
     obs.write_h5ad(out / "tcer_intestine.h5ad", compression="gzip")
     lines += ["", "figures: tcer_genomap_by_zone.png, tcer_umap.png; data: tcer_intestine.h5ad"]
     return lines
