@@ -1,0 +1,396 @@
+"""Bad-input matrix: every public function × every kind of bad input (issue 17).
+
+Each cell of the matrix either raises one documented error type whose message says what
+was found, or is handled correctly (the same result as the clean input); in both cases
+the input AnnData is left exactly as it was (a deep comparison of every field).
+``python tests/test_bad_inputs.py`` prints the matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import sctorch as sct
+
+# ----------------------------------------------------------------------------- data
+
+
+def _counts(n_cells=48, n_genes=36, seed=0):
+    """Real counts: the most-detected genes of bundled ifnb PBMC cells, with cell types."""
+    a = sct.datasets.ifnb_pbmc(bundled=True)
+    rng = np.random.default_rng(seed)
+    cells = np.sort(rng.choice(a.n_obs, n_cells, replace=False))
+    a = a[cells].copy()
+    a = a[:, np.argsort(-a.X.getnnz(axis=0), kind="stable")[:n_genes]].copy()
+    a.X = sparse.csr_matrix(a.X, dtype=np.float32)
+    a.X[:, 0] = a.X[:, 0] + 1  # no empty cell
+    a.X.eliminate_zeros()
+    a.obs = a.obs[["cell_type"]].copy()
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str).astype("category")
+    a.var = pd.DataFrame(index=a.var_names)
+    a.uns = {}
+    return a
+
+
+_CACHE: dict = {}
+
+
+def _model():
+    if "model" not in _CACHE:
+        _CACHE["model"] = sct.tl.scrobust_pretrain(_counts(), d_model=16, n_heads=2, epochs=1,
+                                                   n_genes_per_view=8, rng=0, progress=False)
+    return _CACHE["model"]
+
+
+def _reference():
+    if "ref" not in _CACHE:
+        ref = _counts(n_cells=64, n_genes=60, seed=1)
+        _CACHE["ref"] = ref
+    return _CACHE["ref"].copy()
+
+
+def _with_genomap(a):
+    sct.tl.genomap(a, rng=0, progress=False)
+    return a
+
+
+# ----------------------------------------------------------------------------- functions
+# name -> (run(adata) -> result to compare, kinds of input it reads, input scale)
+def _run_simulate(a):
+    out = sct.pp.simulate_efficiency_loss(a, efficiency_shape=10, rng=0, copy=True)
+    return out.layers["observed"]
+
+
+def _run_select(a):
+    out = sct.pp.select_reference(a, min_genes_per_cell=1, min_cells_per_gene=1)
+    return out.X
+
+
+def _run_genomap(a):
+    out = sct.tl.genomap(a, rng=0, progress=False, copy=True)
+    return np.stack([out.var["genomap_row"], out.var["genomap_col"]])
+
+
+def _run_tcer(a):
+    out = sct.tl.tcer_impute(a, n_features=2, epochs=1, rng=0, progress=False, copy=True)
+    return out.layers["tcer"]
+
+
+def _run_stimpute(a):
+    ref = _reference()
+    genes = [g for g in ref.var_names if g not in set(a.var_names)][:3]
+    out = sct.tl.stimpute(a, ref, genes=genes, n_neighbors=5, epochs=1, ae_epochs=1,
+                          reliability_folds=0, rng=0, progress=False, return_adata=True)
+    return out.X
+
+
+def _run_stimpute_cv(a):
+    out = sct.tl.stimpute_cv(a, _reference(), n_folds=2, n_neighbors=5, epochs=1, ae_epochs=1,
+                             rng=0, progress=False, copy=True)
+    return out.layers["stimpute_cv"]
+
+
+def _run_gene_graph(a):
+    return sct.tl.stimpute_gene_graph(list(a.var_names), expression=a.X, n_neighbors=2)
+
+
+def _run_pretrain(a):
+    m = sct.tl.scrobust_pretrain(a, d_model=16, n_heads=2, epochs=1, n_genes_per_view=8,
+                                 rng=0, progress=False)
+    return m.history["pretrain_loss"]
+
+
+def _run_embed(a):
+    out = sct.tl.scrobust_embed(a, _model(), n_genes=16, rng=0, progress=False, copy=True)
+    return out.obsm["X_scrobust"]
+
+
+def _run_annotate(a):
+    out = sct.tl.scrobust_annotate(a, _reference(), labels_key="cell_type", model=_model(),
+                                   n_genes=16, epochs=1, rng=0, progress=False, copy=True)
+    return out.obs["scrobust_confidence"].to_numpy()
+
+
+def _run_pathways(a):
+    genes = list(_reference().var_names)
+    out = sct.tl.scrobust_pathway_scores(a, {"A": genes[:6], "B": genes[6:14]}, _model(),
+                                         copy=True)
+    return np.asarray(out.obsm["X_scrobust_pathways"])
+
+
+def _run_markers(a):
+    out = sct.tl.scrobust_marker_genes(a, "cell_type", _model(), n_tokens=16, progress=False,
+                                       copy=True)
+    return np.asarray(out.uns["scrobust_markers"]["scores"].tolist(), dtype=float)
+
+
+FUNCTIONS = {
+    "pp.simulate_efficiency_loss": (_run_simulate, "counts"),
+    "pp.select_reference": (_run_select, "counts"),
+    "tl.genomap": (_run_genomap, "auto"),
+    "tl.tcer_impute": (_run_tcer, "counts"),
+    "tl.stimpute": (_run_stimpute, "auto"),
+    "tl.stimpute_cv": (_run_stimpute_cv, "auto"),
+    "tl.stimpute_gene_graph": (_run_gene_graph, "auto"),
+    "tl.scrobust_pretrain": (_run_pretrain, "counts"),
+    "tl.scrobust_embed": (_run_embed, "counts"),
+    "tl.scrobust_annotate": (_run_annotate, "counts"),
+    "tl.scrobust_pathway_scores": (_run_pathways, "counts"),
+    "tl.scrobust_marker_genes": (_run_markers, "counts"),
+}
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _set(a, i, j, value):
+    X = a.X.toarray().astype(np.float32)
+    X[i, j] = value
+    a.X = sparse.csr_matrix(X)
+    return a
+
+
+def _lognorm(a):
+    X = a.X.toarray()
+    a.X = sparse.csr_matrix(np.log1p(X / X.sum(1, keepdims=True) * 1e4).astype(np.float32))
+    return a
+
+
+def _zero_cell(a):
+    X = a.X.toarray()
+    X[3] = 0
+    a.X = sparse.csr_matrix(X)
+    return a
+
+
+def _zero_gene(a):
+    X = a.X.toarray()
+    X[:, 5] = 0
+    a.X = sparse.csr_matrix(X)
+    return a
+
+
+def _dup(a):
+    names = list(a.var_names)
+    names[4] = names[3]
+    a.var_names = names
+    return a
+
+
+def _case(a):
+    a.var_names = [g.lower() for g in a.var_names]
+    return a
+
+
+# kind -> (make(adata) -> adata, expected)
+# expected: "same" (handled: same result as the clean input), "runs" (handled, result may
+# differ), or (error type, regex the message must match)
+KINDS = {
+    "nan": (lambda a: _set(a, 1, 2, np.nan), (ValueError, r"non-finite|NaN")),
+    "inf": (lambda a: _set(a, 1, 2, np.inf), (ValueError, r"non-finite|inf")),
+    "negative": (lambda a: _set(a, 1, 2, -1.0), (ValueError, r"negative")),
+    "log_as_counts": (_lognorm, (ValueError, r"non-integer|log")),
+    "zero_cell": (_zero_cell, (ValueError, r"zero|no non-zero|empty")),
+    "zero_gene": (_zero_gene, "runs"),
+    "duplicate_names": (_dup, (ValueError, r"duplicate")),
+    "no_cells": (lambda a: a[:0].copy(), (ValueError, r"0 cells|empty|no cell")),
+    "one_cell": (lambda a: a[:1].copy(), (ValueError, r"1 cell|at least|single|one cell")),
+    "no_genes": (lambda a: a[:, :0].copy(), (ValueError, r"0 genes|empty|no gene")),
+    "csc": (lambda a: setattr(a, "X", sparse.csc_matrix(a.X)) or a, "same"),
+    "dense": (lambda a: setattr(a, "X", a.X.toarray()) or a, "same"),
+    "int64": (lambda a: setattr(a, "X", sparse.csr_matrix(a.X, dtype=np.int64)) or a, "same"),
+    "int8": (lambda a: setattr(a, "X", sparse.csr_matrix(a.X.minimum(100), dtype=np.int8))
+             or a, "runs"),
+    "view": (lambda a: a[:, :], "same"),
+    "missing_layer": (None, (KeyError, r"not found|nope")),
+}
+
+# where the generic expectation does not apply, and why
+OVERRIDES = {
+    # continuous (log-normalised or imaging) values are valid input to these
+    ("tl.genomap", "log_as_counts"): "runs",
+    ("tl.stimpute", "log_as_counts"): "runs",
+    ("tl.stimpute_cv", "log_as_counts"): "runs",
+    ("tl.stimpute_gene_graph", "log_as_counts"): "runs",
+    # an all-zero cell is a valid row of these
+    ("pp.simulate_efficiency_loss", "zero_cell"): "runs",
+    ("pp.select_reference", "zero_cell"): "runs",
+    ("tl.genomap", "zero_cell"): "runs",
+    ("tl.stimpute", "zero_cell"): "runs",
+    ("tl.stimpute_cv", "zero_cell"): "runs",
+    ("tl.stimpute_gene_graph", "zero_cell"): "runs",
+    # a gene's correlation is undefined when it is constant across cells
+    ("tl.genomap", "zero_gene"): (ValueError, r"constant|zero"),
+    # one cell is a valid (if small) input of these
+    ("pp.simulate_efficiency_loss", "one_cell"): "runs",
+    ("tl.scrobust_embed", "one_cell"): "runs",
+    ("tl.scrobust_annotate", "one_cell"): "runs",
+    ("tl.scrobust_pathway_scores", "one_cell"): "runs",
+    ("tl.stimpute", "one_cell"): "runs",
+    # gene graph takes a plain matrix: no var_names to duplicate, one row is enough
+    ("tl.stimpute_gene_graph", "duplicate_names"): (ValueError, r"duplicate"),
+    ("tl.stimpute_gene_graph", "missing_layer"): "skip",
+    ("tl.stimpute_gene_graph", "view"): "skip",
+}
+
+
+def _expected(func, kind):
+    return OVERRIDES.get((func, kind), KINDS[kind][1])
+
+
+# ----------------------------------------------------------------------------- deep state
+def _freeze(value):
+    if sparse.issparse(value):
+        value = value.toarray()
+    if isinstance(value, np.ndarray | np.generic):
+        return ("array", value.dtype.str, value.shape, np.asarray(value).tobytes())
+    if isinstance(value, pd.DataFrame | pd.Series):
+        return ("frame", value.to_json(orient="split", default_handler=str),
+                tuple(map(str, value.dtypes)) if isinstance(value, pd.DataFrame)
+                else str(value.dtype))
+    if isinstance(value, dict) or hasattr(value, "keys"):
+        return ("dict", tuple(sorted((str(k), _freeze(value[k])) for k in value.keys())))
+    if isinstance(value, list | tuple):
+        return ("list", tuple(_freeze(v) for v in value))
+    return ("value", repr(value))
+
+
+def deep_state(adata) -> tuple:
+    """Everything an AnnData holds, as a comparable value."""
+    return (adata.shape, tuple(adata.obs_names), tuple(adata.var_names), _freeze(adata.X),
+            _freeze(adata.obs), _freeze(adata.var), _freeze(dict(adata.layers)),
+            _freeze(dict(adata.obsm)), _freeze(dict(adata.varm)), _freeze(dict(adata.obsp)),
+            _freeze(adata.uns), adata.raw is None)
+
+
+# ----------------------------------------------------------------------------- the matrix
+def _clean_result(func):
+    key = ("clean", func)
+    if key not in _CACHE:
+        run, _ = FUNCTIONS[func]
+        _CACHE[key] = run(_counts())
+    return _CACHE[key]
+
+
+def run_case(func, kind):
+    """Run one cell of the matrix; returns 'error', 'handled' or 'skip' (asserts inside)."""
+    expected = _expected(func, kind)
+    if expected == "skip":
+        return "skip"
+    run, _ = FUNCTIONS[func]
+    a = _counts()
+    make = KINDS[kind][0]
+    if kind == "missing_layer":
+        def run(x, _run=run):  # the same function, reading a layer that does not exist
+            return _call_with_layer(func, x, "nope")
+    else:
+        a = make(a)
+    parent = None
+    if kind == "view":
+        parent, a = a, a
+        parent_state = deep_state(_counts())
+    before = deep_state(a)
+    if isinstance(expected, tuple):
+        err, match = expected
+        with pytest.raises(err, match=match):
+            run(a)
+        outcome = "error"
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = run(a)
+        if expected == "same":
+            ref = _clean_result(func)
+            np.testing.assert_allclose(_as_array(got), _as_array(ref), rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{func} on {kind} input differs from clean")
+        outcome = "handled"
+    if parent is not None:
+        assert deep_state(_counts()) == parent_state
+    assert deep_state(a) == before, f"{func} changed its input ({kind})"
+    return outcome
+
+
+def _as_array(x):
+    x = x.toarray() if sparse.issparse(x) else x
+    return np.asarray(x, dtype=np.float64)
+
+
+def _call_with_layer(func, a, layer):
+    ref = _reference()
+    calls = {
+        "pp.simulate_efficiency_loss": lambda: sct.pp.simulate_efficiency_loss(
+            a, layer=layer, rng=0, copy=True),
+        "pp.select_reference": lambda: sct.pp.select_reference(a, layer=layer),
+        "tl.genomap": lambda: sct.tl.genomap(a, layer=layer, progress=False, copy=True),
+        "tl.tcer_impute": lambda: sct.tl.tcer_impute(a, layer=layer, epochs=1, n_features=2,
+                                                     progress=False, copy=True),
+        "tl.stimpute": lambda: sct.tl.stimpute(a, ref, layer_sp=layer, progress=False),
+        "tl.stimpute_cv": lambda: sct.tl.stimpute_cv(a, ref, layer_sp=layer, progress=False),
+        "tl.scrobust_pretrain": lambda: sct.tl.scrobust_pretrain(a, layer=layer, epochs=1,
+                                                                 progress=False),
+        "tl.scrobust_embed": lambda: sct.tl.scrobust_embed(a, _model(), layer=layer,
+                                                           progress=False, copy=True),
+        "tl.scrobust_annotate": lambda: sct.tl.scrobust_annotate(
+            a, ref, labels_key="cell_type", model=_model(), layer=layer, epochs=1,
+            progress=False, copy=True),
+        "tl.scrobust_pathway_scores": lambda: sct.tl.scrobust_pathway_scores(
+            a, {"A": list(a.var_names[:5])}, _model(), layer=layer, copy=True),
+        "tl.scrobust_marker_genes": lambda: sct.tl.scrobust_marker_genes(
+            a, "cell_type", _model(), layer=layer, progress=False, copy=True),
+    }
+    return calls[func]()
+
+
+CASES = [(f, k) for f in FUNCTIONS for k in KINDS]
+
+
+@pytest.mark.parametrize(("func", "kind"), CASES, ids=[f"{f}-{k}" for f, k in CASES])
+def test_bad_input(func, kind):
+    run_case(func, kind)
+
+
+def test_counts_declared_log1p_are_refused():
+    a = _counts()
+    before = deep_state(a)
+    with pytest.raises(ValueError, match="raw counts"):
+        sct.tl.scrobust_embed(a, _model(), input_scale="log1p", progress=False)
+    assert deep_state(a) == before
+
+
+def test_name_case_mismatch_is_reported():
+    a = _counts()
+    ref = _reference()
+    low = a.copy()
+    low.var_names = [g.lower() for g in a.var_names]
+    with pytest.raises(ValueError, match="case"):
+        sct.tl.stimpute(low, ref, progress=False)
+
+
+def test_key_collision_is_reported():
+    a = _counts()
+    a.obsm["stimpute"] = np.zeros((a.n_obs, 2))
+    ref = _reference()
+    genes = [g for g in ref.var_names if g not in set(a.var_names)][:2]
+    with pytest.warns(UserWarning, match="stimpute"):
+        sct.tl.stimpute(a, ref, genes=genes, n_neighbors=5, epochs=1, ae_epochs=1,
+                        reliability_folds=0, progress=False)
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the matrix
+    rows = []
+    for f in FUNCTIONS:
+        row = {}
+        for k in KINDS:
+            try:
+                row[k] = run_case(f, k)
+            except BaseException as err:  # noqa: BLE001 - report, do not stop
+                row[k] = f"FAIL {type(err).__name__}: {str(err)[:80]}"
+        rows.append(pd.Series(row, name=f))
+    table = pd.DataFrame(rows)
+    print(table.to_string())
+    counts = table.stack().map(lambda s: s.split()[0]).value_counts()
+    print(counts.to_string())
