@@ -135,6 +135,18 @@ def _dist_to_all(ktab: np.ndarray, pos: np.ndarray, pix: np.ndarray) -> np.ndarr
     return ktab[dr, dc]
 
 
+def _disjoint_swaps(order: np.ndarray, pa: np.ndarray, pb: np.ndarray, n: int) -> np.ndarray:
+    """Greedily keep the swaps of ``order`` (best first) that share no pixel with a kept one."""
+    used = np.zeros(n, dtype=bool)
+    sel = []
+    for e in order.tolist():
+        x, y = pa[e], pb[e]
+        if not (used[x] or used[y]):
+            used[x] = used[y] = True
+            sel.append(e)
+    return np.asarray(sel, dtype=np.int64)
+
+
 def exchange_search(C1: np.ndarray, shape: tuple[int, int], perm0: np.ndarray, *,
                      max_iter: int, tol: float, radius: int, progress: bool
                      ) -> tuple[np.ndarray, int, bool]:
@@ -176,15 +188,7 @@ def exchange_search(C1: np.ndarray, shape: tuple[int, int], perm0: np.ndarray, *
         if good.size == 0:
             converged = True
             break
-        good = good[np.argsort(-delta[good], kind="stable")]
-        used = np.zeros(n, dtype=bool)
-        sel = []
-        for e in good.tolist():
-            x, y = pa[e], pb[e]
-            if not (used[x] or used[y]):
-                used[x] = used[y] = True
-                sel.append(e)
-        sel = np.asarray(sel, dtype=np.int64)
+        sel = _disjoint_swaps(good[np.argsort(-delta[good], kind="stable")], pa, pb, n)
         while True:
             new = perm.copy()
             new[gi[sel]] = pb[sel]
