@@ -9,7 +9,8 @@ from conftest import assert_unchanged, snapshot
 from scipy import ndimage, sparse
 
 import sctorch as sct
-from sctorch.tl import _genomap as G
+from sctorch import genomap as G
+from sctorch.genomap import _solver as S
 
 
 def _blocks(n_cells=300, n_per_block=18, seed=0, as_sparse=True):
@@ -105,7 +106,7 @@ def test_two_blocks_form_two_contiguous_regions():
         mask[rows[sel], cols[sel]] = True
         _, n_comp = ndimage.label(mask)  # 4-connectivity
         assert n_comp == 1, f"block {b} is split into {n_comp} regions"
-    q = sct.metrics.genomap_quality(a)
+    q = sct.tl.genomap_quality(a)
     # the best a layout can do: every neighbour from the same block
     R = 1 - G.interaction_distance(a)
     blk = a.var["block"].to_numpy()
@@ -138,11 +139,11 @@ def test_fft_gradient_and_objective_match_pot():
     C1 = 1 - np.corrcoef(Z.T)
     np.fill_diagonal(C1, 0)
     perm = rng.permutation(n)
-    pos_all = G._positions(shape, n)
-    D = G._grid_distance_rows(pos_all, slice(None))
+    pos_all = S.positions(shape, n)
+    D = S.grid_distance_rows(pos_all, slice(None))
     P = np.zeros((n, n))
     P[np.arange(n), perm] = 1
-    grad = G._gradient(C1, perm, G._GridConv(shape, n))
+    grad = S._gradient(C1, perm, S.GridConv(shape, n))
     np.testing.assert_allclose(grad, C1 @ P @ D, rtol=1e-5, atol=1e-4)
     # the scaled objective equals POT's square-loss GW loss of the coupling P / n
     C1s, Ds = C1 / C1.max(), D / D.max()
@@ -175,7 +176,7 @@ def test_quality_hand_computed():
     R = np.corrcoef(X.T.astype(np.float64))
     nbrs = {0: [1, 2], 1: [0, 3], 2: [0, 3], 3: [1, 2]}
     want = np.mean([np.mean([R[i, j] for j in js]) for i, js in nbrs.items()])
-    q = sct.metrics.genomap_quality(a, rng=0)
+    q = sct.tl.genomap_quality(a, rng=0)
     assert q["coherence"] == pytest.approx(want, rel=1e-9)
     perm = np.random.default_rng(0).permutation(4)
     pos = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])[perm]
@@ -260,7 +261,7 @@ def test_real_data_beats_naive_layout():
     sc.pp.filter_genes(a, min_cells=10)
     a = a[:, np.argsort(-np.asarray(a.X.sum(0)).ravel())[:400]].copy()
     sct.tl.genomap(a, progress=False)
-    ours = sct.metrics.genomap_quality(a)
+    ours = sct.tl.genomap_quality(a)
     # naive layout: rows by the first, within rows by the second principal axis of the
     # gene correlation matrix
     C1 = G.interaction_distance(a)
@@ -276,7 +277,7 @@ def test_real_data_beats_naive_layout():
         cols[idx] = np.arange(idx.size)
     a.var["naive_row"], a.var["naive_col"] = rows, cols
     a.uns["naive"] = {"shape": (h, w)}
-    naive = sct.metrics.genomap_quality(a, key="naive")
+    naive = sct.tl.genomap_quality(a, key="naive")
     assert ours["neighbor_coherence"] > naive["neighbor_coherence"] > 0
     assert ours["gw_objective"] < naive["gw_objective"]
 
@@ -299,3 +300,30 @@ def test_plot_rows_per_group(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_quality_lives_in_tl_and_metrics_imports_no_method():
+    import ast
+    import inspect
+
+    assert not hasattr(sct.metrics, "genomap_quality")
+    assert sct.tl.genomap_quality is G.genomap_quality
+    tree = ast.parse(inspect.getsource(sct.metrics))
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(m.split(".")[0] in ("tl", "genomap", "tcer") for m in mods), mods
+
+
+def test_placement_images_and_genes_of_are_inverse_and_checked():
+    p = G.Placement(np.array([0, 1, -1, 2]), np.array([1, 0, -1, 2]), (3, 3))
+    X = sparse.csr_matrix(np.arange(1, 13, dtype=np.float32).reshape(3, 4))
+    imgs = p.images(X, batch_size=2)
+    assert imgs.shape == (3, 3, 3) and imgs[0, 0, 1] == 1 and imgs[0, 2, 2] == 4
+    assert imgs.sum() == X.toarray()[:, [0, 1, 3]].sum()
+    back = p.genes_of(imgs)
+    np.testing.assert_array_equal(back[:, [0, 1, 3]], X.toarray()[:, [0, 1, 3]])
+    assert np.isnan(back[:, 2]).all()
+    np.testing.assert_array_equal(p.images(X, cells=np.array([2]))[0], imgs[2])
+    with pytest.raises(ValueError, match="not one-to-one"):
+        G.Placement(np.array([0, 0]), np.array([1, 1]), (2, 2)).check()
+    with pytest.raises(ValueError, match="outside the 2 × 2 grid"):
+        G.Placement(np.array([0, 2]), np.array([1, 1]), (2, 2)).check()

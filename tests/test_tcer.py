@@ -6,8 +6,17 @@ from conftest import assert_unchanged, snapshot
 from scipy import sparse
 
 import sctorch as sct
-from sctorch.nn._ernet import BatchParallelDeformConv2d, ERNet
-from sctorch.tl._tcer import PLACEHOLDER, TCERModel, mask_blind_spot, mask_nonzero, tcer_loss
+from sctorch.genomap import Placement
+from sctorch.models import ModelFileError
+from sctorch.tcer._model import TCERModel, TCERParams
+from sctorch.tcer._module import (
+    PLACEHOLDER,
+    BatchParallelDeformConv2d,
+    ERNet,
+    mask_blind_spot,
+    mask_nonzero,
+    tcer_loss,
+)
 
 
 def _with_grid_placement(a, shape, rng=0):
@@ -144,29 +153,29 @@ def test_tcer_loss_hand_computed():
 
 
 def test_training_on_planted_low_rank_genomap_beats_observed_error():
-    from sctorch.tl._tcer import TCERParams, _Placement, _train
-
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    H, W, n = 8, 8, 192
-    # low-rank images: a horizontal and a vertical programme, non-negative
+    H, W, n = 8, 8, 224
+    # low-rank counts on a raster placement: a top and a bottom programme
     u, v = rng.gamma(2, 1, size=(n, 1)), rng.gamma(2, 1, size=(n, 1))
     rows = np.repeat(np.arange(H), W)
     cols = np.tile(np.arange(W), H)
-    genes = u * (rows < 4) + v * (rows >= 4)
-    imgs = (genes / genes.max()).astype(np.float32)
-    placement = _Placement([f"g{i}" for i in range(H * W)], rows, cols, (H, W))
+    counts = rng.poisson(20 * (u * (rows < 4) + v * (rows >= 4)) + 1).astype(np.float32)
+    a = ad.AnnData(counts)
+    a.var_names = [f"g{i}" for i in range(H * W)]
     p = TCERParams(n_features=8, epochs=12, batch_size=32, lr=3e-3, lr_step=100,
-                   mask_ratio=(0.2, 0.4), fft_weight=0.1, patience=None, objective="dropout")
-    net = ERNet(8)
-    hist = _train(net, lambda idx: placement.images(imgs[idx]), np.arange(160),
-                  np.arange(160, n), placement, p, torch.device("cpu"), 0, False)
-    assert len(hist["val_loss"]) == 12
-    x = torch.as_tensor(placement.images(imgs[160:]))
+                   mask_ratio=(0.2, 0.4), fft_weight=0.1, patience=None, objective="dropout",
+                   validation_fraction=0.15)
+    model = TCERModel(config=p, genes=a.var_names, placement=Placement(rows, cols, (H, W)))
+    model.fit(a[:192], rng=0, device="cpu", progress=False)
+    assert len(model.history["val_loss"]) == 12 and len(model.history["train_loss"]) == 12
+    assert model.scale == pytest.approx(float(sct._utils.log_normalize(a[:192].X).max()))
+    # new cells: hide 30 % of their non-zero pixels
+    x = torch.as_tensor(model.placement.images(sct._utils.log_normalize(a[192:].X)
+                                               / model.scale))
     g = torch.Generator().manual_seed(1)
     inp, masked = mask_nonzero(x, 0.3, 0.3, torch.ones(H, W, dtype=torch.bool), g)
     with torch.no_grad():
-        pred = net(inp[:, None]).squeeze(1)
+        pred = model.module(inp[:, None]).squeeze(1)
     err_net = (pred - x).abs()[masked].mean().item()
     err_obs = x[masked].mean().item()  # a hidden pixel observed as 0
     assert err_net < 0.5 * err_obs
@@ -209,7 +218,7 @@ def test_save_load_identical_and_determinism(trained, tmp_path):
     sct.tl.tcer_impute(c, n_features=4, epochs=2, batch_size=32, progress=False, rng=0,
                        device="cpu", objective="dropout", observed_weight=1.0)
     np.testing.assert_array_equal(c.layers["tcer"], a.layers["tcer"])
-    with pytest.raises(ValueError, match="not a sctorch TCER model"):
+    with pytest.raises(ModelFileError, match="not a sctorch model file"):
         from safetensors.torch import save_file
 
         save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
@@ -280,3 +289,100 @@ def test_blind_spot_output_keeps_or_blends_observed_values():
     np.testing.assert_allclose(a.layers["blend"], expect, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="observed_weight"):
         sct.tl.tcer_impute(a.copy(), observed_weight=2.0, progress=False)
+
+
+# ---------------------------------------------------------------------- model lifecycle
+def _small_model(n_dfa=3, seed=0):
+    a = _with_grid_placement(_planted_counts(n_cells=48), (6, 6))
+    p = TCERParams(n_features=4, n_dfa=n_dfa, epochs=1, batch_size=32)
+    model = TCERModel.from_genomap(a, p).fit(a, rng=seed, device="cpu", progress=False)
+    return a, model
+
+
+def test_round_trip_rebuilds_the_same_network_and_output(tmp_path):
+    # n_dfa != 3: save/load must rebuild ER-Net with the stored n_dfa (the old load did,
+    # training did not), through the one constructor _build_module
+    a, model = _small_model(n_dfa=1)
+    assert len(model.module.dfa) == 1
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    for loaded in (TCERModel.load(path, device="cpu"), sct.models.load(path, device="cpu")):
+        assert type(loaded) is TCERModel and len(loaded.module.dfa) == 1
+        assert loaded.genes == model.genes and loaded.scale == model.scale
+        assert loaded.params == model.params and loaded.history == model.history
+        np.testing.assert_array_equal(loaded.placement.rows, model.placement.rows)
+        assert loaded.placement.shape == (6, 6)
+        np.testing.assert_array_equal(loaded.predict(a, progress=False, device="cpu"),
+                                      model.predict(a, progress=False, device="cpu"))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(path)
+    model.save(path, overwrite=True)
+    assert sct.tl.TCERModel is sct.models.TCERModel is TCERModel
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # unpickling this object would create a file
+        return (open, (str(self.path), "w"))
+
+
+def test_pickle_file_is_refused_without_running_code(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps({"net": _RunsCode(marker)}))
+    with pytest.raises(ModelFileError, match="not a sctorch model file"):
+        TCERModel.load(path)
+    assert not marker.exists()
+
+
+def test_file_of_another_model_class_is_refused(tmp_path):
+    from sctorch.models import BaseModel
+
+    class _OtherModel(BaseModel):
+        @classmethod
+        def _build_module(cls, config, extra):
+            return torch.nn.Linear(2, 1)
+
+    path = tmp_path / "other.safetensors"
+    _OtherModel(torch.nn.Linear(2, 1), genes=["a", "b"]).save(path)
+    with pytest.raises(ModelFileError, match="holds a _OtherModel, not a TCERModel"):
+        TCERModel.load(path)
+
+
+@pytest.mark.parametrize("corruption", ["two_genes_one_pixel", "off_grid", "gene_list_length",
+                                        "unplaced"])
+def test_placement_integrity_is_checked_on_load(tmp_path, corruption):
+    _, model = _small_model()
+    p = model.placement
+    if corruption == "two_genes_one_pixel":
+        p.rows[1], p.cols[1] = p.rows[0], p.cols[0]
+        match = "not one-to-one"
+    elif corruption == "off_grid":
+        p.rows[0] = 6
+        match = "outside the 6 × 6 grid"
+    elif corruption == "gene_list_length":
+        model.genes = model.genes[:-1]
+        match = "gene list has 29 genes but the placement has 30 rows"
+    else:
+        p.rows[0] = p.cols[0] = -1
+        match = "leaves 1 gene"
+    path = tmp_path / "bad.safetensors"
+    model.save(path)  # save does not check: this crafts the corrupted file
+    with pytest.raises(ModelFileError, match=match):
+        TCERModel.load(path)
+
+
+def test_training_leaves_the_callers_random_streams_unchanged():
+    a = _with_grid_placement(_planted_counts(n_cells=40), (6, 6))
+    torch.manual_seed(123)
+    np.random.seed(123)
+    expect_t, expect_n = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    sct.tl.tcer_impute(a, n_features=4, epochs=1, progress=False, device="cpu", rng=5)
+    torch.testing.assert_close(torch.rand(3), expect_t, rtol=0, atol=0)
+    np.testing.assert_array_equal(np.random.rand(3), expect_n)

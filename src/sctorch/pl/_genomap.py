@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import _keys
-from .._utils import RandomState, get_rng
+from .._utils import RandomState, get_matrix, get_rng
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -81,12 +81,12 @@ def genomap(
     """
     import matplotlib.pyplot as plt
 
-    from ..tl._genomap import _select_cells, genomap_images, placement_index
+    from ..genomap import Placement, select_cells
 
     if n_per_group < 1:
         raise ValueError(f"n_per_group must be >= 1, got {n_per_group}.")
-    placement_index(adata, key)
-    pool = _select_cells(adata, cells)
+    placement = Placement.from_adata(adata, key)
+    pool = select_cells(adata, cells)
     if pool.size == 0:
         raise ValueError("No cells to plot: cells= selects none.")
     gen = get_rng(rng)
@@ -106,8 +106,8 @@ def genomap(
         groups = [(c, idx) for c, idx in groups if idx.size]
     chosen = [(name, np.sort(gen.choice(idx, size=min(n_per_group, idx.size), replace=False)))
               for name, idx in groups]
-    images = genomap_images(adata, layer=layer, key=key,
-                            cells=np.concatenate([idx for _, idx in chosen]))
+    images = placement.images(get_matrix(adata, layer),
+                              cells=np.concatenate([idx for _, idx in chosen]))
     if vmax is None:
         top = float(images.max())
     elif isinstance(vmax, str):

@@ -1,6 +1,6 @@
 """Tools: the methods (GenoMap, TCER, stImpute, scRobust)."""
 
-from ._genomap import genomap, genomap_images, genomap_to_genes
+from ._genomap import genomap, genomap_images, genomap_quality, genomap_to_genes
 from ._scrobust import (
     ScRobustModel,
     scrobust_annotate,
@@ -17,6 +17,7 @@ __all__ = [
     "TCERModel",
     "genomap",
     "genomap_images",
+    "genomap_quality",
     "genomap_to_genes",
     "scrobust_annotate",
     "scrobust_embed",

@@ -1,8 +1,10 @@
-"""ER-Net: the expression-recovery network of TCER (Wei et al. 2024, Brief Bioinform bbae031).
+"""TCER torch code: ER-Net, the self-supervised masks and the loss (Wei et al. 2024, bbae031).
 
-Torch modules only; they know nothing of AnnData. Input and output are GenoMap images
-of shape ``(batch, 1, H, W)``; any ``H``, ``W`` are accepted (the network pads to a
-multiple of 4 and crops back).
+Torch modules and tensor functions only; they know nothing of AnnData. ER-Net's input
+and output are GenoMap images of shape ``(batch, 1, H, W)``; any ``H``, ``W`` are
+accepted (the network pads to a multiple of 4 and crops back). The masks
+(:func:`mask_nonzero`, :func:`mask_blind_spot`) and the loss (:func:`tcer_loss`) work on
+batches of images ``(B, H, W)``.
 
 Architecture (TCER paper §ER-Net, Figure 9):
 
@@ -35,7 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
-__all__ = ["CBAM", "BatchParallelDeformConv2d", "DFAModule", "ERNet"]
+__all__ = ["CBAM", "PLACEHOLDER", "BatchParallelDeformConv2d", "DFAModule", "ERNet",
+           "mask_blind_spot", "mask_nonzero", "tcer_loss"]
+
+PLACEHOLDER = -1.0  # δ: below every (non-negative, scaled) expression value
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -113,7 +118,8 @@ class BatchParallelDeformConv2d(DeformConv2d):
     to float rounding (about 1e-7 relative: the matrix products run over smaller batches
     and the weight gradients are summed over slices). Errors are torchvision's (e.g. for
     mismatched shapes). Why: torchvision's CPU kernel samples and scatters in a serial
-    loop, which was 63 % of an ER-Net training step (``benchmarks/results/tcer_speed.md``).
+    loop, the largest part of an ER-Net training step on the CPU (measurements:
+    ``benchmarks/results/tcer_speed.md``).
     """
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor,
@@ -273,3 +279,84 @@ class ERNet(nn.Module):
         d2 = self.fuse1(F.relu(self.up1(z)), e2)
         d1 = self.fuse2(F.relu(self.up2(d2)), e1)
         return self.out(d1)[..., :h, :w]
+
+
+# ---------------------------------------------------------------------- masks and loss
+def mask_nonzero(x, ratio_low: float, ratio_high: float, gene_px, generator):
+    """Self-supervised masking of a batch of GenoMaps (TCER eqs. 12–13).
+
+    For each image a dropout ratio ``r ~ U[ratio_low, ratio_high]`` is drawn and
+    ``round(r × n_nonzero)`` of its non-zero gene pixels are chosen at random. The input
+    has the placeholder δ on those pixels *and* on every zero gene pixel (eq. 13: a zero
+    is unknown — a dropout or a true zero); pixels with no gene (padding, unused grid
+    cells) are never masked and stay 0.
+
+    Parameters
+    ----------
+    x
+        Tensor ``(B, H, W)`` of scaled log-normalised images (≥ 0).
+    ratio_low, ratio_high
+        Range of the per-image dropout ratio.
+    gene_px
+        Bool tensor ``(H, W)``: pixels that hold a gene.
+    generator
+        ``torch.Generator`` for reproducible masks.
+
+    Returns
+    -------
+    ``(inputs, masked)``: the masked input ``(B, H, W)`` and the bool tensor of the
+    non-zero pixels that were hidden.
+    """
+    B = x.shape[0]
+    nonzero = (x > 0) & gene_px
+    r = ratio_low + (ratio_high - ratio_low) * torch.rand(B, generator=generator,
+                                                            device=x.device)
+    k = torch.round(r * nonzero.flatten(1).sum(1)).long()  # (B,)
+    scores = torch.rand(x.shape, generator=generator, device=x.device)
+    scores = torch.where(nonzero, scores, torch.full_like(scores, 2.0)).flatten(1)
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    masked = (rank < k[:, None]).reshape(x.shape) & nonzero
+    hidden = masked | (gene_px & ~nonzero)
+    inputs = torch.where(hidden, torch.full_like(x, PLACEHOLDER), x)
+    return inputs, masked
+
+
+def mask_blind_spot(x, ratio_low: float, ratio_high: float, gene_px, generator):
+    """Blind-spot masking: hide a random fraction ``r`` of *all* gene pixels, zero or not.
+
+    The alternative objective of :func:`sctorch.tl.tcer_impute` (``objective="blind_spot"``): the
+    hidden pixels (placeholder δ in the input) are the training targets with their
+    observed values, zeros included, so the network learns the conditional expectation
+    of each pixel given the rest of the GenoMap (Noise2Self, Batson & Royer 2019).
+
+    Returns
+    -------
+    ``(inputs, hidden)`` as for :func:`mask_nonzero`.
+    """
+    B = x.shape[0]
+    r = ratio_low + (ratio_high - ratio_low) * torch.rand(B, generator=generator,
+                                                            device=x.device)
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    hidden = (u < r[:, None, None]) & gene_px
+    inputs = torch.where(hidden, torch.full_like(x, PLACEHOLDER), x)
+    return inputs, hidden
+
+
+def tcer_loss(pred, target, known, fft_weight: float, *, squared: bool = False):
+    """L1 in the spatial domain plus ``fft_weight`` × L1 between 2-D FFTs (TCER eqs. 14–16).
+
+    Both terms compare the prediction with the observed values on the ``known`` pixels
+    (``objective="dropout"``: the non-zero gene pixels of the observed GenoMap, masked or
+    not, since observed zeros may be dropouts; ``"blind_spot"``: the hidden pixels).
+    ``squared=True`` uses the squared error in the spatial term.
+    """
+    known_f = known.to(pred.dtype)
+    n = known_f.sum().clamp_min(1.0)
+    err = (pred - target) ** 2 if squared else torch.abs(pred - target)
+    spatial = (err * known_f).sum() / n
+    if fft_weight <= 0:
+        return spatial
+    fp = torch.fft.rfft2(pred * known_f)
+    ft = torch.fft.rfft2(target * known_f)
+    freq = torch.abs(fp - ft).mean()
+    return spatial + fft_weight * freq
