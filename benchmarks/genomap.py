@@ -8,7 +8,7 @@ then ``scanpy.pp.log1p``: ``_harness.log_normalize``), restricted to its ``n`` m
 variable genes (``scanpy.pp.highly_variable_genes``) and written to a temporary
 ``.npy``; each method then runs in its own subprocess with 2 BLAS/FFT threads on exactly
 that matrix, so seconds and peak RSS (``ru_maxrss``) are comparable. The three quality
-figures of every placement come from :func:`sctorch.metrics.genomap_quality` on the same
+figures of every placement come from :func:`sctorch.tl.genomap_quality` on the same
 matrix.
 
 Methods
@@ -174,7 +174,7 @@ def _quality(a, res: dict) -> dict:
         rows, cols = np.where(keep, rows, -1), np.where(keep, cols, -1)
     b.var["q_row"], b.var["q_col"] = rows, cols
     b.uns["q"] = {"shape": (h, w), "params": {"metric": "correlation"}}
-    return sct.metrics.genomap_quality(b, key="q")
+    return sct.tl.genomap_quality(b, key="q")
 
 
 def main(quick: bool = False) -> None:
@@ -193,7 +193,7 @@ def main(quick: bool = False) -> None:
         "Scanpy/AnnData imports and the data); (+x) = highest RSS sampled every 5 ms while "
         "the method ran minus the RSS just before it.",
         "",
-        "Quality (`sct.metrics.genomap_quality`): GW = square-loss GW objective with both "
+        "Quality (`sct.tl.genomap_quality`): GW = square-loss GW objective with both "
         "distances scaled to [0, 1] (lower better); coherence = mean Pearson correlation "
         "between a gene and its 4 grid neighbours minus the same for a random placement "
         "(higher better); Spearman between interaction distance and 2-D grid distance.",

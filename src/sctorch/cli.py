@@ -203,7 +203,7 @@ def cmd_tcer(args: argparse.Namespace) -> int:
                                return_model=True, **kw)
     _write(adata, out)
     if args.model_out:
-        model.save(args.model_out)
+        model.save(args.model_out, overwrite=args.overwrite)
         print(f"wrote {args.model_out}")
     return 0
 
