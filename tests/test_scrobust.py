@@ -21,8 +21,8 @@ import sctorch as sct
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from sctorch.nn._scrobust import GeneTokenEmbedding, nt_xent_loss  # noqa: E402
-from sctorch.tl._scrobust import _Batcher, _prepare, _unique_rank  # noqa: E402
+from sctorch.scrobust._data import _Batcher, _build_vocab, _prepare, _unique_rank  # noqa: E402
+from sctorch.scrobust._module import GeneTokenEmbedding, nt_xent_loss  # noqa: E402
 
 TINY = {"d_model": 32, "n_heads": 4, "dim_feedforward": 64, "dropout": 0.0,
         "head_dropout": 0.0, "lr": 2e-3, "batch_size": 32, "progress": False}
@@ -116,7 +116,7 @@ def test_views_only_nonzero_genes_and_independent():
     X[0, [3, 7]] = [1, 2]  # a cell with fewer genes than a view
     a = ad.AnnData(sparse.csr_matrix(X.astype(np.float32)))
     a.var_names = [f"g{j}" for j in range(50)]
-    model = sct.tl.ScRobustModel(None, sct.tl._scrobust._build_vocab(None, a.var_names), {})
+    model = sct.tl.ScRobustModel(None, _build_vocab(None, a.var_names), {})
     tok = _prepare(a, model.token_ids, layer=None, input_scale="counts", min_shared_genes=1)
     b = _Batcher(tok, pad_id=0, cls_id=3, device="cpu")
     gen = torch.Generator().manual_seed(0)
@@ -149,7 +149,7 @@ def test_cls_output_equals_full_encoder_output():
     # the cell embedding evaluates the last layer for the CLS query only; it must equal
     # position 0 of the full encoder, with padding, in eval and (dropout off) train mode,
     # for 1 and 2 layers
-    from sctorch.nn._scrobust import ScRobustEncoder
+    from sctorch.scrobust._module import ScRobustEncoder
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 50, (4, 12), generator=g)
@@ -197,8 +197,8 @@ def test_nt_xent_hand_computed():
 # ----------------------------------------------------------------------------- pre-training
 def test_pretraining_separates_planted_populations(two_pops, model2):
     a = two_pops.copy()
-    hist = model2.history["pretrain"]
-    assert len(hist) == 4 and hist[-1]["mse"] < hist[0]["mse"]
+    hist = model2.history["pretrain_mse"]
+    assert len(hist) == 4 and hist[-1] < hist[0]
     assert model2.config["n_layers"] == 1 and model2.config["n_genes_per_view"] == 8
     sct.tl.scrobust_embed(a, model2, n_genes=40, progress=False)
     E = a.obsm["X_scrobust"]
@@ -231,16 +231,16 @@ def test_seeds_reproduce(two_pops):
 def test_save_load_identical(tmp_path, two_pops, model2):
     a = two_pops.copy()
     sct.tl.scrobust_embed(a, model2, progress=False)
-    model2.save(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json",
-                                                                  "model.safetensors"]
+    model2.save(tmp_path / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # one file
     with pytest.raises(FileExistsError):
-        model2.save(tmp_path / "m")
-    m = sct.tl.ScRobustModel.load(tmp_path / "m", device="cpu")
+        model2.save(tmp_path / "m.safetensors")
+    m = sct.tl.ScRobustModel.load(tmp_path / "m.safetensors", device="cpu")
     assert m.vocab == model2.vocab and m.config == model2.config
+    assert m.history == model2.history and m.classes is None and m.gene_detection is None
     b = sct.tl.scrobust_embed(two_pops, m, progress=False, copy=True)
     np.testing.assert_array_equal(a.obsm["X_scrobust"], b.obsm["X_scrobust"])
-    with pytest.raises(FileNotFoundError, match="not a saved"):
+    with pytest.raises(ValueError, match="is a folder"):
         sct.tl.ScRobustModel.load(tmp_path)
 
 
@@ -278,7 +278,7 @@ def test_annotation_planted_high_accuracy(annotated):
 
 
 def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated, tmp_path):
-    from sctorch.tl._scrobust import _class_weights
+    from sctorch.scrobust._data import _class_weights
 
     labels = pd.Series(["b", "a", "a", "a", "c", "c"])
     # n / (n_classes × n_c) = 6 / (3 × [3, 1, 2]) for the sorted classes a, b, c
@@ -313,9 +313,9 @@ def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated, tmp_
 
 def test_annotation_with_saved_finetuned_model(tmp_path, annotated):
     _, _, ft, _, query = annotated
-    ft.save(tmp_path / "ft")
-    m = sct.tl.ScRobustModel.load(tmp_path / "ft")
-    np.testing.assert_array_equal(m.gene_detection, ft.gene_detection.astype(np.float32))
+    ft.save(tmp_path / "ft.safetensors")
+    m = sct.tl.ScRobustModel.load(tmp_path / "ft.safetensors")
+    np.testing.assert_array_equal(m.gene_detection, ft.gene_detection)  # stored as float64
     q = sct.tl.scrobust_annotate(query, model=m, n_genes=36, progress=False, copy=True)
     assert (q.obs["scrobust_label"] == query.obs["scrobust_label"]).mean() > 0.95
 
