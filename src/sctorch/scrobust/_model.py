@@ -390,7 +390,7 @@ class ScRobustModel(BaseModel):
             def loss_fn(batch):
                 ids, vals, pad, y = batch
                 out = ft.module.classify(ids, vals, pad)
-                acc = (out.detach().argmax(1) == y).double().mean()
+                acc = (out.detach().argmax(1) == y).float().mean()
                 return torch.nn.functional.cross_entropy(out, y, weight=w), {"accuracy": acc}
 
             params = [p for name, p in ft.module.named_parameters()
