@@ -21,8 +21,8 @@ import sctorch as sct
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from sctorch.nn._scrobust import GeneTokenEmbedding, nt_xent_loss  # noqa: E402
-from sctorch.tl._scrobust import _Batcher, _prepare, _unique_rank  # noqa: E402
+from sctorch.scrobust._data import _Batcher, _build_vocab, _prepare, _unique_rank  # noqa: E402
+from sctorch.scrobust._module import GeneTokenEmbedding, nt_xent_loss  # noqa: E402
 
 TINY = {"d_model": 32, "n_heads": 4, "dim_feedforward": 64, "dropout": 0.0,
         "head_dropout": 0.0, "lr": 2e-3, "batch_size": 32, "progress": False}
@@ -116,7 +116,7 @@ def test_views_only_nonzero_genes_and_independent():
     X[0, [3, 7]] = [1, 2]  # a cell with fewer genes than a view
     a = ad.AnnData(sparse.csr_matrix(X.astype(np.float32)))
     a.var_names = [f"g{j}" for j in range(50)]
-    model = sct.tl.ScRobustModel(None, sct.tl._scrobust._build_vocab(None, a.var_names), {})
+    model = sct.tl.ScRobustModel(None, _build_vocab(None, a.var_names), {})
     tok = _prepare(a, model.token_ids, layer=None, input_scale="counts", min_shared_genes=1)
     b = _Batcher(tok, pad_id=0, cls_id=3, device="cpu")
     gen = torch.Generator().manual_seed(0)
@@ -149,7 +149,7 @@ def test_cls_output_equals_full_encoder_output():
     # the cell embedding evaluates the last layer for the CLS query only; it must equal
     # position 0 of the full encoder, with padding, in eval and (dropout off) train mode,
     # for 1 and 2 layers
-    from sctorch.nn._scrobust import ScRobustEncoder
+    from sctorch.scrobust._module import ScRobustEncoder
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 50, (4, 12), generator=g)
@@ -197,8 +197,8 @@ def test_nt_xent_hand_computed():
 # ----------------------------------------------------------------------------- pre-training
 def test_pretraining_separates_planted_populations(two_pops, model2):
     a = two_pops.copy()
-    hist = model2.history["pretrain"]
-    assert len(hist) == 4 and hist[-1]["mse"] < hist[0]["mse"]
+    hist = model2.history["pretrain_mse"]
+    assert len(hist) == 4 and hist[-1] < hist[0]
     assert model2.config["n_layers"] == 1 and model2.config["n_genes_per_view"] == 8
     sct.tl.scrobust_embed(a, model2, n_genes=40, progress=False)
     E = a.obsm["X_scrobust"]
@@ -231,16 +231,16 @@ def test_seeds_reproduce(two_pops):
 def test_save_load_identical(tmp_path, two_pops, model2):
     a = two_pops.copy()
     sct.tl.scrobust_embed(a, model2, progress=False)
-    model2.save(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json",
-                                                                  "model.safetensors"]
+    model2.save(tmp_path / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # one file
     with pytest.raises(FileExistsError):
-        model2.save(tmp_path / "m")
-    m = sct.tl.ScRobustModel.load(tmp_path / "m", device="cpu")
+        model2.save(tmp_path / "m.safetensors")
+    m = sct.tl.ScRobustModel.load(tmp_path / "m.safetensors", device="cpu")
     assert m.vocab == model2.vocab and m.config == model2.config
+    assert m.history == model2.history and m.classes is None and m.gene_detection is None
     b = sct.tl.scrobust_embed(two_pops, m, progress=False, copy=True)
     np.testing.assert_array_equal(a.obsm["X_scrobust"], b.obsm["X_scrobust"])
-    with pytest.raises(FileNotFoundError, match="not a saved"):
+    with pytest.raises(ValueError, match="is a folder"):
         sct.tl.ScRobustModel.load(tmp_path)
 
 
@@ -278,7 +278,7 @@ def test_annotation_planted_high_accuracy(annotated):
 
 
 def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated, tmp_path):
-    from sctorch.tl._scrobust import _class_weights
+    from sctorch.scrobust._data import _class_weights
 
     labels = pd.Series(["b", "a", "a", "a", "c", "c"])
     # n / (n_classes × n_c) = 6 / (3 × [3, 1, 2]) for the sorted classes a, b, c
@@ -313,9 +313,9 @@ def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated, tmp_
 
 def test_annotation_with_saved_finetuned_model(tmp_path, annotated):
     _, _, ft, _, query = annotated
-    ft.save(tmp_path / "ft")
-    m = sct.tl.ScRobustModel.load(tmp_path / "ft")
-    np.testing.assert_array_equal(m.gene_detection, ft.gene_detection.astype(np.float32))
+    ft.save(tmp_path / "ft.safetensors")
+    m = sct.tl.ScRobustModel.load(tmp_path / "ft.safetensors")
+    np.testing.assert_array_equal(m.gene_detection, ft.gene_detection)  # stored as float64
     q = sct.tl.scrobust_annotate(query, model=m, n_genes=36, progress=False, copy=True)
     assert (q.obs["scrobust_label"] == query.obs["scrobust_label"]).mean() > 0.95
 
@@ -478,3 +478,195 @@ def test_import_does_not_load_torch():
     code = "import sys, sctorch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- model lifecycle
+def test_history_is_flat_per_epoch(annotated, model2):
+    _, _, ft, _, _ = annotated
+    assert sorted(model2.history) == ["pretrain_contrastive", "pretrain_loss", "pretrain_mse"]
+    h = ft.history
+    assert len(h["pretrain_loss"]) == 2 and len(h["finetune_loss"]) == 6
+    assert len(h["finetune_accuracy"]) == 6 and 0 <= min(h["finetune_accuracy"])
+    assert h["finetune_accuracy"][-1] > h["finetune_accuracy"][0]
+    np.testing.assert_allclose(np.add(h["pretrain_contrastive"], h["pretrain_mse"]),
+                               h["pretrain_loss"], rtol=1e-5)
+
+
+def test_finetuned_round_trip_annotates_identically(tmp_path, annotated):
+    _, _, ft, _, query = annotated
+    path = tmp_path / "ft.safetensors"
+    ft.save(path)
+    m = sct.models.load(path, device="cpu")  # dispatch on the stored class
+    assert type(m) is sct.tl.ScRobustModel and m.classes == ft.classes
+    assert m.config == ft.config and m.config["n_classes"] == 3
+    kw = dict(n_genes=36, progress=False, copy=True, device="cpu")
+    a = sct.tl.scrobust_annotate(query, model=ft, **kw)
+    b = sct.tl.scrobust_annotate(query, model=m, **kw)
+    np.testing.assert_array_equal(a.obs["scrobust_label"], b.obs["scrobust_label"])
+    np.testing.assert_array_equal(a.obs["scrobust_confidence"], b.obs["scrobust_confidence"])
+    np.testing.assert_array_equal(m.predict(query, n_genes=36, progress=False),
+                                  a.obs["scrobust_label"].astype(str))
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # unpickling this object would create a file
+        return (open, (str(self.path), "w"))
+
+
+def test_pickle_file_is_refused_without_running_code(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(ValueError, match="not a sctorch model file"):
+        sct.tl.ScRobustModel.load(path)
+    assert not marker.exists()
+
+
+def test_file_of_another_model_class_is_refused(tmp_path, model2):
+    from sctorch.models import BaseModel, ModelFileError
+
+    class _Other(BaseModel):
+        @classmethod
+        def _build_module(cls, config, extra):
+            return torch.nn.Linear(2, 1)
+
+    other = tmp_path / "other.safetensors"
+    _Other(torch.nn.Linear(2, 1), config={}, genes=["a", "b"]).save(other)
+    with pytest.raises(ModelFileError, match="holds a _Other, not a ScRobustModel"):
+        sct.tl.ScRobustModel.load(other)
+    mine = tmp_path / "scrobust.safetensors"
+    model2.save(mine)
+    with pytest.raises(ModelFileError, match="holds a ScRobustModel, not a _Other"):
+        _Other.load(mine)
+
+
+def test_reordered_vocabulary_or_wrong_classes_do_not_load(tmp_path, model2, annotated):
+    from sctorch.models import ModelFileError
+
+    m = sct.tl.ScRobustModel.load(_saved(model2, tmp_path / "a.safetensors"))
+    m.genes = [*m.genes[:5], m.genes[6], m.genes[5], *m.genes[7:]]  # two genes swapped
+    with pytest.raises(ModelFileError, match="not the one the model was trained with"):
+        sct.tl.ScRobustModel.load(_saved(m, tmp_path / "b.safetensors"))
+    m.genes = [m.genes[3], *m.genes[:3], *m.genes[4:]]  # CLS moved to id 0
+    with pytest.raises(ModelFileError, match="special token PAD at id"):
+        sct.tl.ScRobustModel.load(_saved(m, tmp_path / "c.safetensors"))
+    m.genes = m.genes[:-1]
+    with pytest.raises(ModelFileError, match="token embedding has 45 rows"):
+        sct.tl.ScRobustModel.load(_saved(m, tmp_path / "d.safetensors"))
+    ft = sct.tl.ScRobustModel.load(_saved(annotated[2], tmp_path / "ft.safetensors"))
+    ft.classes = ft.classes[:2]
+    with pytest.raises(ModelFileError, match="2 classes but its classifier has 3 outputs"):
+        sct.tl.ScRobustModel.load(_saved(ft, tmp_path / "e.safetensors"))
+    ft.classes = [*ft.classes, "P2"]
+    ft.gene_detection = ft.gene_detection[:-1]
+    with pytest.raises(ModelFileError, match="gene_detection has 40 values for 41"):
+        sct.tl.ScRobustModel.load(_saved(ft, tmp_path / "f.safetensors"))
+
+
+def _saved(model, path):
+    model.save(path)
+    return path
+
+
+def test_callers_random_streams_are_left_unchanged(two_pops):
+    torch.manual_seed(123)
+    np.random.seed(123)
+    expect_t, expect_np = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    m = sct.tl.scrobust_pretrain(two_pops, epochs=1, rng=5, **dict(TINY, dropout=0.1))
+    r = two_pops.copy()
+    sct.tl.scrobust_annotate(r, two_pops, labels_key="pop", model=m, n_genes=20, epochs=1,
+                             rng=5, progress=False)
+    torch.testing.assert_close(torch.rand(3), expect_t, rtol=0, atol=0)
+    np.testing.assert_array_equal(np.random.rand(3), expect_np)
+
+
+# ----------------------------------------------------------------------------- input scale
+def test_raw_counts_declared_log1p_are_refused(two_pops, model2):
+    a = two_pops.copy()
+    assert a.X.max() > 10  # integer counts
+    snap = snapshot(a)
+    with pytest.raises(ValueError, match="raw counts, but input_scale='log1p'"):
+        sct.tl.scrobust_embed(a, model2, input_scale="log1p", progress=False)
+    b = a.copy()
+    b.X = b.X * 40.5  # not integers, far above any log1p value
+    with pytest.raises(ValueError, match="log1p-normalised expression stays below 30"):
+        sct.tl.scrobust_embed(b, model2, input_scale="log1p", progress=False)
+    for fn in (lambda x: sct.tl.scrobust_pathway_scores(x, {"s": ["G0", "G1"]}, model2,
+                                                        input_scale="log1p"),
+               lambda x: sct.tl.scrobust_marker_genes(x, "pop", model2, input_scale="log1p",
+                                                      progress=False)):
+        with pytest.raises(ValueError, match="input_scale='log1p'"):
+            fn(a)
+    assert_unchanged(a, snap)
+    # valid log1p input gives the same embedding as the counts it came from
+    c = a.copy()
+    c.X = sparse.csr_matrix(np.log1p(a.X.toarray() / a.X.toarray().sum(1, keepdims=True) * 1e4))
+    e1 = sct.tl.scrobust_embed(a, model2, progress=False, copy=True).obsm["X_scrobust"]
+    e2 = sct.tl.scrobust_embed(c, model2, input_scale="log1p", progress=False,
+                               copy=True).obsm["X_scrobust"]
+    e3 = sct.tl.scrobust_embed(c, model2, input_scale="auto", progress=False,
+                               copy=True).obsm["X_scrobust"]
+    np.testing.assert_allclose(e2, e1, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(e3, e2)
+
+
+# ----------------------------------------------------------------------------- h5ad-safe sets
+def test_pathway_names_with_slash_survive_h5ad(tmp_path, two_pops, model2):
+    import warnings
+
+    a = two_pops.copy()
+    sets = {"NK/ILC": [f"G{j}" for j in range(8)], "NK_ILC": [f"G{j}" for j in range(8, 16)],
+            "B": [f"G{j}" for j in range(16, 24)]}
+    sct.tl.scrobust_pathway_scores(a, sets, model2)
+    assert list(a.obsm["X_scrobust_pathways"].columns) == ["NK_ILC-1", "NK_ILC", "B"]
+    assert list(a.uns["X_scrobust_pathways"]["names"]) == list(sets)
+    assert set(a.obs["scrobust_pathway_label"].cat.categories) == set(sets)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        a.write_h5ad(tmp_path / "p.h5ad")
+    assert not [w for w in rec if "slash" in str(w.message).lower()]
+    b = ad.read_h5ad(tmp_path / "p.h5ad")
+    pd.testing.assert_frame_equal(b.obsm["X_scrobust_pathways"], a.obsm["X_scrobust_pathways"])
+    used = b.uns["X_scrobust_pathways"]["genes_used"]
+    assert sorted(used) == ["B", "NK_ILC", "NK_ILC-1"]  # flat: not split into groups
+    assert list(used["NK_ILC-1"]) == sets["NK/ILC"]
+    assert list(b.uns["X_scrobust_pathways"]["names"]) == list(sets)
+    assert (b.obs["scrobust_pathway_label"] == a.obs["scrobust_pathway_label"]).all()
+    from sctorch.scrobust._pathways import h5ad_safe_names
+
+    assert h5ad_safe_names(["a/b", "a_b", "a_b-1", "c/d/e"]) == ["a_b-2", "a_b", "a_b-1",
+                                                                  "c_d_e"]
+
+
+def test_model_api_without_anndata_keys(two_pops):
+    from sctorch.scrobust import ScRobustConfig, ScRobustModel
+
+    vocab = _build_vocab(None, two_pops.var_names)
+    cfg = ScRobustConfig(d_model=16, n_heads=2, dropout=0.0, head_dropout=0.0)
+    m = ScRobustModel(vocab=vocab, config=cfg)
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        m.fit(two_pops, epochs=1, batch_size=1, progress=False)
+    snap = snapshot(two_pops)
+    assert m.fit(two_pops, epochs=1, lr=5e-3, progress=False) is m
+    assert m.config.vocab_size == 45 and m.config.n_layers == 1
+    assert m.config.dim_feedforward == 64 and m.config.input_scale == "counts"
+    E = m.embed(two_pops, n_genes=20, progress=False)
+    assert E.shape == (80, 16) and E.dtype == np.float32
+    ft = m.finetune(two_pops, two_pops.obs["pop"], n_genes=20, epochs=1, lr=5e-3,
+                    progress=False)
+    assert ft is not m and ft.is_fine_tuned and not m.is_fine_tuned
+    P = ft.predict_proba(two_pops, n_genes=20, progress=False)
+    assert P.shape == (80, 2)
+    np.testing.assert_allclose(P.sum(1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="no classifier"):
+        m.predict_proba(two_pops, progress=False)
+    with pytest.raises(ValueError, match="3 labels for 80"):
+        m.finetune(two_pops, ["a", "b", "a"], epochs=1, progress=False)
+    assert_unchanged(two_pops, snap)

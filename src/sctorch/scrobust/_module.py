@@ -2,8 +2,9 @@
 
 Gene-token embedding (eqs. 1–2), Transformer encoder with a CLS token, the two-layer
 projection heads of pre-training (eqs. 3–11) and the classifier of fine-tuning
-(eqs. 12–15). These modules know nothing of AnnData; ``sctorch.tl._scrobust`` builds the
-token batches and runs the training loops.
+(eqs. 12–15). These modules know nothing of AnnData: ``sctorch.scrobust._data`` builds the
+token batches and :class:`sctorch.scrobust.ScRobustModel` trains them through
+:func:`sctorch.models.fit`.
 
 Token batches are three tensors of shape ``(batch, length)``: ``ids`` (vocabulary ids,
 ``int64``), ``scales`` (the gene's expression in the cell, ``float32``) and ``pad``

@@ -1,0 +1,507 @@
+"""ScRobustModel: the scRobust network with its vocabulary; pre-training, fine-tuning, apply.
+
+Park & Lee, "scRobust: a robust self-supervised learning strategy to tackle the inherent
+sparsity of single-cell RNA-seq data", Brief Bioinform 2024, 25(6):bbae586, §Methods
+(eqs. 1–20). Both training loops (pre-training, eq. 11; fine-tuning, eqs. 12–15) run
+through :func:`sctorch.models.fit`; saving and loading are :class:`~sctorch.models.BaseModel`'s
+(one ``.safetensors`` file).
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._utils import RandomState, iter_batches, progress_bar, resolve_device, seed_int, seeded
+from ..models._base import BaseModel
+from ..models._fit import fit
+from ._data import (
+    _Batcher,
+    _check_positive,
+    _class_weights,
+    _label_series,
+    _prepare,
+    _Tokens,
+    _unique_rank,
+    check_special_tokens,
+)
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+__all__ = ["ScRobustConfig", "ScRobustModel"]
+
+
+@dataclasses.dataclass
+class ScRobustConfig:
+    """Hyper-parameters of a scRobust network (everything needed to rebuild it).
+
+    ``n_layers``, ``dim_feedforward`` and ``n_genes_per_view`` may be ``None`` before
+    pre-training (1 layer, or 2 for ≥ 20,000 cells; ``4 × d_model``; 10 % of the mean
+    number of detected genes, at least 8); :meth:`ScRobustModel.fit` fills them in.
+    ``input_scale`` is the scale of the pre-training data, ``n_classes`` the outputs of
+    the fine-tuned classifier (0: none). Fields can also be read as ``config["d_model"]``.
+    """
+
+    vocab_size: int = 0
+    d_model: int = 512
+    n_heads: int = 8
+    n_layers: int | None = None
+    dim_feedforward: int | None = None
+    dropout: float = 0.1
+    head_dropout: float = 0.3
+    temperature: float = 0.07
+    n_genes_per_view: int | None = None
+    input_scale: str = "counts"
+    n_classes: int = 0
+
+    def __getitem__(self, key: str):
+        """Dict-style read access (``config["d_model"]``), as the former dict config."""
+        if not isinstance(key, str) or key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+def _vocab_digest(vocab: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
+
+
+class ScRobustModel(BaseModel):
+    """A scRobust network with its vocabulary and hyper-parameters.
+
+    Created by :func:`sctorch.tl.scrobust_pretrain` (or ``ScRobustModel(vocab=...,
+    config=ScRobustConfig(...)).fit(adata)``), fine-tuned copies by :meth:`finetune` /
+    :func:`sctorch.tl.scrobust_annotate`; saved with :meth:`save` and reloaded with
+    :meth:`load` (one ``.safetensors`` file, see :class:`sctorch.models.BaseModel`).
+
+    Parameters
+    ----------
+    module
+        The :class:`~sctorch.scrobust._module.ScRobustNetwork` (``None`` before training).
+    vocab
+        Tokens in id order (stored as :attr:`genes`): special tokens first (``PAD``,
+        ``SEP``, ``UNKNOWN``, ``CLS`` and, for vocabularies built from ``var_names``,
+        ``MASK``), then gene symbols. ``genes=`` is the same argument.
+    config
+        A :class:`ScRobustConfig` (or a dict of its fields).
+    classes
+        Labels of the fine-tuned classifier (``None`` before fine-tuning).
+    gene_detection
+        For a fine-tuned model: the fraction of reference cells detecting each vocabulary
+        token, ``(len(vocab),)`` float64, NaN for tokens absent from the reference; it
+        fixes the "highly unique genes" order of queries.
+    history
+        Per-epoch values, ``{key: [value per epoch]}``: ``pretrain_loss``,
+        ``pretrain_contrastive``, ``pretrain_mse`` and, after fine-tuning,
+        ``finetune_loss``, ``finetune_accuracy`` (means over the epoch's mini-batches).
+    """
+
+    config_cls = ScRobustConfig
+
+    def __init__(self, module=None, vocab: Sequence[str] | None = None, config: Any = None, *,
+                 genes: Sequence[str] | None = None, classes: Sequence[str] | None = None,
+                 gene_detection: np.ndarray | None = None,
+                 history: dict[str, list[float]] | None = None):
+        tokens = list(vocab if vocab is not None else (genes or ()))
+        if isinstance(config, Mapping):
+            config = ScRobustConfig(**{"vocab_size": len(tokens), **config})
+        super().__init__(module, config=config, genes=tokens, history=history)
+        self.classes = None if classes is None else [str(c) for c in classes]
+        self.gene_detection = (None if gene_detection is None
+                               else np.asarray(gene_detection, dtype=np.float64))
+        self._digest = _vocab_digest(self.genes)  # the vocabulary the weights were made for
+        self._index_of: tuple[int, dict[str, int]] | None = None
+
+    # ---------------------------------------------------------------- aliases, tokens
+    @property
+    def network(self):
+        """The torch network (alias of :attr:`module`)."""
+        return self.module
+
+    @network.setter
+    def network(self, value) -> None:
+        self.module = value
+
+    @property
+    def vocab(self) -> list[str]:
+        """The token vocabulary in id order (alias of :attr:`genes`)."""
+        return self.genes
+
+    def _index(self) -> dict[str, int]:
+        if self._index_of is None or self._index_of[0] != id(self.genes):
+            index: dict[str, int] = {}
+            for i, t in enumerate(self.genes):
+                index.setdefault(t, i)
+            self._index_of = (id(self.genes), index)
+        return self._index_of[1]
+
+    @property
+    def pad_id(self) -> int:
+        """Id of the padding token."""
+        return self._index()["PAD"]
+
+    @property
+    def cls_id(self) -> int:
+        """Id of the CLS token (its output is the cell embedding)."""
+        return self._index()["CLS"]
+
+    def token_ids(self, genes: Sequence[str]) -> np.ndarray:
+        """Vocabulary id of each gene, ``-1`` where it is not in the vocabulary."""
+        n_special = 5 if "MASK" in self.genes[:5] else 4
+        special = set(self.genes[:n_special])
+        index = self._index()
+        return np.array([-1 if g in special else index.get(g, -1) for g in map(str, genes)],
+                        dtype=np.int64)
+
+    @property
+    def is_fine_tuned(self) -> bool:
+        """Whether the network carries a trained classifier."""
+        return (self.classes is not None and self.module is not None
+                and self.module.classifier is not None)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"ScRobustModel(vocab={len(self.genes)} tokens, d_model={c.d_model}, "
+                f"n_heads={c.n_heads}, n_layers={c.n_layers}, "
+                f"classes={None if self.classes is None else len(self.classes)})")
+
+    # ---------------------------------------------------------------- BaseModel hooks
+    @classmethod
+    def _build_module(cls, config: ScRobustConfig, extra: dict[str, Any]):
+        from ._module import ScRobustNetwork
+
+        return ScRobustNetwork(config.vocab_size, config.d_model, config.n_heads,
+                               config.n_layers, config.dim_feedforward, config.dropout,
+                               config.head_dropout, n_classes=config.n_classes)
+
+    def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        arrays = {} if self.gene_detection is None else {"gene_detection": self.gene_detection}
+        return {"classes": self.classes, "vocab_sha256": self._digest}, arrays
+
+    def _set_extra_state(self, extra: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.classes = extra.get("classes")
+        self._digest = extra.get("vocab_sha256")
+        det = arrays.get("gene_detection")
+        self.gene_detection = None if det is None else det.astype(np.float64)
+
+    def _check_integrity(self) -> None:
+        """Vocabulary, embedding rows, special tokens, classes and detection fit together."""
+        rows = self.module.encoder.tokens.weight.shape[0]
+        if len(self.genes) != rows or self.config.vocab_size != rows:
+            raise ValueError(f"the vocabulary has {len(self.genes)} tokens but the token "
+                             f"embedding has {rows} rows.")
+        check_special_tokens(self.genes)
+        if self._digest != _vocab_digest(self.genes):
+            raise ValueError("the vocabulary is not the one the model was trained with (it "
+                             "was reordered or edited).")
+        head = self.module.classifier
+        n_out = 0 if head is None else head.net[-1].out_features
+        if (len(self.classes) if self.classes is not None else 0) != n_out:
+            raise ValueError(f"the model lists {len(self.classes or [])} classes but its "
+                             f"classifier has {n_out} outputs.")
+        if self.classes is not None and self.gene_detection is None:
+            raise ValueError("a fine-tuned model needs its reference gene detection.")
+        if self.gene_detection is not None and len(self.gene_detection) != len(self.genes):
+            raise ValueError(f"gene_detection has {len(self.gene_detection)} values for "
+                             f"{len(self.genes)} vocabulary tokens.")
+
+    # ---------------------------------------------------------------- data
+    def tokens(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
+               input_scale: str = "counts", min_shared_genes: int = 1,
+               what: str = "adata") -> _Tokens:
+        """Validate ``adata`` and map it to this vocabulary (see :func:`._data._prepare`).
+
+        Already prepared tokens are returned as they are, so that callers can validate
+        their data once, before any training, and pass the tokens on.
+        """
+        if isinstance(adata, _Tokens):
+            return adata
+        return _prepare(adata, self.token_ids, layer=layer, input_scale=input_scale,
+                        min_shared_genes=min_shared_genes, what=what)
+
+    def _resolve_config(self, tok: _Tokens) -> None:
+        c = self.config
+        n_genes = c.n_genes_per_view
+        if n_genes is None:
+            n_genes = max(8, round(0.1 * float(np.diff(tok.indptr).mean())))
+        n_layers = c.n_layers if c.n_layers is not None else (2 if tok.n_obs >= 20_000 else 1)
+        self.config = dataclasses.replace(
+            c, vocab_size=len(self.genes), n_layers=int(n_layers), n_classes=0,
+            n_genes_per_view=int(n_genes), input_scale=tok.input_scale,
+            dim_feedforward=int(c.dim_feedforward or 4 * c.d_model))
+
+    # ---------------------------------------------------------------- pre-training
+    def fit(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
+            input_scale: str = "counts", epochs: int = 10, batch_size: int = 64,
+            lr: float = 5e-5, min_shared_genes: int = 10, device: str | None = None,
+            rng: RandomState = 0, progress: bool = True) -> ScRobustModel:
+        """Pre-train a fresh network on ``adata`` by cell augmentation (eqs. 1–11).
+
+        Per step and cell, two random subsets of its non-zero genes
+        (``config.n_genes_per_view`` each, drawn independently) are encoded; the loss is
+        NT-Xent between their projected CLS outputs plus the MSE of predicting a third
+        subset's expression from both (see :func:`sctorch.tl.scrobust_pretrain`). Trained
+        with Adam (``lr``) through :func:`sctorch.models.fit`, inside
+        :func:`sctorch._utils.seeded` (the caller's random streams are left unchanged).
+
+        Parameters
+        ----------
+        adata
+            Cells × genes, raw counts or log1p values (``input_scale``), or tokens from
+            :meth:`tokens`.
+        layer, input_scale, min_shared_genes
+            Input matrix, its scale (``"counts"``, ``"log1p"`` or ``"auto"``) and the
+            fewest vocabulary genes needed.
+        epochs, batch_size, lr
+            Passes, cells per step (≥ 2: NT-Xent needs a negative), Adam learning rate.
+        device, rng, progress
+            Torch device, seed (int or :class:`numpy.random.Generator`), progress bar.
+
+        Returns
+        -------
+        ``self``, in evaluation mode, with ``history['pretrain_loss' | 'pretrain_contrastive'
+        | 'pretrain_mse']`` appended.
+
+        Raises
+        ------
+        ValueError
+            For invalid data (see :meth:`tokens`), fewer than 2 cells or ``batch_size`` < 2.
+        """
+        import torch
+
+        _check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
+        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
+                          min_shared_genes=min_shared_genes)
+        if tok.n_obs < 2 or batch_size < 2:
+            raise ValueError("Contrastive pre-training needs at least 2 cells and batch_size "
+                             f">= 2, got {tok.n_obs} cells and batch_size={batch_size}.")
+        self._resolve_config(tok)
+        self._digest = _vocab_digest(self.genes)
+        dev, seed = resolve_device(device), seed_int(rng)
+        with seeded(seed):
+            gen = torch.Generator().manual_seed(seed)
+            self.module = self._build_module(self.config, {}).to(dev)
+            self.classes, self.gene_detection = None, None
+            batches = self._pretrain_batches(tok, min(batch_size, tok.n_obs), gen, dev)
+            temperature = self.config.temperature
+
+            def loss_fn(batch):
+                loss, cl, mse = self.module.pretrain_loss(*batch, temperature)
+                return loss, {"contrastive": cl.detach(), "mse": mse.detach()}
+
+            fit(self.module, loss_fn, batches, epochs=epochs, lr=lr, history=self.history,
+                prefix="pretrain", desc="scRobust pre-training", progress=progress)
+        return self
+
+    pretrain = fit
+
+    def _pretrain_batches(self, tok: _Tokens, bs: int, gen, dev):
+        """``epoch -> batches`` of (view 1, view 2, target), cells shuffled by ``gen``."""
+        import torch
+
+        batcher = _Batcher(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev)
+        n, k = tok.n_obs, self.config.n_genes_per_view
+
+        def batches(epoch: int):
+            perm = torch.randperm(n, generator=gen)
+            for sl in iter_batches(n, bs):
+                rows = perm[sl]
+                if rows.numel() < 2:  # NT-Xent needs a negative
+                    continue
+                yield (batcher.select(rows, k, generator=gen),
+                       batcher.select(rows, k, generator=gen),
+                       batcher.select(rows, k, generator=gen, cls=False))
+
+        return batches
+
+    # ---------------------------------------------------------------- fine-tuning
+    def finetune(self, adata_ref: ad.AnnData | _Tokens, labels, *, layer: str | None = None,
+                 input_scale: str = "counts", n_genes: int = 800, epochs: int = 20,
+                 batch_size: int = 32, lr: float = 5e-5,
+                 class_weight: str | Mapping[str, float] | None = "balanced",
+                 min_shared_genes: int = 10, device: str | None = None, rng: RandomState = 0,
+                 progress: bool = True) -> ScRobustModel:
+        """A fine-tuned copy: encoder plus a new two-layer classifier (eqs. 12–15).
+
+        Each reference cell is encoded from its ``n_genes`` "highly unique genes" (rarest
+        detected in the reference first); encoder and classifier are trained with
+        (class-weighted) cross-entropy through :func:`sctorch.models.fit` (Adam, ``lr``;
+        the pre-training heads stay frozen), inside :func:`sctorch._utils.seeded`. This
+        model is not changed.
+
+        Parameters
+        ----------
+        adata_ref
+            Labelled reference cells (or tokens from :meth:`tokens`).
+        labels
+            One label per reference cell (sequence or :class:`pandas.Series`).
+        class_weight
+            ``"balanced"``, ``{label: weight}`` or ``None`` (see
+            :func:`sctorch.tl.scrobust_annotate`).
+        layer, input_scale, n_genes, epochs, batch_size, lr, min_shared_genes, device, rng, progress
+            As in :func:`sctorch.tl.scrobust_annotate`.
+
+        Returns
+        -------
+        The fine-tuned :class:`ScRobustModel` (evaluation mode) with ``classes`` (sorted
+        labels), ``gene_detection`` and ``history['finetune_loss' | 'finetune_accuracy']``.
+
+        Raises
+        ------
+        ValueError
+            If the model is not trained, labels are NaN, a single class or not one per
+            cell, ``class_weight`` is invalid, or the data are invalid.
+        """
+        import torch
+
+        if self.module is None:
+            raise ValueError("This ScRobustModel has not been pre-trained; call fit() first.")
+        _check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr)
+        labels = _label_series(labels)
+        weights = _class_weights(labels, class_weight)
+        rtok = self.tokens(adata_ref, layer=layer, input_scale=input_scale,
+                           min_shared_genes=min_shared_genes, what="adata_ref")
+        if len(labels) != rtok.n_obs:
+            raise ValueError(f"{len(labels)} labels for {rtok.n_obs} reference cells.")
+        dev, seed = resolve_device(device), seed_int(rng)
+        classes = sorted(labels.unique())
+        w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32,
+                                                         device=dev)
+        y_all = torch.as_tensor(np.array(pd.Categorical(labels, categories=classes).codes),
+                                dtype=torch.long)
+        ft = ScRobustModel(_copy.deepcopy(self.module).to(dev), self.genes,
+                           dataclasses.replace(self.config, n_classes=len(classes)),
+                           classes=classes, history=_copy.deepcopy(self.history))
+        ft._digest = self._digest
+        with seeded(seed):
+            gen = torch.Generator().manual_seed(seed)
+            ft.module.set_classifier(len(classes))
+            ft.module.to(dev)
+            ft.gene_detection = rtok.detection(len(ft.genes))
+            batches = ft._finetune_batches(rtok, y_all, n_genes, batch_size, gen, dev)
+
+            def loss_fn(batch):
+                ids, vals, pad, y = batch
+                out = ft.module.classify(ids, vals, pad)
+                acc = (out.detach().argmax(1) == y).float().mean()
+                return torch.nn.functional.cross_entropy(out, y, weight=w), {"accuracy": acc}
+
+            params = [p for name, p in ft.module.named_parameters()
+                      if not name.startswith(("cl_head", "ge_head"))]
+            fit(ft.module, loss_fn, batches, epochs=epochs, lr=lr, params=params,
+                history=ft.history, prefix="finetune", desc="scRobust fine-tuning",
+                progress=progress)
+        return ft
+
+    def _finetune_batches(self, tok: _Tokens, y_all, n_genes: int, bs: int, gen, dev):
+        """``epoch -> batches`` of (ids, scales, pad, labels), cells shuffled by ``gen``."""
+        import torch
+
+        rank = _unique_rank(self.gene_detection)
+        batcher = _Batcher(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev)
+
+        def batches(epoch: int):
+            perm = torch.randperm(tok.n_obs, generator=gen)
+            for sl in iter_batches(tok.n_obs, bs):
+                rows = perm[sl]
+                yield (*batcher.select(rows, n_genes, rank=rank), y_all[rows].to(dev))
+
+        return batches
+
+    # ---------------------------------------------------------------- apply
+    def embed(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
+              input_scale: str = "counts", n_genes: int = 400, gene_order: str = "unique",
+              batch_size: int = 64, min_shared_genes: int = 10, device: str | None = None,
+              rng: RandomState = 0, progress: bool = True) -> np.ndarray:
+        """Cell embeddings: the CLS output from up to ``n_genes`` genes per cell.
+
+        ``gene_order="unique"`` takes each cell's rarest-detected genes (in ``adata``)
+        first (eq. 12); ``"random"`` a random subset drawn from ``rng``.
+
+        Returns
+        -------
+        ``(n_obs, d_model)`` float32 array, rows in the order of ``adata``.
+
+        Raises
+        ------
+        ValueError
+            For an untrained model, a bad ``gene_order`` or invalid data.
+        """
+        import torch
+
+        if self.module is None:
+            raise ValueError("This ScRobustModel has not been trained; call fit() first.")
+        if gene_order not in ("unique", "random"):
+            raise ValueError(f"gene_order must be 'unique' or 'random', got {gene_order!r}.")
+        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
+                          min_shared_genes=min_shared_genes)
+        dev = resolve_device(device)
+        self.to(dev)
+        rank = _unique_rank(tok.detection(len(self.genes))) if gene_order == "unique" else None
+        gen = torch.Generator().manual_seed(seed_int(rng))
+        return self._encode(tok, dev, n_genes, batch_size, rank=rank, generator=gen,
+                            progress=progress)
+
+    def predict_proba(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
+                      input_scale: str = "counts", n_genes: int = 800, batch_size: int = 32,
+                      min_shared_genes: int = 10, device: str | None = None,
+                      progress: bool = True) -> np.ndarray:
+        """Class probabilities ``(n_obs, len(classes))`` of a fine-tuned model.
+
+        Cells are encoded from their ``n_genes`` highly unique genes in the reference's
+        detection order (genes absent from the reference fall back to their detection in
+        ``adata``); the softmax of the classifier's logits (eq. 15).
+
+        Raises
+        ------
+        ValueError
+            If the model is not fine-tuned, or for invalid data.
+        """
+        import torch
+
+        if not self.is_fine_tuned or self.gene_detection is None:
+            raise ValueError("This ScRobustModel has no classifier; fine-tune it first "
+                             "(finetune() or scrobust_annotate(..., return_model=True)).")
+        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
+                          min_shared_genes=min_shared_genes, what="adata_query")
+        dev = resolve_device(device)
+        self.to(dev)
+        det = self.gene_detection.copy()
+        det = np.where(np.isnan(det), tok.detection(len(self.genes)), det)
+        logits = self._encode(tok, dev, n_genes, batch_size, rank=_unique_rank(det),
+                              generator=None, progress=progress, logits=True)
+        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+    def predict(self, adata: ad.AnnData | _Tokens, **kwargs) -> np.ndarray:
+        """Most probable class of each cell (keywords as :meth:`predict_proba`)."""
+        return np.asarray(self.classes)[self.predict_proba(adata, **kwargs).argmax(1)]
+
+    def _encode(self, tok: _Tokens, dev, n_genes: int, batch_size: int, *, rank, generator,
+                progress: bool, logits: bool = False) -> np.ndarray:
+        """CLS outputs (or class logits) of every cell, batched by similar token count."""
+        import torch
+
+        batcher = _Batcher(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev)
+        net = self.module
+        net.eval()
+        # cells in order of their number of genes: batches of similar length waste little padding
+        order = torch.from_numpy(np.argsort(np.diff(tok.indptr), kind="stable"))
+        out = None
+        with torch.inference_mode():
+            for sl in progress_bar(list(iter_batches(tok.n_obs, batch_size)), desc="scRobust",
+                                   progress=progress):
+                rows = order[sl]
+                ids, vals, pad = batcher.select(rows, n_genes, rank=rank, generator=generator)
+                y = net.classify(ids, vals, pad) if logits else net.embed(ids, vals, pad)
+                y = y.float().cpu().numpy()
+                if out is None:
+                    out = np.empty((tok.n_obs, y.shape[1]), dtype=np.float32)
+                out[rows.numpy()] = y
+        return out
