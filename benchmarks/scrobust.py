@@ -278,7 +278,8 @@ def main(argv=None) -> int:
     rows = []
     for level in levels:
         for method in args.methods.split(","):
-            save = os.path.join(tmp, "model0") if (method == "scRobust" and level == 0) else None
+            first = method == "scRobust" and level == 0
+            save = os.path.join(tmp, "model0.safetensors") if first else None
             r = in_process(cv_worker, method, level, cfg, save)
             print(f"{method:20s} dropout {level:.0%}: macro-F1 {r['f1'].mean():.3f} "
                   f"acc {r['acc'].mean():.3f} ({r['seconds']:.0f} s)", flush=True)
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
     emb = None
     methods = args.methods.split(",")
     if 0.0 in levels and "scRobust" in methods:
-        emb = in_process(embedding_worker, cfg, os.path.join(tmp, "model0"))
+        emb = in_process(embedding_worker, cfg, os.path.join(tmp, "model0.safetensors"))
         print("embedding:", emb, flush=True)
     hvg_emb = None
     if 0.0 in levels and HVG_METHOD in methods:

@@ -66,7 +66,7 @@ def run_variant(variant: str, a, b, y, n_folds: int) -> dict:
         acc.append(s[1])
     return {"variant": variant, "f1": float(np.mean(f1)), "acc": float(np.mean(acc)),
             "f1_folds": f1, "seconds": time.perf_counter() - t0,
-            "pretrain_loss": model.history["pretrain"][-1]["contrastive"]}
+            "pretrain_loss": model.history["pretrain_contrastive"][-1]}
 
 
 def main(argv=None) -> int:

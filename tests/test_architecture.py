@@ -19,7 +19,7 @@ def _modules():
 def _imports(path: Path) -> set[str]:
     """Absolute ``sctorch.*`` / third-party names imported by a module (relative resolved)."""
     rel = path.relative_to(SRC.parent).with_suffix("")
-    package = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    package = list(rel.parts[:-1])
     out = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):

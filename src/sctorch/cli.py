@@ -256,7 +256,7 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     from . import tl
 
     if args.reference is None and args.model is None:
-        raise ValueError("give --reference REF.h5ad with --labels-key, or --model DIR holding "
+        raise ValueError("give --reference REF.h5ad with --labels-key, or --model FILE holding "
                          "a fine-tuned model.")
     if args.reference is not None and args.labels_key is None:
         raise ValueError("--reference needs --labels-key (the obs column of cell types).")
@@ -411,8 +411,8 @@ def _scrobust_args(p: argparse.ArgumentParser, func: Callable) -> None:
     p.add_argument("--input-scale", choices=("counts", "log1p"),
                    default=_default(func, "input_scale"),
                    help="scale of the input (default: %(default)s)")
-    p.add_argument("--model", default=None, help="folder of a saved scRobust model")
-    p.add_argument("--model-out", default=None, help="save the model into this folder")
+    p.add_argument("--model", default=None, help="a saved scRobust model file (.safetensors)")
+    p.add_argument("--model-out", default=None, help="save the model to this .safetensors file")
     p.add_argument("--d-model", type=int, default=_default(pre, "d_model"),
                    help="pre-training: token dimension (default: %(default)s, as the paper)")
     p.add_argument("--n-heads", type=int, default=_default(pre, "n_heads"),
