@@ -128,7 +128,7 @@ def test_reliability_ranks_predictable_genes_higher():
 
 def test_reliability_is_clipped_to_cosine_range(plant, monkeypatch):
     # an MLP whose raw output leaves [-1, 1] gives scores clipped to that range
-    from sctorch.nn import _stimpute as nn_st
+    from sctorch.stimpute import _module as nn_st
 
     class Overshooting(nn_st.ReliabilityMLP):
         def forward(self, profiles):
@@ -213,24 +213,23 @@ def test_bad_input_errors_leave_inputs_unchanged(plant):
 
 
 def test_feature_blocks_are_bounded_and_epochs_subsample(plant):
-    from sctorch.tl import _stimpute as mod
+    from sctorch.stimpute._data import CellData
+    from sctorch.stimpute._graph import GeneSimilarity
 
     sp, rf, _ = plant
-    cfg = mod._config(240, n_neighbors=50, alpha=None, epochs=1, ae_epochs=1, n_rounds=1,
-                      batch_size=512, hidden_dim=8, graph_neighbors=3, reliability_folds=0,
-                      lr=1e-3, weight_decay=0.0, max_cells_per_epoch=100)
-    sim = mod._GeneSimilarity(3, None, np.zeros(3, bool), rf.X[:, :3])
-    prob = mod._Problem(sp.X[:, :2], rf.X[:, :3], 2, sim, cfg, "cpu", 0, False)
+    sim = GeneSimilarity(3, None, np.zeros(3, bool), rf.X[:, :3])
+    data = CellData(sp.X[:, :2], rf.X[:, :3], 2, lambda c: sim.knn_graph(c, 3), n_neighbors=50,
+                    batch_size=512, max_cells_per_epoch=100, device="cpu", seed=0)
     # one (batch, genes, k) block holds at most 2**23 values: 10,000 genes -> 16 cells
-    assert prob.batch_size(10_000) == 2**23 // (10_000 * 50) == 16
-    assert prob.batch_size(10) == 512
-    cells = prob.epoch_cells()
+    assert data.batch_size(10_000) == 2**23 // (10_000 * 50) == 16
+    assert data.batch_size(10) == 512
+    cells = data.epoch_cells()
     assert len(cells) == 100 and len(set(cells)) == 100 and cells.max() < 240
-    cfg["max_cells_per_epoch"] = None
-    assert sorted(prob.epoch_cells()) == list(range(240))
+    data.cap = None
+    assert sorted(data.epoch_cells()) == list(range(240))
     # the k-NN features of a batch are the neighbours' reference values, gene by gene
     nbr = np.arange(240 * 50).reshape(240, 50) % 240
-    x = prob.features(np.array([3, 7]), np.array([0, 2]), nbr)
+    x = data.features(np.array([3, 7]), np.array([0, 2]), nbr)
     assert tuple(x.shape) == (2, 2, 50)
     np.testing.assert_allclose(x[1, 1].numpy(), rf.X[nbr[7], 2])
 
