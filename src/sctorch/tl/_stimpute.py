@@ -22,10 +22,11 @@ from .. import _keys
 from .._utils import RandomState, make_params, resolve_device, seed_int
 
 
-def _warn_overwrite(where: str, key: str) -> None:
+def _warn_overwrite(places: list[str]) -> None:
     """Scanpy overwrites existing keys; so do we, but not silently."""
-    warnings.warn(f"{where}[{key!r}] already exists and is overwritten; pass key_added= to keep "
-                  "it.", UserWarning, stacklevel=3)
+    if places:
+        warnings.warn(f"Overwriting the existing {' and '.join(places)}; pass another "
+                      "key_added= to keep them.", UserWarning, stacklevel=3)
 
 
 def stimpute_gene_graph(
@@ -207,10 +208,14 @@ def stimpute(
         Show a progress bar.
     copy
         Return a modified copy of ``adata_sp`` instead of writing in place.
+    return_model
+        Also return the trained :class:`sctorch.models.StImputeModel`, which can
+        ``predict`` the same genes for new sections and be saved (``model.save(path)``).
 
     Returns
     -------
-    With ``return_adata=True``: a new AnnData, spatial cells × predicted genes (``X``
+    With ``return_model=True``: ``(result, model)``, ``result`` being what is described
+    next. With ``return_adata=True``: a new AnnData, spatial cells × predicted genes (``X``
     float32, on the scale of the normalised input), with ``obs`` and ``obsm['spatial']``
     copied, ``var['reliability']`` and ``uns[key_added]`` (``adata_sp`` is left as it
     was). Otherwise ``None`` (or the copy when ``copy=True``), having written
@@ -219,13 +224,19 @@ def stimpute(
     - ``uns[key_added]``: ``{'genes', 'reliability'`` (per gene, aligned with
       ``genes``), ``'params'}``.
 
+    Existing ``obsm`` / ``uns`` entries named ``key_added`` are overwritten (as Scanpy
+    does), with a :class:`UserWarning`. When gene names differ from the reference's only
+    in case and ``case_sensitive=True``, a :class:`UserWarning` says how many genes match
+    exactly and how many would match ignoring case.
+
     Raises
     ------
     KeyError
         If a layer is missing or ``genes`` names genes absent from the reference.
     ValueError
         If input values are non-finite or negative, ``var_names`` have duplicates, too
-        few genes are shared (the count and the matching mode are reported), the
+        few genes are shared (the count, the matching mode and, where case hides
+        matches, how many would match ignoring case are reported), the
         reference has fewer than ``n_neighbors`` cells, embeddings are inconsistent, or
         a setting is out of range. The inputs are left unchanged.
     ImportError
@@ -264,9 +275,8 @@ def stimpute(
         out.uns[key_added] = record
         return (out, model) if return_model else out
     target = adata_sp.copy() if copy else adata_sp
-    for where, store in (("obsm", target.obsm), ("uns", target.uns)):
-        if key_added in store:
-            _warn_overwrite(f"adata_sp.{where}", key_added)
+    _warn_overwrite([f"adata_sp.{where}[{key_added!r}]" for where, store in
+                     (("obsm", target.obsm), ("uns", target.uns)) if key_added in store])
     target.obsm[key_added] = pd.DataFrame(pred, index=target.obs_names.copy(),
                                           columns=pd.Index(targets))
     target.uns[key_added] = record
@@ -331,13 +341,16 @@ def stimpute_cv(
     cells, on the normalised scale), ``reliability`` (eq. 13 score from the fold's model)
     and ``fold``. Writes ``adata_sp.layers[key_added]`` (``n_obs × n_vars`` float32; the
     held-out prediction of every shared gene, NaN for genes absent from the reference)
-    and ``adata_sp.uns[key_added]`` = ``{'params'}``.
+    and ``adata_sp.uns[key_added]`` = ``{'params'}`` (an existing layer of that name is
+    overwritten, with a :class:`UserWarning`). The folds are trained by
+    :meth:`sctorch.models.StImputeModel.cross_validate`.
 
     Raises
     ------
     ValueError, KeyError
-        As :func:`stimpute`; also if fewer than ``n_folds`` genes are shared or
-        ``n_folds < 2``. ``adata_sp`` is left unchanged on error.
+        As :func:`stimpute`; also if fewer than ``n_folds`` genes are shared,
+        ``n_folds < 2``, or ``adata_sp`` has fewer than 2 cells (the per-gene scores are
+        correlations across cells). ``adata_sp`` is left unchanged on error.
     """
     from ..stimpute._model import StImputeModel
 
@@ -349,8 +362,7 @@ def stimpute_cv(
         graph_neighbors=graph_neighbors, reliability_folds=reliability_folds, lr=lr,
         weight_decay=weight_decay, max_cells_per_epoch=max_cells_per_epoch,
         case_sensitive=case_sensitive)
-    if key_added in adata_sp.layers:
-        _warn_overwrite("adata_sp.layers", key_added)
+    _warn_overwrite([f"adata_sp.layers[{key_added!r}]"] if key_added in adata_sp.layers else [])
     adata_sp.layers[key_added] = layer
     adata_sp.uns[key_added] = {"params": make_params(
         n_folds=n_folds, layer_sp=layer_sp, layer_ref=layer_ref, n_neighbors=n_neighbors,
