@@ -136,7 +136,8 @@ class StImputeModel(BaseModel):
     genes** as CSR arrays (float32 values + int32 column indices: at most 8 bytes per
     reference cell × gene, less for sparse data; plus 8 bytes per reference cell). The
     reference dominates the file: 10,000 reference cells × 20,000 genes at 10 % non-zeros
-    take about 160 MB. The weights are small (AE: 2 · 100 · n_train floats; GNN: ≈ 20k).
+    take about 160 MB. The weights are small (AE: 2 · 100 · n_train floats; GNN: ≈ 25k floats
+    for ``n_neighbors=50``).
     """
 
     config_cls = StImputeConfig
@@ -188,8 +189,14 @@ class StImputeModel(BaseModel):
         g = arrays["graph_indptr"]
         self._graph = sparse.csr_matrix((np.ones(len(arrays["graph_indices"]), np.float32),
                                          arrays["graph_indices"], g), shape=(n_all, n_all))
+        for m in (self._ref, self._graph):  # index bounds, lengths: raises ValueError
+            m.check_format(full_check=True)
 
     def _check_integrity(self):
+        n_in = self.module["autoencoder"].encoder.in_features
+        if n_in != len(self.genes):
+            raise ValueError(f"the autoencoder reads {n_in} genes but {len(self.genes)} "
+                             "training genes are stored.")
         n_all = len(self.genes) + len(self.targets)
         if self._ref.shape[1] != n_all or self._graph.shape != (n_all, n_all):
             raise ValueError(f"the reference ({self._ref.shape}) and gene graph "
@@ -247,7 +254,13 @@ class StImputeModel(BaseModel):
         return self
 
     def _fit(self, inputs: Inputs, sim, *, seed: int, device, progress: bool) -> np.ndarray:
-        """Train (eqs. 1–11, 13); return the blended targets ``(n_sp, n_targets)`` (eq. 12)."""
+        """Train (eqs. 1–11, 13); return the blended targets ``(n_sp, n_targets)`` (eq. 12).
+
+        Each step is one :func:`sctorch.models.fit` call (:mod:`._train`), all inside
+        ``seeded(seed)`` (where the former global seeding was, so results per seed are
+        unchanged and the caller's generators are restored on exit); one progress bar
+        advances over every epoch of every step.
+        """
         cfg = self.config
         n_train, n_all = len(inputs.train), inputs.ref.shape[1]
         alpha = cfg.resolved_alpha(inputs.sp.shape[0])
@@ -338,7 +351,9 @@ class StImputeModel(BaseModel):
         Returns
         -------
         DataFrame, ``adata_sp.obs_names`` × genes (reference spelling), float32, on the
-        normalised (log1p) scale. On the fit section it equals the fit's output.
+        normalised (log1p) scale. On the fit section it equals the fit's output. The
+        genes' reliability scores (eq. 13, estimated on the fit section) are
+        :attr:`reliability`, aligned with :attr:`targets`.
 
         Raises
         ------
