@@ -128,7 +128,7 @@ def test_reliability_ranks_predictable_genes_higher():
 
 def test_reliability_is_clipped_to_cosine_range(plant, monkeypatch):
     # an MLP whose raw output leaves [-1, 1] gives scores clipped to that range
-    from sctorch.nn import _stimpute as nn_st
+    from sctorch.stimpute import _module as nn_st
 
     class Overshooting(nn_st.ReliabilityMLP):
         def forward(self, profiles):
@@ -213,24 +213,23 @@ def test_bad_input_errors_leave_inputs_unchanged(plant):
 
 
 def test_feature_blocks_are_bounded_and_epochs_subsample(plant):
-    from sctorch.tl import _stimpute as mod
+    from sctorch.stimpute._data import CellData
+    from sctorch.stimpute._graph import GeneSimilarity
 
     sp, rf, _ = plant
-    cfg = mod._config(240, n_neighbors=50, alpha=None, epochs=1, ae_epochs=1, n_rounds=1,
-                      batch_size=512, hidden_dim=8, graph_neighbors=3, reliability_folds=0,
-                      lr=1e-3, weight_decay=0.0, max_cells_per_epoch=100)
-    sim = mod._GeneSimilarity(3, None, np.zeros(3, bool), rf.X[:, :3])
-    prob = mod._Problem(sp.X[:, :2], rf.X[:, :3], 2, sim, cfg, "cpu", 0, False)
+    sim = GeneSimilarity(3, None, np.zeros(3, bool), rf.X[:, :3])
+    data = CellData(sp.X[:, :2], rf.X[:, :3], 2, lambda c: sim.knn_graph(c, 3), n_neighbors=50,
+                    batch_size=512, max_cells_per_epoch=100, device="cpu", seed=0)
     # one (batch, genes, k) block holds at most 2**23 values: 10,000 genes -> 16 cells
-    assert prob.batch_size(10_000) == 2**23 // (10_000 * 50) == 16
-    assert prob.batch_size(10) == 512
-    cells = prob.epoch_cells()
+    assert data.batch_size(10_000) == 2**23 // (10_000 * 50) == 16
+    assert data.batch_size(10) == 512
+    cells = data.epoch_cells()
     assert len(cells) == 100 and len(set(cells)) == 100 and cells.max() < 240
-    cfg["max_cells_per_epoch"] = None
-    assert sorted(prob.epoch_cells()) == list(range(240))
+    data.cap = None
+    assert sorted(data.epoch_cells()) == list(range(240))
     # the k-NN features of a batch are the neighbours' reference values, gene by gene
     nbr = np.arange(240 * 50).reshape(240, 50) % 240
-    x = prob.features(np.array([3, 7]), np.array([0, 2]), nbr)
+    x = data.features(np.array([3, 7]), np.array([0, 2]), nbr)
     assert tuple(x.shape) == (2, 2, 50)
     np.testing.assert_allclose(x[1, 1].numpy(), rf.X[nbr[7], 2])
 
@@ -358,3 +357,160 @@ def test_cuda_matches_shape_and_quality(plant):
                           graph_neighbors=5, device="cuda", return_adata=True,
                           **{**FAST, "epochs": 3})
     assert gene_pearson(sp[:, HELD].X, out.X).mean() > 0.5
+
+
+# ----------------------------------------------------------------------------- the model
+def _fit_model(sp, rf, emb, **kw):
+    return sct.models.StImputeModel(n_neighbors=5, graph_neighbors=5, epochs=2, ae_epochs=3,
+                                    reliability_folds=2, **kw).fit(
+        sp, rf, genes=HELD, gene_embeddings=emb, rng=0, progress=False)
+
+
+def test_model_predict_matches_stimpute_and_survives_save_load(plant, tmp_path):
+    sp, rf, emb = plant
+    kw = dict(genes=HELD, gene_embeddings=emb, n_neighbors=5, graph_neighbors=5, epochs=2,
+              ae_epochs=3, reliability_folds=2, progress=False, return_adata=True)
+    out, model = sct.tl.stimpute(sp, rf, return_model=True, **kw)
+    np.testing.assert_array_equal(out.X, sct.tl.stimpute(sp, rf, **kw).X)
+    assert isinstance(model, sct.models.StImputeModel)
+    assert model.targets == HELD and len(model.genes) == 30
+    np.testing.assert_array_equal(model.reliability, out.var["reliability"].to_numpy())
+    assert len(model.history["autoencoder_loss"]) == 3 and len(model.history["gnn_loss"]) == 4
+    assert len(model.history["reliability_loss"]) == 200
+    pred = model.predict(sp)
+    assert list(pred.columns) == HELD and (pred.index == sp.obs_names).all()
+    np.testing.assert_array_equal(pred.to_numpy(), out.X)  # the fit's own output
+    # a gene's values do not depend on which others are requested
+    two = model.predict(sp, genes=[HELD[3], HELD[1]])
+    np.testing.assert_array_equal(two.to_numpy(), out.X[:, [3, 1]])
+    path = tmp_path / "stimpute.safetensors"
+    model.save(path)
+    for loaded in (sct.models.StImputeModel.load(path, device="cpu"),
+                   sct.models.load(path, device="cpu")):
+        assert type(loaded) is sct.models.StImputeModel
+        assert loaded.genes == model.genes and loaded.targets == model.targets
+        assert loaded.config == model.config and loaded.alpha == model.alpha
+        np.testing.assert_array_equal(loaded.reliability, model.reliability)
+        np.testing.assert_array_equal(loaded.predict(sp).to_numpy(), out.X)
+    with pytest.raises(KeyError, match="not among the model's 6 predictable genes"):
+        model.predict(sp, genes=["m0g1"])  # a training gene
+
+
+def test_model_predicts_a_new_section(plant):
+    sp, rf, emb = plant
+    measured = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
+    model = _fit_model(measured[:160], rf, emb)
+    # new cells: same genes, never seen in training
+    new = measured[160:]
+    pred = model.predict(new)
+    assert pred.shape == (80, 6) and (pred.index == new.obs_names).all()
+    truth = sp[160:, HELD].X
+    assert gene_pearson(truth, pred.to_numpy()).mean() > 0.5
+    # a cell's prediction does not depend on the other cells of its section
+    whole = model.predict(measured)
+    np.testing.assert_allclose(pred.to_numpy(), whole.to_numpy()[160:], rtol=1e-5, atol=1e-6)
+    # a new section with genes in another order, one missing (zero-filled, with a warning)
+    shuffled = new[:, list(new.var_names[::-1][1:])].copy()
+    with pytest.warns(UserWarning, match="1 of the model's 30 training genes are missing"):
+        part = model.predict(shuffled)
+    assert part.shape == (80, 6) and np.isfinite(part.to_numpy()).all()
+    with pytest.raises(ValueError, match="measures 0 of the model's 30 training genes"):
+        model.predict(ad.AnnData(np.ones((3, 2), np.float32),
+                                 var=pd.DataFrame(index=["x", "y"])))
+    with pytest.raises(ValueError, match="not been trained"):
+        sct.models.StImputeModel().predict(new)
+
+
+def test_model_load_refuses_pickle_and_other_classes(plant, tmp_path):
+    import pickle
+
+    from sctorch.models import BaseModel, ModelFileError
+
+    class _Opens:
+        def __reduce__(self):  # unpickling this object would create a file
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(pickle.dumps(_Opens()))
+    with pytest.raises(ModelFileError, match="not a sctorch model file"):
+        sct.models.StImputeModel.load(bad)
+    assert not (tmp_path / "pwned").exists()
+
+    class OtherModel(BaseModel):
+        @classmethod
+        def _build_module(cls, config, extra):
+            import torch
+
+            return torch.nn.Linear(2, 1)
+
+    import torch
+
+    other = tmp_path / "other.safetensors"
+    OtherModel(torch.nn.Linear(2, 1), genes=["a", "b"]).save(other)
+    with pytest.raises(ModelFileError, match="holds a OtherModel, not a StImputeModel"):
+        sct.models.StImputeModel.load(other)
+    with pytest.raises(ValueError, match="has not been trained"):
+        sct.models.StImputeModel().save(tmp_path / "untrained.safetensors")
+
+
+def test_stimpute_leaves_the_callers_random_streams_alone(plant):
+    import torch
+
+    sp, rf, _ = plant
+    torch.manual_seed(123)
+    np.random.seed(123)
+    expected = (torch.rand(3), np.random.rand(3))
+    torch.manual_seed(123)
+    np.random.seed(123)
+    sct.tl.stimpute(sp, rf, genes=["m0g0"], n_neighbors=5, return_adata=True,
+                    **{**FAST, "reliability_folds": 2})
+    torch.testing.assert_close(torch.rand(3), expected[0])
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])
+
+
+def test_case_only_mismatch_is_reported(plant):
+    sp, rf, _ = plant
+    part = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
+    part.var_names = [g.upper() if i >= 9 else g for i, g in enumerate(part.var_names)]
+    with pytest.warns(UserWarning, match=r"Only 9 of the 30 spatial genes match the "
+                      r"reference's var_names exactly, but 30 match ignoring case .*"
+                      r"case_sensitive=False"):
+        sct.tl.stimpute(part, rf, return_adata=True, **FAST)
+    with pytest.raises(ValueError, match=r"Found 0 gene.*Only 0 of the 21 .* 21 match "
+                       "ignoring case"):
+        sct.tl.stimpute(part[:, 9:].copy(), rf, **FAST)
+    with pytest.warns(UserWarning, match="but 30 match ignoring case"):
+        sct.tl.stimpute_cv(part, rf, n_folds=2, n_neighbors=5, **FAST)
+
+
+def test_overwrite_warnings_and_degenerate_inputs(plant):
+    sp, rf, _ = plant
+    a = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
+    sct.tl.stimpute(a, rf, n_neighbors=5, **FAST)
+    first = a.obsm["stimpute"].copy()
+    with pytest.warns(UserWarning, match=r"Overwriting the existing adata_sp.obsm\['stimpute'\] "
+                      r"and adata_sp.uns\['stimpute'\]"):
+        sct.tl.stimpute(a, rf, n_neighbors=5, rng=1, **FAST)
+    assert not np.allclose(first.to_numpy(), a.obsm["stimpute"].to_numpy())  # overwritten
+    one = sp[:1].copy()
+    s_one = snapshot(one)
+    with pytest.raises(ValueError, match=r"adata_sp has 1 cell.*at least 2 cells"):
+        sct.tl.stimpute_cv(one, rf, n_folds=2, n_neighbors=5, **FAST)
+    assert_unchanged(one, s_one)
+    X = rf.X[:, :6].copy()
+    X[4, 2] = np.nan
+    with pytest.raises(ValueError, match=r"expression contains 1 non-finite"):
+        sct.tl.stimpute_gene_graph(list(rf.var_names[:6]), expression=X, n_neighbors=2)
+
+
+def test_no_torch_jit_deprecation_warning_on_import():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('always'); "
+            "from sctorch.stimpute._train import torch_modules; torch_modules()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "always"}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "torch.jit.script" not in res.stderr

@@ -7,8 +7,11 @@
   eq. 9 that maps every gene node to one expression value.
 - :class:`ReliabilityMLP`: the post-hoc reliability model of eq. 13.
 
-These modules know nothing of AnnData; :mod:`sctorch.tl._stimpute` does the data handling.
-This module imports torch and torch-geometric at import time: import it lazily.
+These modules know nothing of AnnData; :mod:`sctorch.stimpute._model` trains them and
+:mod:`sctorch.tl._stimpute` does the AnnData in/out. This module imports torch and
+torch-geometric at import time: import it lazily (:func:`sctorch.stimpute._train.torch_modules`
+does, with an install hint and without torch-geometric's ``torch.jit.script`` deprecation
+warning).
 """
 
 from __future__ import annotations

@@ -1,0 +1,233 @@
+"""stImpute training steps, each one call of :func:`sctorch.models.fit`.
+
+Zeng et al. 2024, Commun Biol 7:1271, §Methods: autoencoder pre-training (eqs. 1–3), the
+GNN E-step (eqs. 7–10), the autoencoder M-step (eq. 11), the blend (eq. 12) and the
+reliability MLP (eq. 13). The steps draw their randomness from the caller's seeded
+torch generator (weights) and from :meth:`CellData.epoch_cells` (cell order); the caller
+(:class:`~sctorch.stimpute._model.StImputeModel`) runs them inside ``seeded(seed)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .._utils import iter_batches, to_dense
+from ..models import fit
+from ._data import CellData
+
+_TG_HINT = ("stImpute needs torch-geometric (torch_geometric.nn.SAGEConv). Install it with "
+            "`pip install torch-geometric`.")
+RELIABILITY_MAX_CELLS = 4096
+_EMBED_BATCH = 8192
+
+
+def torch_modules():
+    """:mod:`sctorch.stimpute._module`, imported lazily with an install hint.
+
+    Importing torch-geometric calls ``torch.jit.script`` at import time (in
+    ``torch_geometric.nn.pool``), which recent torch reports with a deprecation warning
+    that is not the user's concern; it is silenced here, for this import only.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
+        try:
+            import torch_geometric  # noqa: F401
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(_TG_HINT) from err
+        from . import _module
+    return _module
+
+
+def _mse(a, b):
+    import torch
+
+    return torch.nn.functional.mse_loss(a, b)
+
+
+# ----------------------------------------------------------------------------- autoencoder
+def train_autoencoder(data: CellData, cfg, history: dict, bar):
+    """Pre-train the cell autoencoder (eqs. 1–3) on the spatial training genes.
+
+    Adam (lr 1e-2, weight decay 1e-4, as the authors' code), MSE reconstruction, batches
+    of ``cfg.batch_size`` cells. Returns ``(autoencoder, optimiser)``; the optimiser (and
+    its moments) is reused by the M-steps.
+    """
+    import torch
+
+    ae = torch_modules().CellAutoEncoder(data.n_train, cfg.latent_dim).to(data.device)
+    opt = torch.optim.Adam(ae.parameters(), lr=1e-2, weight_decay=1e-4)
+
+    def loss(cells):
+        x = data.sp_rows(cells)
+        _, rec = ae(x)
+        return _mse(rec, x)
+
+    fit(ae, loss, data.epoch_batches(cfg.batch_size), epochs=cfg.ae_epochs, optimizer=opt,
+        history=history, prefix="autoencoder", desc="stImpute autoencoder", bar=bar)
+    return ae, opt
+
+
+def embed(data: CellData, ae, *, reference: bool):
+    """AE embedding ``(n, latent_dim)`` of the spatial cells or of the reference cells."""
+    import torch
+
+    n = data.n_ref if reference else data.n_sp
+    tr = np.arange(data.n_train)
+    ae.eval()
+    with torch.no_grad():
+        return np.concatenate([
+            ae.encode(data.ref_rows(np.arange(sl.start, sl.stop), tr) if reference
+                      else data.sp_rows(np.arange(sl.start, sl.stop))).cpu().numpy()
+            for sl in iter_batches(n, _EMBED_BATCH)])
+
+
+def neighbours(emb_ref: np.ndarray, emb_sp: np.ndarray, k: int) -> np.ndarray:
+    """``(n_sp, k)`` int64: the cosine k-nearest reference cells of every spatial cell."""
+    from sklearn.neighbors import NearestNeighbors
+
+    knn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
+    knn.fit(emb_ref)
+    return np.concatenate([knn.kneighbors(emb_sp[sl], return_distance=False)
+                           for sl in iter_batches(len(emb_sp), _EMBED_BATCH)]).astype(np.int64)
+
+
+def cell_neighbours(data: CellData, ae) -> np.ndarray:
+    """Neighbours of the spatial cells of ``data`` in the AE space (see :func:`neighbours`)."""
+    emb_sp = embed(data, ae, reference=False)
+    return neighbours(embed(data, ae, reference=True), emb_sp, data.k)
+
+
+def refit_autoencoder(data: CellData, ae, opt, gnn, nbr, cfg, history: dict, bar) -> None:
+    """M-step (eq. 11): refit the AE so that (AE output + GNN output) / 2 matches.
+
+    The GNN is frozen (run under ``torch.no_grad`` inside the loss); only the AE's
+    parameters are updated, with the pre-training optimiser ``opt``.
+    """
+    import torch
+
+    cols = np.arange(data.n_train)
+    adj = data.adjacency(cols)
+    gnn.eval()
+
+    def loss(cells):
+        y = data.sp_rows(cells)
+        with torch.no_grad():
+            g = gnn(data.features(cells, cols, nbr), adj)
+        _, rec = ae(y)
+        return _mse((rec + g) / 2, y)
+
+    fit(ae, loss, data.epoch_batches(data.batch_size(data.n_train)), epochs=cfg.epochs,
+        optimizer=opt, history=history, prefix="autoencoder_refit",
+        desc="stImpute autoencoder refit", bar=bar)
+
+
+# ----------------------------------------------------------------------------- GNN
+def new_gnn(cfg, device):
+    """A fresh :class:`GeneSAGE` and its Adam optimiser (``cfg.lr``, ``cfg.weight_decay``)."""
+    import torch
+
+    gnn = torch_modules().GeneSAGE(cfg.n_neighbors, dim=cfg.gnn_dim, n_layers=cfg.gnn_layers,
+                                   hidden_dim=cfg.hidden_dim).to(device)
+    return gnn, torch.optim.Adam(gnn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_gnn(data: CellData, gnn, opt, cols: np.ndarray, nbr, cfg, history: dict, bar,
+              prefix: str = "gnn") -> None:
+    """E-step: fit the GNN to the measured spatial values of training genes ``cols`` (eq. 10)."""
+    mods = torch_modules()
+    adj = data.adjacency(cols)
+
+    def loss(cells):
+        x = data.features(cells, cols, nbr)
+        y = data.sp_rows(cells)[:, cols]
+        return mods.imputation_loss(gnn(x, adj), y, cfg.cosine_weight)
+
+    fit(gnn, loss, data.epoch_batches(data.batch_size(len(cols))), epochs=cfg.epochs,
+        optimizer=opt, history=history, prefix=prefix, desc="stImpute GNN", bar=bar)
+
+
+def blend(data: CellData, gnn, nbr, cols: np.ndarray, out: np.ndarray, alpha: float
+          ) -> np.ndarray:
+    """Eq. 12 for genes ``cols[out]``, graph over all ``cols``: ``(n_sp, len(out))`` float32.
+
+    ``alpha`` · GNN + (1 − ``alpha``) · mean of the k neighbours' expression.
+    """
+    import torch
+
+    adj = data.adjacency(cols)
+    res = np.empty((data.n_sp, len(out)), np.float32)
+    out_t = torch.as_tensor(out, device=data.device)
+    gnn.eval()
+    with torch.no_grad():
+        for sl in iter_batches(data.n_sp, data.batch_size(len(cols))):
+            x = data.features(np.arange(sl.start, sl.stop), cols, nbr)
+            mean = x[:, out_t].mean(-1)
+            if alpha > 0:
+                pred = alpha * gnn(x, adj)[:, out_t] + (1 - alpha) * mean
+            else:
+                pred = mean
+            res[sl] = pred.cpu().numpy()
+    return res
+
+
+# ----------------------------------------------------------------------------- reliability
+def _out_of_fold(data: CellData, nbr, cfg, alpha: float, seed: int, history: dict, bar
+                 ) -> np.ndarray:
+    """``(n_sp, n_train)``: each training gene predicted by a GNN trained without its fold."""
+    from sklearn.model_selection import KFold
+
+    n_folds = min(cfg.reliability_folds, data.n_train)
+    oof = np.empty((data.n_sp, data.n_train), np.float32)
+    kf = KFold(n_splits=n_folds, shuffle=True, random_state=seed % (2**31))
+    for tr, te in kf.split(np.arange(data.n_train)):
+        gnn, opt = new_gnn(cfg, data.device)
+        if alpha > 0:
+            train_gnn(data, gnn, opt, tr, nbr, cfg, history, bar, prefix="reliability_gnn")
+        cols = np.concatenate([tr, te])
+        oof[:, te] = blend(data, gnn, nbr, cols, np.arange(len(tr), len(cols)), alpha)
+    return oof
+
+
+def _cosine_per_gene(oof: np.ndarray, data: CellData) -> np.ndarray:
+    measured = np.concatenate([to_dense(data.sp[sl]) for sl in iter_batches(data.n_sp, 8192)])
+    num = (oof * measured).sum(0)
+    den = np.linalg.norm(oof, axis=0) * np.linalg.norm(measured, axis=0)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).astype(np.float32)
+
+
+def reliability(data: CellData, nbr, pred_targets: np.ndarray, cfg, alpha: float, seed: int,
+                history: dict, bar) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 13 by k-fold CV over the training genes.
+
+    Each fold trains a fresh GNN on the other training genes (same neighbours) and
+    predicts the fold's genes; the cosine similarity of those out-of-fold predictions
+    with the measured values is the target of an MLP that reads a gene's predicted
+    profile (over all spatial cells, or a seeded subset of 4,096). The MLP is trained
+    full-batch, ``cfg.reliability_epochs`` epochs of :func:`~sctorch.models.fit` with one
+    batch each (Adam, lr 1e-3, weight decay 1e-2). Its output is clipped to [-1, 1].
+
+    Returns
+    -------
+    ``(reliability of the targets (n_targets,), out-of-fold cosine of the training genes)``.
+    """
+    import torch
+
+    oof = _out_of_fold(data, nbr, cfg, alpha, seed, history, bar)
+    cos = _cosine_per_gene(oof, data)
+    cells = np.arange(data.n_sp)
+    if data.n_sp > RELIABILITY_MAX_CELLS:
+        cells = np.sort(np.random.default_rng(seed).choice(data.n_sp, RELIABILITY_MAX_CELLS,
+                                                           replace=False))
+    torch.manual_seed(seed)  # inside the caller's seeded() block: restored on exit
+    mlp = torch_modules().ReliabilityMLP(len(cells)).to(data.device)
+    X = torch.as_tensor(oof[cells].T.copy(), device=data.device)
+    y = torch.as_tensor(cos, device=data.device)
+    fit(mlp, lambda batch: _mse(mlp(batch[0]), batch[1]), lambda _epoch: [(X, y)],
+        epochs=cfg.reliability_epochs, lr=1e-3, weight_decay=1e-2, history=history,
+        prefix="reliability", desc="stImpute reliability", bar=bar)
+    with torch.no_grad():
+        rel = mlp(torch.as_tensor(pred_targets[cells].T.copy(), device=data.device))
+    rel = rel.clamp(-1.0, 1.0)  # it estimates a cosine similarity
+    return rel.cpu().numpy().astype(np.float32), cos
