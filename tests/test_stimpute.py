@@ -283,7 +283,7 @@ def test_gene_graph_from_expression_is_symmetric_topk():
 
 
 def test_gene_graph_on_real_osmfish_esm2_embeddings():
-    require_data("esm2_gene_embeddings/osmFISH_emb.pkl")
+    require_data("esm2_gene_embeddings/osmFISH_emb.h5ad")
     emb = sct.datasets.esm2_gene_embeddings("osmFISH")
     genes = list(sct.datasets.osmfish().var_names) if _has_osmfish() else list(emb.index[:33])
     k = 5
@@ -343,7 +343,7 @@ def test_return_adata_with_squidpy_on_osmfish():
 
 def _has_esm():
     base = sct.datasets.data_dir()
-    return base is not None and (base / "esm2_gene_embeddings/osmFISH_emb.pkl").exists()
+    return base is not None and (base / "esm2_gene_embeddings/osmFISH_emb.h5ad").exists()
 
 
 @pytest.mark.gpu

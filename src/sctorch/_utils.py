@@ -40,14 +40,6 @@ def seed_int(rng: RandomState) -> int:
     return int(get_rng(rng).integers(0, 2**31 - 1))
 
 
-def seed_everything(seed: int) -> None:
-    """Seed numpy's legacy global state and torch globally (being replaced by :func:`seeded`)."""
-    import torch
-
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block with torch's and numpy's global generators seeded with ``seed``.

@@ -79,7 +79,7 @@ def embed(data: CellData, ae, *, reference: bool):
     with torch.no_grad():
         return np.concatenate([
             ae.encode(data.ref_rows(np.arange(sl.start, sl.stop), tr) if reference
-                      else data.sp_rows(np.arange(sl.start, sl.stop))).cpu().numpy()
+                      else data.sp_rows(np.arange(sl.start, sl.stop))).float().cpu().numpy()
             for sl in iter_batches(n, _EMBED_BATCH)])
 
 
@@ -168,7 +168,7 @@ def blend(data: CellData, gnn, nbr, cols: np.ndarray, out: np.ndarray, alpha: fl
                 pred = alpha * gnn(x, adj)[:, out_t] + (1 - alpha) * mean
             else:
                 pred = mean
-            res[sl] = pred.cpu().numpy()
+            res[sl] = pred.float().cpu().numpy()
     return res
 
 
@@ -230,4 +230,4 @@ def reliability(data: CellData, nbr, pred_targets: np.ndarray, cfg, alpha: float
     with torch.no_grad():
         rel = mlp(torch.as_tensor(pred_targets[cells].T.copy(), device=data.device))
     rel = rel.clamp(-1.0, 1.0)  # it estimates a cosine similarity
-    return rel.cpu().numpy().astype(np.float32), cos
+    return rel.float().cpu().numpy().astype(np.float32), cos

@@ -320,7 +320,7 @@ class TCERModel(BaseModel):
         w = p.observed_weight
         pred = torch.where(x > 0, w * x + (1.0 - w) * pred, pred)
         pred = torch.where(gene_px, pred, torch.zeros_like(pred))
-        return pred.cpu().numpy()
+        return pred.float().cpu().numpy()
 
     def predict(self, adata: ad.AnnData, *, layer: str | None = None, batch_size: int = 256,
                 device: str | None = None, progress: bool = True) -> np.ndarray:
