@@ -206,6 +206,15 @@ def check_cell_totals(X, *, what: str = "adata.X") -> np.ndarray:
     return lib
 
 
+def check_not_empty(adata: ad.AnnData, *, what: str = "adata", min_cells: int = 1,
+                    min_genes: int = 1) -> None:
+    """Raise ``ValueError`` if ``adata`` has too few cells or genes (says how many)."""
+    if adata.n_obs < min_cells or adata.n_vars < min_genes:
+        raise ValueError(f"{what} has {adata.n_obs} cells × {adata.n_vars} genes; at least "
+                         f"{min_cells} cell(s) and {min_genes} gene(s) are needed. Check the "
+                         "subsetting that produced it.")
+
+
 def check_unique_var_names(adata: ad.AnnData) -> None:
     """Raise ``ValueError`` if ``adata.var_names`` has duplicates."""
     if not adata.var_names.is_unique:

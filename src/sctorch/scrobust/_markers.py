@@ -10,12 +10,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._utils import iter_batches, progress_bar
+from .._utils import check_not_empty, iter_batches, progress_bar
 from ._data import _Batcher, _Tokens, _unique_rank
 
 
 def check_groups(adata, groupby: str):
     """``(groups as str Series, sorted group names)``; refuses a missing key, NaN, one group."""
+    check_not_empty(adata)
     if groupby not in adata.obs:
         raise KeyError(f"groupby {groupby!r} not found in adata.obs (columns: "
                        f"{list(adata.obs.columns)}).")

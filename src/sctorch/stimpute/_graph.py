@@ -168,8 +168,9 @@ def gene_graph(genes: Sequence[str], *, gene_embeddings=None, expression=None,
     Raises
     ------
     ValueError
-        If ``genes`` repeat, ``n_neighbors < 1``, ``expression`` has the wrong width or
-        non-finite values, or the embeddings are inconsistent.
+        If ``genes`` repeat or are fewer than 2, ``n_neighbors < 1``, ``expression`` has
+        the wrong width, fewer than 2 cells or non-finite values, or the embeddings are
+        inconsistent.
     """
     genes = [str(g) for g in genes]
     name_index(genes, case_sensitive, "genes")
@@ -182,5 +183,10 @@ def gene_graph(genes: Sequence[str], *, gene_embeddings=None, expression=None,
                              "`genes`.")
         # a NaN would spread into every similarity of its gene (NaN edges)
         check_finite(expression, what="expression")
+        if expression.shape[0] < 2:
+            raise ValueError(f"expression has {expression.shape[0]} cell(s); gene similarity "
+                             "from co-expression needs at least 2 cells.")
+    if len(genes) < 2:
+        raise ValueError(f"A gene graph needs at least 2 genes, got {len(genes)}.")
     sim, _ = similarity_for(genes, gene_embeddings, expression, case_sensitive)
     return sim.knn_graph(np.arange(len(genes)), n_neighbors)

@@ -14,6 +14,7 @@ from .. import _keys
 from .._utils import (
     RandomState,
     check_cell_totals,
+    check_not_empty,
     check_unique_var_names,
     describe_source,
     get_matrix,
@@ -93,8 +94,10 @@ def check_counts_input(adata: ad.AnnData, layer: str | None):
     KeyError
         If ``layer`` is missing.
     ValueError
-        Duplicate ``var_names``, values that are not raw counts, or a cell with zero counts.
+        No cells or genes, duplicate ``var_names``, values that are not raw counts, or a
+        cell with zero counts.
     """
+    check_not_empty(adata)
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     what = describe_source(layer)
