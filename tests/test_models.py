@@ -164,3 +164,28 @@ def test_seeded_restores_callers_generators():
         b = torch.rand(1)
     assert torch.equal(a, b)
     assert torch.equal(torch.rand(1), expect_t) and np.random.rand() == expect_n
+
+
+class _Other(BaseModel):
+    @classmethod
+    def _build_module(cls, config, extra):
+        return torch.nn.Linear(2, 1)
+
+
+@pytest.mark.parametrize("name", ["TCERModel", "StImputeModel", "ScRobustModel"])
+def test_method_models_refuse_pickles_other_classes_and_untrained_saves(tmp_path, name):
+    import sctorch as sct
+
+    klass = getattr(sct.models, name)
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(pickle.dumps({"net": _RunsCode(marker)}))
+    with pytest.raises(ModelFileError, match="not a sctorch model file"):
+        klass.load(bad)
+    assert not marker.exists()
+    other = tmp_path / "other.safetensors"
+    _Other(torch.nn.Linear(2, 1), genes=["a", "b"]).save(other)
+    with pytest.raises(ModelFileError, match=f"holds a _Other, not a {name}"):
+        klass.load(other)
+    with pytest.raises(ValueError, match="has not been trained"):
+        klass().save(tmp_path / "untrained.safetensors")

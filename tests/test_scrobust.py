@@ -508,43 +508,6 @@ def test_finetuned_round_trip_annotates_identically(tmp_path, annotated):
                                   a.obs["scrobust_label"].astype(str))
 
 
-class _RunsCode:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):  # unpickling this object would create a file
-        return (open, (str(self.path), "w"))
-
-
-def test_pickle_file_is_refused_without_running_code(tmp_path):
-    import pickle
-
-    marker = tmp_path / "pwned"
-    path = tmp_path / "model.safetensors"
-    path.write_bytes(pickle.dumps(_RunsCode(marker)))
-    with pytest.raises(ValueError, match="not a sctorch model file"):
-        sct.tl.ScRobustModel.load(path)
-    assert not marker.exists()
-
-
-def test_file_of_another_model_class_is_refused(tmp_path, model2):
-    from sctorch.models import BaseModel, ModelFileError
-
-    class _Other(BaseModel):
-        @classmethod
-        def _build_module(cls, config, extra):
-            return torch.nn.Linear(2, 1)
-
-    other = tmp_path / "other.safetensors"
-    _Other(torch.nn.Linear(2, 1), config={}, genes=["a", "b"]).save(other)
-    with pytest.raises(ModelFileError, match="holds a _Other, not a ScRobustModel"):
-        sct.tl.ScRobustModel.load(other)
-    mine = tmp_path / "scrobust.safetensors"
-    model2.save(mine)
-    with pytest.raises(ModelFileError, match="holds a ScRobustModel, not a _Other"):
-        _Other.load(mine)
-
-
 def test_reordered_vocabulary_or_wrong_classes_do_not_load(tmp_path, model2, annotated):
     from sctorch.models import ModelFileError
 

@@ -421,38 +421,6 @@ def test_model_predicts_a_new_section(plant):
         sct.models.StImputeModel().predict(new)
 
 
-def test_model_load_refuses_pickle_and_other_classes(plant, tmp_path):
-    import pickle
-
-    from sctorch.models import BaseModel, ModelFileError
-
-    class _Opens:
-        def __reduce__(self):  # unpickling this object would create a file
-            return (open, (str(tmp_path / "pwned"), "w"))
-
-    bad = tmp_path / "model.safetensors"
-    bad.write_bytes(pickle.dumps(_Opens()))
-    with pytest.raises(ModelFileError, match="not a sctorch model file"):
-        sct.models.StImputeModel.load(bad)
-    assert not (tmp_path / "pwned").exists()
-
-    class OtherModel(BaseModel):
-        @classmethod
-        def _build_module(cls, config, extra):
-            import torch
-
-            return torch.nn.Linear(2, 1)
-
-    import torch
-
-    other = tmp_path / "other.safetensors"
-    OtherModel(torch.nn.Linear(2, 1), genes=["a", "b"]).save(other)
-    with pytest.raises(ModelFileError, match="holds a OtherModel, not a StImputeModel"):
-        sct.models.StImputeModel.load(other)
-    with pytest.raises(ValueError, match="has not been trained"):
-        sct.models.StImputeModel().save(tmp_path / "untrained.safetensors")
-
-
 def test_stimpute_leaves_the_callers_random_streams_alone(plant):
     import torch
 

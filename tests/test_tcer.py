@@ -320,39 +320,6 @@ def test_round_trip_rebuilds_the_same_network_and_output(tmp_path):
     assert sct.tl.TCERModel is sct.models.TCERModel is TCERModel
 
 
-class _RunsCode:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):  # unpickling this object would create a file
-        return (open, (str(self.path), "w"))
-
-
-def test_pickle_file_is_refused_without_running_code(tmp_path):
-    import pickle
-
-    marker = tmp_path / "pwned"
-    path = tmp_path / "model.pt"
-    path.write_bytes(pickle.dumps({"net": _RunsCode(marker)}))
-    with pytest.raises(ModelFileError, match="not a sctorch model file"):
-        TCERModel.load(path)
-    assert not marker.exists()
-
-
-def test_file_of_another_model_class_is_refused(tmp_path):
-    from sctorch.models import BaseModel
-
-    class _OtherModel(BaseModel):
-        @classmethod
-        def _build_module(cls, config, extra):
-            return torch.nn.Linear(2, 1)
-
-    path = tmp_path / "other.safetensors"
-    _OtherModel(torch.nn.Linear(2, 1), genes=["a", "b"]).save(path)
-    with pytest.raises(ModelFileError, match="holds a _OtherModel, not a TCERModel"):
-        TCERModel.load(path)
-
-
 @pytest.mark.parametrize("corruption", ["two_genes_one_pixel", "off_grid", "gene_list_length",
                                         "unplaced"])
 def test_placement_integrity_is_checked_on_load(tmp_path, corruption):

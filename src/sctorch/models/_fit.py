@@ -110,7 +110,6 @@ def fit(
     import torch
 
     from .._utils import progress_bar
-    from . import _distributed as dist
 
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs!r}.")
@@ -120,66 +119,31 @@ def fit(
         optimizer = torch.optim.Adam(module.parameters() if params is None else params,
                                      lr=lr, betas=betas, weight_decay=weight_decay)
     sched = scheduler(optimizer) if scheduler is not None else None
-    first = next(iter(module.parameters()), None)
-    distributed = dist.setup(None if first is None else first.device)
-    if distributed:
-        dist.broadcast_parameters(module)
-    trained = [p for g in optimizer.param_groups for p in g["params"]]
+    step = _Stepper(module, loss_fn, optimizer)
     history = {} if history is None else history
-    sign = 1.0 if mode == "min" else -1.0
-    best, best_state, stale = np.inf, None, 0
+    best = _Best(module, mode, min_delta, patience, restore_best)
     own_bar = bar is None
     if own_bar:
         bar = progress_bar(total=int(epochs), desc=desc, progress=progress)
     try:
         for epoch in range(int(epochs)):
-            module.train()
-            sums: dict[str, float] = {}
-            n = 0
-            for batch in batches(epoch):
-                optimizer.zero_grad(set_to_none=True)
-                if distributed:
-                    batch = dist.shard(batch)
-                    if hasattr(batch, "__len__") and len(batch) == 0:  # still join the step
-                        dist.average_gradients(trained)
-                        optimizer.step()
-                        continue
-                out = loss_fn(batch)
-                loss, extra = out if isinstance(out, tuple) else (out, {})
-                loss.backward()
-                if distributed:
-                    dist.average_gradients(trained)
-                optimizer.step()
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-                for k, v in extra.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n += 1
-            if distributed:
-                n_all = dist.mean_over_ranks(n)
-                sums = {k: dist.mean_over_ranks(v) for k, v in sums.items()}
-                n = n_all
-            if n and not np.isfinite(sums["loss"]):
+            means = step.epoch(batches(epoch))
+            if "loss" in means and not np.isfinite(means["loss"]):
                 raise ValueError(f"{desc}: the training loss became non-finite in epoch "
                                  f"{epoch + 1}; lower the learning rate or check the input.")
-            for k, v in sums.items():
-                history.setdefault(f"{prefix}_{k}", []).append(v / max(n, 1))
+            for k, v in means.items():
+                history.setdefault(f"{prefix}_{k}", []).append(v)
             if sched is not None:
                 sched.step()
-            post = {"loss": f"{sums.get('loss', np.nan) / max(n, 1):.4f}"}
+            post = {"loss": f"{means.get('loss', np.nan):.4f}"}
             stop = False
             if validate is not None:
                 module.eval()
                 with torch.no_grad():
-                    score = dist.mean_over_ranks(float(validate()))
+                    score = step.dist.mean_over_ranks(float(validate()))
                 history.setdefault(val_key, []).append(score)
                 post[val_key] = f"{score:.4f}"
-                if sign * score < best - min_delta:
-                    best, stale = sign * score, 0
-                    if restore_best:
-                        best_state = copy.deepcopy(module.state_dict())
-                else:
-                    stale += 1
-                    stop = patience is not None and stale >= patience
+                stop = best.update(score)
             logger.info("%s epoch %d: %s", desc, epoch + 1,
                         ", ".join(f"{k} {v}" for k, v in post.items()))
             bar.set_postfix(post) if own_bar else None
@@ -190,7 +154,73 @@ def fit(
     finally:
         if own_bar:
             bar.close()
-    if best_state is not None:
-        module.load_state_dict(best_state)
+    best.restore()
     module.eval()
     return history
+
+
+class _Stepper:
+    """One epoch of optimiser steps (sharded and gradient-averaged under torchrun)."""
+
+    def __init__(self, module, loss_fn, optimizer):
+        from . import _distributed
+
+        self.module, self.loss_fn, self.optimizer = module, loss_fn, optimizer
+        self.dist = _distributed
+        first = next(iter(module.parameters()), None)
+        self.distributed = _distributed.setup(None if first is None else first.device)
+        if self.distributed:
+            _distributed.broadcast_parameters(module)
+        self.trained = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def epoch(self, batches) -> dict[str, float]:
+        """Train on every batch; the mean loss (and extras) per batch, over all ranks."""
+        self.module.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in batches:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.distributed:
+                batch = self.dist.shard(batch)
+                if hasattr(batch, "__len__") and len(batch) == 0:  # still join the step
+                    self.dist.average_gradients(self.trained)
+                    self.optimizer.step()
+                    continue
+            out = self.loss_fn(batch)
+            loss, extra = out if isinstance(out, tuple) else (out, {})
+            loss.backward()
+            if self.distributed:
+                self.dist.average_gradients(self.trained)
+            self.optimizer.step()
+            for k, v in (("loss", loss.detach()), *extra.items()):
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+        if self.distributed:
+            n = self.dist.mean_over_ranks(n)
+            sums = {k: self.dist.mean_over_ranks(v) for k, v in sums.items()}
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+class _Best:
+    """Tracks the best validation score: patience counter and the best weights."""
+
+    def __init__(self, module, mode, min_delta, patience, restore_best):
+        self.module, self.min_delta, self.patience = module, min_delta, patience
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.restore_best = restore_best
+        self.best, self.state, self.stale = np.inf, None, 0
+
+    def update(self, score: float) -> bool:
+        """Record a validation score; returns whether to stop (patience exhausted)."""
+        if self.sign * score < self.best - self.min_delta:
+            self.best, self.stale = self.sign * score, 0
+            if self.restore_best:
+                self.state = copy.deepcopy(self.module.state_dict())
+            return False
+        self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+    def restore(self) -> None:
+        """Load the best weights, if any were kept."""
+        if self.state is not None:
+            self.module.load_state_dict(self.state)
