@@ -64,12 +64,24 @@ def _check_output(out: str, inputs: list[str], overwrite: bool) -> Path:
 
 
 def _check_model_out(path: str | None, overwrite: bool) -> None:
-    """Refuse an existing ``--model-out`` before any work, unless ``overwrite``."""
-    if path and Path(path).exists() and not overwrite:
+    """Refuse an existing ``--model-out`` or a missing folder before any work."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--model-out {p} is a folder; give a file such as "
+                         f"{p / 'model.safetensors'}.")
+    if p.exists() and not overwrite:
         raise ValueError(f"--model-out {path} already exists; pass --overwrite to replace it.")
+    if not p.parent.exists():
+        raise FileNotFoundError(f"--model-out folder {p.parent} does not exist.")
 
 
 def _write(adata, out: Path) -> None:
+    from .models._distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, rank 0 writes the outputs
+        return
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         adata.write_h5ad(tmp)
@@ -203,8 +215,7 @@ def cmd_tcer(args: argparse.Namespace) -> int:
                                return_model=True, **kw)
     _write(adata, out)
     if args.model_out:
-        model.save(args.model_out, overwrite=args.overwrite)
-        print(f"wrote {args.model_out}")
+        _save_model(model, args.model_out, args.overwrite)
     return 0
 
 
@@ -246,8 +257,7 @@ def cmd_scrobust_embed(args: argparse.Namespace) -> int:
                       rng=args.seed, progress=not args.quiet)
     _write(adata, out)
     if args.model_out:
-        model.save(args.model_out, overwrite=args.overwrite)
-        print(f"wrote {args.model_out}")
+        _save_model(model, args.model_out, args.overwrite)
     return 0
 
 
@@ -278,8 +288,7 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
         progress=not args.quiet)
     _write(query, out)
     if args.model_out:
-        res.save(args.model_out, overwrite=args.overwrite)
-        print(f"wrote {args.model_out}")
+        _save_model(res, args.model_out, args.overwrite)
     return 0
 
 
@@ -508,6 +517,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         return 1
+    finally:
+        _end_distributed()
+
+
+def _save_model(model, path: str, overwrite: bool) -> None:
+    """Save ``model`` (rank 0 only, under torchrun) and say so."""
+    from .models._distributed import is_main_process
+
+    model.save(path, overwrite=overwrite)
+    if is_main_process():
+        print(f"wrote {path}")
+
+
+def _end_distributed() -> None:
+    """Under torchrun, wait for every rank and close the process group."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

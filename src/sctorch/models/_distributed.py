@@ -81,21 +81,41 @@ def setup(device=None) -> bool:
 
 
 def shard(batch):
-    """The contiguous share of a global mini-batch (cell indices or a tensor) of this rank.
+    """The contiguous share of a global mini-batch that this rank trains on.
 
-    The shares of all ranks are the ``numpy.array_split`` of ``batch`` along its first axis;
-    a batch that is not an array or tensor is returned whole.
+    ``batch`` is an array or tensor with one row per cell, or a (nested) tuple / list of
+    such, all with the same number of rows; the shares of all ranks are the
+    ``numpy.array_split`` of the rows. Any other batch is returned whole (each rank then
+    trains on all of it). Losses computed per share (e.g. a contrastive loss whose
+    negatives are the other cells of the batch) see only this rank's share.
     """
-    import torch
-
     n = world_size()
     if n == 1:
         return batch
-    if isinstance(batch, torch.Tensor | np.ndarray):
-        bounds = np.linspace(0, len(batch), n + 1).round().astype(int)
-        r = rank()
-        return batch[bounds[r]:bounds[r + 1]]
-    return batch
+    lengths = set(_leaf_lengths(batch))
+    if len(lengths) != 1:
+        return batch
+    bounds = np.linspace(0, lengths.pop(), n + 1).round().astype(int)
+    r = rank()
+    return _slice(batch, slice(int(bounds[r]), int(bounds[r + 1])))
+
+
+def _leaf_lengths(batch):
+    import torch
+
+    if isinstance(batch, tuple | list):
+        for b in batch:
+            yield from _leaf_lengths(b)
+    elif isinstance(batch, torch.Tensor | np.ndarray) and batch.ndim:
+        yield len(batch)
+    else:
+        yield None
+
+
+def _slice(batch, sl: slice):
+    if isinstance(batch, tuple | list):
+        return type(batch)(_slice(b, sl) for b in batch)
+    return batch[sl]
 
 
 def broadcast_parameters(module) -> None:

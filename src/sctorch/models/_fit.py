@@ -182,7 +182,7 @@ class _Stepper:
             self.optimizer.zero_grad(set_to_none=True)
             if self.distributed:
                 batch = self.dist.shard(batch)
-                if hasattr(batch, "__len__") and len(batch) == 0:  # still join the step
+                if _empty(batch):  # an empty share still joins the gradient average
                     self.dist.average_gradients(self.trained)
                     self.optimizer.step()
                     continue
@@ -224,3 +224,9 @@ class _Best:
         """Load the best weights, if any were kept."""
         if self.state is not None:
             self.module.load_state_dict(self.state)
+
+
+def _empty(batch) -> bool:
+    while isinstance(batch, tuple | list) and batch:
+        batch = batch[0]
+    return hasattr(batch, "__len__") and len(batch) == 0

@@ -21,6 +21,7 @@ from .._utils import (
     iter_batches,
     log_normalize,
     progress_bar,
+    read_rows,
     resolve_device,
     resolve_input_scale,
     seed_int,
@@ -325,31 +326,66 @@ class TCERModel(BaseModel):
         pred = torch.where(gene_px, pred, torch.zeros_like(pred))
         return pred.float().cpu().numpy()
 
-    def predict(self, adata: ad.AnnData, *, layer: str | None = None, batch_size: int = 256,
-                device: str | None = None, progress: bool = True) -> np.ndarray:
-        """Imputed expression of ``adata``: float32 ``n_obs × n_vars``, **log1p-normalised**.
+    def predict(self, adata: ad.AnnData, *, layer: str | None = None, genes=None,
+                batch_size: int = 256, device: str | None = None, progress: bool = True,
+                out=None) -> np.ndarray:
+        """Imputed expression of ``adata``: float32 ``n_obs × n_genes``, **log1p-normalised**.
 
-        The array :meth:`impute` writes (see there for inputs and errors); ``adata`` is not
-        modified.
+        The values :meth:`impute` writes (see there for inputs and errors); ``adata`` is
+        not modified. Cells are read ``batch_size`` at a time, so ``adata`` may be opened
+        with ``anndata.read_h5ad(path, backed="r")``: only one block of rows is in memory.
+
+        Parameters
+        ----------
+        adata, layer, batch_size, device, progress
+            As in :meth:`impute`.
+        genes
+            Names of the genes to return (columns in this order); ``None``: all of
+            ``adata.var_names``. With a data set too large for an ``n_obs × n_vars`` array,
+            ask for the genes you need.
+        out
+            Optional array-like of shape ``(n_obs, n_genes)`` to write into block by block
+            (e.g. a :class:`numpy.memmap` or an ``h5py`` dataset: the result streams to a
+            file); returned.
+
+        Raises
+        ------
+        KeyError
+            If ``layer`` or a name in ``genes`` is missing from ``adata``.
+        ValueError
+            As :meth:`impute`, or if ``out`` has the wrong shape.
         """
         if self.module is None:
             raise ValueError("This TCERModel has not been trained; call fit() first.")
         check_unique_var_names(adata)
         pos = self.gene_indexer(adata.var_names, min_shared=int(np.ceil(0.5 * len(self.genes))),
                                 what="adata")
+        cols = np.arange(adata.n_vars) if genes is None else _columns_of(adata, genes)
         X = check_counts_input(adata, layer)
+        if out is None:
+            out = np.empty((adata.n_obs, cols.size), dtype=np.float32)
+        elif tuple(out.shape) != (adata.n_obs, cols.size):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected "
+                             f"{(adata.n_obs, cols.size)}.")
         dev = resolve_device(device)
         self.to(dev)
-        Xlog = sparse.csr_matrix(log_normalize(X, target_sum=self.config.target_sum))
-        out = Xlog.toarray().astype(np.float32)  # unknown genes keep observed values
         shared = np.flatnonzero(pos >= 0)
         src_cols = pos[shared]
+        # model gene j (among shared) fills output column where[j], when it is asked for
+        where = np.full(adata.n_vars, -1)
+        where[cols] = np.arange(cols.size)
+        keep = where[src_cols] >= 0
         for sl in progress_bar(list(iter_batches(adata.n_obs, batch_size)), desc="TCER impute",
                                progress=progress):
+            Xlog = sparse.csr_matrix(log_normalize(read_rows(X, sl),
+                                                   target_sum=self.config.target_sum))
+            res = Xlog[:, cols].toarray().astype(np.float32)  # unknown genes keep observed
             block = np.zeros((sl.stop - sl.start, len(self.genes)), dtype=np.float32)
-            block[:, shared] = Xlog[sl][:, src_cols].toarray() / self.scale
+            block[:, shared] = Xlog[:, src_cols].toarray() / self.scale
             pred = self._predict_images(self.placement.images(block), dev)
-            out[sl, src_cols] = self.placement.genes_of(pred)[:, shared] * self.scale
+            imputed = self.placement.genes_of(pred)[:, shared] * self.scale
+            res[:, where[src_cols[keep]]] = imputed[:, keep]
+            out[sl] = res
         return out
 
     def impute(self, adata: ad.AnnData, *, layer: str | None = None, batch_size: int = 256,
@@ -399,3 +435,14 @@ class TCERModel(BaseModel):
     def params_record(self) -> dict[str, Any]:
         """The hyper-parameters as a flat dict (without ``extra``), for ``uns`` records."""
         return {k: v for k, v in dataclasses.asdict(self.config).items() if k != "extra"}
+
+
+def _columns_of(adata: ad.AnnData, genes) -> np.ndarray:
+    """Positions of ``genes`` (names) in ``adata.var_names``; KeyError naming the missing."""
+    names = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
+    idx = adata.var_names.get_indexer(names)
+    if (idx < 0).any():
+        missing = [g for g, i in zip(names, idx, strict=True) if i < 0]
+        raise KeyError(f"{len(missing)} of the requested genes are not in adata.var_names, "
+                       f"e.g. {missing[:5]}.")
+    return idx
