@@ -383,6 +383,53 @@ def test_key_collision_is_reported():
                         reliability_folds=0, progress=False)
 
 
+def _small_intestine():
+    a = sct.datasets.intestine_moor2018(bundled=True)
+    a = a[:80, np.argsort(-a.X.getnnz(axis=0), kind="stable")[:25]].copy()
+    return a[np.asarray(a.X.sum(axis=1)).ravel() > 0].copy()
+
+
+@pytest.mark.parametrize(("kw", "match"), [({"lr": 0}, "lr must be a positive"),
+                                           ({"n_features": 0}, "n_features"),
+                                           ({"lr_step": 0}, "lr_step")])
+def test_tcer_zero_settings_are_refused_not_replaced(kw, match):
+    a = _small_intestine()
+    before = deep_state(a)
+    with pytest.raises(ValueError, match=match):
+        sct.tl.tcer_impute(a, progress=False, **kw)
+    assert deep_state(a) == before
+
+
+def test_nan_is_refused_by_genomap_images_and_plot():
+    a = _small_intestine()
+    sct.tl.genomap(a, rng=0, progress=False)
+    X = a.X.toarray().astype(np.float32)
+    X[0, 0] = np.nan
+    a.layers["bad"] = X
+    before = deep_state(a)
+    with pytest.raises(ValueError, match="non-finite"):
+        sct.tl.genomap_images(a, layer="bad")
+    with pytest.raises(ValueError, match="non-finite"):
+        sct.pl.genomap(a, layer="bad")
+    assert deep_state(a) == before
+
+
+def test_progress_false_silences_the_genomap_bar_inside_tcer(capsys):
+    sct.tl.tcer_impute(_small_intestine(), n_features=2, epochs=1, progress=False)
+    assert "genomap" not in capsys.readouterr().err
+
+
+def test_cli_refuses_a_missing_model_folder_before_any_work(tmp_path):
+    from sctorch.cli import main
+
+    src = tmp_path / "in.h5ad"
+    _small_intestine().write_h5ad(src)
+    out = tmp_path / "out.h5ad"
+    code = main(["tcer", str(src), str(out), "--model-out", str(tmp_path / "no" / "m.st"),
+                 "--quiet"])
+    assert code == 1 and not out.exists()
+
+
 if __name__ == "__main__":  # pragma: no cover - prints the matrix
     rows = []
     for f in FUNCTIONS:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import _keys
-from .._utils import RandomState, get_matrix, get_rng
+from .._utils import RandomState, check_finite, describe_source, get_matrix, get_rng
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -106,8 +106,9 @@ def genomap(
         groups = [(c, idx) for c, idx in groups if idx.size]
     chosen = [(name, np.sort(gen.choice(idx, size=min(n_per_group, idx.size), replace=False)))
               for name, idx in groups]
-    images = placement.images(get_matrix(adata, layer),
-                              cells=np.concatenate([idx for _, idx in chosen]))
+    X = get_matrix(adata, layer)
+    check_finite(X, what=describe_source(layer))
+    images = placement.images(X, cells=np.concatenate([idx for _, idx in chosen]))
     if vmax is None:
         top = float(images.max())
     elif isinstance(vmax, str):

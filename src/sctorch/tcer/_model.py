@@ -83,8 +83,12 @@ class TCERParams:
                              f"got {self.objective!r}.")
         if not 0.0 <= self.observed_weight <= 1.0:
             raise ValueError(f"observed_weight must lie in [0, 1], got {self.observed_weight!r}.")
-        if min(self.epochs, self.batch_size, self.n_features, self.n_dfa) < 1:
-            raise ValueError("epochs, batch_size, n_features and n_dfa must be >= 1.")
+        if min(self.epochs, self.batch_size, self.n_features, self.n_dfa, self.lr_step) < 1:
+            raise ValueError(f"epochs, batch_size, n_features, n_dfa and lr_step must be >= 1; "
+                             f"got {self.epochs}, {self.batch_size}, {self.n_features}, "
+                             f"{self.n_dfa}, {self.lr_step}.")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}.")
 
 
 def check_counts_input(adata: ad.AnnData, layer: str | None):

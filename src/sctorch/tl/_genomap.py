@@ -15,6 +15,7 @@ import numpy as np
 from .. import _keys
 from .._utils import (
     RandomState,
+    check_finite,
     check_unique_var_names,
     describe_source,
     get_matrix,
@@ -249,10 +250,12 @@ def genomap_images(
     KeyError
         No placement under ``key``, or a missing ``layer`` / cell name.
     ValueError
-        An inconsistent placement (see :func:`sctorch.genomap.placement_index`) or bad ``cells``.
+        An inconsistent placement (see :func:`sctorch.genomap.placement_index`), bad
+        ``cells``, or non-finite values (NaN, inf) in the data.
     """
     placement = Placement.from_adata(adata, key)
     X = get_matrix(adata, layer)
+    check_finite(X, what=describe_source(layer))
     return placement.images(X, cells=select_cells(adata, cells), batch_size=batch_size)
 
 

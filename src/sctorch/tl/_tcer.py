@@ -29,11 +29,11 @@ def _resolve_params(preset, *, n_features, epochs, batch_size, lr, lr_step, mask
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}.")
     pre = PRESETS[preset]
     p = TCERParams(
-        n_features=int(n_features or pre["n_features"]),
+        n_features=int(pre["n_features"] if n_features is None else n_features),
         epochs=int(epochs if epochs is not None else pre["epochs"]),
         batch_size=int(batch_size),
-        lr=float(lr or pre["lr"]),
-        lr_step=int(lr_step or pre["lr_step"]),
+        lr=float(pre["lr"] if lr is None else lr),
+        lr_step=int(pre["lr_step"] if lr_step is None else lr_step),
         mask_ratio=tuple(mask_ratio),
         fft_weight=float(fft_weight),
         patience=pre["patience"] if patience == "preset" else patience,
@@ -47,15 +47,15 @@ def _resolve_params(preset, *, n_features, epochs, batch_size, lr, lr_step, mask
     return p
 
 
-def _build_genomap(adata: ad.AnnData, X, target_sum: float, key: str, rng: RandomState
-                   ) -> ad.AnnData:
+def _build_genomap(adata: ad.AnnData, X, target_sum: float, key: str, rng: RandomState,
+                   progress: bool) -> ad.AnnData:
     """A GenoMap of all genes of ``adata``, on a throw-away AnnData of log-normalised counts."""
     from ._genomap import genomap
 
     logger.info("TCER: no GenoMap %r in adata; building one", key)
     Xlog = sparse.csr_matrix(log_normalize(X, target_sum=target_sum), dtype=np.float32)
     tmp = ad.AnnData(Xlog, obs=adata.obs[[]], var=adata.var[[]])
-    genomap(tmp, key_added=key, rng=rng)
+    genomap(tmp, key_added=key, rng=rng, progress=progress)
     return tmp
 
 
@@ -189,7 +189,7 @@ def tcer_impute(
                         observed_weight=observed_weight, objective=objective)
     X = check_counts_input(adata, layer)  # validate everything before anything is written
     built = None if genomap_key in adata.uns else _build_genomap(adata, X, p.target_sum,
-                                                                 genomap_key, rng)
+                                                                 genomap_key, rng, progress)
     model = TCERModel.from_genomap(adata if built is None else built, p,
                                    genomap_key=genomap_key)
     seed = seed_int(rng)
