@@ -57,11 +57,18 @@ import scanpy as sc
 import torch
 
 import sctorch as sct
-from sctorch._utils import log_normalize
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
 torch.set_num_threads(1)  # CPU tutorial: one thread
+
+
+def log_normalize(X):
+    """``log1p(counts / library × 10⁴)``: the normalisation ``sct.tl.tcer_impute`` uses."""
+    tmp = ad.AnnData(X.astype(np.float32))
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    return tmp.X
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 8})
 sc.settings.verbosity = 0
 
