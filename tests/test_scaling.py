@@ -99,3 +99,23 @@ def test_tcer_predict_on_backed_input_equals_in_memory(tmp_path):
     with pytest.raises(ValueError, match="out has shape"):
         model.predict(backed, genes=genes, out=np.zeros((2, 2)), progress=False)
     backed.file.close()
+
+
+def test_tcer_trains_from_a_backed_file_as_from_memory(tmp_path):
+    a = sct.datasets.intestine_moor2018(bundled=True)
+    a = a[:150, np.argsort(-a.X.getnnz(axis=0), kind="stable")[:30]].copy()
+    a = a[np.asarray(a.X.sum(axis=1)).ravel() > 0].copy()
+    sct.tl.genomap(a, rng=0, progress=False)
+    path = tmp_path / "cells.h5ad"
+    a.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    from sctorch.tcer import TCERParams
+
+    cfg = TCERParams(n_features=4, epochs=2)
+    mem = sct.models.TCERModel.from_genomap(a, cfg).fit(a, rng=0, progress=False)
+    disk = sct.models.TCERModel.from_genomap(backed, cfg).fit(backed, rng=0, progress=False)
+    assert disk.scale == mem.scale
+    assert disk.history == mem.history
+    for k, v in mem.module.state_dict().items():
+        np.testing.assert_array_equal(disk.module.state_dict()[k].numpy(), v.numpy())
+    backed.file.close()

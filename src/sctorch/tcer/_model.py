@@ -18,7 +18,9 @@ from .._utils import (
     check_unique_var_names,
     describe_source,
     get_matrix,
+    is_backed,
     iter_batches,
+    iter_row_blocks,
     log_normalize,
     progress_bar,
     read_rows,
@@ -208,12 +210,27 @@ class TCERModel(BaseModel):
 
     # ------------------------------------------------------------------ training
     def _log_counts(self, adata: ad.AnnData, layer: str | None, what: str):
-        """Log-normalised counts of the model's genes (validated), CSR float32."""
+        """Log-normalised counts of the model's genes (validated) and their largest value.
+
+        In memory: a CSR float32 matrix. For a backed AnnData: a function ``rows ->``
+        CSR block that reads those cells from disk (the largest value is found in one pass
+        over blocks), so training samples its mini-batches from the file.
+        """
         X = check_counts_input(adata, layer)
-        Xlog = sparse.csr_matrix(log_normalize(X, target_sum=self.config.target_sum),
-                                 dtype=np.float32)
         pos = self.gene_indexer(adata.var_names, min_shared=len(self.genes), what=what)
-        return Xlog if np.array_equal(pos, np.arange(adata.n_vars)) else Xlog[:, pos]
+        cols = None if np.array_equal(pos, np.arange(adata.n_vars)) else pos
+        target = self.config.target_sum
+
+        def log_rows(block):
+            Xlog = sparse.csr_matrix(log_normalize(block, target_sum=target), dtype=np.float32)
+            return Xlog if cols is None else Xlog[:, cols]
+
+        if not is_backed(X):
+            Xlog = log_rows(X)
+            return Xlog, (float(Xlog.data.max()) if Xlog.nnz else 0.0)
+        top = max((float(b.data.max()) if b.nnz else 0.0
+                   for b in (log_rows(blk) for _, blk in iter_row_blocks(X))), default=0.0)
+        return (lambda idx: log_rows(read_rows(X, idx))), top
 
     def fit(self, adata: ad.AnnData, *, layer: str | None = None, rng: RandomState = 0,
             device: str | None = None, progress: bool = True) -> TCERModel:
@@ -265,16 +282,23 @@ class TCERModel(BaseModel):
         p = self.config
         p.validate()
         self._check_integrity()
-        Xlog = self._log_counts(adata, layer, what="the training data")
+        Xlog, top = self._log_counts(adata, layer, what="the training data")
         seed = seed_int(rng)
         dev = resolve_device(device)
-        train_idx, val_idx = split_cells(Xlog.shape[0], p.validation_fraction, seed)
-        self.scale = float(Xlog.data.max()) if Xlog.nnz else 1.0
-        Xs = Xlog / self.scale
+        train_idx, val_idx = split_cells(adata.n_obs, p.validation_fraction, seed)
+        self.scale = top if top > 0 else 1.0
+        if callable(Xlog):  # backed: read each batch's cells from disk
+            def images_of(idx):
+                return self.placement.images(Xlog(idx) / self.scale)
+        else:
+            Xs = Xlog / self.scale
+
+            def images_of(idx):
+                return self.placement.images(Xs, cells=idx)
         blind = p.objective == "blind_spot"
         with seeded(seed):
             self.module = module = self._build_module(p, {}).to(dev)
-            data = MaskedBatches(lambda idx: self.placement.images(Xs, cells=idx), train_idx,
+            data = MaskedBatches(images_of, train_idx,
                                  val_idx, gene_px=self.placement.pixel_mask(),
                                  mask_ratio=p.mask_ratio, objective=p.objective,
                                  batch_size=p.batch_size, seed=seed, device=dev)
