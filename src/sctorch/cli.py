@@ -64,17 +64,11 @@ def _check_output(out: str, inputs: list[str], overwrite: bool) -> Path:
 
 
 def _check_model_out(path: str | None, overwrite: bool) -> None:
-    """Refuse an existing ``--model-out`` or a missing folder before any work."""
-    if not path:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"--model-out {p} is a folder; give a file such as "
-                         f"{p / 'model.safetensors'}.")
-    if p.exists() and not overwrite:
-        raise ValueError(f"--model-out {path} already exists; pass --overwrite to replace it.")
-    if not p.parent.exists():
-        raise FileNotFoundError(f"--model-out folder {p.parent} does not exist.")
+    """Refuse an existing ``--model-out``, a folder or a missing folder before any work."""
+    from .models._base import check_save_path
+
+    if path:
+        check_save_path(path, overwrite=overwrite, what="--model-out")
 
 
 def _write(adata, out: Path) -> None:
@@ -507,8 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError,
-            ImportError) as err:
+    except (ValueError, KeyError, TypeError, OSError, ImportError) as err:
         print(f"sctorch {args.command}: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # a pipeline needs a clear message and a status

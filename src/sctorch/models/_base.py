@@ -56,6 +56,27 @@ def _checksum(tensors: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def check_save_path(path: str | Path, *, overwrite: bool, what: str = "") -> Path:
+    """Check a model output path before any work: a new file (or ``overwrite``) in a folder.
+
+    Raises
+    ------
+    IsADirectoryError, FileExistsError, FileNotFoundError
+        Saying which, and what to pass instead (``what`` names the option, e.g. for the CLI).
+    """
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name} is a folder; pass a file path such as "
+                                f"{path / 'model.safetensors'}.")
+    if path.exists() and not overwrite:
+        hint = "--overwrite" if what.startswith("--") else "overwrite=True"
+        raise FileExistsError(f"{name} already exists; pass {hint} to replace it.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"Folder {path.parent} of {name} does not exist; create it first.")
+    return path
+
+
 def _read_header(path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file, validated without trusting the file."""
     size = path.stat().st_size
@@ -237,13 +258,7 @@ class BaseModel:
         if self.module is None:
             raise ValueError(f"This {type(self).__name__} has not been trained; call fit() "
                              "before save().")
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; pass a file path such as "
-                                    f"{path / 'model.safetensors'}.")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"Folder {path.parent} does not exist; create it first.")
+        check_save_path(path, overwrite=overwrite)
         from ._distributed import is_main_process
 
         if not is_main_process():  # under torchrun only rank 0 writes (all ranks agree)
