@@ -1,12 +1,16 @@
 """scRobust benchmark on ifnb PBMC (2,800 cells × 14,053 genes, 13 cell types).
 
-Protocol (issue 6): 5-fold stratified cross-validation, macro-F1 and accuracy, with 0 %,
+Protocol (issues 6 and 14): 5-fold stratified cross-validation, macro-F1 and accuracy, with 0 %,
 30 % and 50 % additional dropout (that fraction of each cell's non-zero counts set to 0,
 seeded, in training and test cells alike) — scRobust (pre-train on all cells without labels,
 fine-tune on the training fold) vs logistic regression on the top 2,000 HVGs of
 log-normalised data (HVGs chosen on the training fold; also with
 ``class_weight="balanced"``, like scRobust's default fine-tuning loss) vs CellTypist
-(``celltypist.train`` on the fold, then ``annotate``). ``--methods "scRobust (HVGs)"`` adds
+(``celltypist.train`` on the fold, then ``annotate``).
+``--methods "scRobust (default),scRobust (paper preset),k-NN on PCA"`` (issue 14)
+pre-trains on the 2,000 HVGs of all cells (no labels) with that preset and fine-tunes on
+the fold's HVGs; ``--timing`` times pre-training + embedding of all 2,800 cells with the
+defaults. ``--methods "scRobust (HVGs)"`` adds
 scRobust fine-tuned and applied on the training fold's 2,000 HVGs (same pre-training), and a
 Leiden score for a model pre-trained on the HVGs. Each method × dropout level runs in
 its own process; its seconds and peak resident memory (``ru_maxrss`` of that process) are
@@ -351,7 +355,9 @@ def main(argv=None) -> int:
     note = (f"{'Paper settings' if args.full else 'CPU budget settings'}; {total / 60:.0f} "
             "min in all on a machine shared with other jobs.")
     lines = [f"scRobust settings: pre-training {cfg['pretrain']} (all cells, no labels, "
-             f"once per dropout level); fine-tuning {cfg['finetune']} per fold; torch threads "
+             "once per dropout level; on the 2,000 HVGs of all cells for the default and "
+             f"paper-preset rows); fine-tuning {cfg['finetune']} per fold (on the fold's "
+             "2,000 HVGs for those rows); torch threads "
              f"{cfg['threads'] or 'default'}. CellTypist 1.7.1 with `use_SGD=True` (its default "
              "solver fails with scikit-learn 1.9). Paper: d_model 512, up to 1,000 pre-training "
              "epochs, 800 genes, 20 fine-tuning epochs at lr 5e-5 (GPU).", "",
