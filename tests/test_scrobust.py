@@ -746,3 +746,5 @@ def test_backed_input_embeds_like_in_memory(tmp_path, two_pops, model2):
     mem = model2.embed(a, progress=False, batch_size=16)
     sct.tl.scrobust_embed(b, model2, progress=False, batch_size=16)  # 5 blocks of 16 cells
     np.testing.assert_allclose(b.obsm["X_scrobust"], mem, atol=1e-5)
+    with pytest.raises(ValueError, match="backed"):
+        sct.tl.scrobust_pretrain(b, epochs=1, **TINY)

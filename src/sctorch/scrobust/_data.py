@@ -223,6 +223,10 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     src = describe_source(layer).replace("adata", what)
+    if is_backed(X):
+        raise ValueError(f"{src} is backed (on disk); only embedding with a trained model reads "
+                         "by blocks. Load the data with adata.to_memory() for pre-training, "
+                         "fine-tuning and the other functions.")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"{what} is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
     scale = resolve_input_scale(X, input_scale, what=src)
