@@ -113,9 +113,9 @@ class ScRobustModel(BaseModel):
         token, ``(len(vocab),)`` float64, NaN for tokens absent from the reference; it
         fixes the "highly unique genes" order of queries.
     history
-        Per-epoch values, ``{key: [value per epoch]}``: ``pretrain_loss``,
-        ``pretrain_contrastive``, ``pretrain_mse`` and, after fine-tuning,
-        ``finetune_loss``, ``finetune_accuracy`` (means over the epoch's mini-batches).
+        ``{key: [value per epoch]}``: ``pretrain_loss | _contrastive | _mse`` (+ the
+        selection score), after fine-tuning ``finetune_loss | _accuracy | _val_macro_f1``
+        and ``finetune_gate`` (held-out F1, CE of the wide path, then of both paths).
     """
 
     config_cls = ScRobustConfig
