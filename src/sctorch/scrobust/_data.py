@@ -10,7 +10,6 @@ level, and nothing here trains.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,9 @@ from .._utils import (
     check_unique_var_names,
     describe_source,
     get_matrix,
+    is_backed,
+    iter_batches,
+    iter_row_blocks,
     log_normalize,
     resolve_input_scale,
 )
@@ -93,15 +95,17 @@ def check_special_tokens(vocab: Sequence[str]) -> None:
 
 # ============================================================================ data → tokens
 class _Tokens:
-    """Log-normalised expression restricted to vocabulary genes, as CSR arrays.
+    """Expression restricted to vocabulary genes, as CSR arrays.
 
-    ``X`` is cells × (genes in the vocabulary), float32 CSR with sorted indices;
-    ``var_ids`` the vocabulary id of each column; ``input_scale`` the scale the input was
-    found to have (``"counts"`` or ``"log1p"``).
+    ``X`` is cells × (genes in the vocabulary), float32 CSR with sorted indices, holding
+    log-normalised values; ``var_ids`` the vocabulary id of each column; ``input_scale``
+    the scale the input was found to have (``"counts"`` or ``"log1p"``); ``counts`` the raw
+    counts aligned with ``X.data`` (``None`` for log1p input: such views cannot be thinned).
+    :meth:`values` gives the token values of a mode (``"log1p"`` or ``"rank"``).
     """
 
     def __init__(self, X: sparse.csr_matrix, var_ids: np.ndarray, n_missing: int,
-                 input_scale: str = "counts"):
+                 input_scale: str = "counts", counts: np.ndarray | None = None):
         self.X = X
         self.var_ids = var_ids
         self.n_missing = n_missing
@@ -109,10 +113,29 @@ class _Tokens:
         self.indptr = X.indptr.astype(np.int64)
         self.ids = var_ids[X.indices].astype(np.int64)
         self.vals = X.data.astype(np.float32)
+        self.counts = None if counts is None else np.asarray(counts, dtype=np.float32)
+        self._values: dict[str, np.ndarray] = {"log1p": self.vals}
 
     @property
     def n_obs(self) -> int:
         return self.X.shape[0]
+
+    def values(self, mode: str) -> np.ndarray:
+        """Token values: ``"log1p"`` (log-normalised) or ``"rank"`` (:func:`rank_values`)."""
+        if mode not in self._values:
+            if mode != "rank":
+                raise ValueError(f"token_values must be 'log1p' or 'rank', got {mode!r}.")
+            self._values[mode] = rank_values(self.indptr, self.vals)
+        return self._values[mode]
+
+    def subset(self, rows: np.ndarray) -> _Tokens:
+        """The tokens of cells ``rows`` (a new object)."""
+        X = self.X[rows]
+        counts = None
+        if self.counts is not None:
+            c = sparse.csr_matrix((self.counts, self.X.indices, self.X.indptr), shape=self.X.shape)
+            counts = c[rows].data
+        return _Tokens(X, self.var_ids, self.n_missing, self.input_scale, counts)
 
     def detection(self, vocab_size: int) -> np.ndarray:
         """Fraction of cells detecting each vocabulary token (NaN: not in the data)."""
@@ -120,6 +143,63 @@ class _Tokens:
         nnz = np.bincount(self.X.indices, minlength=self.X.shape[1])
         out[self.var_ids] = nnz / max(self.n_obs, 1)
         return out
+
+
+def rank_values(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Depth-invariant token values: ``1 + (lo + hi) / (2 n)`` from within-cell ranks.
+
+    For each cell (a CSR row of ``n`` non-zero values) a value's rank is the middle of the
+    positions ``[lo, hi)`` its ties take in the cell's sorted values, so values lie in
+    ``(1, 2)``: 1.5 for the median (and for a cell whose values are all tied), near 2 for
+    the cell's highest gene. A Geneformer-style rank code, kept ≥ 1 so that every token
+    keeps its gene vector (eq. 2 scales it). Monotone transforms of a cell's values (its
+    library size, log1p) leave it unchanged.
+    """
+    n = np.diff(indptr)
+    rows = np.repeat(np.arange(n.size), n)
+    order = np.lexsort((data, rows))
+    r, v = rows[order], data[order]
+    new = np.ones(v.size, dtype=bool)
+    new[1:] = (r[1:] != r[:-1]) | (v[1:] != v[:-1])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], v.size)
+    group = np.cumsum(new) - 1
+    pos0 = indptr[:-1][r]
+    lo = starts[group] - pos0
+    hi = ends[group] - pos0
+    out = np.empty(data.size, dtype=np.float32)
+    out[order] = 1.0 + (lo + hi) / (2.0 * n[r])
+    return out
+
+
+def thin_counts(counts: np.ndarray, indptr: np.ndarray, rate_range: tuple[float, float],
+                rng: np.random.Generator) -> np.ndarray:
+    """Binomially thinned counts: each cell keeps each molecule with its own random rate.
+
+    The rate of each cell is uniform in ``rate_range``; a cell left without molecules keeps
+    its original counts (so that every cell stays encodable).
+    """
+    n = np.diff(indptr)
+    rate = rng.uniform(*rate_range, size=n.size)
+    out = rng.binomial(counts.astype(np.int64), np.repeat(rate, n)).astype(np.float32)
+    lib = np.add.reduceat(out, indptr[:-1]) if out.size else out
+    empty = np.flatnonzero((lib <= 0) & (n > 0))
+    for i in empty:
+        out[indptr[i]:indptr[i + 1]] = counts[indptr[i]:indptr[i + 1]]
+    return out
+
+
+def thinned_tokens(tok: _Tokens, rate_range: tuple[float, float],
+                   rng: np.random.Generator) -> _Tokens:
+    """A binomially thinned copy of ``tok`` (counts input only), re-log-normalised."""
+    if tok.counts is None:
+        raise ValueError("thinning needs raw counts (input_scale='counts').")
+    c = sparse.csr_matrix((thin_counts(tok.counts, tok.indptr, rate_range, rng),
+                           tok.X.indices, tok.X.indptr), shape=tok.X.shape)
+    c.eliminate_zeros()
+    L = sparse.csr_matrix(log_normalize(c, target_sum=1e4)).astype(np.float32)
+    L.sort_indices()
+    return _Tokens(L, tok.var_ids, tok.n_missing, tok.input_scale, c.data)
 
 
 def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: str,
@@ -143,6 +223,10 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     src = describe_source(layer).replace("adata", what)
+    if is_backed(X):
+        raise ValueError(f"{src} is backed (on disk); only embedding with a trained model reads "
+                         "by blocks. Load the data with adata.to_memory() for pre-training, "
+                         "fine-tuning and the other functions.")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"{what} is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
     scale = resolve_input_scale(X, input_scale, what=src)
@@ -158,11 +242,16 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
         warnings.warn(f"{n_missing} of {adata.n_vars} genes of {what} are not in the model "
                       "vocabulary and are skipped.", UserWarning, stacklevel=3)
     Xs = sparse.csr_matrix(X) if not sparse.issparse(X) else X.tocsr()
+    counts = None
     if scale == "counts":
         lib = np.asarray(Xs.sum(axis=1)).ravel()
         if (lib <= 0).any():
             raise ValueError(f"{int((lib <= 0).sum())} cell(s) of {src} have zero total counts;"
                              " remove them first (scanpy.pp.filter_cells(adata, min_counts=1)).")
+        C = Xs[:, keep].tocsr()
+        C.eliminate_zeros()
+        C.sort_indices()
+        counts = C.data
         Xs = sparse.csr_matrix(log_normalize(Xs, target_sum=1e4))
     Xs = Xs[:, keep].tocsr()
     Xs.eliminate_zeros()
@@ -173,19 +262,116 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
         raise ValueError(f"{empty.size} cell(s) of {what} (e.g. {ex}) have no non-zero "
                          "expression in genes of the model vocabulary; remove them first "
                          "(scanpy.pp.filter_cells(adata, min_genes=1)).")
-    return _Tokens(Xs.astype(np.float32), var_ids[keep], n_missing, scale)
+    return _Tokens(Xs.astype(np.float32), var_ids[keep], n_missing, scale, counts)
+
+
+def is_backed_input(adata, layer: str | None) -> bool:
+    """Whether ``adata`` (an AnnData, not tokens) holds its matrix on disk (backed mode)."""
+    return not isinstance(adata, _Tokens) and is_backed(get_matrix(adata, layer))
+
+
+def apply_by_blocks(adata: ad.AnnData, model_ids, fn, *, layer: str | None, input_scale: str,
+                    min_shared_genes: int, block_size: int, vocab_size: int) -> np.ndarray:
+    """``fn(tokens, detection)`` over row blocks of a backed AnnData, rows stacked.
+
+    For ``anndata.read_h5ad(path, backed="r")``: the matrix is read ``block_size`` rows at a
+    time (:func:`sctorch._utils.iter_row_blocks`), twice — once for the detection of each
+    vocabulary token over all cells (what the in-memory path computes from its tokens),
+    once to prepare (:func:`_prepare`) and apply each block. Never holds more than one
+    block's rows in memory besides the output.
+    """
+    import anndata as ad
+
+    check_unique_var_names(adata)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
+    X = get_matrix(adata, layer)
+    scale = resolve_input_scale(X, input_scale, what=describe_source(layer))
+    var_ids = model_ids(adata.var_names)
+    nnz = np.zeros(adata.n_vars)
+    for _, block in iter_row_blocks(X, block_size):
+        b = sparse.csr_matrix(block)
+        nnz += np.bincount(b.indices[b.data != 0], minlength=adata.n_vars)
+    keep = var_ids >= 0
+    det = np.full(vocab_size, np.nan)
+    det[var_ids[keep]] = nnz[keep] / adata.n_obs
+    var = pd.DataFrame(index=adata.var_names.copy())
+    out = None
+    for i, (sl, block) in enumerate(iter_row_blocks(X, block_size)):
+        sub = ad.AnnData(sparse.csr_matrix(block), var=var,
+                         obs=pd.DataFrame(index=adata.obs_names[sl]))
+        with warnings.catch_warnings():
+            if i:  # the missing-genes warning once, not once per block
+                warnings.simplefilter("ignore", UserWarning)
+            tok = _prepare(sub, model_ids, layer=None, input_scale=scale,
+                           min_shared_genes=min_shared_genes)
+        y = fn(tok, det)
+        if out is None:
+            out = np.empty((adata.n_obs, y.shape[1]), dtype=y.dtype)
+        out[sl] = y
+    return out
 
 
 class _Batcher:
-    """Builds padded token tensors for a batch of cells from the CSR arrays."""
+    """Builds padded token tensors for a batch of cells from the CSR arrays.
 
-    def __init__(self, tok: _Tokens, *, pad_id: int, cls_id: int, device):
+    ``values`` is the token-value mode (``"log1p"`` or ``"rank"``, see :meth:`_Tokens.values`).
+    """
+
+    def __init__(self, tok: _Tokens, *, pad_id: int, cls_id: int, device,
+                 values: str = "log1p"):
         import torch
 
         self.indptr = torch.from_numpy(tok.indptr)
         self.ids = torch.from_numpy(tok.ids)
-        self.vals = torch.from_numpy(tok.vals)
+        self.vals = torch.from_numpy(tok.values(values))
+        self.counts = None if tok.counts is None else torch.from_numpy(tok.counts)
+        self.mode = values
         self.pad_id, self.cls_id, self.device = pad_id, cls_id, device
+
+    def select_thinned(self, rows, n: int, rate_range: tuple[float, float], *, generator):
+        """As :meth:`select` (random genes), from binomially thinned counts of each cell.
+
+        Each cell keeps each of its molecules with a rate drawn uniformly from
+        ``rate_range`` (one rate per cell and call, so two views of a cell differ in depth);
+        token values are computed from the thinned counts (log-normalised over the
+        vocabulary genes, or within-cell ranks). A cell that loses every molecule keeps its
+        original counts. Needs counts input.
+        """
+        import torch
+
+        start = self.indptr[rows]
+        length = self.indptr[rows + 1] - start
+        width = int(length.max())
+        ar = torch.arange(width)
+        valid = ar[None, :] < length[:, None]
+        pos = torch.where(valid, start[:, None] + ar[None, :], start[:, None])
+        c = torch.where(valid, self.counts[pos], 0.0)
+        lo, hi = rate_range
+        rate = lo + (hi - lo) * torch.rand(len(rows), 1, generator=generator, dtype=torch.float64)
+        # numpy's binomial, seeded from the torch generator (torch.binomial gave weights that
+        # differed in the last bits between runs of the same seed)
+        nrng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        t = torch.from_numpy(nrng.binomial(c.numpy().astype(np.int64),
+                                           rate.expand_as(c).numpy()).astype(np.float32))
+        none = t.sum(1) <= 0
+        t = torch.where(none[:, None], c, t)
+        ok = t > 0
+        if self.mode == "rank":
+            srt = torch.sort(torch.where(ok, t, torch.inf), dim=1).values.contiguous()
+            lo_r = torch.searchsorted(srt, t.contiguous(), right=False)
+            hi_r = torch.searchsorted(srt, t.contiguous(), right=True)
+            nn_ = ok.sum(1, keepdim=True).clamp(min=1)
+            v = 1.0 + (lo_r + hi_r).float() / (2.0 * nn_)
+        else:
+            v = torch.log1p(t / t.sum(1, keepdim=True).clamp(min=1) * 1e4)
+        key = _last(torch.rand(pos.shape, generator=generator, dtype=torch.float64), ok, ar)
+        k = min(n, width)
+        sel = torch.topk(key, k, dim=1, largest=False, sorted=True).indices
+        good = ok.gather(1, sel)
+        ids = torch.where(good, self.ids[pos.gather(1, sel)], self.pad_id)
+        vals = torch.where(good, v.gather(1, sel), 0.0).float()
+        return self._finish(ids, vals, ~good, True)
 
     def select(self, rows, n: int, *, rank=None, generator=None, cls: bool = True):
         """Up to ``n`` non-zero genes of each cell in ``rows``.
@@ -207,19 +393,76 @@ class _Batcher:
             key = torch.rand(pos.shape, generator=generator)
         else:
             key = rank[self.ids[pos]].to(torch.float64)
-        key = key.masked_fill(~valid, math.inf)
+        key = _last(key, valid, ar)
         k = min(n, width)
         sel = torch.topk(key, k, dim=1, largest=False, sorted=True).indices
         p, ok = pos.gather(1, sel), valid.gather(1, sel)
         ids = torch.where(ok, self.ids[p], self.pad_id)
         vals = torch.where(ok, self.vals[p], 0.0)
-        pad = ~ok
+        return self._finish(ids, vals, ~ok, cls)
+
+    def _finish(self, ids, vals, pad, cls: bool):
+        import torch
+
         if cls:
             b = ids.shape[0]
             ids = torch.cat([torch.full((b, 1), self.cls_id, dtype=ids.dtype), ids], 1)
             vals = torch.cat([torch.ones(b, 1, dtype=vals.dtype), vals], 1)
             pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool), pad], 1)
         return ids.to(self.device), vals.to(self.device), pad.to(self.device)
+
+
+def pretrain_batches(batcher: _Batcher, k: int, thin, bs: int, gen):
+    """``epoch -> batches`` of (view 1, view 2, target) of ``k`` genes, cells shuffled.
+
+    Views are binomially thinned at per-cell rates in ``thin`` (``None``: not thinned).
+    """
+    import torch
+
+    n = batcher.indptr.numel() - 1
+
+    def view(rows):
+        if thin is None:
+            return batcher.select(rows, k, generator=gen)
+        return batcher.select_thinned(rows, k, tuple(thin), generator=gen)
+
+    def batches(epoch: int):
+        perm = torch.randperm(n, generator=gen)
+        for sl in iter_batches(n, bs):
+            rows = perm[sl]
+            if rows.numel() < 2:  # NT-Xent needs a negative
+                continue
+            yield view(rows), view(rows), batcher.select(rows, k, generator=gen, cls=False)
+
+    return batches
+
+
+def finetune_batches(batcher: _Batcher, rank, y_all, n_genes: int, bs: int, gen, dev,
+                     oof=None):
+    """``epoch -> batches`` of (ids, scales, pad, None, wide logits or None, labels)."""
+    import torch
+
+    n = batcher.indptr.numel() - 1
+
+    def batches(epoch: int):
+        perm = torch.randperm(n, generator=gen)
+        for sl in iter_batches(n, bs):
+            rows = perm[sl]
+            yield (*batcher.select(rows, n_genes, rank=rank), None,
+                   None if oof is None else oof[rows].to(dev), y_all[rows].to(dev))
+
+    return batches
+
+
+def _last(key, valid, ar):
+    """``key`` with invalid positions after every valid one, in position order.
+
+    Distinct keys for the padding too: ``topk`` over tied ``inf`` keys did not always
+    pick the same positions, which changed trained weights in their last bits.
+    """
+    import torch
+
+    return torch.where(valid, key, 1e300 * (1 + ar[None, :].to(torch.float64) / ar.numel()))
 
 
 def _unique_rank(detection: np.ndarray):

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._utils import check_not_empty, iter_batches, progress_bar
-from ._data import _Batcher, _Tokens, _unique_rank
+from .._utils import check_not_empty, iter_batches, make_params, progress_bar, resolve_device
+from ._data import _Tokens, _unique_rank
 
 
 def check_groups(adata, groupby: str):
@@ -46,7 +46,7 @@ def group_attention(model, tok: _Tokens, code, n_groups: int, *, n_tokens: int,
     net.eval()
     acc = torch.zeros(n_groups, V, dtype=torch.float64)
     rank = _unique_rank(tok.detection(V))
-    batcher = _Batcher(tok, pad_id=model.pad_id, cls_id=model.cls_id, device=device)
+    batcher = model._batcher(tok, device)
     with torch.inference_mode():
         for sl in progress_bar(list(iter_batches(tok.n_obs, batch_size)), desc="attention",
                                progress=progress):
@@ -90,4 +90,28 @@ def marker_record(acc, code, tok: _Tokens, vocab: Sequence[str], names: Sequence
     nan = np.full(k, np.nan)
     result["pvals"] = np.rec.fromarrays([nan] * len(names), names=list(names))
     result["pvals_adj"] = np.rec.fromarrays([nan] * len(names), names=list(names))
+    return result
+
+
+def attention_markers(adata, groupby: str, model, *, n_genes: int, n_tokens: int, layer,
+                      input_scale: str, method: str, batch_size: int, device,
+                      progress: bool) -> dict:
+    """The ``rank_genes_groups``-like record of :func:`sctorch.tl.scrobust_marker_genes`."""
+    import pandas as pd
+    import torch
+
+    groups, names = check_groups(adata, groupby)
+    tok = model.tokens(adata, layer=layer, input_scale=input_scale, min_shared_genes=1)
+    dev = resolve_device(device)
+    model.to(dev)
+    code = torch.as_tensor(np.array(pd.Categorical(groups, categories=names).codes),
+                           dtype=torch.long)
+    acc = group_attention(model, tok, code, len(names), n_tokens=n_tokens,
+                          batch_size=batch_size, device=dev, progress=progress)
+    result = marker_record(acc, code, tok, model.vocab, names, n_genes=n_genes, method=method)
+    result["params"] = {"groupby": groupby, "reference": "rest", "method": "scrobust_attention",
+                        "use_raw": False, "layer": "None" if layer is None else layer,
+                        "corr_method": "none", **make_params(n_tokens=n_tokens,
+                                                             aggregation=method,
+                                                             device=str(dev))}
     return result

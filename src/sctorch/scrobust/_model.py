@@ -13,6 +13,7 @@ import copy as _copy
 import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,13 @@ from ._data import (
     _prepare,
     _Tokens,
     _unique_rank,
+    apply_by_blocks,
     check_special_tokens,
+    finetune_batches,
+    is_backed_input,
+    pretrain_batches,
 )
+from ._select import contrastive_validator, fit_wide_path, knn_validator, wide_source
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -47,7 +53,12 @@ class ScRobustConfig:
     pre-training (1 layer, or 2 for ≥ 20,000 cells; ``4 × d_model``; 10 % of the mean
     number of detected genes, at least 8); :meth:`ScRobustModel.fit` fills them in.
     ``input_scale`` is the scale of the pre-training data, ``n_classes`` the outputs of
-    the fine-tuned classifier (0: none). Fields can also be read as ``config["d_model"]``.
+    the fine-tuned classifier (0: none). ``token_values`` (``"log1p"``, the paper's, or
+    ``"rank"``), ``view_thinning`` (``None``, the paper's, or the range of per-cell binomial
+    thinning rates of pre-training views) and ``head``/``n_wide`` (the classifier layout,
+    see :meth:`~sctorch.scrobust._module.ScRobustNetwork.set_classifier`) default to the
+    paper's design, so models saved before these fields existed load unchanged. Fields can
+    also be read as ``config["d_model"]``.
     """
 
     vocab_size: int = 0
@@ -61,6 +72,10 @@ class ScRobustConfig:
     n_genes_per_view: int | None = None
     input_scale: str = "counts"
     n_classes: int = 0
+    token_values: str = "log1p"
+    view_thinning: tuple[float, float] | None = None
+    head: str = "deep"
+    n_wide: int = 0
 
     def __getitem__(self, key: str):
         """Dict-style read access (``config["d_model"]``), as the former dict config."""
@@ -98,9 +113,9 @@ class ScRobustModel(BaseModel):
         token, ``(len(vocab),)`` float64, NaN for tokens absent from the reference; it
         fixes the "highly unique genes" order of queries.
     history
-        Per-epoch values, ``{key: [value per epoch]}``: ``pretrain_loss``,
-        ``pretrain_contrastive``, ``pretrain_mse`` and, after fine-tuning,
-        ``finetune_loss``, ``finetune_accuracy`` (means over the epoch's mini-batches).
+        ``{key: [value per epoch]}``: ``pretrain_loss | _contrastive | _mse`` (+ the
+        selection score), after fine-tuning ``finetune_loss | _accuracy | _val_macro_f1``
+        and ``finetune_gate`` (held-out F1, CE of the wide path, then of both paths).
     """
 
     config_cls = ScRobustConfig
@@ -108,7 +123,8 @@ class ScRobustModel(BaseModel):
     def __init__(self, module=None, vocab: Sequence[str] | None = None, config: Any = None, *,
                  genes: Sequence[str] | None = None, classes: Sequence[str] | None = None,
                  gene_detection: np.ndarray | None = None,
-                 history: dict[str, list[float]] | None = None):
+                 history: dict[str, list[float]] | None = None,
+                 wide_ids: np.ndarray | None = None):
         tokens = list(vocab if vocab is not None else (genes or ()))
         if isinstance(config, Mapping):
             config = ScRobustConfig(**{"vocab_size": len(tokens), **config})
@@ -116,6 +132,7 @@ class ScRobustModel(BaseModel):
         self.classes = None if classes is None else [str(c) for c in classes]
         self.gene_detection = (None if gene_detection is None
                                else np.asarray(gene_detection, dtype=np.float64))
+        self.wide_ids = None if wide_ids is None else np.asarray(wide_ids, dtype=np.int64)
         self._digest = _vocab_digest(self.genes)  # the vocabulary the weights were made for
         self._index_of: tuple[int, dict[str, int]] | None = None
 
@@ -179,10 +196,13 @@ class ScRobustModel(BaseModel):
 
         return ScRobustNetwork(config.vocab_size, config.d_model, config.n_heads,
                                config.n_layers, config.dim_feedforward, config.dropout,
-                               config.head_dropout, n_classes=config.n_classes)
+                               config.head_dropout, n_classes=config.n_classes,
+                               n_wide=config.n_wide, head=config.head)
 
     def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays = {} if self.gene_detection is None else {"gene_detection": self.gene_detection}
+        if self.wide_ids is not None:
+            arrays["wide_ids"] = self.wide_ids
         return {"classes": self.classes, "vocab_sha256": self._digest}, arrays
 
     def _set_extra_state(self, extra: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -190,6 +210,8 @@ class ScRobustModel(BaseModel):
         self._digest = extra.get("vocab_sha256")
         det = arrays.get("gene_detection")
         self.gene_detection = None if det is None else det.astype(np.float64)
+        wide = arrays.get("wide_ids")
+        self.wide_ids = None if wide is None else wide.astype(np.int64)
 
     def _check_integrity(self) -> None:
         """Vocabulary, embedding rows, special tokens, classes and detection fit together."""
@@ -208,6 +230,10 @@ class ScRobustModel(BaseModel):
                              f"classifier has {n_out} outputs.")
         if self.classes is not None and self.gene_detection is None:
             raise ValueError("a fine-tuned model needs its reference gene detection.")
+        if self.config.n_wide and (self.wide_ids is None
+                                   or len(self.wide_ids) != self.config.n_wide):
+            raise ValueError("the model's wide path lists a different number of genes than "
+                             "its weights expect.")
         if self.gene_detection is not None and len(self.gene_detection) != len(self.genes):
             raise ValueError(f"gene_detection has {len(self.gene_detection)} values for "
                              f"{len(self.genes)} vocabulary tokens.")
@@ -241,7 +267,9 @@ class ScRobustModel(BaseModel):
     def fit(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
             input_scale: str = "counts", epochs: int = 10, batch_size: int = 64,
             lr: float = 5e-5, min_shared_genes: int = 10, device: str | None = None,
-            rng: RandomState = 0, progress: bool = True) -> ScRobustModel:
+            rng: RandomState = 0, progress: bool = True, select: str | None = None,
+            patience: int | None = None, val_cells: int = 1000,
+            embed_genes: int = 400) -> ScRobustModel:
         """Pre-train a fresh network on ``adata`` by cell augmentation (eqs. 1–11).
 
         Per step and cell, two random subsets of its non-zero genes
@@ -263,11 +291,18 @@ class ScRobustModel(BaseModel):
             Passes, cells per step (≥ 2: NT-Xent needs a negative), Adam learning rate.
         device, rng, progress
             Torch device, seed (int or :class:`numpy.random.Generator`), progress bar.
+        select, patience, val_cells, embed_genes
+            Label-free epoch selection (``fit(validate=...)``): ``"knn"``, the most
+            similar 15-NN graphs of the embeddings (``embed_genes`` genes per cell) of two
+            thinned copies of ``val_cells`` cells (:func:`._select.knn_validator`; counts
+            input); ``"contrastive"``, the lowest NT-Xent of 10 % held-out cells (the
+            authors' rule); ``None``, the last epoch. ``patience``: see ``fit``.
 
         Returns
         -------
         ``self``, in evaluation mode, with ``history['pretrain_loss' | 'pretrain_contrastive'
-        | 'pretrain_mse']`` appended.
+        | 'pretrain_mse']`` (and ``'pretrain_knn_agreement'`` or ``'pretrain_val_contrastive'``)
+        appended.
 
         Raises
         ------
@@ -282,14 +317,27 @@ class ScRobustModel(BaseModel):
         if tok.n_obs < 2 or batch_size < 2:
             raise ValueError("Contrastive pre-training needs at least 2 cells and batch_size "
                              f">= 2, got {tok.n_obs} cells and batch_size={batch_size}.")
+        if select not in (None, "knn", "contrastive"):
+            raise ValueError(f"select must be 'knn', 'contrastive' or None, got {select!r}.")
+        if select == "knn" and tok.counts is None:  # thinning needs molecules
+            warnings.warn("select='knn' needs raw counts; with log1p input the held-out "
+                          "contrastive loss selects the epoch.", UserWarning, stacklevel=2)
+            select = "contrastive"
         self._resolve_config(tok)
         self._digest = _vocab_digest(self.genes)
         dev, seed = resolve_device(device), seed_int(rng)
         with seeded(seed):
             gen = torch.Generator().manual_seed(seed)
             self.module = self._build_module(self.config, {}).to(dev)
-            self.classes, self.gene_detection = None, None
-            batches = self._pretrain_batches(tok, min(batch_size, tok.n_obs), gen, dev)
+            self.classes, self.gene_detection, self.wide_ids = None, None, None
+            train_tok, validate, key = tok, None, None
+            if select == "knn":
+                validate, key = knn_validator(self, tok, val_cells, embed_genes, seed, dev)
+            elif select == "contrastive":
+                train_tok, validate, key = contrastive_validator(self, tok, batch_size,
+                                                                 seed, dev)
+            batches = self._pretrain_batches(train_tok, min(batch_size, train_tok.n_obs),
+                                             gen, dev)
             temperature = self.config.temperature
 
             def loss_fn(batch):
@@ -297,29 +345,23 @@ class ScRobustModel(BaseModel):
                 return loss, {"contrastive": cl.detach(), "mse": mse.detach()}
 
             fit(self.module, loss_fn, batches, epochs=epochs, lr=lr, history=self.history,
-                prefix="pretrain", desc="scRobust pre-training", progress=progress)
+                prefix="pretrain", desc="scRobust pre-training", progress=progress,
+                validate=validate, val_key=key or "val_loss",
+                mode="max" if select == "knn" else "min", patience=patience)
+        self.module.eval()
         return self
 
     pretrain = fit
 
+    def _batcher(self, tok: _Tokens, dev) -> _Batcher:
+        return _Batcher(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev,
+                        values=self.config.token_values)
+
     def _pretrain_batches(self, tok: _Tokens, bs: int, gen, dev):
         """``epoch -> batches`` of (view 1, view 2, target), cells shuffled by ``gen``."""
-        import torch
-
-        batcher = _Batcher(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev)
-        n, k = tok.n_obs, self.config.n_genes_per_view
-
-        def batches(epoch: int):
-            perm = torch.randperm(n, generator=gen)
-            for sl in iter_batches(n, bs):
-                rows = perm[sl]
-                if rows.numel() < 2:  # NT-Xent needs a negative
-                    continue
-                yield (batcher.select(rows, k, generator=gen),
-                       batcher.select(rows, k, generator=gen),
-                       batcher.select(rows, k, generator=gen, cls=False))
-
-        return batches
+        thin = self.config.view_thinning if tok.counts is not None else None
+        return pretrain_batches(self._batcher(tok, dev), self.config.n_genes_per_view, thin,
+                                bs, gen)
 
     # ---------------------------------------------------------------- fine-tuning
     def finetune(self, adata_ref: ad.AnnData | _Tokens, labels, *, layer: str | None = None,
@@ -327,7 +369,8 @@ class ScRobustModel(BaseModel):
                  batch_size: int = 32, lr: float = 5e-5,
                  class_weight: str | Mapping[str, float] | None = "balanced",
                  min_shared_genes: int = 10, device: str | None = None, rng: RandomState = 0,
-                 progress: bool = True) -> ScRobustModel:
+                 progress: bool = True, head: str = "deep", n_wide_genes: int = 2000,
+                 val_fraction: float = 0.0, patience: int | None = None) -> ScRobustModel:
         """A fine-tuned copy: encoder plus a new two-layer classifier (eqs. 12–15).
 
         Each reference cell is encoded from its ``n_genes`` "highly unique genes" (rarest
@@ -347,6 +390,15 @@ class ScRobustModel(BaseModel):
             :func:`sctorch.tl.scrobust_annotate`).
         layer, input_scale, n_genes, epochs, batch_size, lr, min_shared_genes, device, rng, progress
             As in :func:`sctorch.tl.scrobust_annotate`.
+        head, n_wide_genes
+            Classifier layout (``"deep"``, ``"wide"`` or ``"wide_and_deep"``, see
+            :meth:`~sctorch.scrobust._module.ScRobustNetwork.set_classifier`); the wide path
+            reads the log-normalised expression of the reference's ``n_wide_genes`` highly
+            variable genes (:func:`._select.select_wide_genes`).
+        val_fraction, patience
+            With ``val_fraction`` > 0, that stratified part of the reference is held out
+            and the epoch with its best macro-F1 is kept (``patience``: epochs without
+            improvement before stopping), as the authors' code does.
 
         Returns
         -------
@@ -376,44 +428,68 @@ class ScRobustModel(BaseModel):
                                                          device=dev)
         y_all = torch.as_tensor(np.array(pd.Categorical(labels, categories=classes).codes),
                                 dtype=torch.long)
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
+        from ._select import gate_deep_path, held_out_scores, holdout, select_wide_genes
+
+        wide_ids = None if head == "deep" else select_wide_genes(rtok, int(n_wide_genes))
+        n_wide = 0 if wide_ids is None else len(wide_ids)
         ft = ScRobustModel(_copy.deepcopy(self.module).to(dev), self.genes,
-                           dataclasses.replace(self.config, n_classes=len(classes)),
-                           classes=classes, history=_copy.deepcopy(self.history))
+                           dataclasses.replace(self.config, n_classes=len(classes),
+                                               head=head, n_wide=n_wide),
+                           classes=classes, history=_copy.deepcopy(self.history),
+                           wide_ids=wide_ids)
         ft._digest = self._digest
         with seeded(seed):
             gen = torch.Generator().manual_seed(seed)
-            ft.module.set_classifier(len(classes))
+            ft.module.set_classifier(len(classes), n_wide=n_wide, head=head)
             ft.module.to(dev)
             ft.gene_detection = rtok.detection(len(ft.genes))
-            batches = ft._finetune_batches(rtok, y_all, n_genes, batch_size, gen, dev)
+            codes = y_all.numpy()
+            tr, va = (holdout(codes, val_fraction, seed) if val_fraction > 0
+                      else (np.arange(rtok.n_obs), np.array([], dtype=np.int64)))
+            ttok = rtok if va.size == 0 else rtok.subset(tr)
+            oof = None
+            if head != "deep":
+                oof = fit_wide_path(ft, ttok, codes[tr], weights, seed)
+            val_scores = (None if va.size == 0 else
+                          held_out_scores(ft, rtok.subset(va), codes[va], dev, n_genes,
+                                          batch_size))
+            validate = None if val_scores is None else (lambda: val_scores()[0])
+
+            if head == "wide":  # the linear path alone: nothing to train by gradient
+                fit_wide_path(ft, rtok, codes, weights, seed, oof=False)
+                ft.module.eval()
+                return ft
+            gate = head == "wide_and_deep" and val_scores is not None
+            base = val_scores() if gate else None
+            batches = ft._finetune_batches(ttok, y_all[tr], n_genes, batch_size, gen, dev,
+                                           oof)
 
             def loss_fn(batch):
-                ids, vals, pad, y = batch
-                out = ft.module.classify(ids, vals, pad)
+                *x, y = batch
+                out = ft.module.classify(*x)
                 acc = (out.detach().argmax(1) == y).float().mean()
                 return torch.nn.functional.cross_entropy(out, y, weight=w), {"accuracy": acc}
 
             params = [p for name, p in ft.module.named_parameters()
-                      if not name.startswith(("cl_head", "ge_head"))]
+                      if not name.startswith(("cl_head", "ge_head", "wide"))]
             fit(ft.module, loss_fn, batches, epochs=epochs, lr=lr, params=params,
                 history=ft.history, prefix="finetune", desc="scRobust fine-tuning",
-                progress=progress)
+                progress=progress, validate=validate, val_key="finetune_val_macro_f1",
+                mode="max", patience=patience)
+            if gate:
+                gate_deep_path(ft, base, val_scores)
+            if head != "deep" and va.size:  # epoch chosen: the linear path sees every cell
+                fit_wide_path(ft, rtok, codes, weights, seed, oof=False)
+        ft.module.eval()
         return ft
 
-    def _finetune_batches(self, tok: _Tokens, y_all, n_genes: int, bs: int, gen, dev):
-        """``epoch -> batches`` of (ids, scales, pad, labels), cells shuffled by ``gen``."""
-        import torch
-
-        rank = _unique_rank(self.gene_detection)
-        batcher = _Batcher(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev)
-
-        def batches(epoch: int):
-            perm = torch.randperm(tok.n_obs, generator=gen)
-            for sl in iter_batches(tok.n_obs, bs):
-                rows = perm[sl]
-                yield (*batcher.select(rows, n_genes, rank=rank), y_all[rows].to(dev))
-
-        return batches
+    def _finetune_batches(self, tok: _Tokens, y_all, n_genes: int, bs: int, gen, dev,
+                          oof=None):
+        """``epoch -> batches`` of (ids, scales, pad, None, wide logits, labels), shuffled."""
+        return finetune_batches(self._batcher(tok, dev), _unique_rank(self.gene_detection),
+                                y_all, n_genes, bs, gen, dev, oof)
 
     # ---------------------------------------------------------------- apply
     def embed(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
@@ -423,7 +499,9 @@ class ScRobustModel(BaseModel):
         """Cell embeddings: the CLS output from up to ``n_genes`` genes per cell.
 
         ``gene_order="unique"`` takes each cell's rarest-detected genes (in ``adata``)
-        first (eq. 12); ``"random"`` a random subset drawn from ``rng``.
+        first (eq. 12); ``"random"`` a random subset drawn from ``rng``. An AnnData opened
+        with ``anndata.read_h5ad(path, backed="r")`` is read and encoded ``batch_size``
+        cells at a time (:func:`._data.apply_by_blocks`), never as a whole.
 
         Returns
         -------
@@ -440,14 +518,22 @@ class ScRobustModel(BaseModel):
             raise ValueError("This ScRobustModel has not been trained; call fit() first.")
         if gene_order not in ("unique", "random"):
             raise ValueError(f"gene_order must be 'unique' or 'random', got {gene_order!r}.")
-        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes)
         dev = resolve_device(device)
         self.to(dev)
-        rank = _unique_rank(tok.detection(len(self.genes))) if gene_order == "unique" else None
         gen = torch.Generator().manual_seed(seed_int(rng))
-        return self._encode(tok, dev, n_genes, batch_size, rank=rank, generator=gen,
-                            progress=progress)
+
+        def encode(tok: _Tokens, det: np.ndarray, bar: bool = False) -> np.ndarray:
+            rank = _unique_rank(det) if gene_order == "unique" else None
+            return self._encode(tok, dev, n_genes, batch_size, rank=rank, generator=gen,
+                                progress=bar)
+
+        if is_backed_input(adata, layer):
+            return apply_by_blocks(adata, self.token_ids, encode, layer=layer,
+                                   input_scale=input_scale, min_shared_genes=min_shared_genes,
+                                   block_size=batch_size, vocab_size=len(self.genes))
+        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
+                          min_shared_genes=min_shared_genes)
+        return encode(tok, tok.detection(len(self.genes)), progress)
 
     def predict_proba(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
                       input_scale: str = "counts", n_genes: int = 800, batch_size: int = 32,
@@ -473,22 +559,28 @@ class ScRobustModel(BaseModel):
                           min_shared_genes=min_shared_genes, what="adata_query")
         dev = resolve_device(device)
         self.to(dev)
-        det = self.gene_detection.copy()
-        det = np.where(np.isnan(det), tok.detection(len(self.genes)), det)
-        logits = self._encode(tok, dev, n_genes, batch_size, rank=_unique_rank(det),
-                              generator=None, progress=progress, logits=True)
+        logits = self._logits(tok, dev, n_genes, batch_size, progress=progress)
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
     def predict(self, adata: ad.AnnData | _Tokens, **kwargs) -> np.ndarray:
         """Most probable class of each cell (keywords as :meth:`predict_proba`)."""
         return np.asarray(self.classes)[self.predict_proba(adata, **kwargs).argmax(1)]
 
+    def _logits(self, tok: _Tokens, dev, n_genes: int, batch_size: int, *,
+                progress: bool) -> np.ndarray:
+        """Class logits of every cell, genes in the reference's detection order."""
+        det = self.gene_detection.copy()
+        det = np.where(np.isnan(det), tok.detection(len(self.genes)), det)
+        return self._encode(tok, dev, n_genes, batch_size, rank=_unique_rank(det),
+                            generator=None, progress=progress, logits=True)
+
     def _encode(self, tok: _Tokens, dev, n_genes: int, batch_size: int, *, rank, generator,
                 progress: bool, logits: bool = False) -> np.ndarray:
         """CLS outputs (or class logits) of every cell, batched by similar token count."""
         import torch
 
-        batcher = _Batcher(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev)
+        batcher = self._batcher(tok, dev)
+        wide = wide_source(self, tok) if logits else None
         net = self.module
         net.eval()
         # cells in order of their number of genes: batches of similar length waste little padding
@@ -499,7 +591,8 @@ class ScRobustModel(BaseModel):
                                    progress=progress):
                 rows = order[sl]
                 ids, vals, pad = batcher.select(rows, n_genes, rank=rank, generator=generator)
-                y = net.classify(ids, vals, pad) if logits else net.embed(ids, vals, pad)
+                y = (net.classify(ids, vals, pad, wide(rows, dev)) if logits
+                     else net.embed(ids, vals, pad))
                 y = y.float().cpu().numpy()
                 if out is None:
                     out = np.empty((tok.n_obs, y.shape[1]), dtype=np.float32)

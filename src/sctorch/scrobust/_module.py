@@ -200,19 +200,39 @@ class ScRobustNetwork(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int = 512, n_heads: int = 8, n_layers: int = 1,
                  dim_feedforward: int | None = None, dropout: float = 0.1,
-                 head_dropout: float = 0.3, n_classes: int = 0):
+                 head_dropout: float = 0.3, n_classes: int = 0, n_wide: int = 0,
+                 head: str = "deep"):
         super().__init__()
         self.encoder = ScRobustEncoder(vocab_size, d_model, n_heads, n_layers, dim_feedforward,
                                        dropout)
         self.cl_head = ProjectionHead(d_model, d_model, head_dropout)
         self.ge_head = ProjectionHead(d_model, d_model, head_dropout)
         self.head_dropout = head_dropout
-        self.classifier = ProjectionHead(d_model, n_classes, head_dropout) if n_classes else None
+        self.classifier = self.wide = None
+        self.head = "deep"
+        if n_classes:
+            self.set_classifier(n_classes, n_wide=n_wide, head=head)
 
-    def set_classifier(self, n_classes: int) -> None:
-        """Attach a fresh two-layer classifier with ``n_classes`` outputs."""
+    def set_classifier(self, n_classes: int, *, n_wide: int = 0, head: str = "deep") -> None:
+        """Attach a fresh classifier with ``n_classes`` outputs.
+
+        ``head="deep"``: the paper's two-layer classifier on the CLS output (eq. 13);
+        ``"wide"``: a linear layer on ``n_wide`` expression features alone; ``"wide_and_deep"``:
+        the sum of both logits (the wide path sees the features, the deep path the CLS
+        output).
+        """
+        if head not in ("deep", "wide", "wide_and_deep"):
+            raise ValueError(f"head must be 'deep', 'wide' or 'wide_and_deep', got {head!r}.")
+        if head != "deep" and n_wide < 1:
+            raise ValueError(f"head={head!r} needs n_wide >= 1 expression features.")
         d = self.encoder.tokens.weight.shape[1]
+        self.head = head
         self.classifier = ProjectionHead(d, n_classes, self.head_dropout)
+        self.wide = nn.Linear(n_wide, n_classes) if head != "deep" else None
+        if self.wide is not None:  # the deep path starts at 0: the logits start as the wide's
+            for lin in (self.wide, self.classifier.net[-1]):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     def embed(self, ids, scales, pad=None) -> torch.Tensor:
         """CLS output ``(batch, d_model)``: the cell embedding."""
@@ -254,8 +274,17 @@ class ScRobustNetwork(nn.Module):
         mse = ((pred - torch.cat([t_scales, t_scales])) ** 2)[keep].mean()
         return cl + mse, cl, mse
 
-    def classify(self, ids, scales, pad=None) -> torch.Tensor:
-        """Class logits ``(batch, n_classes)`` from the CLS output (eq. 13)."""
+    def classify(self, ids, scales, pad=None, wide_x=None, wide_logits=None) -> torch.Tensor:
+        """Class logits ``(batch, n_classes)``: the classifier on the CLS output (eq. 13).
+
+        Wide heads add a linear layer on ``wide_x`` (``(batch, n_wide)``), or given
+        ``wide_logits`` in its place (out-of-fold logits while fine-tuning).
+        """
         if self.classifier is None:
             raise RuntimeError("this network has no classifier; call set_classifier first.")
-        return self.classifier(self.embed(ids, scales, pad))
+        if self.head != "deep" and wide_logits is None:
+            wide_logits = self.wide(wide_x)
+        if self.head == "wide":
+            return wide_logits
+        out = self.classifier(self.embed(ids, scales, pad))
+        return out if self.head == "deep" else out + wide_logits

@@ -2,10 +2,8 @@
 
 Park & Lee, "scRobust: a robust self-supervised learning strategy to tackle the inherent
 sparsity of single-cell RNA-seq data", Brief Bioinform 2024, 25(6):bbae586, §Methods
-(eqs. 1–20). The method lives in :mod:`sctorch.scrobust` (network, tokens, model,
-pathways, markers); these functions only check arguments, call the model and write
-``obsm`` / ``obs`` / ``uns``. Measured performance: ``docs/which_method.md`` and
-``benchmarks/results/scrobust.md``.
+(eqs. 1–20). The method lives in :mod:`sctorch.scrobust`; these functions check
+arguments, call the model and write keys. Measured: ``docs/which_method.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import pandas as pd
 from .. import _keys
 from .._utils import RandomState, make_params, resolve_device, seed_int
 from ..scrobust._data import _build_vocab, _check_labels, _check_positive, _class_weights
-from ..scrobust._model import ScRobustConfig, ScRobustModel
+from ..scrobust._model import ScRobustModel
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -48,17 +46,22 @@ def scrobust_pretrain(
     layer: str | None = None,
     input_scale: InputScale = "counts",
     vocab: str | Path | Sequence[str] | None = None,
+    preset: Literal["default", "paper"] = "default",
+    token_values: Literal["rank", "log1p"] | None = None,
+    view_thinning: tuple[float, float] | Literal[False] | None = None,
+    select: Literal["knn", "contrastive", "none"] | None = None,
+    patience: int | None = None,
     n_genes_per_view: int | None = None,
-    d_model: int = 512,
+    d_model: int | None = None,
     n_layers: int | None = None,
     n_heads: int = 8,
     dim_feedforward: int | None = None,
     dropout: float = 0.1,
     head_dropout: float = 0.3,
     temperature: float = 0.07,
-    epochs: int = 10,
+    epochs: int | None = None,
     batch_size: int = 64,
-    lr: float = 5e-5,
+    lr: float | None = None,
     min_shared_genes: int = 10,
     device: str | None = None,
     rng: RandomState = 0,
@@ -67,30 +70,34 @@ def scrobust_pretrain(
     """Pre-train a scRobust encoder by cell augmentation (Park & Lee 2024, eqs. 1–11).
 
     Every cell is a set of tokens: its non-zero genes, each a trainable vector normalised
-    to unit length and scaled by the gene's log-normalised expression (eqs. 1–2), plus a
-    CLS token (scale 1) whose encoder output is the cell embedding; there are no
-    positional embeddings. Each step draws, per cell, **two random subsets** of its
-    non-zero genes (``n_genes_per_view`` each, without replacement, drawn independently so
-    the views share genes only by chance) and a **third** subset whose expression is to be
-    predicted. The loss (eq. 11) is the sum of
+    to unit length and scaled by the gene's value in the cell (eqs. 1–2), plus a CLS token
+    (scale 1) whose encoder output is the cell embedding; no positional embeddings. Each
+    step draws, per cell, **two views** (``n_genes_per_view`` of its non-zero genes each,
+    without replacement, independently) and a **third** subset whose values are
+    predicted. The loss (eq. 11) is NT-Xent (eqs. 6–8, temperature ``temperature``) between
+    the two views' projected CLS outputs plus the MSE of predicting the third subset's
+    values from each view's CLS output through a second head dotted with the raw gene
+    vectors (eqs. 9–10; the paper leaves open which view predicts: both do, averaged).
+    The encoder is post-LayerNorm (so LayerNorm cannot erase the scale of eq. 2) and
+    evaluates its last layer for the CLS query alone (same result, a fraction of the
+    cost). Training: :meth:`ScRobustModel.fit` (through :func:`sctorch.models.fit`, inside
+    :func:`sctorch._utils.seeded`: the caller's random streams are kept).
 
-    - NT-Xent (SimCLR, eqs. 6–8) between the two views' CLS outputs passed through a
-      two-layer projection head, temperature ``temperature``;
-    - the MSE of gene-expression prediction (eqs. 9–10): each view's CLS output goes
-      through a second two-layer head and is dotted with the raw gene vectors of the
-      third subset to predict their expression. The paper leaves open which view
-      predicts; both do here and their errors are averaged.
-
-    The encoder is post-LayerNorm (BERT layout, so that LayerNorm cannot erase the
-    expression scale of eq. 2) and evaluates its last layer for the CLS query alone (same
-    result, a fraction of the cost); see :class:`sctorch.scrobust._module.ScRobustEncoder`.
-
-    Defaults follow the paper (``d_model=512``, 8 heads, 1 layer — 2 layers for ≥ 20,000
-    cells —, Adam with ``lr=5e-5``, batch 64, τ = 0.07). The paper trains for up to 1,000
-    epochs on a GPU; ``epochs=10`` is a laptop-CPU default (whether longer CPU pre-training
-    pays off: ``benchmarks/scrobust_ablation.py``, ``docs/which_method.md``). Training is
-    :meth:`ScRobustModel.fit` (through :func:`sctorch.models.fit`, inside
-    :func:`sctorch._utils.seeded`: the caller's numpy and torch random streams are kept).
+    ``preset="paper"``: the paper and the authors' code — values ``log1p(x / library ×
+    10⁴)``, both views from the cell at its own depth, 10 % of the mean detected genes per
+    view, the checkpoint with the lowest NT-Xent of 10 % held-out cells, ``d_model=512``, 8
+    heads, 1 layer (2 for ≥ 20,000 cells), Adam ``lr=5e-5``, batch 64 (the authors' code:
+    batch 256, 2 layers, 50 genes per view, up to 5,000 epochs on a GPU; ``epochs=10`` is
+    a CPU size). Views that share the cell's depth let NT-Xent be solved by depth (every
+    count-1 gene carries ``log1p(10⁴ / library)``), and 10 % of ~85 detected HVGs is 8
+    genes: that embedding followed depth and clustered far worse than PCA. ``"default"``
+    departs: **50 genes per view** (the authors' code) and each view **binomially
+    thinned** at its own per-cell rate in ``view_thinning`` (two views of a cell differ in
+    depth), last epoch kept, ``d_model=64``, ``lr=1e-3``, 10 epochs (CPU-sized). Measured
+    but not kept (they lost): within-cell rank values (``token_values="rank"``) and the
+    k-NN agreement of two thinned copies as epoch selection (``select="knn"``); see
+    ``benchmarks/results/scrobust_depth.md``. Arguments left ``None`` take the preset's
+    value (``sctorch.scrobust._presets.PRESETS``).
 
     Parameters
     ----------
@@ -109,16 +116,21 @@ def scrobust_pretrain(
         scRobust's ``whole_human_vocab.csv`` (ids 0–3 = PAD, SEP, UNKWON, CLS); a
         sequence of gene names is used after the five special tokens. Genes of ``adata``
         missing from a given vocabulary are skipped (counted in a warning).
+    preset
+        ``"default"`` or ``"paper"`` (see above).
+    token_values, view_thinning, select, patience
+        ``"rank"`` or ``"log1p"`` token values; ``(low, high)`` per-cell thinning rates of
+        the views or ``False``; epoch selection ``"knn"``, ``"contrastive"`` or ``"none"``
+        (last epoch), and epochs without improvement before stopping
+        (:meth:`ScRobustModel.fit`). Thinning and ``"knn"`` need counts input.
     n_genes_per_view
-        Genes per view; ``None`` uses 10 % of the mean number of detected genes per cell
-        (at least 8), as the paper.
+        Genes per view (``None``: the preset's; ``"paper"``: 10 % of the mean number of
+        detected genes per cell, at least 8).
     d_model, n_layers, n_heads, dim_feedforward, dropout
-        Encoder width, layers (``None``: 1, or 2 when ``n_obs ≥ 20,000``), heads,
-        feed-forward width (``None``: ``4 × d_model``) and dropout.
-    head_dropout
-        Dropout in the two-layer heads.
-    temperature
-        NT-Xent temperature τ.
+        Encoder width (``None``: the preset's), layers (``None``: 1, or 2 when ``n_obs ≥
+        20,000``), heads, feed-forward width (``None``: ``4 × d_model``) and dropout.
+    head_dropout, temperature
+        Dropout in the two-layer heads; NT-Xent temperature τ.
     epochs, batch_size, lr
         Passes over the cells, cells per step, Adam learning rate.
     min_shared_genes
@@ -130,8 +142,8 @@ def scrobust_pretrain(
     Returns
     -------
     :class:`ScRobustModel` (in evaluation mode), with ``history['pretrain_loss']``,
-    ``history['pretrain_contrastive']`` and ``history['pretrain_mse']`` holding the mean
-    total, NT-Xent and MSE losses of each epoch.
+    ``['pretrain_contrastive']``, ``['pretrain_mse']`` (epoch means) and the selection
+    score (``['pretrain_knn_agreement']`` or ``['pretrain_val_contrastive']``).
 
     Raises
     ------
@@ -145,26 +157,18 @@ def scrobust_pretrain(
     FileNotFoundError
         If a vocabulary file does not exist.
     """
-    _check_positive(d_model=d_model, n_heads=n_heads, epochs=epochs, batch_size=batch_size,
-                    lr=lr, temperature=temperature, n_genes_per_view=n_genes_per_view,
-                    n_layers=n_layers, dim_feedforward=dim_feedforward)
-    if d_model % n_heads:
-        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
-    if adata.n_obs < 2:
-        raise ValueError(f"Contrastive pre-training needs at least 2 cells, got {adata.n_obs}.")
-    tokens = _build_vocab(vocab, adata.var_names)
-    config = ScRobustConfig(
-        vocab_size=len(tokens), d_model=int(d_model), n_heads=int(n_heads),
-        n_layers=None if n_layers is None else int(n_layers),
-        dim_feedforward=None if dim_feedforward is None else int(dim_feedforward),
-        dropout=float(dropout), head_dropout=float(head_dropout),
-        temperature=float(temperature),
-        n_genes_per_view=None if n_genes_per_view is None else int(n_genes_per_view),
-        input_scale=input_scale)
-    model = ScRobustModel(None, tokens, config)
-    return model.fit(adata, layer=layer, input_scale=input_scale, epochs=epochs,
-                     batch_size=batch_size, lr=lr, min_shared_genes=min_shared_genes,
-                     device=device, rng=rng, progress=progress)
+    from ..scrobust._presets import pretrain_config
+
+    config, fit_kw = pretrain_config(
+        preset, _build_vocab(vocab, adata.var_names), n_obs=adata.n_obs,
+        token_values=token_values, view_thinning=view_thinning, select=select,
+        patience=patience, n_genes_per_view=n_genes_per_view, d_model=d_model,
+        n_layers=n_layers, n_heads=n_heads, dim_feedforward=dim_feedforward, dropout=dropout,
+        head_dropout=head_dropout, temperature=temperature, epochs=epochs,
+        batch_size=batch_size, lr=lr, input_scale=input_scale)
+    return ScRobustModel(None, config=config, genes=None, vocab=fit_kw.pop("vocab")).fit(
+        adata, layer=layer, input_scale=input_scale, min_shared_genes=min_shared_genes,
+        device=device, rng=rng, progress=progress, **fit_kw)
 
 
 # ============================================================================ embedding
@@ -192,9 +196,8 @@ def scrobust_embed(
     unique genes" — those detected in the fewest cells of ``adata`` first (eq. 12, as the
     authors' ``get_cell_embeddings``); ``gene_order="random"`` draws a random subset.
 
-    :meth:`ScRobustModel.embed` plus writing the keys. At CPU pre-training budgets the
-    embedding was weaker for clustering than PCA of HVGs and followed sequencing depth
-    (``benchmarks/results/scrobust.md``): prefer HVGs and compare with PCA.
+    :meth:`ScRobustModel.embed` plus writing the keys; backed AnnData are read by blocks.
+    Measured against PCA: ``benchmarks/results/scrobust_depth.md``.
 
     Parameters
     ----------
@@ -265,10 +268,15 @@ def scrobust_annotate(
     layer: str | None = None,
     ref_layer: str | None = None,
     input_scale: InputScale = "counts",
+    preset: Literal["default", "paper"] = "default",
+    head: Literal["wide_and_deep", "deep", "wide"] | None = None,
+    n_wide_genes: int = 2000,
+    val_fraction: float | None = None,
+    patience: int | None = None,
     n_genes: int = 800,
-    epochs: int = 20,
+    epochs: int | None = None,
     batch_size: int = 32,
-    lr: float = 5e-5,
+    lr: float | None = None,
     class_weight: str | Mapping[str, float] | None = "balanced",
     min_shared_genes: int = 10,
     pretrain_kwargs: Mapping[str, Any] | None = None,
@@ -283,22 +291,26 @@ def scrobust_annotate(
     """Annotate cells with a fine-tuned scRobust classifier ("highly unique genes").
 
     Fine-tuning (Park & Lee 2024, eqs. 12–15): each reference cell is encoded from its
-    non-zero genes ordered by how rarely each gene is detected in the reference (rarest
-    first), the first ``n_genes`` (800 as the paper) as input; the CLS output feeds a
-    two-layer classifier, and encoder and classifier are trained with cross-entropy
-    (Adam, ``lr``; class-weighted, see ``class_weight``): :meth:`ScRobustModel.finetune`,
-    through :func:`sctorch.models.fit` inside :func:`sctorch._utils.seeded`. Query cells
-    are encoded the same way, in the reference's detection order (genes absent from the
-    reference fall back to their detection in the query); the label is the arg-max of the
-    softmax and the confidence its probability (:meth:`ScRobustModel.predict_proba`).
-    Query genes missing from the vocabulary are skipped (counted in a warning).
+    non-zero genes ordered by how rarely each is detected in the reference (rarest first),
+    the first ``n_genes`` (800 as the paper); the CLS output feeds a two-layer classifier,
+    and encoder and classifier are trained with (class-weighted) cross-entropy:
+    :meth:`ScRobustModel.finetune`, through :func:`sctorch.models.fit`. ``val_fraction``
+    of the reference (stratified) is held out and the epoch with its best macro-F1 is kept,
+    as the authors' code does. Query cells are encoded the same way, in the reference's
+    detection order; the label is the arg-max of the softmax, the confidence its
+    probability (:meth:`ScRobustModel.predict_proba`). Query genes missing from the
+    vocabulary are skipped (counted in a warning).
 
-    The cost grows linearly with ``n_genes``; on a CPU, a small pre-trained model
-    (``d_model=64``), 800 genes, ``lr=1e-3`` and a few epochs is practical
-    (``benchmarks/scrobust.py``). Fewer genes drop the most widely detected genes first,
-    which include many markers; reference and query restricted to ~2,000 HVGs of the
-    reference shorten every cell's token sequence. Measured accuracy, macro-F1 and
-    timings: ``benchmarks/results/scrobust.md`` and ``docs/which_method.md``.
+    ``preset="paper"``: the paper's classifier (``head="deep"``), 20 epochs at
+    ``lr=5e-5`` (the authors' code: 10–30, picked by validation macro-F1). ``"default"``
+    departs from it because the deep path alone lost to a balanced logistic regression
+    (``benchmarks/results/scrobust.md``): ``head="wide_and_deep"`` fits a logistic
+    regression on the log-normalised expression of the reference's ``n_wide_genes`` HVGs
+    (the wide path, frozen), trains the deep path on its out-of-fold logits, and keeps
+    the deep path only if it improves both macro-F1 and cross-entropy of the held-out
+    part; the wide path is then refitted on the whole reference. ``"wide"`` is the wide
+    path alone. 10 epochs at ``lr=1e-3`` (CPU-sized). Cost grows with ``n_genes``;
+    restricting reference and query to ~2,000 HVGs shortens every cell's sequence.
 
     Parameters
     ----------
@@ -312,15 +324,18 @@ def scrobust_annotate(
     model
         A pre-trained model to fine-tune (a copy is fine-tuned; ``model`` is not changed).
         ``None`` pre-trains one on ``adata_ref`` first with ``pretrain_kwargs``.
-    layer, ref_layer
-        Layers of query and reference (``None``: ``.X``).
-    input_scale
-        ``"counts"``, ``"log1p"`` or ``"auto"``, for both (see
-        :func:`scrobust_pretrain`).
-    n_genes
-        Highly unique genes per cell (800 as the paper).
-    epochs, batch_size, lr
-        Fine-tuning passes, cells per step, Adam learning rate (paper: 20 epochs, 5e-5).
+    layer, ref_layer, input_scale
+        Layers of query and reference (``None``: ``.X``); ``"counts"``, ``"log1p"`` or
+        ``"auto"``, for both (see :func:`scrobust_pretrain`).
+    preset, head, n_wide_genes
+        Preset (also used to pre-train when ``model`` is None), classifier layout and
+        the wide path's number of HVGs (see above; ``None``: the preset's).
+    val_fraction, patience
+        Held-out part of the reference for choosing the epoch (``None``: 0.1; 0 keeps the
+        last epoch) and epochs without improvement before stopping.
+    n_genes, epochs, batch_size, lr
+        Highly unique genes per cell (800 as the paper); fine-tuning passes (at most),
+        cells per step, Adam learning rate (``None``: the preset's).
     class_weight
         Weights of the classes in the cross-entropy: ``"balanced"`` (default) weighs class
         ``c`` by ``n / (n_classes × n_c)``, as scikit-learn's ``class_weight="balanced"``;
@@ -336,10 +351,8 @@ def scrobust_annotate(
         ``obs`` keys of the labels (categorical) and confidences (float32, in [0, 1]).
     return_model
         Also return the fine-tuned :class:`ScRobustModel`.
-    device, rng, progress
-        Torch device, seed, progress bar.
-    copy
-        Write into a copy of ``adata_query`` and return it.
+    device, rng, progress, copy
+        Torch device, seed, progress bar; write into a copy of ``adata_query``, return it.
 
     Returns
     -------
@@ -357,7 +370,13 @@ def scrobust_annotate(
         has no non-zero vocabulary gene, or the query shares fewer than
         ``min_shared_genes`` genes with the vocabulary.
     """
-    _check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr)
+    from ..scrobust._presets import preset_values
+
+    p = preset_values(preset, "finetune", dict(head=head, val_fraction=val_fraction,
+                                                lr=lr, epochs=epochs))
+    epochs, lr = p["epochs"], p["lr"]
+    _check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
+                    n_wide_genes=n_wide_genes, patience=patience)
     # ---- validate everything before training or writing
     if adata_ref is None:
         if model is None or not model.is_fine_tuned:
@@ -375,12 +394,14 @@ def scrobust_annotate(
     if adata_ref is not None:
         if model is None:
             kw = dict(layer=ref_layer, input_scale=input_scale, device=device, rng=seed,
-                      progress=progress)
+                      progress=progress, preset=preset)
             model = scrobust_pretrain(adata_ref, **{**kw, **dict(pretrain_kwargs or {})})
         model = model.finetune(adata_ref, labels, layer=ref_layer, input_scale=input_scale,
                                n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
                                class_weight=class_weight, min_shared_genes=min_shared_genes,
-                               device=device, rng=seed, progress=progress)
+                               device=device, rng=seed, progress=progress, head=p["head"],
+                               n_wide_genes=n_wide_genes, val_fraction=p["val_fraction"],
+                               patience=patience)
     prob = model.predict_proba(qtok, n_genes=n_genes, batch_size=batch_size, device=device,
                                progress=progress)
     target = _target(adata_query, copy)
@@ -389,6 +410,7 @@ def scrobust_annotate(
     target.obs[confidence_key] = prob.max(1).astype(np.float32)
     target.uns[key_added] = {"params": make_params(
         labels_key=labels_key, n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
+        preset=preset, head=model.config.head, val_fraction=p["val_fraction"],
         class_weight=None if adata_ref is None or class_weight is None else (
             class_weight if isinstance(class_weight, str)
             else {str(k): float(v) for k, v in class_weight.items()}),
@@ -416,24 +438,15 @@ def scrobust_pathway_scores(
 ) -> ad.AnnData | None:
     r"""Pathway scores and pathway-based (unsupervised) annotation (eqs. 16–20).
 
-    For a gene set :math:`S`, with :math:`\hat e_g` the unit-norm trained gene vector of
-    gene :math:`g` (the token embedding of eq. 1), the *pathway embedding* is the sum of
-    its genes' embeddings, unscaled (eqs. 16–17), and the *pathway-informed cell
-    embedding* of cell :math:`c` is the same sum with each gene scaled by the cell's
-    log-normalised expression :math:`x_{cg}` (eqs. 18–19; eq. 2's tokens):
-
-    .. math:: p_S = \sum_{g \in S} \hat e_g, \qquad
-              c_S = \sum_{g \in S} x_{cg} \hat e_g .
-
-    The closeness uses both angle and magnitude (eq. 20):
-
-    .. math:: s(c_S, p_S) = \frac{c_S \cdot p_S}{\lVert p_S \rVert^2}
-              = \frac{\lVert c_S \rVert \cos\theta}{\lVert p_S \rVert},
-
-    the length of the projection of :math:`c_S` on :math:`p_S` in units of
-    :math:`\lVert p_S \rVert` (1 when the cell expresses every gene of the set at
-    log-expression 1). Each cell's label is the set with the highest score; with
-    cell-type marker sets this is an unsupervised annotation.
+    For a gene set :math:`S` with unit-norm trained gene vectors :math:`\hat e_g` (eq. 1),
+    the pathway embedding is :math:`p_S = \sum_{g \in S} \hat e_g` (eqs. 16–17), the
+    pathway-informed cell embedding :math:`c_S = \sum_{g \in S} x_{cg} \hat e_g` with the
+    cell's log-normalised expression :math:`x_{cg}` (eqs. 18–19), and the score uses angle
+    and magnitude (eq. 20): :math:`s(c_S, p_S) = c_S \cdot p_S / \lVert p_S \rVert^2 =
+    \lVert c_S \rVert \cos\theta / \lVert p_S \rVert`, the projection of :math:`c_S` on
+    :math:`p_S` in units of :math:`\lVert p_S \rVert` (1 when the cell expresses every gene
+    of the set at log-expression 1). Each cell's label is the set with the highest score;
+    with cell-type marker sets this is an unsupervised annotation.
 
     Both embeddings are built from the trained gene vectors, following the description
     of eqs. 16–19 (the set's gene embeddings, unscaled / scaled by expression). The
@@ -574,27 +587,14 @@ def scrobust_marker_genes(
     ValueError
         For invalid data, NaN groups, fewer than 2 groups, or a bad ``method``.
     """
-    import torch
-
-    from ..scrobust._markers import check_groups, group_attention, marker_record
+    from ..scrobust._markers import attention_markers
 
     _check_positive(n_genes=n_genes, n_tokens=n_tokens, batch_size=batch_size)
     if method not in ("specific", "mean"):
         raise ValueError(f"method must be 'specific' or 'mean', got {method!r}.")
-    groups, names = check_groups(adata, groupby)
-    tok = model.tokens(adata, layer=layer, input_scale=input_scale, min_shared_genes=1)
-    dev = resolve_device(device)
-    model.to(dev)
-    code = torch.as_tensor(np.array(pd.Categorical(groups, categories=names).codes),
-                           dtype=torch.long)
-    acc = group_attention(model, tok, code, len(names), n_tokens=n_tokens,
-                          batch_size=batch_size, device=dev, progress=progress)
-    result = marker_record(acc, code, tok, model.vocab, names, n_genes=n_genes, method=method)
-    result["params"] = {"groupby": groupby, "reference": "rest", "method": "scrobust_attention",
-                        "use_raw": False, "layer": "None" if layer is None else layer,
-                        "corr_method": "none", **make_params(n_tokens=n_tokens,
-                                                             aggregation=method,
-                                                             device=str(dev))}
+    result = attention_markers(adata, groupby, model, n_genes=n_genes, n_tokens=n_tokens,
+                               layer=layer, input_scale=input_scale, method=method,
+                               batch_size=batch_size, device=device, progress=progress)
     target = _target(adata, copy)
     target.uns[key_added] = result
     return target if copy else None
