@@ -87,7 +87,8 @@ def _signature_map():
         "scrobust embed": {
             **{k: [(tl.scrobust_pretrain, k), (tl.scrobust_embed, k)]
                for k in ("layer", "input_scale", "device")},
-            **{k: [(tl.scrobust_pretrain, k)] for k in ("d_model", "n_heads", "lr", "epochs")},
+            **{k: [(tl.scrobust_pretrain, k)] for k in ("d_model", "n_heads", "lr", "epochs",
+                                                        "preset")},
             "n_genes": [(tl.scrobust_embed, "n_genes")],
             "key_added": [(tl.scrobust_embed, "key_added")],
             "seed": [(tl.scrobust_pretrain, "rng"), (tl.scrobust_embed, "rng")],
@@ -97,7 +98,8 @@ def _signature_map():
         "scrobust annotate": {
             **{k: [(tl.scrobust_annotate, k)] for k in ("labels_key", "layer", "input_scale",
                                                         "n_genes", "epochs", "class_weight",
-                                                        "key_added", "device")},
+                                                        "key_added", "device", "head")},
+            "preset": [(tl.scrobust_annotate, "preset"), (tl.scrobust_pretrain, "preset")],
             **{k: [(tl.scrobust_pretrain, k)] for k in ("d_model", "n_heads")},
             "layer": [(tl.scrobust_annotate, "layer"), (tl.scrobust_annotate, "ref_layer")],
             "lr": [(tl.scrobust_annotate, "lr"), (tl.scrobust_pretrain, "lr")],

@@ -243,8 +243,9 @@ def cmd_scrobust_embed(args: argparse.Namespace) -> int:
         model = tl.ScRobustModel.load(args.model, device=args.device)
     else:
         model = tl.scrobust_pretrain(
-            adata, layer=args.layer, input_scale=args.input_scale, d_model=args.d_model,
-            n_heads=args.n_heads, epochs=args.epochs, lr=args.lr, device=args.device,
+            adata, layer=args.layer, input_scale=args.input_scale, preset=args.preset,
+            d_model=args.d_model, n_heads=args.n_heads, epochs=args.epochs, lr=args.lr,
+            device=args.device,
             rng=args.seed, progress=not args.quiet)
     tl.scrobust_embed(adata, model, layer=args.layer, input_scale=args.input_scale,
                       n_genes=args.n_genes, key_added=args.key_added, device=args.device,
@@ -271,11 +272,11 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     ref = _read(args.reference) if args.reference else None
     model = tl.ScRobustModel.load(args.model, device=args.device) if args.model else None
     pre = {"d_model": args.d_model, "n_heads": args.n_heads, "epochs": args.pretrain_epochs,
-           "lr": args.lr}
+           "lr": args.lr, "preset": args.preset}
     res = tl.scrobust_annotate(
         query, ref, labels_key=args.labels_key, model=model, layer=args.layer,
         ref_layer=args.layer, input_scale=args.input_scale, n_genes=args.n_genes,
-        epochs=args.epochs, lr=args.lr,
+        epochs=args.epochs, lr=args.lr, preset=args.preset, head=args.head,
         class_weight=None if args.class_weight == "none" else args.class_weight,
         pretrain_kwargs=pre, key_added=args.key_added,
         return_model=bool(args.model_out), device=args.device, rng=args.seed,
@@ -411,17 +412,20 @@ def _scrobust_args(p: argparse.ArgumentParser, func: Callable) -> None:
 
     pre = tl.scrobust_pretrain
     p.add_argument("--layer", default=_default(func, "layer"), help="layer to read (default: X)")
-    p.add_argument("--input-scale", choices=("counts", "log1p"),
+    p.add_argument("--input-scale", choices=("counts", "log1p", "auto"),
                    default=_default(func, "input_scale"),
                    help="scale of the input (default: %(default)s)")
     p.add_argument("--model", default=None, help="a saved scRobust model file (.safetensors)")
     p.add_argument("--model-out", default=None, help="save the model to this .safetensors file")
+    p.add_argument("--preset", choices=("default", "paper"), default=_default(func, "preset"),
+                   help="settings of pre-training (and fine-tuning): the measured default or "
+                        "the paper's (default: %(default)s)")
     p.add_argument("--d-model", type=int, default=_default(pre, "d_model"),
-                   help="pre-training: token dimension (default: %(default)s, as the paper)")
+                   help="pre-training: token dimension (default: the preset's)")
     p.add_argument("--n-heads", type=int, default=_default(pre, "n_heads"),
                    help="pre-training: attention heads")
     p.add_argument("--lr", type=float, default=_default(func, "lr"),
-                   help="Adam learning rate (default: %(default)s)")
+                   help="Adam learning rate (default: the preset's)")
 
 
 def _add_scrobust(sub) -> None:
@@ -441,7 +445,7 @@ def _add_scrobust(sub) -> None:
     e.add_argument("output", metavar="OUT", help="output .h5ad")
     _scrobust_args(e, pre)
     e.add_argument("--epochs", type=int, default=_default(pre, "epochs"),
-                   help="pre-training epochs (default: %(default)s)")
+                   help="pre-training epochs (default: the preset's)")
     e.add_argument("--n-genes", type=int, default=_default(emb, "n_genes"),
                    help="highly unique genes per cell at embedding (default: %(default)s)")
     e.add_argument("--key-added", default=_default(emb, "key_added"),
@@ -460,9 +464,13 @@ def _add_scrobust(sub) -> None:
                    help="obs column of the reference labels")
     _scrobust_args(a, ann)
     a.add_argument("--pretrain-epochs", type=int, default=_default(pre, "epochs"),
-                   help="pre-training epochs when no --model is given (default: %(default)s)")
+                   help="pre-training epochs when no --model is given (default: the preset's)")
     a.add_argument("--epochs", type=int, default=_default(ann, "epochs"),
-                   help="fine-tuning epochs (default: %(default)s)")
+                   help="fine-tuning epochs (default: the preset's)")
+    a.add_argument("--head", choices=("wide_and_deep", "deep", "wide"),
+                   default=_default(ann, "head"),
+                   help="classifier: linear path beside the Transformer, the paper's deep "
+                        "classifier, or the linear path alone (default: the preset's)")
     a.add_argument("--n-genes", type=int, default=_default(ann, "n_genes"),
                    help="highly unique genes per cell (default: %(default)s, as the paper)")
     a.add_argument("--class-weight", choices=["balanced", "none"],
