@@ -170,11 +170,14 @@ def stimpute(
     for comparison; mini-batches replace the authors' full-batch steps.
 
     Why the default departs from the paper (measured in ``benchmarks/results/stimpute.md``
-    on the Drosophila pair and on same-platform proxies): the GNN adds nothing over its
-    own k-NN mean at 50× the cost, while the ridge + k-NN blend beats the k-NN mean; the
-    paper's reliability (eq. 13) did not rank genes by their held-out accuracy, the
-    calibrated self-prediction does on every data set measured (weakest across
-    platforms). The gene graph and ESM-2 embeddings matter only to ``method="gnn"``.
+    on the Drosophila pair and on two same-platform proxies): the GNN's median gene
+    Pearson was no better than its own k-NN mean (its gain was in cosine, see
+    ``docs/which_method.md``) at tens of times the cost, and the GNN without a gene graph
+    scored about the same as with one; the ridge + k-NN blend beat the k-NN mean in
+    Pearson on every data set; the paper's reliability (eq. 13) did not rank genes by
+    their held-out accuracy on the Drosophila pair, the calibrated self-prediction does
+    (strongly on same-platform data, weakly across platforms). The gene graph and ESM-2
+    embeddings matter only to ``method="gnn"``.
 
     Everything runs in blocks of cells: the k-NN mean of a block is one sparse product
     with the reference, never a ``(cells, genes, k)`` array of the whole section.
