@@ -598,3 +598,5 @@ def test_paper_distance_graph_and_no_graph(plant):
         sct.tl.stimpute(sp, rf, genes=HELD, preset="authors", **FAST)
     with pytest.raises(ValueError, match="ridge_weight"):
         sct.tl.stimpute(sp, rf, genes=HELD, ridge_weight=2.0, progress=False)
+    with pytest.raises(ValueError, match="alpha is the GNN's weight"):
+        sct.tl.stimpute(sp, rf, genes=HELD, alpha=0.5, progress=False)

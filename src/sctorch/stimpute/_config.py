@@ -78,6 +78,12 @@ class StImputeConfig:
                               ("preset", ("default", "paper"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.method == "transfer" and self.alpha is not None:
+            raise ValueError("alpha is the GNN's weight (method='gnn'); the default transfer "
+                             "blends with ridge_weight.")
+        if self.method == "gnn" and self.ridge_weight is not None:
+            raise ValueError("ridge_weight applies to method='transfer'; the GNN blends with "
+                             "alpha.")
         if self.preset == "paper" and self.method != "gnn":
             raise ValueError("preset='paper' is the paper's GNN; it needs method='gnn'.")
 

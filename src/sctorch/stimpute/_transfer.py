@@ -198,10 +198,15 @@ def transfer(emb_sp: np.ndarray, emb_ref: np.ndarray, Y, ridge: Ridge | None, k:
 
 
 # ----------------------------------------------------------------------------- reliability
-def self_prediction(emb_ref: np.ndarray, Y, k: int, cells: np.ndarray) -> np.ndarray:
-    """Per column of ``Y``: Pearson of its leave-one-out k-NN mean within reference ``cells``."""
-    E = emb_ref[cells]
-    nbr = neighbours(E, None, min(k, len(cells) - 1))
+def self_prediction(emb_ref: np.ndarray, Y, k: int, cells: np.ndarray,
+                    nbr: np.ndarray | None = None) -> np.ndarray:
+    """Per column of ``Y``: Pearson of its leave-one-out k-NN mean within reference ``cells``.
+
+    ``nbr``: the cells' leave-one-out neighbours (positions in ``cells``, nearest first),
+    when already computed for a larger ``k``.
+    """
+    k = min(k, len(cells) - 1)
+    nbr = neighbours(emb_ref[cells], None, k) if nbr is None else nbr[:, :k]
     Ys = sparse.csc_matrix(Y[cells]) if sparse.issparse(Y) else np.asarray(Y)[cells]
     res = np.empty(Y.shape[1])
     for cs in iter_batches(Y.shape[1], 2048):
@@ -272,12 +277,13 @@ def select(sp, ref, n_train: int, make_space: Callable, *, ks, ws, n_folds: int,
         y_sp = to_dense(sp_rows[:, te])
         nbr = neighbours(emb_ref, emb_sp, kmax)
         rid = Ridge.fit(emb_ref, Y).predict(emb_sp) if max(ws) > 0 else None
+        self_nbr = neighbours(emb_ref[cells], None, min(kmax, len(cells) - 1))
         for k in ks:
             knn = neighbour_mean(nbr[:, :k], Y) if min(ws) < 1 else None
             for w in ws:
                 P = rid if w == 1 else knn if w == 0 else w * rid + (1 - w) * knn
                 held[(k, w)][te] = gene_pearson(P, y_sp)
-            feat[k][te] = self_prediction(emb_ref, Y, k, cells)
+            feat[k][te] = self_prediction(emb_ref, Y, k, cells, self_nbr)
     scores = {kw: float(np.median(v)) for kw, v in held.items()}
     k, w = max(scores, key=lambda kw: (round(scores[kw], 12), -kw[1], kw[0]))
     return Selection(int(k), float(w), scores, held[(k, w)], feat[k],
