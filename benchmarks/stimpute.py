@@ -296,8 +296,12 @@ def render(runs: dict) -> list[str]:
         lines.append("")
     if "scale" in runs:
         lines += ["## Scale: osmFISH resampled to N spatial cells, synthetic 20,000-cell "
-                  "reference", "", "26 measured genes, 7 predicted; defaults; seconds exclude "
-                  "building the data.", "",
+                  "reference", "", "26 measured genes, 7 predicted; defaults; one CPU thread "
+                  "per run (`--threads 1`) on 2 cores shared with other jobs; seconds exclude "
+                  "building the data; peak MiB is each run's own process (libraries, the "
+                  "reference and the spatial cells). The default's inner gene CV reads at most "
+                  "5,000 spatial and 5,000 reference cells, so above that only the neighbour "
+                  "search and the prediction grow with N.", "",
                   "| N spatial cells | stImpute seconds | peak MiB | k-NN seconds | peak MiB "
                   "| command |", "|---|---|---|---|---|---|"]
         for n, r in sorted(runs["scale"].items(), key=lambda kv: int(kv[0])):
