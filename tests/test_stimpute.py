@@ -14,7 +14,7 @@ from sctorch.metrics import gene_pearson
 
 pytest.importorskip("torch_geometric")
 
-FAST = dict(epochs=2, ae_epochs=3, reliability_folds=0, progress=False)
+FAST = dict(method="gnn", epochs=2, ae_epochs=3, reliability_folds=0, progress=False)
 
 
 def planted(n_sp=240, n_ref=240, n_types=6, n_modules=6, per_module=6, dropout=0.3, seed=0,
@@ -105,9 +105,10 @@ def test_writes_obsm_uns_and_blend(plant):
     rec = a.uns["stimpute"]
     assert list(rec["genes"]) == HELD
     assert rec["reliability"].shape == (len(HELD),) and np.isfinite(rec["reliability"]).all()
-    assert (np.abs(rec["reliability"]) <= 1.0).all()  # an estimated cosine similarity
+    assert (np.abs(rec["reliability"]) <= 1.0).all()  # an estimated Pearson correlation
     p = rec["params"]
-    assert p["alpha"] == 0.7 and p["n_train"] == 30 and p["n_with_embedding"] == 36
+    assert p["weight"] == 0.7 and p["n_train"] == 30 and p["n_with_embedding"] == 36
+    assert p["method"] == "gnn" and p["k"] == 10
     assert "non-integer" in p["spatial_scale"]
     np.testing.assert_array_equal(a.X, sp.X)  # X untouched
     # default genes: every reference gene the spatial set does not measure
@@ -126,8 +127,8 @@ def test_reliability_ranks_predictable_genes_higher():
     assert rel[:6].mean() > rel[6:].mean() + 0.2, rel
 
 
-def test_reliability_is_clipped_to_cosine_range(plant, monkeypatch):
-    # an MLP whose raw output leaves [-1, 1] gives scores clipped to that range
+def test_paper_reliability_is_clipped_to_cosine_range(plant, monkeypatch):
+    # preset="paper": an MLP whose raw output leaves [-1, 1] gives scores clipped to it
     from sctorch.stimpute import _module as nn_st
 
     class Overshooting(nn_st.ReliabilityMLP):
@@ -137,7 +138,7 @@ def test_reliability_is_clipped_to_cosine_range(plant, monkeypatch):
     monkeypatch.setattr(nn_st, "ReliabilityMLP", Overshooting)
     sp, rf, emb = plant
     out = sct.tl.stimpute(sp, rf, genes=HELD, gene_embeddings=emb, n_neighbors=10,
-                          return_adata=True, **{**FAST, "reliability_folds": 2})
+                          return_adata=True, preset="paper", **{**FAST, "reliability_folds": 2})
     np.testing.assert_array_equal(out.var["reliability"].to_numpy(), 1.0)
 
 
@@ -361,6 +362,7 @@ def test_cuda_matches_shape_and_quality(plant):
 
 # ----------------------------------------------------------------------------- the model
 def _fit_model(sp, rf, emb, **kw):
+    kw = {"method": "gnn", **kw}
     return sct.models.StImputeModel(n_neighbors=5, graph_neighbors=5, epochs=2, ae_epochs=3,
                                     reliability_folds=2, **kw).fit(
         sp, rf, genes=HELD, gene_embeddings=emb, rng=0, progress=False)
@@ -369,7 +371,8 @@ def _fit_model(sp, rf, emb, **kw):
 def test_model_predict_matches_stimpute_and_survives_save_load(plant, tmp_path):
     sp, rf, emb = plant
     kw = dict(genes=HELD, gene_embeddings=emb, n_neighbors=5, graph_neighbors=5, epochs=2,
-              ae_epochs=3, reliability_folds=2, progress=False, return_adata=True)
+              ae_epochs=3, reliability_folds=2, progress=False, return_adata=True,
+              preset="paper")
     out, model = sct.tl.stimpute(sp, rf, return_model=True, **kw)
     np.testing.assert_array_equal(out.X, sct.tl.stimpute(sp, rf, **kw).X)
     assert isinstance(model, sct.models.StImputeModel)
@@ -482,3 +485,118 @@ def test_no_torch_jit_deprecation_warning_on_import():
                          env={**os.environ, "PYTHONWARNINGS": "always"}, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "torch.jit.script" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- default method
+DEFAULT = dict(progress=False, return_adata=True)
+
+
+def test_transfer_known_answers(plant):
+    sp, rf, _ = plant
+    # k = 1, w = 0: every prediction is one reference cell's value of the gene
+    out = sct.tl.stimpute(sp, rf, genes=["m0g0"], n_neighbors=1, ridge_weight=0.0, **DEFAULT)
+    assert set(np.round(out.X.ravel(), 5)) <= set(np.round(rf[:, "m0g0"].X.ravel(), 5))
+    assert out.uns["stimpute"]["params"]["k"] == 1
+    # w = 1: a gene that is a linear function of measured genes is recovered by the ridge
+    rng = np.random.default_rng(0)
+    Z = rng.gamma(2.0, 1.0, size=(600, 8)).astype(np.float32)  # non-negative, non-integer
+    lin = Z[:, :3] @ np.array([1.0, 0.5, 0.8], np.float32)
+    both = ad.AnnData(np.column_stack([Z, lin]))
+    both.var_names = [f"g{i}" for i in range(8)] + ["target"]
+    res = sct.tl.stimpute(both[:300].copy(), both[300:].copy(), genes=["target"],
+                          ridge_weight=1.0, n_pcs=8, **DEFAULT)
+    assert gene_pearson(lin[:300, None], res.X)[0] > 0.99
+
+
+def test_default_chooses_k_and_w_from_measured_genes_only(plant):
+    sp, rf, _ = plant
+    out = sct.tl.stimpute(sp, rf, genes=HELD, **DEFAULT)
+    p = out.uns["stimpute"]["params"]
+    assert p["method"] == "transfer" and p["k"] in (10, 20, 50, 100)
+    assert p["weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    # the held-out genes' spatial values are never read: scrambling them changes nothing
+    b = sp.copy()
+    cols = [list(sp.var_names).index(g) for g in HELD]
+    b.X[:, cols] = np.random.default_rng(1).permutation(b.X[:, cols])
+    again = sct.tl.stimpute(b, rf, genes=HELD, **DEFAULT)
+    np.testing.assert_array_equal(again.X, out.X)
+    np.testing.assert_array_equal(again.var["reliability"], out.var["reliability"])
+    # it beats its own k-NN mean (w = 0) on the planted modules
+    truth = sp[:, HELD].X
+    knn = sct.tl.stimpute(sp, rf, genes=HELD, ridge_weight=0.0, n_neighbors=p["k"], **DEFAULT)
+    assert gene_pearson(truth, out.X).mean() >= gene_pearson(truth, knn.X).mean() - 1e-6
+
+
+def test_default_reliability_ranks_predictable_genes_higher():
+    sp, rf, _ = planted(n_noise=12, seed=1)
+    held = [f"m{m}g0" for m in range(6)] + [f"noise{j}" for j in range(6)]
+    out = sct.tl.stimpute(sp, rf, genes=held, **DEFAULT)
+    rel = out.var["reliability"].to_numpy()
+    assert np.isfinite(rel).all() and (np.abs(rel) <= 1).all()
+    # module genes are predictable, noise genes (no shared signal) are not
+    assert rel[:6].mean() > rel[6:].mean() + 0.3, rel
+    truth = sp[:, held].X
+    acc = gene_pearson(truth, out.X)
+    assert np.corrcoef(rel, acc)[0, 1] > 0.7, (rel, acc)  # estimates the held-out Pearson
+
+
+@pytest.mark.parametrize("latent", ["pca", "autoencoder"])
+def test_transfer_model_predicts_saves_and_loads(plant, tmp_path, latent):
+    sp, rf, _ = plant
+    measured = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
+    out, model = sct.tl.stimpute(measured, rf, latent=latent, ae_epochs=3, return_model=True,
+                                 **DEFAULT)
+    assert model.targets == HELD
+    np.testing.assert_allclose(model.predict(measured).to_numpy(), out.X, rtol=1e-5, atol=1e-6)
+    two = model.predict(measured, genes=[HELD[3], HELD[1]])
+    np.testing.assert_allclose(two.to_numpy(), out.X[:, [3, 1]], rtol=1e-5, atol=1e-6)
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    loaded = sct.models.load(path, device="cpu")
+    assert loaded.k == model.k and loaded.alpha == model.alpha
+    np.testing.assert_allclose(loaded.predict(measured).to_numpy(), out.X, rtol=1e-5,
+                               atol=1e-6)
+    assert gene_pearson(sp[:, HELD].X, out.X).mean() > 0.5
+
+
+@pytest.mark.parametrize("as_sparse", [False, True])
+def test_backed_input_gives_the_in_memory_prediction(plant, tmp_path, as_sparse):
+    sp, rf, _ = plant
+    counts = np.round(np.expm1(sp.X) * 3).astype(np.float32)
+    measured = ad.AnnData(sparse.csr_matrix(counts) if as_sparse else counts, obs=sp.obs,
+                          var=sp.var)
+    measured = measured[:, [g for g in sp.var_names if g not in HELD]].copy()
+    path = tmp_path / "sp.h5ad"
+    measured.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    mem = sct.tl.stimpute(measured, rf, **DEFAULT)
+    on_disk, model = sct.tl.stimpute(backed, rf, return_model=True, **DEFAULT)
+    np.testing.assert_allclose(on_disk.X, mem.X, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.predict(backed).to_numpy(), mem.X, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.predict(measured).to_numpy(), mem.X, rtol=1e-5,
+                               atol=1e-5)
+    backed.file.close()
+
+
+def test_paper_distance_graph_and_no_graph(plant):
+    from sctorch.stimpute._graph import GeneSimilarity, distance_graph
+
+    sp, rf, _ = plant
+    sim = GeneSimilarity(5, None, np.zeros(5, bool), rf.X[:, :5])
+    A = distance_graph(sim, np.arange(5)).toarray()
+    # dense cosine distances, identity subtracted, rows normalised (authors' GS_block)
+    S = sim.block(np.arange(5), np.arange(5))
+    D = 1 - S - np.eye(5)
+    np.testing.assert_allclose(A, D / D.sum(1, keepdims=True), rtol=1e-5)
+    np.testing.assert_allclose(A.sum(1), 1.0, rtol=1e-5)
+    assert (np.diag(A) < 0).all()
+    # graph_neighbors=0: the GNN without a gene graph still predicts
+    out = sct.tl.stimpute(sp, rf, genes=HELD, graph_neighbors=0, n_neighbors=5,
+                          return_adata=True, **FAST)
+    assert np.isfinite(out.X).all() and out.shape == (sp.n_obs, len(HELD))
+    with pytest.raises(ValueError, match="preset must be"):
+        sct.tl.stimpute(sp, rf, genes=HELD, preset="authors", **FAST)
+    with pytest.raises(ValueError, match="ridge_weight"):
+        sct.tl.stimpute(sp, rf, genes=HELD, ridge_weight=2.0, progress=False)
+    with pytest.raises(ValueError, match="alpha is the GNN's weight"):
+        sct.tl.stimpute(sp, rf, genes=HELD, alpha=0.5, progress=False)

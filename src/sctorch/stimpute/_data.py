@@ -22,9 +22,12 @@ from .._utils import (
     check_unique_var_names,
     describe_source,
     get_matrix,
+    is_backed,
     iter_batches,
+    iter_row_blocks,
     log_normalize,
     resolve_input_scale,
+    row_sums,
     to_dense,
 )
 
@@ -174,11 +177,13 @@ def normalised(adata: ad.AnnData, layer: str | None, what: str):
 
     The scale is decided by :func:`sctorch._utils.resolve_input_scale` (``"auto"``):
     integer values are raw counts, anything else is used as given (assumed log1p of
-    normalised values, or continuous imaging intensities).
+    normalised values, or continuous imaging intensities). A backed matrix
+    (``anndata.read_h5ad(path, backed="r")``) is not loaded: the result is then a function
+    ``columns -> matrix`` that reads it by blocks of cells (:func:`section_columns`).
 
     Returns
     -------
-    ``(matrix, description)``; the user's matrix is never modified.
+    ``(matrix or reader, description)``; the user's matrix is never modified.
 
     Raises
     ------
@@ -189,12 +194,41 @@ def normalised(adata: ad.AnnData, layer: str | None, what: str):
     """
     X = get_matrix(adata, layer)
     scale = resolve_input_scale(X, "auto", what=f"{what} ({describe_source(layer)})")
+    desc = ("raw counts, normalised here (median total, log1p)" if scale == "counts"
+            else "non-integer, used as given (assumed normalised and log1p-transformed)")
+    if is_backed(X):
+        lib = row_sums(X) if scale == "counts" else None
+        return (lambda pos: _backed_columns(X, pos, lib)), desc
     if scale == "counts":
         # the median over cells with counts, given explicitly: Scanpy's own median differs
         # between sparse and dense input when some cells have zero counts
-        return (log_normalize(X, target_sum=None),
-                "raw counts, normalised here (median total, log1p)")
-    return X, "non-integer, used as given (assumed normalised and log1p-transformed)"
+        return log_normalize(X, target_sum=None), desc
+    return X, desc
+
+
+def _backed_columns(X, pos: np.ndarray, lib: np.ndarray | None):
+    """Columns ``pos`` (``-1``: zeros) of a backed matrix, normalised, read by cell blocks.
+
+    Counts are scaled per block with the median total of the whole section (``lib``), so
+    the values equal those of the in-memory path (each row is scaled by its own total).
+    """
+    target = None
+    if lib is not None:
+        target = float(np.median(lib[lib > 0])) if (lib > 0).any() else 1.0
+    blocks = []
+    for _, block in iter_row_blocks(X, 8192):
+        if target is not None:
+            block = log_normalize(block, target_sum=target)
+        blocks.append(columns_padded(block, pos))
+    if not blocks:
+        return np.zeros((0, len(pos)), np.float32)
+    return sparse.vstack(blocks).tocsr() if sparse.issparse(blocks[0]) else np.vstack(blocks)
+
+
+def section_columns(adata: ad.AnnData, layer: str | None, pos: np.ndarray, what: str):
+    """Normalised columns ``pos`` (``-1``: zeros) of a section, in memory or backed."""
+    X, _ = normalised(adata, layer, what)
+    return X(pos) if callable(X) else columns_padded(X, pos)
 
 
 def columns(X, idx: np.ndarray):
@@ -235,10 +269,16 @@ class Inputs:
 
 
 def check_neighbors(n_neighbors, n_ref: int, alpha) -> None:
-    """Refuse ``n_neighbors`` outside ``[1, n_ref]`` and ``alpha`` outside ``[0, 1]``."""
-    if not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
+    """Refuse ``n_neighbors`` outside ``[1, n_ref]`` and ``alpha`` outside ``[0, 1]``.
+
+    ``n_neighbors=None`` (chosen at fit) needs at least 2 reference cells.
+    """
+    if n_neighbors is None:
+        if n_ref < 2:
+            raise ValueError(f"adata_ref has {n_ref} cell(s); at least 2 are needed.")
+    elif not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
         raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}.")
-    if n_ref < n_neighbors:
+    elif n_ref < n_neighbors:
         raise ValueError(f"adata_ref has {n_ref} cells but n_neighbors={n_neighbors} "
                          "reference neighbours are needed per spatial cell; pass a smaller "
                          "n_neighbors or a larger reference.")
@@ -257,7 +297,11 @@ def prepare(m: Matched, train: list[str], targets: list[str], norm_sp, norm_ref)
     ref_target = np.array([m.ref_idx[m.key(g)] for g in targets])
     info = {"spatial_scale": sp_scale, "reference_scale": ref_scale,
             "n_shared": len(m.shared), "n_train": len(train)}
-    return Inputs(columns(Xsp, sp_cols), columns(Xref, np.concatenate([ref_train, ref_target])),
+    sp = Xsp(sp_cols) if callable(Xsp) else columns(Xsp, sp_cols)
+    if callable(Xref):
+        raise ValueError("adata_ref must be in memory; a backed reference is not supported "
+                         "(load it with adata_ref.to_memory()).")
+    return Inputs(sp, columns(Xref, np.concatenate([ref_train, ref_target])),
                   train, [m.ref_names[i] for i in ref_train], targets, info)
 
 
@@ -276,18 +320,22 @@ class CellData:
     n_train
         Number of training genes (the first columns of ``ref``).
     graph
-        ``cols -> scipy CSR`` gene graph among reference columns ``cols``.
+        ``cols -> scipy CSR`` gene graph among reference columns ``cols`` (``None`` when
+        no graph is used).
     n_neighbors, batch_size, max_cells_per_epoch
         ``k``, the largest mini-batch, and the cap on cells per training epoch.
     device
         Torch device of the tensors.
     seed
         Seed of the per-epoch cell shuffling (:meth:`epoch_cells`).
+    weighted
+        Use the graph's stored values as edge weights (the paper's row-normalised distance
+        graph, summed); otherwise unit weights (mean over neighbours).
     """
 
     def __init__(self, sp, ref, n_train: int, graph: Callable[[np.ndarray], Any], *,
                  n_neighbors: int, batch_size: int, max_cells_per_epoch: int | None,
-                 device, seed: int = 0):
+                 device, seed: int = 0, weighted: bool = False):
         import torch
 
         self.torch = torch
@@ -301,6 +349,7 @@ class CellData:
         self.cap = max_cells_per_epoch
         self.rng = np.random.default_rng(seed)
         self._graph_fn = graph
+        self.weighted = weighted
         if sparse.issparse(ref) and ref.shape[0] * ref.shape[1] > DENSE_REF_ELEMENTS:
             self.ref = sparse.csr_matrix(ref)
             self.ref_t = None
@@ -361,7 +410,8 @@ class CellData:
             adj = torch.sparse_csr_tensor(
                 torch.as_tensor(A.indptr, dtype=torch.int64),
                 torch.as_tensor(A.indices, dtype=torch.int64),
-                torch.ones(len(A.indices), dtype=torch.float32), size=A.shape)
+                torch.as_tensor(A.data, dtype=torch.float32) if self.weighted
+                else torch.ones(len(A.indices), dtype=torch.float32), size=A.shape)
         return adj.to(self.device)
 
     def epoch_cells(self) -> np.ndarray:

@@ -190,3 +190,18 @@ def gene_graph(genes: Sequence[str], *, gene_embeddings=None, expression=None,
         raise ValueError(f"A gene graph needs at least 2 genes, got {len(genes)}.")
     sim, _ = similarity_for(genes, gene_embeddings, expression, case_sensitive)
     return sim.knn_graph(np.arange(len(genes)), n_neighbors)
+
+
+def distance_graph(sim: GeneSimilarity, idx: np.ndarray) -> sparse.csr_matrix:
+    """The authors' dense gene graph among genes ``idx`` (``preset="paper"``).
+
+    github.com/cquzys/stImpute ``build_graph_by_gene`` + ``GS_block.aggregate``: the cosine
+    *distance* ``D = 1 − S`` of every pair (no sparsification), the identity subtracted
+    (``D − I``, so each gene weighs itself −1) and each row divided by its sum; the GNN
+    aggregates ``A @ x`` with these weights. Dense: ``n_genes²`` stored values, for
+    comparison on panels of hundreds of genes, not for whole transcriptomes.
+    """
+    idx = np.asarray(idx)
+    A = 1.0 - sim.block(idx, idx) - np.eye(len(idx))
+    A = A / (A.sum(1, keepdims=True) + 1e-12)
+    return sparse.csr_matrix(A.astype(np.float32))

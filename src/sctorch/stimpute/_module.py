@@ -90,14 +90,17 @@ class GeneSAGE(nn.Module):
         Width of the MLP head.
     normalize
         L2-normalise every node representation after each layer (GraphSAGE Alg. 1).
+    aggr
+        ``"mean"`` over the graph neighbours (unit weights), or ``"sum"`` of the stored
+        edge weights (the authors' row-normalised distance graph, ``preset="paper"``).
     """
 
     def __init__(self, n_neighbors: int, dim: int = 50, n_layers: int = 2, hidden_dim: int = 64,
-                 normalize: bool = True):
+                 normalize: bool = True, aggr: str = "mean"):
         super().__init__()
         self.normalize = normalize
         self.convs = nn.ModuleList(
-            BatchedSAGEConv(n_neighbors if i == 0 else dim, dim, aggr="mean")
+            BatchedSAGEConv(n_neighbors if i == 0 else dim, dim, aggr=aggr)
             for i in range(n_layers))
         self.head = nn.Sequential(
             nn.Linear(dim, 2 * hidden_dim), nn.ReLU(),

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._utils import iter_batches, to_dense
 from ..models import fit
+from . import _transfer as X
 from ._data import CellData
 
 _TG_HINT = ("stImpute needs torch-geometric (torch_geometric.nn.SAGEConv). Install it with "
@@ -83,20 +84,10 @@ def embed(data: CellData, ae, *, reference: bool):
             for sl in iter_batches(n, _EMBED_BATCH)])
 
 
-def neighbours(emb_ref: np.ndarray, emb_sp: np.ndarray, k: int) -> np.ndarray:
-    """``(n_sp, k)`` int64: the cosine k-nearest reference cells of every spatial cell."""
-    from sklearn.neighbors import NearestNeighbors
-
-    knn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
-    knn.fit(emb_ref)
-    return np.concatenate([knn.kneighbors(emb_sp[sl], return_distance=False)
-                           for sl in iter_batches(len(emb_sp), _EMBED_BATCH)]).astype(np.int64)
-
-
 def cell_neighbours(data: CellData, ae) -> np.ndarray:
     """Neighbours of the spatial cells of ``data`` in the AE space (see :func:`neighbours`)."""
     emb_sp = embed(data, ae, reference=False)
-    return neighbours(embed(data, ae, reference=True), emb_sp, data.k)
+    return X.neighbours(embed(data, ae, reference=True), emb_sp, data.k)
 
 
 def refit_autoencoder(data: CellData, ae, opt, gnn, nbr, cfg, history: dict, bar) -> None:
@@ -124,12 +115,18 @@ def refit_autoencoder(data: CellData, ae, opt, gnn, nbr, cfg, history: dict, bar
 
 
 # ----------------------------------------------------------------------------- GNN
-def new_gnn(cfg, device):
+def gnn_module(cfg, k: int):
+    """An untrained :class:`GeneSAGE` for ``k`` neighbours (sum aggregation for the paper)."""
+    return torch_modules().GeneSAGE(k, dim=cfg.gnn_dim, n_layers=cfg.gnn_layers,
+                                    hidden_dim=cfg.hidden_dim,
+                                    aggr="sum" if cfg.preset == "paper" else "mean")
+
+
+def new_gnn(cfg, k: int, device):
     """A fresh :class:`GeneSAGE` and its Adam optimiser (``cfg.lr``, ``cfg.weight_decay``)."""
     import torch
 
-    gnn = torch_modules().GeneSAGE(cfg.n_neighbors, dim=cfg.gnn_dim, n_layers=cfg.gnn_layers,
-                                   hidden_dim=cfg.hidden_dim).to(device)
+    gnn = gnn_module(cfg, k).to(device)
     return gnn, torch.optim.Adam(gnn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -148,13 +145,23 @@ def train_gnn(data: CellData, gnn, opt, cols: np.ndarray, nbr, cfg, history: dic
         optimizer=opt, history=history, prefix=prefix, desc="stImpute GNN", bar=bar)
 
 
-def blend(data: CellData, gnn, nbr, cols: np.ndarray, out: np.ndarray, alpha: float
-          ) -> np.ndarray:
+def blend(data: CellData, gnn, nbr, cols: np.ndarray, out: np.ndarray, alpha: float,
+          paper_scale: float | None = None) -> np.ndarray:
     """Eq. 12 for genes ``cols[out]``, graph over all ``cols``: ``(n_sp, len(out))`` float32.
 
-    ``alpha`` · GNN + (1 − ``alpha``) · mean of the k neighbours' expression.
+    ``alpha`` · GNN + (1 − ``alpha``) · mean of the k neighbours' expression. With
+    ``paper_scale`` (``preset="paper"``) the k-NN mean of each gene is first divided by its
+    maximum over the spatial cells and multiplied by ``paper_scale`` (the network's largest
+    prediction at fit), as the authors' code does (``mid / mid.max() * pre.max()``).
     """
     import torch
+
+    if paper_scale is not None:
+        knn = blend(data, gnn, nbr, cols, out, 0.0)
+        peak = knn.max(0) if len(knn) else np.ones(knn.shape[1], np.float32)
+        knn = knn / np.where(peak > 0, peak, 1.0) * paper_scale
+        net = blend(data, gnn, nbr, cols, out, 1.0) if alpha > 0 else 0.0
+        return (alpha * net + (1 - alpha) * knn).astype(np.float32)
 
     adj = data.adjacency(cols)
     res = np.empty((data.n_sp, len(out)), np.float32)
@@ -164,12 +171,21 @@ def blend(data: CellData, gnn, nbr, cols: np.ndarray, out: np.ndarray, alpha: fl
         for sl in iter_batches(data.n_sp, data.batch_size(len(cols))):
             x = data.features(np.arange(sl.start, sl.stop), cols, nbr)
             mean = x[:, out_t].mean(-1)
-            if alpha > 0:
+            if alpha >= 1:
+                pred = gnn(x, adj)[:, out_t]
+            elif alpha > 0:
                 pred = alpha * gnn(x, adj)[:, out_t] + (1 - alpha) * mean
             else:
                 pred = mean
             res[sl] = pred.float().cpu().numpy()
     return res
+
+
+def network_max(data: CellData, gnn, nbr) -> float:
+    """The network's largest prediction over the spatial cells and all genes (paper blend)."""
+    n_all = data.n_all
+    net = blend(data, gnn, nbr, np.arange(n_all), np.arange(data.n_train, n_all), 1.0)
+    return float(net.max()) if net.size else 1.0
 
 
 # ----------------------------------------------------------------------------- reliability
@@ -182,7 +198,7 @@ def _out_of_fold(data: CellData, nbr, cfg, alpha: float, seed: int, history: dic
     oof = np.empty((data.n_sp, data.n_train), np.float32)
     kf = KFold(n_splits=n_folds, shuffle=True, random_state=seed % (2**31))
     for tr, te in kf.split(np.arange(data.n_train)):
-        gnn, opt = new_gnn(cfg, data.device)
+        gnn, opt = new_gnn(cfg, data.k, data.device)
         if alpha > 0:
             train_gnn(data, gnn, opt, tr, nbr, cfg, history, bar, prefix="reliability_gnn")
         cols = np.concatenate([tr, te])
@@ -190,44 +206,66 @@ def _out_of_fold(data: CellData, nbr, cfg, alpha: float, seed: int, history: dic
     return oof
 
 
-def _cosine_per_gene(oof: np.ndarray, data: CellData) -> np.ndarray:
-    measured = np.concatenate([to_dense(data.sp[sl]) for sl in iter_batches(data.n_sp, 8192)])
-    num = (oof * measured).sum(0)
-    den = np.linalg.norm(oof, axis=0) * np.linalg.norm(measured, axis=0)
+def _measured(data: CellData) -> np.ndarray:
+    return np.concatenate([to_dense(data.sp[sl]) for sl in iter_batches(data.n_sp, 8192)])
+
+
+def _cosine_per_gene(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    num = (pred * measured).sum(0)
+    den = np.linalg.norm(pred, axis=0) * np.linalg.norm(measured, axis=0)
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).astype(np.float32)
 
 
-def reliability(data: CellData, nbr, pred_targets: np.ndarray, cfg, alpha: float, seed: int,
-                history: dict, bar) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 13 by k-fold CV over the training genes.
+def _reference(data: CellData):
+    """The whole stored reference (n_ref × n_all) as a CSR or dense array."""
+    return data.ref if data.ref is not None else data.ref_t.cpu().numpy()
 
-    Each fold trains a fresh GNN on the other training genes (same neighbours) and
-    predicts the fold's genes; the cosine similarity of those out-of-fold predictions
-    with the measured values is the target of an MLP that reads a gene's predicted
-    profile (over all spatial cells, or a seeded subset of 4,096). The MLP is trained
-    full-batch, ``cfg.reliability_epochs`` epochs of :func:`~sctorch.models.fit` with one
-    batch each (Adam, lr 1e-3, weight decay 1e-2). Its output is clipped to [-1, 1].
 
-    Returns
-    -------
-    ``(reliability of the targets (n_targets,), out-of-fold cosine of the training genes)``.
+def reliability_heldout(data: CellData, nbr, cfg, alpha: float, seed: int, history: dict,
+                        bar, emb_ref: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Reliability of the targets, calibrated on the training genes' held-out Pearson.
+
+    Each of ``cfg.reliability_folds`` folds trains a fresh GNN on the other training genes
+    (same neighbours) and predicts the fold's genes; a factor ≥ 0 (a line through the
+    origin, :func:`._transfer.calibrate`) maps each training gene's reference
+    self-prediction (:func:`._transfer.self_prediction`, in the autoencoder space,
+    reference ``cells``) to its held-out Pearson; applied to the targets'
+    self-prediction. Returns ``(n_targets,)`` float32 in [-1, 1].
+    """
+    oof = _out_of_fold(data, nbr, cfg, alpha, seed, history, bar)
+    held = X.gene_pearson(oof, _measured(data))
+    feat = X.self_prediction(emb_ref, _reference(data), data.k, cells)
+    calib = X.calibrate(feat[:data.n_train], held)
+    return X.reliability_score(feat[data.n_train:], calib)
+
+
+def reliability_in_sample(data: CellData, gnn, nbr, cfg, seed: int, history: dict, bar
+                          ) -> np.ndarray:
+    """Eq. 13 as in the authors' code (``preset="paper"``): an MLP on in-sample accuracy.
+
+    The trained network predicts every gene; the cosine similarity of its (in-sample)
+    predictions of the training genes with their measured values is the target of an MLP
+    that reads a gene's predicted profile (over all spatial cells, or a seeded subset of
+    4,096); the MLP is trained full-batch for ``cfg.reliability_epochs`` epochs of
+    :func:`~sctorch.models.fit` (Adam, lr 1e-3, weight decay 1e-2) and scores the targets.
+    Its output is clipped to [-1, 1]. Returns ``(n_targets,)`` float32.
     """
     import torch
 
-    oof = _out_of_fold(data, nbr, cfg, alpha, seed, history, bar)
-    cos = _cosine_per_gene(oof, data)
+    n_all = data.n_all
+    net = blend(data, gnn, nbr, np.arange(n_all), np.arange(n_all), 1.0)
+    cos = _cosine_per_gene(net[:, :data.n_train], _measured(data))
     cells = np.arange(data.n_sp)
     if data.n_sp > RELIABILITY_MAX_CELLS:
         cells = np.sort(np.random.default_rng(seed).choice(data.n_sp, RELIABILITY_MAX_CELLS,
                                                            replace=False))
     torch.manual_seed(seed)  # inside the caller's seeded() block: restored on exit
     mlp = torch_modules().ReliabilityMLP(len(cells)).to(data.device)
-    X = torch.as_tensor(oof[cells].T.copy(), device=data.device)
+    Xt = torch.as_tensor(net[cells][:, :data.n_train].T.copy(), device=data.device)
     y = torch.as_tensor(cos, device=data.device)
-    fit(mlp, lambda batch: _mse(mlp(batch[0]), batch[1]), lambda _epoch: [(X, y)],
+    fit(mlp, lambda batch: _mse(mlp(batch[0]), batch[1]), lambda _epoch: [(Xt, y)],
         epochs=cfg.reliability_epochs, lr=1e-3, weight_decay=1e-2, history=history,
         prefix="reliability", desc="stImpute reliability", bar=bar)
     with torch.no_grad():
-        rel = mlp(torch.as_tensor(pred_targets[cells].T.copy(), device=data.device))
-    rel = rel.clamp(-1.0, 1.0)  # it estimates a cosine similarity
-    return rel.float().cpu().numpy().astype(np.float32), cos
+        rel = mlp(torch.as_tensor(net[cells][:, data.n_train:].T.copy(), device=data.device))
+    return rel.clamp(-1.0, 1.0).float().cpu().numpy().astype(np.float32)
