@@ -78,7 +78,8 @@ def _signature_map():
         "stimpute": {
             **{k: [(tl.stimpute, k)] for k in ("genes", "layer_sp", "layer_ref", "n_neighbors",
                                                "alpha", "epochs", "ae_epochs", "device",
-                                               "key_added")},
+                                               "key_added", "method", "preset", "latent",
+                                               "ridge_weight")},
             "embeddings": [(tl.stimpute, "gene_embeddings")],
             "case_insensitive": [(tl.stimpute, "case_sensitive", _NOT)],
             "predicted_only": [(tl.stimpute, "return_adata")],

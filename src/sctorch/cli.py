@@ -225,7 +225,9 @@ def cmd_stimpute(args: argparse.Namespace) -> int:
     result = tl.stimpute(
         adata_sp, adata_ref, genes=_gene_list(args.genes), layer_sp=args.layer_sp,
         layer_ref=args.layer_ref, gene_embeddings=_embeddings(args.embeddings),
-        n_neighbors=args.n_neighbors, case_sensitive=not args.case_insensitive,
+        n_neighbors=args.n_neighbors, method=args.method, preset=args.preset,
+        latent=args.latent, ridge_weight=args.ridge_weight,
+        case_sensitive=not args.case_insensitive,
         device=args.device, rng=args.seed, key_added=args.key_added,
         return_adata=args.predicted_only, progress=not args.quiet, **kw)
     _write(result if args.predicted_only else adata_sp, out)
@@ -384,14 +386,27 @@ def _add_stimpute(sub) -> None:
                    help="gene embeddings (genes x dims) as .csv/.tsv/.parquet, or osmFISH, "
                         "MERFISH, Mouse_brain for stImpute's precomputed ESM-2 sets "
                         "(default: expression similarity only)")
+    p.add_argument("--method", choices=("transfer", "gnn"), default=_default(f, "method"),
+                   help="k-NN + ridge transfer (default) or the paper's GNN")
+    p.add_argument("--preset", choices=("default", "paper"), default=_default(f, "preset"),
+                   help="'paper': the authors' choices (distance graph, in-sample "
+                        "reliability, 0.7/0.3 blend; implies the GNN)")
+    p.add_argument("--latent", choices=("pca", "autoencoder"), default=_default(f, "latent"),
+                   help="latent space of the transfer (default: %(default)s)")
     p.add_argument("--n-neighbors", type=int, default=_default(f, "n_neighbors"),
-                   help="nearest reference cells per spatial cell (default: %(default)s)")
+                   help="nearest reference cells per spatial cell (default: chosen by "
+                        "cross-validation on the measured genes)")
+    p.add_argument("--ridge-weight", type=float, default=_default(f, "ridge_weight"),
+                   help="weight of the ridge term of the transfer (default: chosen by "
+                        "cross-validation on the measured genes)")
     p.add_argument("--alpha", type=float, default=_default(f, "alpha"),
-                   help="GNN weight of the final blend (default: 0.7, 0.5 above 10,000 cells)")
+                   help="with --method gnn: GNN weight of the final blend (default: 0.7, "
+                        "0.5 above 10,000 cells)")
     p.add_argument("--epochs", type=int, default=_default(f, "epochs"),
-                   help="GNN epochs per round (default: %(default)s)")
+                   help="with --method gnn: GNN epochs per round (default: %(default)s)")
     p.add_argument("--ae-epochs", type=int, default=_default(f, "ae_epochs"),
-                   help="autoencoder epochs (default: %(default)s)")
+                   help="autoencoder epochs (GNN, or --latent autoencoder; default: "
+                        "%(default)s)")
     p.add_argument("--case-insensitive", action="store_true",
                    help="match gene names ignoring case (names are never changed)")
     p.add_argument("--predicted-only", action="store_true",
