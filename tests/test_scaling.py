@@ -43,8 +43,10 @@ def _torchrun(args, n=2):
 # TCER: each rank draws the same masks for the global batch and trains on its half; the
 # mean of the two halves' masked losses differs from the global mean only in how many
 # masked pixels each half has. scRobust: NT-Xent's negatives are the other cells of the
-# rank's half-batch (15 instead of 31 here), which lowers the loss by a few per cent.
-TOLERANCES = {"tcer": (0.02, 0.01), "scrobust": (0.05, 0.01)}
+# rank's half-batch (15 instead of 31 here), which lowers the loss by a few per cent and
+# changes every Adam step a little: 3 epochs × 6 steps at lr 1e-3 can move a weight by up
+# to about 0.02 either way.
+TOLERANCES = {"tcer": (0.02, 0.01), "scrobust": (0.05, 0.03)}
 
 
 @pytest.mark.parametrize("method", sorted(TOLERANCES))
