@@ -329,6 +329,19 @@ class _Batcher:
         self.mode = values
         self.pad_id, self.cls_id, self.device = pad_id, cls_id, device
 
+
+    def _positions(self, rows):
+        """Each row's stored-value positions, padded to the longest row.
+
+        Returns ``(pos, valid, ar)``: positions, the mask of real ones, ``arange(width)``.
+        """
+        import torch
+
+        start = self.indptr[rows]
+        length = self.indptr[rows + 1] - start
+        ar = torch.arange(int(length.max()))
+        valid = ar[None, :] < length[:, None]
+        return torch.where(valid, start[:, None] + ar[None, :], start[:, None]), valid, ar
     def select_thinned(self, rows, n: int, rate_range: tuple[float, float], *, generator):
         """As :meth:`select` (random genes), from binomially thinned counts of each cell.
 
@@ -340,12 +353,8 @@ class _Batcher:
         """
         import torch
 
-        start = self.indptr[rows]
-        length = self.indptr[rows + 1] - start
-        width = int(length.max())
-        ar = torch.arange(width)
-        valid = ar[None, :] < length[:, None]
-        pos = torch.where(valid, start[:, None] + ar[None, :], start[:, None])
+        pos, valid, ar = self._positions(rows)
+        width = ar.numel()
         c = torch.where(valid, self.counts[pos], 0.0)
         lo, hi = rate_range
         rate = lo + (hi - lo) * torch.rand(len(rows), 1, generator=generator, dtype=torch.float64)
@@ -383,12 +392,8 @@ class _Batcher:
         """
         import torch
 
-        start = self.indptr[rows]
-        length = self.indptr[rows + 1] - start
-        width = int(length.max())
-        ar = torch.arange(width)
-        valid = ar[None, :] < length[:, None]
-        pos = torch.where(valid, start[:, None] + ar[None, :], start[:, None])
+        pos, valid, ar = self._positions(rows)
+        width = ar.numel()
         if rank is None:
             key = torch.rand(pos.shape, generator=generator)
         else:
