@@ -206,13 +206,23 @@ def check_cell_totals(X, *, what: str = "adata.X") -> np.ndarray:
     return lib
 
 
-def check_not_empty(adata: ad.AnnData, *, what: str = "adata", min_cells: int = 1,
-                    min_genes: int = 1) -> None:
-    """Raise ``ValueError`` if ``adata`` has too few cells or genes (says how many)."""
-    if adata.n_obs < min_cells or adata.n_vars < min_genes:
-        raise ValueError(f"{what} has {adata.n_obs} cells × {adata.n_vars} genes; at least "
-                         f"{min_cells} cell(s) and {min_genes} gene(s) are needed. Check the "
-                         "subsetting that produced it.")
+def check_not_empty(adata: ad.AnnData, *, what: str = "adata") -> None:
+    """Raise ``ValueError`` if ``adata`` has no cells or no genes (says which)."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        kind = "cells" if adata.n_obs == 0 else "genes"
+        raise ValueError(f"{what} has 0 {kind} (shape {adata.n_obs} × {adata.n_vars}); pass an "
+                         "AnnData with at least one cell and one gene (check the filtering or "
+                         "subsetting that produced it).")
+
+
+def check_positive(**kwargs) -> None:
+    """Raise ``ValueError`` for an argument (``None`` skipped) that is not a finite number > 0."""
+    for name, val in kwargs.items():
+        if val is None:
+            continue
+        ok = isinstance(val, int | float | np.number) and not isinstance(val, bool)
+        if not (ok and np.isfinite(val) and val > 0):
+            raise ValueError(f"{name} must be a positive number, got {val!r}.")
 
 
 def check_unique_var_names(adata: ad.AnnData) -> None:

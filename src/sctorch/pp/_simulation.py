@@ -11,6 +11,8 @@ from .._utils import (
     RandomState,
     check_cell_totals,
     check_counts,
+    check_not_empty,
+    check_positive,
     check_unique_var_names,
     describe_source,
     get_matrix,
@@ -18,15 +20,6 @@ from .._utils import (
     make_params,
     row_sums,
 )
-
-
-def _check_not_empty(adata: ad.AnnData) -> None:
-    """Raise ``ValueError`` if ``adata`` has no cells or no genes."""
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        what = "cells" if adata.n_obs == 0 else "genes"
-        raise ValueError(f"adata has 0 {what} (shape {adata.n_obs} × {adata.n_vars}); pass an "
-                         "AnnData with at least one cell and one gene (check the filtering or "
-                         "subsetting that produced it).")
 
 
 def _output_dtype(dtype: np.dtype, y_max: int) -> np.dtype:
@@ -110,11 +103,9 @@ def simulate_efficiency_loss(
     TypeError
         If ``rng`` is not an int, a :class:`numpy.random.Generator` or ``None``.
     """
-    for name, val in (("efficiency_shape", efficiency_shape),
-                      ("efficiency_rate", efficiency_rate), ("scale", scale)):
-        if not (np.isfinite(val) and val > 0):
-            raise ValueError(f"{name} must be a positive number, got {val!r}.")
-    _check_not_empty(adata)
+    check_positive(efficiency_shape=efficiency_shape, efficiency_rate=efficiency_rate,
+                   scale=scale)
+    check_not_empty(adata)
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     what = describe_source(layer)
@@ -210,7 +201,7 @@ def select_reference(
             raise ValueError(f"{name} must lie in [0, 1], got {val!r}.")
     if detection_among not in ("all", "kept"):
         raise ValueError(f"detection_among must be 'all' or 'kept', got {detection_among!r}.")
-    _check_not_empty(adata)
+    check_not_empty(adata)
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     check_counts(X, what=describe_source(layer))

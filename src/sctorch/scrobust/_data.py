@@ -10,6 +10,8 @@ level, and nothing here trains.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._utils import (
+    check_not_empty,
     check_unique_var_names,
     describe_source,
     get_matrix,
@@ -80,6 +83,11 @@ def _build_vocab(vocab, var_names: pd.Index) -> list[str]:
     if len(set(genes)) != len(genes):
         raise ValueError("vocab= holds duplicate gene names.")
     return list(SPECIAL_TOKENS) + [g for g in genes if g not in SPECIAL_TOKENS]
+
+
+def vocab_digest(vocab: Sequence[str]) -> str:
+    """SHA-256 of a vocabulary in id order (stored with a model; checked on load)."""
+    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
 
 
 def check_special_tokens(vocab: Sequence[str]) -> None:
@@ -227,8 +235,7 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
         raise ValueError(f"{src} is backed (on disk); only embedding with a trained model reads "
                          "by blocks. Load the data with adata.to_memory() for pre-training, "
                          "fine-tuning and the other functions.")
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(f"{what} is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
+    check_not_empty(adata, what=what)
     scale = resolve_input_scale(X, input_scale, what=src)
     var_ids = model_ids(adata.var_names)
     keep = np.flatnonzero(var_ids >= 0)
@@ -283,8 +290,7 @@ def apply_by_blocks(adata: ad.AnnData, model_ids, fn, *, layer: str | None, inpu
     import anndata as ad
 
     check_unique_var_names(adata)
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
+    check_not_empty(adata)
     X = get_matrix(adata, layer)
     scale = resolve_input_scale(X, input_scale, what=describe_source(layer))
     var_ids = model_ids(adata.var_names)
@@ -532,8 +538,3 @@ def _class_weights(labels: pd.Series, class_weight) -> np.ndarray | None:
     return w
 
 
-def _check_positive(**kwargs) -> None:
-    """Raise ``ValueError`` for a given (not None) argument that is not a positive number."""
-    for name, val in kwargs.items():
-        if val is not None and not (isinstance(val, int | float | np.number) and val > 0):
-            raise ValueError(f"{name} must be a positive number, got {val!r}.")

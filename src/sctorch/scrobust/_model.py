@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy as _copy
 import dataclasses
-import hashlib
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,12 +18,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._utils import RandomState, iter_batches, progress_bar, resolve_device, seed_int, seeded
+from .._utils import (
+    RandomState,
+    check_positive,
+    iter_batches,
+    progress_bar,
+    resolve_device,
+    seed_int,
+    seeded,
+)
 from ..models._base import BaseModel
 from ..models._fit import fit
 from ._data import (
     _Batcher,
-    _check_positive,
     _class_weights,
     _label_series,
     _prepare,
@@ -36,6 +41,7 @@ from ._data import (
     finetune_batches,
     is_backed_input,
     pretrain_batches,
+    vocab_digest,
 )
 from ._select import contrastive_validator, fit_wide_path, knn_validator, wide_source
 
@@ -84,10 +90,6 @@ class ScRobustConfig:
         return getattr(self, key)
 
 
-def _vocab_digest(vocab: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
-
-
 class ScRobustModel(BaseModel):
     """A scRobust network with its vocabulary and hyper-parameters.
 
@@ -133,7 +135,7 @@ class ScRobustModel(BaseModel):
         self.gene_detection = (None if gene_detection is None
                                else np.asarray(gene_detection, dtype=np.float64))
         self.wide_ids = None if wide_ids is None else np.asarray(wide_ids, dtype=np.int64)
-        self._digest = _vocab_digest(self.genes)  # the vocabulary the weights were made for
+        self._digest = vocab_digest(self.genes)  # the vocabulary the weights were made for
         self._index_of: tuple[int, dict[str, int]] | None = None
 
     # ---------------------------------------------------------------- aliases, tokens
@@ -153,10 +155,8 @@ class ScRobustModel(BaseModel):
 
     def _index(self) -> dict[str, int]:
         if self._index_of is None or self._index_of[0] != id(self.genes):
-            index: dict[str, int] = {}
-            for i, t in enumerate(self.genes):
-                index.setdefault(t, i)
-            self._index_of = (id(self.genes), index)
+            first = {t: i for i, t in reversed(list(enumerate(self.genes)))}  # first id wins
+            self._index_of = (id(self.genes), first)
         return self._index_of[1]
 
     @property
@@ -220,7 +220,7 @@ class ScRobustModel(BaseModel):
             raise ValueError(f"the vocabulary has {len(self.genes)} tokens but the token "
                              f"embedding has {rows} rows.")
         check_special_tokens(self.genes)
-        if self._digest != _vocab_digest(self.genes):
+        if self._digest != vocab_digest(self.genes):
             raise ValueError("the vocabulary is not the one the model was trained with (it "
                              "was reordered or edited).")
         head = self.module.classifier
@@ -311,7 +311,7 @@ class ScRobustModel(BaseModel):
         """
         import torch
 
-        _check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
+        check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
         tok = self.tokens(adata, layer=layer, input_scale=input_scale,
                           min_shared_genes=min_shared_genes)
         if tok.n_obs < 2 or batch_size < 2:
@@ -324,7 +324,7 @@ class ScRobustModel(BaseModel):
                           "contrastive loss selects the epoch.", UserWarning, stacklevel=2)
             select = "contrastive"
         self._resolve_config(tok)
-        self._digest = _vocab_digest(self.genes)
+        self._digest = vocab_digest(self.genes)
         dev, seed = resolve_device(device), seed_int(rng)
         with seeded(seed):
             gen = torch.Generator().manual_seed(seed)
@@ -415,7 +415,7 @@ class ScRobustModel(BaseModel):
 
         if self.module is None:
             raise ValueError("This ScRobustModel has not been pre-trained; call fit() first.")
-        _check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr)
+        check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr)
         labels = _label_series(labels)
         weights = _class_weights(labels, class_weight)
         rtok = self.tokens(adata_ref, layer=layer, input_scale=input_scale,

@@ -59,13 +59,13 @@ def pretrain_config(preset: str, vocab: list[str], *, n_obs: int, **kw):
         For an unknown preset or value, a parameter out of range, ``d_model`` not divisible
         by ``n_heads`` or fewer than 2 cells.
     """
-    from ._data import _check_positive
+    from .._utils import check_positive
     from ._model import ScRobustConfig
 
     keys = ("token_values", "view_thinning", "select", "d_model", "lr", "epochs",
             "n_genes_per_view")
     p = kw | preset_values(preset, "pretrain", {k: kw[k] for k in keys})
-    _check_positive(**{k: p[k] for k in ("d_model", "n_heads", "epochs", "batch_size", "lr",
+    check_positive(**{k: p[k] for k in ("d_model", "n_heads", "epochs", "batch_size", "lr",
                                          "temperature", "n_genes_per_view", "n_layers",
                                          "dim_feedforward", "patience")})
     if p["token_values"] not in ("rank", "log1p"):

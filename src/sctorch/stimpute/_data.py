@@ -19,6 +19,7 @@ import numpy as np
 from scipy import sparse
 
 from .._utils import (
+    check_not_empty,
     check_unique_var_names,
     describe_source,
     get_matrix,
@@ -168,8 +169,7 @@ def check_anndata(adata, what: str) -> None:
     if not isinstance(adata, ad.AnnData):
         raise TypeError(f"{what} must be an AnnData, got {type(adata).__name__}.")
     check_unique_var_names(adata)
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(f"{what} is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
+    check_not_empty(adata, what=what)
 
 
 def normalised(adata: ad.AnnData, layer: str | None, what: str):

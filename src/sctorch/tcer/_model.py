@@ -15,6 +15,7 @@ from .._utils import (
     RandomState,
     check_cell_totals,
     check_not_empty,
+    check_positive,
     check_unique_var_names,
     describe_source,
     get_matrix,
@@ -89,8 +90,7 @@ class TCERParams:
             raise ValueError(f"epochs, batch_size, n_features, n_dfa and lr_step must be >= 1; "
                              f"got {self.epochs}, {self.batch_size}, {self.n_features}, "
                              f"{self.n_dfa}, {self.lr_step}.")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}.")
+        check_positive(lr=self.lr)
 
 
 def check_counts_input(adata: ad.AnnData, layer: str | None):

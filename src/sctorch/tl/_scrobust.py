@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._utils import RandomState, make_params, resolve_device, seed_int
-from ..scrobust._data import _build_vocab, _check_labels, _check_positive, _class_weights
+from .._utils import RandomState, check_positive, make_params, resolve_device, seed_int
+from ..scrobust._data import _build_vocab, _check_labels, _class_weights
 from ..scrobust._model import ScRobustModel
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def scrobust_embed(
         For invalid data (see :func:`scrobust_pretrain`), a cell without non-zero
         vocabulary genes, or fewer than ``min_shared_genes`` shared genes.
     """
-    _check_positive(n_genes=n_genes, batch_size=batch_size)
+    check_positive(n_genes=n_genes, batch_size=batch_size)
     if gene_order not in ("unique", "random"):
         raise ValueError(f"gene_order must be 'unique' or 'random', got {gene_order!r}.")
     if model is None:
@@ -375,7 +375,7 @@ def scrobust_annotate(
     p = preset_values(preset, "finetune", dict(head=head, val_fraction=val_fraction,
                                                 lr=lr, epochs=epochs))
     epochs, lr = p["epochs"], p["lr"]
-    _check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
+    check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
                     n_wide_genes=n_wide_genes, patience=patience)
     # ---- validate everything before training or writing
     if adata_ref is None:
@@ -503,7 +503,7 @@ def scrobust_pathway_scores(
         usable_gene_sets,
     )
 
-    _check_positive(min_genes=min_genes)
+    check_positive(min_genes=min_genes)
     sets = load_gene_sets(gene_sets)
     tok = model.tokens(adata, layer=layer, input_scale=input_scale, min_shared_genes=1)
     kept, dropped = usable_gene_sets(model, tok, sets, min_genes)
@@ -589,7 +589,7 @@ def scrobust_marker_genes(
     """
     from ..scrobust._markers import attention_markers
 
-    _check_positive(n_genes=n_genes, n_tokens=n_tokens, batch_size=batch_size)
+    check_positive(n_genes=n_genes, n_tokens=n_tokens, batch_size=batch_size)
     if method not in ("specific", "mean"):
         raise ValueError(f"method must be 'specific' or 'mean', got {method!r}.")
     result = attention_markers(adata, groupby, model, n_genes=n_genes, n_tokens=n_tokens,
