@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -161,40 +162,76 @@ def describe_source(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
-def check_finite(X, *, what: str = "adata.X") -> None:
-    """Raise ``ValueError`` if ``X`` holds NaN or infinite values."""
-    n_bad = sum(int((~np.isfinite(v)).sum()) for v in _value_blocks(X))
-    if n_bad:
-        raise ValueError(f"{what} contains {n_bad} non-finite value(s) (NaN or inf). "
+@dataclass
+class _Scan:
+    """What one pass over the stored values of a matrix found (see :func:`_scan`)."""
+
+    n_nonfinite: int = 0
+    n_negative: int = 0
+    n_fractional: int = 0
+    example: float | None = None  # a non-integer value
+    vmax: float = 0.0
+
+    @property
+    def integer(self) -> bool:
+        """Every stored value a non-negative integer (raw counts)."""
+        return self.n_negative == 0 and self.n_fractional == 0
+
+
+def _scan(X) -> _Scan:
+    """One pass over ``X`` (block by block when backed): the facts every input check needs."""
+    s = _Scan()
+    for v in _value_blocks(X):
+        if not v.size:
+            continue
+        finite = np.isfinite(v)
+        if not finite.all():
+            s.n_nonfinite += int((~finite).sum())
+            v = v[finite]
+            if not v.size:
+                continue
+        s.n_negative += int((v < 0).sum())
+        frac = np.abs(v - np.round(v)) > 1e-6
+        if frac.any():
+            s.n_fractional += int(frac.sum())
+            s.example = float(v[frac][0]) if s.example is None else s.example
+        s.vmax = max(s.vmax, float(v.max()))
+    return s
+
+
+def _raise_nonfinite(s: _Scan, what: str) -> None:
+    if s.n_nonfinite:
+        raise ValueError(f"{what} contains {s.n_nonfinite} non-finite value(s) (NaN or inf). "
                          "Remove or impute them before calling this function.")
 
 
+def _raise_not_counts(s: _Scan, what: str) -> None:
+    _raise_nonfinite(s, what)
+    if s.n_negative:
+        raise ValueError(f"{what} contains {s.n_negative} negative value(s), but raw "
+                         "counts were expected. Pass the layer that holds the raw counts.")
+    if s.n_fractional:
+        raise ValueError(f"{what} contains {s.n_fractional} non-integer value(s) (e.g. "
+                         f"{s.example:.4g}), but raw counts were expected. It looks log-normalised "
+                         "or scaled; pass the layer that holds the raw integer counts (e.g. "
+                         "layer='counts').")
+
+
+def check_finite(X, *, what: str = "adata.X") -> None:
+    """Raise ``ValueError`` if ``X`` holds NaN or infinite values."""
+    n_bad = sum(int((~np.isfinite(v)).sum()) for v in _value_blocks(X))
+    _raise_nonfinite(_Scan(n_nonfinite=n_bad), what)
+
+
 def check_counts(X, *, what: str = "adata.X") -> None:
-    """Check that ``X`` holds raw counts: finite, non-negative integers.
+    """Check that ``X`` holds raw counts: finite, non-negative integers (one pass over ``X``).
 
     Raises
     ------
     ValueError
         Naming what was found (non-finite, negative or non-integer values) and what to pass.
     """
-    check_finite(X, what=what)
-    n_neg = n_frac = 0
-    example = None
-    for vals in _value_blocks(X):
-        if vals.size == 0:
-            continue
-        n_neg += int((vals < 0).sum())
-        bad = np.abs(vals - np.round(vals)) > 1e-6
-        if bad.any():
-            n_frac += int(bad.sum())
-            example = vals[bad][0] if example is None else example
-    if n_neg:
-        raise ValueError(f"{what} contains {n_neg} negative value(s), but raw "
-                         "counts were expected. Pass the layer that holds the raw counts.")
-    if n_frac:
-        raise ValueError(f"{what} contains {n_frac} non-integer value(s) (e.g. {example:.4g}), "
-                         "but raw counts were expected. It looks log-normalised or scaled; pass "
-                         "the layer that holds the raw integer counts (e.g. layer='counts').")
+    _raise_not_counts(_scan(X), what)
 
 
 def check_cell_totals(X, *, what: str = "adata.X") -> np.ndarray:
@@ -241,9 +278,9 @@ def check_non_negative(X, *, what: str = "adata.X") -> None:
 
 
 def is_integer_matrix(X) -> bool:
-    """Whether every stored value of ``X`` is a (non-negative) integer: raw counts."""
-    return all(bool((v >= 0).all() and np.allclose(v, np.round(v), atol=1e-6, rtol=0))
-               for v in _value_blocks(X) if v.size)
+    """Whether every stored value of ``X`` is a (non-negative, finite) integer: raw counts."""
+    s = _scan(X)
+    return s.integer and not s.n_nonfinite
 
 
 InputScale = Literal["auto", "counts", "log1p"]
@@ -271,20 +308,22 @@ def resolve_input_scale(X, input_scale: str = "auto", *, what: str = "adata.X") 
     """
     if input_scale not in ("auto", "counts", "log1p"):
         raise ValueError(f"input_scale must be 'auto', 'counts' or 'log1p', got {input_scale!r}.")
-    check_finite(X, what=what)
+    s = _scan(X)  # one pass over X for every check below
     if input_scale == "counts":
-        check_counts(X, what=what)
+        _raise_not_counts(s, what)
         return "counts"
-    check_non_negative(X, what=what)
-    if input_scale == "auto" and is_integer_matrix(X):
+    _raise_nonfinite(s, what)
+    if s.n_negative:
+        raise ValueError(f"{what} contains negative values; expected counts or log-normalised "
+                         "expression (not scaled/centred data).")
+    if input_scale == "auto" and s.integer:
         return "counts"
-    vmax = max((float(v.max()) for v in _value_blocks(X) if v.size), default=0.0)
-    if vmax > 1 and is_integer_matrix(X):
-        raise ValueError(f"{what} holds integer values up to {vmax:.0f}: raw counts, but "
+    if s.vmax > 1 and s.integer:
+        raise ValueError(f"{what} holds integer values up to {s.vmax:.0f}: raw counts, but "
                          "input_scale='log1p' was given. Pass input_scale='counts' (or 'auto'),"
                          " or the layer that holds log-normalised values.")
-    if input_scale == "log1p" and vmax > _LOG1P_MAX:
-        raise ValueError(f"{what} holds values up to {vmax:.4g}, but log1p-normalised "
+    if input_scale == "log1p" and s.vmax > _LOG1P_MAX:
+        raise ValueError(f"{what} holds values up to {s.vmax:.4g}, but log1p-normalised "
                          f"expression stays below {_LOG1P_MAX:g}. Pass raw counts (input_scale="
                          "'counts') or log1p(normalised) values (scanpy.pp.normalize_total, "
                          "then scanpy.pp.log1p).")
