@@ -366,8 +366,27 @@ class BaseModel:
 
 
 def load(path: str | Path, *, device: str | None = None) -> BaseModel:
-    """Load any sctorch model file; returns the model class the file holds.
+    """Load any sctorch model file; returns an instance of the model class the file holds.
 
-    See :meth:`BaseModel.load`.
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` file written by ``Model.save`` (:class:`TCERModel`,
+        :class:`StImputeModel` or :class:`ScRobustModel`).
+    device
+        Torch device for the weights (``None``: CUDA, then MPS, else CPU).
+
+    Returns
+    -------
+    The model, in evaluation mode, with its configuration, gene list (or vocabulary) and
+    training history; nothing in the file is executed (safetensors + JSON, checksum
+    verified). Format: :mod:`sctorch.models._base`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ModelFileError
+        (a :class:`ValueError`) If ``path`` is not an intact sctorch model file.
     """
     return BaseModel.load(path, device=device)
