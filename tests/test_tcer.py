@@ -8,7 +8,7 @@ from scipy import sparse
 import sctorch as sct
 from sctorch.genomap import Placement
 from sctorch.models import ModelFileError
-from sctorch.tcer._model import TCERModel, TCERParams
+from sctorch.tcer import TCERModel, TCERParams
 from sctorch.tcer._module import (
     PLACEHOLDER,
     BatchParallelDeformConv2d,
@@ -164,7 +164,7 @@ def test_training_on_planted_low_rank_genomap_beats_observed_error():
     a.var_names = [f"g{i}" for i in range(H * W)]
     p = TCERParams(n_features=8, epochs=12, batch_size=32, lr=3e-3, lr_step=100,
                    mask_ratio=(0.2, 0.4), fft_weight=0.1, patience=None, objective="dropout",
-                   validation_fraction=0.15)
+                   validation_fraction=0.15, n_neighbors=0, output="observed")
     model = TCERModel(config=p, genes=a.var_names, placement=Placement(rows, cols, (H, W)))
     model.fit(a[:192], rng=0, device="cpu", progress=False)
     assert len(model.history["val_loss"]) == 12 and len(model.history["train_loss"]) == 12
@@ -186,7 +186,7 @@ def trained():
     a = _with_grid_placement(_planted_counts(), (6, 6))
     model = sct.tl.tcer_impute(a, n_features=4, epochs=2, batch_size=32, progress=False,
                                rng=0, return_model=True, device="cpu", objective="dropout",
-                               observed_weight=1.0)
+                               observed_weight=1.0, n_neighbors=0, output="observed")
     return a, model
 
 
@@ -216,7 +216,8 @@ def test_save_load_identical_and_determinism(trained, tmp_path):
     # same seed, same device -> same result
     c = _with_grid_placement(_planted_counts(), (6, 6))
     sct.tl.tcer_impute(c, n_features=4, epochs=2, batch_size=32, progress=False, rng=0,
-                       device="cpu", objective="dropout", observed_weight=1.0)
+                       device="cpu", objective="dropout", observed_weight=1.0, n_neighbors=0,
+                       output="observed")
     np.testing.assert_array_equal(c.layers["tcer"], a.layers["tcer"])
     with pytest.raises(ModelFileError, match="not a sctorch model file"):
         from safetensors.torch import save_file
@@ -274,9 +275,10 @@ def test_bad_inputs_raise_and_leave_adata_unchanged():
 def test_blind_spot_output_keeps_or_blends_observed_values():
     a = _with_grid_placement(_planted_counts(n_cells=64), (6, 6))
     model = sct.tl.tcer_impute(a, n_features=4, epochs=1, batch_size=32, progress=False,
-                               rng=0, return_model=True, device="cpu")
-    # default: measured values kept (the paper's rule), zeros get the prediction
-    assert model.params.objective == "blind_spot" and model.params.observed_weight == 1.0
+                               rng=0, return_model=True, device="cpu", objective="blind_spot",
+                               output="observed")
+    # output="observed": measured values kept (the paper's rule), zeros get the prediction
+    assert model.params.observed_weight == 1.0 and model.n_neighbors > 0
     model.params.observed_weight = 0.0
     model.impute(a, key_added="pred", progress=False, device="cpu")
     x = sct._utils.log_normalize(a.X).toarray()

@@ -1,14 +1,34 @@
 """TCER: self-supervised ER-Net imputation on GenoMap images (Wei et al. 2024, bbae031).
 
-- ``_module``: ER-Net, the masks and the loss (torch only, no AnnData);
+- ``_module``: ER-Net, the masks and the losses (torch only, no AnnData);
 - ``_data``: the cell split and the masked batches for :func:`sctorch.models.fit`;
+- ``_context``: the cross-cell context (nearest neighbours and their mean), the
+  count-scale posterior output and the molecular cross-validation that chooses the
+  number of neighbours and the posterior's prior weight;
 - ``_model``: :class:`TCERModel` (``fit``, ``impute``, ``save`` / ``load``) and
   :class:`TCERParams`.
 
 The public function is :func:`sctorch.tl.tcer_impute`; the model is also
-``sctorch.models.TCERModel`` and ``sctorch.tl.TCERModel``.
+``sctorch.models.TCERModel`` and ``sctorch.tl.TCERModel``. The ``_context`` functions
+exported here let a benchmark build TCER's output rule on another prior (the ablation
+without ER-Net, the ridge peer).
 """
 
-from ._model import PRESETS, TCERModel, TCERParams
+from ._config import PRESETS, TCERParams
+from ._context import (
+    BETA_GRID,
+    K_GRID,
+    Rates,
+    choose_beta,
+    choose_neighbours,
+    mcv_scores,
+    neighbour_index,
+    neighbour_mean,
+    posterior,
+    split_molecules,
+)
+from ._model import TCERModel
 
-__all__ = ["PRESETS", "TCERModel", "TCERParams"]
+__all__ = ["BETA_GRID", "K_GRID", "PRESETS", "Rates", "TCERModel", "TCERParams", "choose_beta",
+           "choose_neighbours", "mcv_scores", "neighbour_index", "neighbour_mean", "posterior",
+           "split_molecules"]

@@ -1,7 +1,9 @@
 """TCER training data: the cell split and the masked GenoMap batches (TCER eqs. 12–13).
 
 No AnnData here: the batches are built from a function ``images_of(cell_positions)``
-that returns scaled GenoMap images ``(n, H, W)``.
+that returns scaled GenoMap images ``(n, C, H, W)``: channel 0 is the cell's own GenoMap
+(the one that is masked and predicted), any further channel is context shown unmasked
+(the GenoMap of the mean of the cell's nearest neighbours).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 
 from .._utils import get_rng, iter_batches
-from ._module import mask_blind_spot, mask_nonzero
+from ._module import mask_blind_spot, mask_nonzero, pixel_error
 
 
 def split_cells(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,7 +31,8 @@ class MaskedBatches:
     """Mini-batches of masked GenoMaps for :func:`sctorch.models.fit`, and the validation loss.
 
     Calling ``batches(epoch)`` yields ``(x, inputs, known)`` tensors on ``device``:
-    scaled images ``(B, H, W)``, the masked input (placeholder δ on hidden pixels) and the
+    the cells' own scaled images ``(B, H, W)``, the network input ``(B, C, H, W)`` (channel
+    0 masked with the placeholder δ on hidden pixels, other channels as given) and the
     bool pixels the loss is taken on (``objective="blind_spot"``: the hidden pixels;
     ``"dropout"``: the observed non-zero gene pixels). Training cells are shuffled each
     epoch. The validation cells get masks drawn once, before training, so their loss
@@ -38,7 +41,7 @@ class MaskedBatches:
     Parameters
     ----------
     images_of
-        ``cell positions -> float32 images (n, H, W)`` (scaled log-normalised values).
+        ``cell positions -> float32 images (n, C, H, W)`` (scaled log-normalised values).
     train_idx, val_idx
         Cell positions for training and validation.
     gene_px
@@ -46,23 +49,27 @@ class MaskedBatches:
     mask_ratio
         ``(low, high)`` range of the per-image fraction of pixels hidden.
     objective
-        ``"blind_spot"`` (:func:`mask_blind_spot`) or ``"dropout"`` (:func:`mask_nonzero`).
+        ``"poisson"`` or ``"blind_spot"`` (:func:`mask_blind_spot`), or ``"dropout"``
+        (:func:`mask_nonzero`); also names the validation error (:func:`pixel_error`).
     batch_size
         Images per training batch.
     seed
         Seeds the mask generator (torch, CPU) and the shuffling (numpy).
     device
         Torch device of the yielded tensors.
+    scale
+        The images' scale (``log1p`` rate = image × ``scale``), for the Poisson error.
     """
 
     def __init__(self, images_of: Callable[[np.ndarray], np.ndarray], train_idx: np.ndarray,
                  val_idx: np.ndarray, *, gene_px: np.ndarray, mask_ratio: tuple[float, float],
-                 objective: str, batch_size: int, seed: int, device):
+                 objective: str, batch_size: int, seed: int, device, scale: float = 1.0):
         self.images_of = images_of
         self.train_idx = train_idx
         self.gene_px = torch.as_tensor(gene_px)
         self.mask_ratio = mask_ratio
-        self.blind = objective == "blind_spot"
+        self.objective, self.scale = objective, float(scale)
+        self.blind = objective != "dropout"
         self.masker = mask_blind_spot if self.blind else mask_nonzero
         self.batch_size = batch_size
         self.device = device
@@ -70,15 +77,19 @@ class MaskedBatches:
         self.rng = np.random.default_rng(seed)
         self.val = []  # fixed validation masks, drawn first
         for sl in iter_batches(len(val_idx), 256):
-            x = torch.as_tensor(images_of(val_idx[sl]))
-            inp, masked = self.masker(x, *mask_ratio, self.gene_px, self.gen)
+            x, inp, masked = self._masked(val_idx[sl])
             self.val.append((inp, x, masked))
+
+    def _masked(self, cells):
+        imgs = torch.tensor(self.images_of(cells))  # a copy in torch-aligned memory
+        x = imgs[:, 0]
+        inp, hidden = self.masker(x, *self.mask_ratio, self.gene_px, self.gen)
+        return x, torch.cat([inp[:, None], imgs[:, 1:]], dim=1), hidden
 
     def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = self.rng.permutation(self.train_idx)
         for sl in iter_batches(len(order), self.batch_size):
-            x = torch.as_tensor(self.images_of(order[sl]))
-            inp, hidden = self.masker(x, *self.mask_ratio, self.gene_px, self.gen)
+            x, inp, hidden = self._masked(order[sl])
             x, inp, hidden = x.to(self.device), inp.to(self.device), hidden.to(self.device)
             known = hidden if self.blind else (x > 0) & self.gene_px.to(self.device)
             yield x, inp, known
@@ -86,13 +97,13 @@ class MaskedBatches:
     def val_loss(self, module) -> float:
         """Held-out masked loss: mean error of ``module`` on the hidden validation pixels.
 
-        Squared error for blind-spot, absolute for dropout, pooled over all hidden pixels
-        of all validation images.
+        :func:`~sctorch.tcer._module.pixel_error` of the objective, pooled over all
+        hidden pixels of all validation images.
         """
         num = den = 0.0
         for inp, x, masked in self.val:
-            pred = module(inp.to(self.device)[:, None]).squeeze(1).cpu()
-            err = (pred - x) ** 2 if self.blind else torch.abs(pred - x)
+            pred = module(inp.to(self.device)).squeeze(1).cpu()
+            err = pixel_error(self.objective, pred, x, inp, self.scale)
             num += float((err * masked).sum())
             den += float(masked.sum())
         return num / max(den, 1.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,13 +14,11 @@ from .._utils import (
     RandomState,
     check_cell_totals,
     check_not_empty,
-    check_positive,
     check_unique_var_names,
     describe_source,
     get_matrix,
-    is_backed,
+    get_rng,
     iter_batches,
-    iter_row_blocks,
     log_normalize,
     progress_bar,
     read_rows,
@@ -32,66 +29,12 @@ from .._utils import (
 )
 from ..genomap import Placement
 from ..models import BaseModel
+from ._config import TCERParams
 
 if TYPE_CHECKING:
     import anndata as ad
 
 logger = logging.getLogger("sctorch")
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # laptop CPU: narrow network, early stopping on a held-out masked loss
-    "fast": {"n_features": 16, "epochs": 30, "lr": 1e-3, "lr_step": 10, "patience": 5,
-             "objective": "blind_spot", "observed_weight": 1.0},
-    # the paper's settings: F = 64, 100 epochs, lr halved every 40 epochs, its masking
-    # scheme, measured non-zeros kept
-    "paper": {"n_features": 64, "epochs": 100, "lr": 1e-3, "lr_step": 40, "patience": None,
-              "objective": "dropout", "observed_weight": 1.0},
-}
-
-
-@dataclass
-class TCERParams:
-    """Hyper-parameters of a TCER model (recorded in ``uns['tcer']['params']`` and on save).
-
-    See :func:`sctorch.tl.tcer_impute` for their meaning; the defaults are the ``"fast"``
-    preset (:data:`PRESETS`). ``n_dfa`` is the number of DFA modules of ER-Net.
-    """
-
-    n_features: int = 16
-    n_dfa: int = 3
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    lr_step: int = 10
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
-    fft_weight: float = 0.1
-    patience: int | None = 5
-    validation_fraction: float = 0.1
-    target_sum: float = 1e4
-    observed_weight: float = 1.0
-    objective: str = "blind_spot"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first out-of-range setting."""
-        lo, hi = (float(v) for v in self.mask_ratio)
-        if not 0.0 < lo <= hi < 1.0:
-            raise ValueError(f"mask_ratio must satisfy 0 < low <= high < 1, "
-                             f"got {self.mask_ratio!r}.")
-        if not 0.0 <= self.validation_fraction < 0.5:
-            raise ValueError(f"validation_fraction must lie in [0, 0.5), "
-                             f"got {self.validation_fraction}.")
-        if self.objective not in ("dropout", "blind_spot"):
-            raise ValueError(f"objective must be 'dropout' or 'blind_spot', "
-                             f"got {self.objective!r}.")
-        if not 0.0 <= self.observed_weight <= 1.0:
-            raise ValueError(f"observed_weight must lie in [0, 1], got {self.observed_weight!r}.")
-        if min(self.epochs, self.batch_size, self.n_features, self.n_dfa, self.lr_step) < 1:
-            raise ValueError(f"epochs, batch_size, n_features, n_dfa and lr_step must be >= 1; "
-                             f"got {self.epochs}, {self.batch_size}, {self.n_features}, "
-                             f"{self.n_dfa}, {self.lr_step}.")
-        check_positive(lr=self.lr)
-
 
 def check_counts_input(adata: ad.AnnData, layer: str | None):
     """The raw-count matrix of ``adata`` (``layer``), validated; TCER's input rule.
@@ -137,16 +80,25 @@ class TCERModel(BaseModel):
     scale
         Divisor that maps log-normalised values to the network's input range (the
         largest log-normalised value of the training data).
+    n_neighbors
+        Neighbours in the cross-cell context (0: none), as fitted.
+    beta
+        Prior weight β of the posterior output (units of library / ``target_sum``), as
+        fitted; ``None`` before :meth:`fit` or with ``output="observed"``.
     """
 
     config_cls = TCERParams
 
     def __init__(self, module=None, *, config: TCERParams | None = None, genes=(),
                  history: dict[str, list[float]] | None = None,
-                 placement: Placement | None = None, scale: float = 1.0):
+                 placement: Placement | None = None, scale: float = 1.0,
+                 n_neighbors: int = 0, beta: float | None = None):
         super().__init__(module, config=config, genes=genes, history=history)
         self.placement = placement
         self.scale = float(scale)
+        self.n_neighbors = int(n_neighbors)
+        self.beta = beta
+        self.selection: dict[str, dict] = {}
 
     @property
     def params(self) -> TCERParams:
@@ -178,11 +130,14 @@ class TCERModel(BaseModel):
         """ER-Net of ``config`` (``n_features``, ``n_dfa``): the one constructor."""
         from ._module import ERNet
 
-        return ERNet(config.n_features, config.n_dfa)
+        return ERNet(config.n_features, config.n_dfa,
+                     in_channels=1 if config.n_neighbors == 0 else 2,
+                     deformable=config.deformable)
 
     def _extra_state(self):
         p = self.placement
-        return ({"shape": [int(s) for s in p.shape], "scale": self.scale},
+        return ({"shape": [int(s) for s in p.shape], "scale": self.scale,
+                 "n_neighbors": self.n_neighbors, "beta": self.beta},
                 {"placement_rows": np.asarray(p.rows, dtype=np.int64),
                  "placement_cols": np.asarray(p.cols, dtype=np.int64)})
 
@@ -191,6 +146,9 @@ class TCERModel(BaseModel):
                                    arrays["placement_cols"].astype(np.int64),
                                    tuple(int(s) for s in extra["shape"]))
         self.scale = float(extra["scale"])
+        self.n_neighbors = int(extra.get("n_neighbors", 0))
+        beta = extra.get("beta")
+        self.beta = None if beta is None else float(beta)
 
     def _check_integrity(self) -> None:
         """The placement is one-to-one on its grid, places every gene, and fits the gene list."""
@@ -209,53 +167,85 @@ class TCERModel(BaseModel):
             raise ValueError(f"the input scale must be a positive number, got {self.scale!r}.")
 
     # ------------------------------------------------------------------ training
-    def _log_counts(self, adata: ad.AnnData, layer: str | None, what: str):
-        """Log-normalised counts of the model's genes (validated) and their largest value.
+    def _rates(self, adata: ad.AnnData, layer: str | None, what: str, *, all_genes: bool):
+        """:class:`~sctorch.tcer._context.Rates` of the model's genes in ``adata``, validated.
 
-        In memory: a CSR float32 matrix. For a backed AnnData: a function ``rows ->``
-        CSR block that reads those cells from disk (the largest value is found in one pass
-        over blocks), so training samples its mini-batches from the file.
+        ``all_genes``: every model gene must be in ``adata`` (training); otherwise at
+        least half, and the result also gives the model positions of the shared genes.
         """
+        from ._context import Rates
+
+        pos = self.gene_indexer(adata.var_names, what=what, min_shared=len(self.genes)
+                                if all_genes else int(np.ceil(0.5 * len(self.genes))))
         X = check_counts_input(adata, layer)
-        pos = self.gene_indexer(adata.var_names, min_shared=len(self.genes), what=what)
-        cols = None if np.array_equal(pos, np.arange(adata.n_vars)) else pos
-        target = self.config.target_sum
+        shared = np.flatnonzero(pos >= 0)
+        cols = None if np.array_equal(pos, np.arange(adata.n_vars)) else pos[shared]
+        self._shared = shared  # model positions of the genes the data hold
+        return Rates(X, cols, self.config.target_sum), shared, pos
 
-        def log_rows(block):
-            Xlog = sparse.csr_matrix(log_normalize(block, target_sum=target), dtype=np.float32)
-            return Xlog if cols is None else Xlog[:, cols]
+    def _images(self, own: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+        """Scaled network input ``(n, C, H, W)`` from rates of the shared genes.
 
-        if not is_backed(X):
-            Xlog = log_rows(X)
-            return Xlog, (float(Xlog.data.max()) if Xlog.nnz else 0.0)
-        top = max((float(b.data.max()) if b.nnz else 0.0
-                   for b in (log_rows(blk) for _, blk in iter_row_blocks(X))), default=0.0)
-        return (lambda idx: log_rows(read_rows(X, idx))), top
+        ``own``: the cells' rates ``(n, n_shared)``; ``context``: their neighbours' mean
+        rates (``None``: no context channel). Model genes not in the data are 0.
+        """
+        def image(values):
+            block = np.zeros((values.shape[0], len(self.genes)), dtype=np.float32)
+            block[:, self._shared] = np.log1p(values) / self.scale
+            return self.placement.images(block)
+
+        imgs = [image(own)] + ([] if context is None else [image(context)])
+        return np.stack(imgs, axis=1)
+
+    def _cell_images(self, rates, cells, idx: np.ndarray | None) -> np.ndarray:
+        """:meth:`_images` of ``cells`` of ``rates`` (context from the neighbours ``idx``)."""
+        from ._context import neighbour_mean
+
+        ctx = None if idx is None else neighbour_mean(rates, idx, cells)
+        return self._images(rates.rates(cells).toarray(), ctx)
+
+    def _neighbours(self, rates, seed: int) -> np.ndarray | None:
+        """The cross-cell neighbour index of the cells of ``rates`` (``None``: no context)."""
+        from ._context import neighbour_index
+
+        if self.n_neighbors == 0:
+            return None
+        return neighbour_index(rates, self.n_neighbors, seed=seed)
 
     def fit(self, adata: ad.AnnData, *, layer: str | None = None, rng: RandomState = 0,
             device: str | None = None, progress: bool = True) -> TCERModel:
-        """Train ER-Net on the observed data only (TCER eqs. 12–16).
+        """Train ER-Net on the observed data only (TCER eqs. 12–16), then choose the output.
 
         The cells' log-normalised expression (``log1p(counts / library × target_sum)``),
         divided by its largest value (stored as :attr:`scale`), is laid out as GenoMap
-        images. A seeded ``validation_fraction`` of cells is held out with masks fixed
+        images. With the cross-cell context (``n_neighbors`` ≠ 0) a second channel holds
+        the GenoMap of the mean rates of the cell's nearest other cells, and ER-Net
+        predicts a residual on it; ``n_neighbors=None`` chooses the number of neighbours
+        from :data:`~sctorch.tcer._context.K_GRID` by molecular cross-validation
+        (:func:`~sctorch.tcer._context.choose_neighbours`, on up to 3,000 cells).
+        A seeded ``validation_fraction`` of cells is held out with masks fixed
         before training; each epoch trains on fresh masks of the other cells
         (:class:`~sctorch.tcer._data.MaskedBatches`) with Adam (β = 0.9, 0.999) and the
         learning rate halved every ``lr_step`` epochs, through :func:`sctorch.models.fit`,
         which stops after ``patience`` epochs without a lower held-out masked loss and
-        keeps the best weights. The reference (ground truth) is never used.
+        keeps the best weights. With ``output="posterior"`` and ``beta=None``, the prior
+        weight :attr:`beta` is then chosen by molecular cross-validation on the held-out
+        cells (:func:`~sctorch.tcer._context.choose_beta`). The reference (ground truth)
+        is never used.
 
         Parameters
         ----------
         adata
             Cells × genes of **raw counts** holding every gene of the model
-            (matched by ``var_names``).
+            (matched by ``var_names``). May be backed (``anndata.read_h5ad(path,
+            backed="r")``): batches are then read from the file.
         layer
             Layer holding the counts (``None``: ``adata.X``).
         rng
-            Seed (or Generator) of the split, the masks, the shuffling and the weight
-            initialisation; the same seed on the same device gives the same model.
-            Torch's and numpy's global random streams are left as they were.
+            Seed (or Generator) of the split, the masks, the shuffling, the molecular
+            cross-validation splits and the weight initialisation; the same seed on the
+            same device gives the same model. Torch's and numpy's global random streams
+            are left as they were.
         device
             Torch device (``None``: CUDA, then MPS, else CPU).
         progress
@@ -263,7 +253,9 @@ class TCERModel(BaseModel):
 
         Returns
         -------
-        ``self``, trained; :attr:`history` holds ``train_loss`` and ``val_loss`` per epoch.
+        ``self``, trained; :attr:`history` holds ``train_loss`` and ``val_loss`` per epoch,
+        :attr:`selection` the molecular cross-validation scores behind ``n_neighbors`` and
+        ``beta``.
 
         Raises
         ------
@@ -271,41 +263,53 @@ class TCERModel(BaseModel):
             If ``layer`` is missing.
         ValueError
             If the input is not raw counts, a cell has zero counts, a model gene is
-            missing from ``adata``, a setting is out of range or the loss diverges.
+            missing from ``adata``, a setting is out of range, the cross-cell context is
+            asked for with fewer than 2 cells, or the loss diverges.
         """
         import torch
 
         from ..models import fit as fit_loop
+        from ._context import choose_neighbours
         from ._data import MaskedBatches, split_cells
-        from ._module import tcer_loss
+        from ._module import pixel_error, tcer_loss
 
         p = self.config
         p.validate()
         self._check_integrity()
-        Xlog, top = self._log_counts(adata, layer, what="the training data")
+        rates, _, _ = self._rates(adata, layer, "the training data", all_genes=True)
         seed = seed_int(rng)
         dev = resolve_device(device)
         train_idx, val_idx = split_cells(adata.n_obs, p.validation_fraction, seed)
+        top = max((_max_log_normalised(read_rows(rates.X, sl), rates.cols, p.target_sum)
+                   for sl in iter_batches(rates.n, 8192)), default=0.0)
         self.scale = top if top > 0 else 1.0
-        if callable(Xlog):  # backed: read each batch's cells from disk
-            def images_of(idx):
-                return self.placement.images(Xlog(idx) / self.scale)
+        self.selection = {}
+        if p.n_neighbors is None:
+            cells = np.arange(rates.n)
+            if rates.n > 3000:
+                cells = np.sort(get_rng(seed).choice(rates.n, 3000, replace=False))
+            self.n_neighbors, self.selection["n_neighbors"] = choose_neighbours(
+                rates, seed=seed, cells=cells)
         else:
-            Xs = Xlog / self.scale
-
-            def images_of(idx):
-                return self.placement.images(Xs, cells=idx)
-        blind = p.objective == "blind_spot"
+            self.n_neighbors = int(p.n_neighbors)
+        idx = self._neighbours(rates, seed)
+        blind, scale = p.objective == "blind_spot", self.scale
         with seeded(seed):
             self.module = module = self._build_module(p, {}).to(dev)
-            data = MaskedBatches(images_of, train_idx,
-                                 val_idx, gene_px=self.placement.pixel_mask(),
+            if p.objective == "poisson":  # start from the context itself (a zero log-ratio)
+                torch.nn.init.zeros_(module.out.weight)
+                torch.nn.init.zeros_(module.out.bias)
+            data = MaskedBatches(lambda cells: self._cell_images(rates, cells, idx),
+                                 train_idx, val_idx, gene_px=self.placement.pixel_mask(),
                                  mask_ratio=p.mask_ratio, objective=p.objective,
-                                 batch_size=p.batch_size, seed=seed, device=dev)
+                                 batch_size=p.batch_size, seed=seed, device=dev, scale=scale)
 
             def loss_fn(batch):
                 x, inp, known = batch
-                pred = module(inp[:, None]).squeeze(1)
+                pred = module(inp).squeeze(1)
+                if p.objective == "poisson":
+                    err = pixel_error("poisson", pred, x, inp, scale)
+                    return (err * known).sum() / known.sum().clamp_min(1)
                 return tcer_loss(pred, x, known, p.fft_weight, squared=blind)
 
             self.history = {"train_loss": [], "val_loss": []}
@@ -315,42 +319,75 @@ class TCERModel(BaseModel):
                      validate=(lambda: data.val_loss(module)) if data.val else None,
                      patience=p.patience, min_delta=1e-5, history=self.history,
                      desc="TCER train", progress=progress)
+        self.beta = p.beta
+        if p.output == "posterior" and p.beta is None:
+            self._choose_beta(rates, idx, val_idx, seed, dev)
         return self
+
+    def _choose_beta(self, rates, idx, val_idx, seed: int, dev) -> None:
+        """:attr:`beta` by molecular cross-validation on the held-out cells (all if < 50).
+
+        The held-out cells' counts are split into halves; the network's prior is computed
+        from half A (own GenoMap) and the other cells (context), so no molecule of half B
+        enters it, and scored against B (:func:`~sctorch.tcer._context.choose_beta`).
+        """
+        from ._context import choose_beta, neighbour_mean, split_molecules
+
+        cells = val_idx if len(val_idx) >= 50 else np.arange(rates.n)
+        if cells.size > 3000:
+            cells = np.sort(get_rng(seed).choice(cells, 3000, replace=False))
+        half_a, half_b = split_molecules(*rates.counts(cells), seed)
+        own = sparse.diags(1.0 / np.maximum(half_a[1], 1e-12)) @ half_a[0]
+        mu = []
+        for sl in iter_batches(cells.size, 256):
+            ctx = None if idx is None else neighbour_mean(rates, idx, cells[sl])
+            mu.append(self._prior(self._images(own[sl].toarray(), ctx), dev))
+        self.beta, self.selection["beta"] = choose_beta(half_a, half_b, np.concatenate(mu))
+
+    def _prior(self, imgs: np.ndarray, device) -> np.ndarray:
+        """The network's blind-spot prediction as prior mean rates ``(n, n_shared)``."""
+        pred = self._predict_images(imgs, device)
+        return np.expm1(self.placement.genes_of(pred)[:, self._shared] * self.scale)
 
     # ------------------------------------------------------------------ inference
     def _predict_images(self, imgs: np.ndarray, device) -> np.ndarray:
-        """Recover scaled images ``(n, H, W)``.
+        """The network's prediction of every gene pixel, scaled ``(n, H, W)``.
 
+        ``imgs`` is the network input ``(n, C, H, W)`` (channel 0 the cells' own images).
         ``objective="dropout"``: zero gene pixels get the placeholder and are predicted.
         ``"blind_spot"``: every gene pixel is predicted while hidden, in
         ``ceil(1 / mean ratio)`` passes over disjoint pixel groups (a fixed pattern, so
-        results are deterministic). Either way an observed non-zero ``x`` becomes
-        ``w·x + (1 − w)·prediction`` with ``w = observed_weight``.
+        results are deterministic).
         """
         import torch
 
-        from ._module import PLACEHOLDER
+        from ._module import PLACEHOLDER, poisson_rate
 
         p = self.config
+
+        def run(inputs):
+            out = self.module(inputs).squeeze(1)
+            if p.objective == "poisson":  # the predicted rate, as a scaled log1p image
+                return torch.log1p(poisson_rate(out, inputs, self.scale)) / self.scale
+            return out.clamp_min(0.0)
+
         gene_px = torch.as_tensor(self.placement.pixel_mask(), device=device)
-        x = torch.as_tensor(imgs, device=device)
+        inp = torch.tensor(imgs, device=device)  # a copy: channel 0 is overwritten below
+        x = inp[:, 0].clone()
         self.module.eval()
         with torch.no_grad():
-            if p.objective == "blind_spot":
+            if p.objective != "dropout":
                 k = int(np.ceil(2.0 / sum(p.mask_ratio)))
                 group = torch.as_tensor(np.random.default_rng(0).integers(
                     0, k, size=self.placement.shape), device=device)
                 pred = torch.zeros_like(x)
                 for g in range(k):
                     hide = gene_px & (group == g)
-                    inp = torch.where(hide, torch.full_like(x, PLACEHOLDER), x)
-                    out = self.module(inp[:, None]).squeeze(1).clamp_min(0.0)
-                    pred = torch.where(hide, out, pred)
+                    inp[:, 0] = torch.where(hide, torch.full_like(x, PLACEHOLDER), x)
+                    pred = torch.where(hide, run(inp), pred)
             else:
-                inp = torch.where(gene_px & (x <= 0), torch.full_like(x, PLACEHOLDER), x)
-                pred = self.module(inp[:, None]).squeeze(1).clamp_min(0.0)
-        w = p.observed_weight
-        pred = torch.where(x > 0, w * x + (1.0 - w) * pred, pred)
+                inp[:, 0] = torch.where(gene_px & (x <= 0), torch.full_like(x, PLACEHOLDER), x)
+                pred = run(inp)
         pred = torch.where(gene_px, pred, torch.zeros_like(pred))
         return pred.float().cpu().numpy()
 
@@ -385,11 +422,12 @@ class TCERModel(BaseModel):
         """
         if self.module is None:
             raise ValueError("This TCERModel has not been trained; call fit() first.")
+        if self.config.output == "posterior" and self.beta is None:
+            raise ValueError("This TCERModel has output='posterior' but no fitted beta; "
+                             "call fit() first or set config.beta.")
         check_unique_var_names(adata)
-        pos = self.gene_indexer(adata.var_names, min_shared=int(np.ceil(0.5 * len(self.genes))),
-                                what="adata")
+        rates, shared, pos = self._rates(adata, layer, "adata", all_genes=False)
         cols = np.arange(adata.n_vars) if genes is None else _columns_of(adata, genes)
-        X = check_counts_input(adata, layer)
         if out is None:
             out = np.empty((adata.n_obs, cols.size), dtype=np.float32)
         elif tuple(out.shape) != (adata.n_obs, cols.size):
@@ -397,7 +435,7 @@ class TCERModel(BaseModel):
                              f"{(adata.n_obs, cols.size)}.")
         dev = resolve_device(device)
         self.to(dev)
-        shared = np.flatnonzero(pos >= 0)
+        idx = self._neighbours(rates, seed=0)
         src_cols = pos[shared]
         # model gene j (among shared) fills output column where[j], when it is asked for
         where = np.full(adata.n_vars, -1)
@@ -405,16 +443,33 @@ class TCERModel(BaseModel):
         keep = where[src_cols] >= 0
         for sl in progress_bar(list(iter_batches(adata.n_obs, batch_size)), desc="TCER impute",
                                progress=progress):
-            Xlog = sparse.csr_matrix(log_normalize(read_rows(X, sl),
+            Xlog = sparse.csr_matrix(log_normalize(read_rows(rates.X, sl),
                                                    target_sum=self.config.target_sum))
             res = Xlog[:, cols].toarray().astype(np.float32)  # unknown genes keep observed
-            block = np.zeros((sl.stop - sl.start, len(self.genes)), dtype=np.float32)
-            block[:, shared] = Xlog[:, src_cols].toarray() / self.scale
-            pred = self._predict_images(self.placement.images(block), dev)
-            imputed = self.placement.genes_of(pred)[:, shared] * self.scale
+            imputed = self._output(rates, sl, self._cell_images(rates, sl, idx), dev)
             res[:, where[src_cols[keep]]] = imputed[:, keep]
             out[sl] = res
         return out
+
+    def _output(self, rates, cells, imgs: np.ndarray, device) -> np.ndarray:
+        """The output rule on the shared genes, log1p-normalised ``(n, n_shared)``.
+
+        ``output="posterior"``: ``log1p((y + β μ) / (s + β))`` with μ the network's prior
+        mean rate (:func:`~sctorch.tcer._context.posterior`). ``"observed"``: a zero gets
+        the prediction; an observed non-zero ``x`` becomes ``w·x + (1 − w)·prediction``
+        with ``w = observed_weight`` (the paper keeps measured values, ``w = 1``).
+        """
+        from ._context import posterior
+
+        if self.config.output == "posterior":
+            counts, size = rates.counts(cells)
+            mu = self._prior(imgs, device)
+            return np.log1p(posterior(counts, size, mu, self.beta))
+        shared = self._shared
+        pred = self.placement.genes_of(self._predict_images(imgs, device))[:, shared]
+        x = self.placement.genes_of(imgs[:, 0])[:, shared]
+        w = self.config.observed_weight
+        return (np.where(x > 0, w * x + (1.0 - w) * pred, pred) * self.scale).astype(np.float32)
 
     def impute(self, adata: ad.AnnData, *, layer: str | None = None, batch_size: int = 256,
                device: str | None = None, key_added: str = _keys.TCER, progress: bool = True,
@@ -463,6 +518,19 @@ class TCERModel(BaseModel):
     def params_record(self) -> dict[str, Any]:
         """The hyper-parameters as a flat dict (without ``extra``), for ``uns`` records."""
         return {k: v for k, v in dataclasses.asdict(self.config).items() if k != "extra"}
+
+
+def _max_log_normalised(block, cols, target_sum: float) -> float:
+    """Largest log-normalised value of the columns ``cols`` (``None``: all) of a counts block.
+
+    Computed with :func:`sctorch._utils.log_normalize` (Scanpy), the normalisation
+    :meth:`TCERModel.predict` gives genes the model does not know. (Its first call in a
+    process also settles the OpenMP thread count that Scanpy's numba kernels reset,
+    before training starts, so two trainings in one process compute alike.)
+    """
+    Xlog = sparse.csr_matrix(log_normalize(block, target_sum=target_sum), dtype=np.float32)
+    Xlog = Xlog if cols is None else Xlog[:, cols]
+    return float(Xlog.data.max()) if Xlog.nnz else 0.0
 
 
 def _columns_of(adata: ad.AnnData, genes) -> np.ndarray:

@@ -38,7 +38,7 @@ from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
 __all__ = ["CBAM", "PLACEHOLDER", "BatchParallelDeformConv2d", "DFAModule", "ERNet",
-           "mask_blind_spot", "mask_nonzero", "tcer_loss"]
+           "mask_blind_spot", "mask_nonzero", "pixel_error", "poisson_rate", "tcer_loss"]
 
 PLACEHOLDER = -1.0  # δ: below every (non-negative, scaled) expression value
 
@@ -183,21 +183,26 @@ class DFAModule(nn.Module):
     the offsets (2 per kernel tap) are predicted by a 3×3 convolution of ``h``.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3):
+    def __init__(self, channels: int, kernel_size: int = 3, *, deformable: bool = True):
         super().__init__()
         pad = kernel_size // 2
         self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
-        self.offset = nn.Conv2d(channels, 2 * kernel_size * kernel_size, kernel_size, padding=pad)
-        nn.init.zeros_(self.offset.weight)  # start as a regular convolution
-        nn.init.zeros_(self.offset.bias)
-        self.deform = BatchParallelDeformConv2d(channels, channels, kernel_size, padding=pad)
+        if deformable:
+            self.offset = nn.Conv2d(channels, 2 * kernel_size * kernel_size, kernel_size,
+                                    padding=pad)
+            nn.init.zeros_(self.offset.weight)  # start as a regular convolution
+            nn.init.zeros_(self.offset.bias)
+            self.deform = BatchParallelDeformConv2d(channels, channels, kernel_size, padding=pad)
+        else:  # the ablation: a plain convolution in place of the deformable one
+            self.offset = None
+            self.deform = nn.Conv2d(channels, channels, kernel_size, padding=pad)
         self.ca = ChannelAttention(channels)
         self.pa = PixelAttention(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv2(F.relu(self.conv1(x)))
-        h = self.deform(h, self.offset(h))
+        h = self.deform(h) if self.offset is None else self.deform(h, self.offset(h))
         return x + self.pa(self.ca(h))
 
 
@@ -241,24 +246,34 @@ class ERNet(nn.Module):
         stride-2 stages have ``2F`` and ``4F`` channels.
     n_dfa
         Number of cascaded DFA modules in the bottleneck (3 in the paper).
+    in_channels
+        Input channels: 1 (the paper: the cell's GenoMap) or 2 (sctorch's default adds
+        the GenoMap of the mean of the cell's nearest neighbours, the cross-cell context;
+        how the output relates to it is the loss's business, :func:`poisson_rate`).
+    deformable
+        ``False`` replaces the deformable convolution of every DFA module by a plain
+        3×3 convolution (an ablation).
 
     Notes
     -----
-    Input ``(B, 1, H, W)`` → output ``(B, 1, H, W)`` for any ``H``, ``W``: the input is
-    zero-padded on the bottom/right to multiples of 4 and the output cropped back.
+    Input ``(B, in_channels, H, W)`` → output ``(B, 1, H, W)`` for any ``H``, ``W``: the
+    input is zero-padded on the bottom/right to multiples of 4 and the output cropped back.
     """
 
-    def __init__(self, n_features: int = 64, n_dfa: int = 3):
+    def __init__(self, n_features: int = 64, n_dfa: int = 3, in_channels: int = 1,
+                 deformable: bool = True):
         super().__init__()
         f = n_features
         self.n_features = n_features
         self.n_dfa = n_dfa
-        self.enc1 = nn.Sequential(nn.Conv2d(1, f, 3, padding=1), nn.ReLU(inplace=True))
+        self.in_channels = in_channels
+        self.enc1 = nn.Sequential(nn.Conv2d(in_channels, f, 3, padding=1), nn.ReLU(inplace=True))
         self.enc2 = nn.Sequential(nn.Conv2d(f, 2 * f, 3, stride=2, padding=1),
                                   nn.ReLU(inplace=True))
         self.enc3 = nn.Sequential(nn.Conv2d(2 * f, 4 * f, 3, stride=2, padding=1),
                                   nn.ReLU(inplace=True))
-        self.dfa = nn.Sequential(*[DFAModule(4 * f) for _ in range(n_dfa)])
+        self.dfa = nn.Sequential(*[DFAModule(4 * f, deformable=deformable)
+                                   for _ in range(n_dfa)])
         self.up1 = nn.ConvTranspose2d(4 * f, 2 * f, 4, stride=2, padding=1)
         self.fuse1 = SkipFusion(2 * f)
         self.up2 = nn.ConvTranspose2d(2 * f, f, 4, stride=2, padding=1)
@@ -266,8 +281,8 @@ class ERNet(nn.Module):
         self.out = nn.Conv2d(f, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 1:
-            raise ValueError("ERNet expects input of shape (batch, 1, H, W), "
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"ERNet expects input of shape (batch, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}.")
         h, w = x.shape[-2:]
         ph, pw = (-h) % 4, (-w) % 4
@@ -360,3 +375,37 @@ def tcer_loss(pred, target, known, fft_weight: float, *, squared: bool = False):
     ft = torch.fft.rfft2(target * known_f)
     freq = torch.abs(fp - ft).mean()
     return spatial + fft_weight * freq
+
+
+#: pseudo-rate added to the context before its log: the network's output is a log-ratio
+#: to (context + RATE_FLOOR), so a gene no neighbour expresses can still be predicted
+RATE_FLOOR = 0.01
+
+
+def poisson_rate(out, inputs, scale: float):
+    """Rates (counts per ``target_sum``) predicted by ER-Net for ``objective="poisson"``.
+
+    ``out`` is ER-Net's output ``(B, H, W)``, read as a log-ratio clamped to ±10; with a
+    context channel (``inputs`` ``(B, 2, H, W)``, scaled ``log1p`` of the neighbours'
+    mean rate) the rate is ``(context + RATE_FLOOR) · exp(out)``: a residual on the
+    context, equal to it for ``out = 0``. Without one it is ``RATE_FLOOR · exp(out)``.
+    ``scale`` maps the scaled images back to ``log1p`` rates.
+    """
+    base = torch.full_like(out, RATE_FLOOR)
+    if inputs.shape[1] > 1:
+        base = base + torch.expm1(inputs[:, 1] * scale)
+    return base * torch.exp(out.clamp(-10.0, 10.0))
+
+
+def pixel_error(objective: str, out, x, inputs, scale: float):
+    """Per-pixel training error ``(B, H, W)`` of ER-Net's output ``out`` against ``x``.
+
+    ``x`` holds the cells' own scaled images. ``"dropout"``: absolute error (TCER eq. 14);
+    ``"blind_spot"``: squared error; ``"poisson"``: the Poisson deviance-type loss
+    ``μ − r·log μ`` of the predicted rate μ (:func:`poisson_rate`) against the observed
+    rate ``r`` (minimised by ``μ = E[r]``, the expected rate whatever the depth).
+    """
+    if objective == "poisson":
+        mu = poisson_rate(out, inputs, scale)
+        return mu - torch.expm1(x * scale) * torch.log(mu)
+    return (out - x) ** 2 if objective == "blind_spot" else torch.abs(out - x)

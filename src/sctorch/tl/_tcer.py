@@ -14,7 +14,8 @@ from scipy import sparse
 
 from .. import _keys
 from .._utils import RandomState, log_normalize, make_params, resolve_device, seed_int
-from ..tcer._model import PRESETS, TCERModel, TCERParams, check_counts_input
+from ..tcer._config import PRESETS, TCERParams
+from ..tcer._model import TCERModel, check_counts_input
 
 logger = logging.getLogger("sctorch")
 
@@ -23,7 +24,8 @@ __all__ = ["TCERModel", "TCERParams", "tcer_impute"]
 
 def _resolve_params(preset, *, n_features, epochs, batch_size, lr, lr_step, mask_ratio,
                     fft_weight, patience, validation_fraction, observed_weight,
-                    objective) -> TCERParams:
+                    objective, n_neighbors="preset", output=None, beta=None,
+                    deformable=True) -> TCERParams:
     """The preset's settings overridden by the explicit arguments, validated."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}.")
@@ -41,7 +43,15 @@ def _resolve_params(preset, *, n_features, epochs, batch_size, lr, lr_step, mask
         observed_weight=float(pre["observed_weight"] if observed_weight is None
                               else observed_weight),
         objective=objective or pre["objective"],
+        n_neighbors=pre["n_neighbors"] if isinstance(n_neighbors, str) and n_neighbors == "preset"
+        else n_neighbors,
+        output=output or pre["output"],
+        beta=None if beta is None else float(beta),
+        deformable=bool(deformable),
     )
+    if isinstance(p.n_neighbors, str):
+        raise ValueError(f"n_neighbors must be 'preset', None or an integer >= 0, "
+                         f"got {n_neighbors!r}.")
     p.validate()
     p.mask_ratio = tuple(float(v) for v in p.mask_ratio)
     return p
@@ -76,6 +86,10 @@ def tcer_impute(
     validation_fraction: float = 0.1,
     observed_weight: float | None = None,
     objective: str | None = None,
+    n_neighbors: int | str | None = "preset",
+    output: str | None = None,
+    beta: float | None = None,
+    deformable: bool = True,
     device: str | None = None,
     rng: RandomState = 0,
     key_added: str = _keys.TCER,
@@ -186,7 +200,8 @@ def tcer_impute(
     p = _resolve_params(preset, n_features=n_features, epochs=epochs, batch_size=batch_size,
                         lr=lr, lr_step=lr_step, mask_ratio=mask_ratio, fft_weight=fft_weight,
                         patience=patience, validation_fraction=validation_fraction,
-                        observed_weight=observed_weight, objective=objective)
+                        observed_weight=observed_weight, objective=objective,
+                        n_neighbors=n_neighbors, output=output, beta=beta, deformable=deformable)
     X = check_counts_input(adata, layer)  # validate everything before anything is written
     built = None if genomap_key in adata.uns else _build_genomap(adata, X, p.target_sum,
                                                                  genomap_key, rng, progress)

@@ -1,0 +1,243 @@
+"""TCER's cross-cell context and count-scale output: neighbours, their mean, the posterior.
+
+sctorch's default TCER departs from the paper in two places, both measured in
+``benchmarks/results/tcer.md``:
+
+- **cross-cell context**: ER-Net sees, beside the cell's own GenoMap, the GenoMap of the
+  mean normalised expression of the cell's ``k`` nearest *other* cells (PCA of the
+  log-normalised counts), and predicts a residual on it;
+- **count-scale posterior** (SAVER, Huang et al. 2018, Nat Methods 15:539, eq. 2): the
+  network's blind-spot prediction μ (which never saw the pixel it predicts) is a prior
+  mean, and the output rate is ``(y + β μ) / (s + β)`` with ``y`` the cell's count,
+  ``s`` its library size / ``target_sum``, and β the prior's weight, in the units of
+  ``s``;
+- β and ``k`` are chosen by **molecular cross-validation** (Batson, Royer & Webber 2019,
+  bioRxiv 786269): each count is split binomially into halves A and B; the output
+  computed from A is scored by the mean gene-wise Pearson correlation (across cells) of
+  its log1p with the log-normalised B. The halves are independent Poisson draws of the
+  same cell, so the score ranks outputs as their correlation with the unseen expression
+  would, up to a factor common to all of them. Nothing but the input is used.
+
+Rates here are ``counts / library × target_sum`` (the log-normalised scale before
+``log1p``); ``library`` is the cell's total over all genes of the AnnData.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import sparse
+
+from .._utils import get_rng, is_backed, iter_batches, read_rows, row_sums
+
+#: relative β grid (× the median ``s``) searched by :func:`choose_beta`
+BETA_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0,
+                                5.0, 10.0, 20.0, 50.0, 100.0)
+#: neighbour counts searched by :func:`choose_neighbours`
+K_GRID: tuple[int, ...] = (5, 10, 20, 40, 80)
+
+
+class Rates:
+    """Counts of a model's genes as rates, from an in-memory or a backed matrix.
+
+    Parameters
+    ----------
+    X
+        Cells × genes of raw counts (validated by the caller), in memory or the ``X`` of a
+        backed AnnData.
+    cols
+        Positions of the model's genes among the columns of ``X`` (``None``: all, in order).
+    target_sum
+        The normalisation target (rates sum to it over all columns of ``X``).
+    """
+
+    def __init__(self, X, cols: np.ndarray | None, target_sum: float):
+        self.X, self.cols, self.target_sum = X, cols, float(target_sum)
+        self.n = int(X.shape[0])
+        self.backed = is_backed(X)
+        self._all = None if self.backed else self._read(slice(None))
+
+    def _read(self, rows):
+        block = read_rows(self.X, rows)
+        size = row_sums(block).astype(np.float64) / self.target_sum
+        counts = sparse.csr_matrix(block, dtype=np.float32)
+        if self.cols is not None:
+            counts = counts[:, self.cols]
+        return counts, size
+
+    def counts(self, rows) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """``(counts, size)`` of ``rows``: CSR float32 counts and ``library / target_sum``."""
+        if self._all is None:
+            return self._read(rows)
+        counts, size = self._all
+        return counts[rows], size[rows]
+
+    def rates(self, rows) -> sparse.csr_matrix:
+        """CSR float32 rates (``counts / size``) of ``rows``."""
+        counts, size = self.counts(rows)
+        return sparse.csr_matrix(sparse.diags(1.0 / size) @ counts, dtype=np.float32)
+
+
+def _embedding(rates: Rates, n_pcs: int, seed: int, split: Sequence | None = None
+               ) -> np.ndarray:
+    """PCA scores ``(n, n_pcs)`` of ``log1p(rates)`` (IncrementalPCA in blocks when backed)."""
+    from sklearn.decomposition import PCA, IncrementalPCA
+
+    n_genes = rates.counts(slice(0, 1))[0].shape[1]
+    n_comp = int(max(1, min(n_pcs, rates.n - 1, n_genes)))
+    if not rates.backed:
+        L = (rates.rates(slice(None)) if split is None else split[0]).log1p().toarray()
+        return PCA(n_comp, random_state=seed, svd_solver="full" if n_genes <= 500
+                   else "randomized").fit_transform(L)
+    block = max(4096, n_comp)
+    ipca = IncrementalPCA(n_comp, batch_size=block)
+    blocks = list(iter_batches(rates.n, block))
+    for sl in blocks:
+        L = rates.rates(sl).log1p().toarray()
+        if L.shape[0] >= n_comp:
+            ipca.partial_fit(L)
+    return np.concatenate([ipca.transform(rates.rates(sl).log1p().toarray()) for sl in blocks])
+
+
+def _without_self(idx: np.ndarray, k: int) -> np.ndarray:
+    """Drop each row's own position from its neighbour list, keep the first ``k`` others."""
+    own = idx == np.arange(idx.shape[0])[:, None]
+    own[~own.any(axis=1), -1] = True  # duplicates: self not returned -> drop the farthest
+    return idx[~own].reshape(idx.shape[0], idx.shape[1] - 1)[:, :k]
+
+
+def neighbour_index(rates: Rates, k: int, *, n_pcs: int = 30, seed: int = 0,
+                    split: Sequence | None = None) -> np.ndarray:
+    """The ``k`` nearest *other* cells of every cell: int64 ``(n, min(k, n − 1))``.
+
+    Euclidean distance between PCA scores (``n_pcs`` components, scikit-learn) of the
+    log1p rates; nearest first. ``split`` (the ``(rates_a, size_a)`` of a molecular
+    cross-validation half) uses that half's rates instead.
+
+    Raises
+    ------
+    ValueError
+        With fewer than 2 cells (the context of a cell is other cells).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    if rates.n < 2:
+        raise ValueError(f"TCER's cross-cell context needs at least 2 cells, got {rates.n}; "
+                         "impute more cells at once or use a model trained with "
+                         "n_neighbors=0.")
+    k = int(min(k, rates.n - 1))
+    Z = _embedding(rates, n_pcs, seed, split)
+    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z)
+    return _without_self(idx, k)
+
+
+def neighbour_mean(rates: Rates, idx: np.ndarray, cells) -> np.ndarray:
+    """Mean rates of the neighbours ``idx[cells]``: float32 ``(len(cells), n_genes)``."""
+    nb = idx[cells]
+    b, k = nb.shape
+    if rates.backed:  # read each neighbour row once
+        uniq, pos = np.unique(nb.ravel(), return_inverse=True)
+        source, cols = rates.rates(uniq), pos
+    else:
+        source, cols = rates.rates(slice(None)), nb.ravel()
+    W = sparse.csr_matrix((np.full(b * k, 1.0 / k, dtype=np.float32),
+                           (np.repeat(np.arange(b), k), cols)), shape=(b, source.shape[0]))
+    return np.asarray((W @ source).toarray(), dtype=np.float32)
+
+
+def posterior(counts, size: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarray:
+    """Posterior mean rate ``(y + β μ) / (s + β)`` (SAVER eq. 2), float32 ``(n, n_genes)``.
+
+    ``counts`` ``y`` (dense or sparse, cells × genes), ``size`` ``s`` (library /
+    target_sum, one per cell) and the prior mean rate ``mu`` (same shape as ``counts``).
+    ``β = 0`` returns the observed rates; ``β = inf`` returns ``mu``.
+    """
+    y = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    s = np.asarray(size, dtype=np.float64)[:, None]
+    if np.isinf(beta):
+        return np.asarray(mu, dtype=np.float32)
+    return ((y + beta * mu) / (s + beta)).astype(np.float32)
+
+
+def split_molecules(counts: sparse.csr_matrix, size: np.ndarray, seed: int, p: float = 0.5):
+    """Binomial split of every count: ``((counts_a, size_a), (counts_b, size_b))``.
+
+    Each molecule goes to A with probability ``p``. Each half's size is ``size`` × the
+    half's share of the cell's counts, so a half is normalised by its own molecules (no
+    molecule of B enters A's rates, or the reverse); a half with no counts gets size 0.
+    """
+    counts = sparse.csr_matrix(counts)
+    a = counts.copy()
+    a.data = get_rng(seed).binomial(np.round(counts.data).astype(np.int64), p).astype(np.float32)
+    b = counts - a
+    total = np.maximum(row_sums(counts).astype(np.float64), 1e-12)
+    return ((a, size * row_sums(a) / total), (b, size * row_sums(b) / total))
+
+
+def _mean_gene_pearson(A: np.ndarray, B: np.ndarray) -> float:
+    A = A - A.mean(0)
+    B = B - B.mean(0)
+    den = np.sqrt((A * A).sum(0) * (B * B).sum(0))
+    ok = den > 0
+    return float(((A * B).sum(0)[ok] / den[ok]).mean()) if ok.any() else float("nan")
+
+
+def mcv_scores(half_a, half_b, mu: np.ndarray, grid: Sequence[float] = BETA_GRID
+               ) -> dict[float, float]:
+    """Molecular cross-validation score of every relative β in ``grid``.
+
+    ``half_a`` and ``half_b`` are ``(counts, size)`` of :func:`split_molecules`; ``mu``
+    the prior mean rates (cells × genes) computed without any molecule of half B.
+    Cells with no counts in either half are left out. Returns ``{β / median(size_a):
+    mean gene-wise Pearson between log1p(posterior from A) and log1p(rates of B)}``.
+    """
+    (ca, sa), (cb, sb) = half_a, half_b
+    ok = (sa > 0) & (sb > 0)
+    ca, sa, cb, sb, mu = ca[ok], sa[ok], cb[ok], sb[ok], np.asarray(mu)[ok]
+    target = np.log1p(posterior(cb, sb, mu, 0.0))
+    ms = float(np.median(sa))
+    return {float(g): _mean_gene_pearson(np.log1p(posterior(ca, sa, mu, g * ms)), target)
+            for g in grid}
+
+
+def choose_beta(half_a, half_b, mu: np.ndarray, *, grid: Sequence[float] = BETA_GRID
+                ) -> tuple[float, dict[float, float]]:
+    """The prior weight β of :func:`posterior`, by molecular cross-validation.
+
+    ``half_a``, ``half_b`` and ``mu`` as for :func:`mcv_scores` (``mu`` from half A and
+    other cells only). Returns ``(β, scores)``: β in the units of ``size`` (the best
+    relative β × the median size of half A: β is a prior precision, a number of
+    pseudo-molecules in units of ``size``, so it carries over from the half to the full
+    depth unchanged), and the scores.
+    """
+    scores = mcv_scores(half_a, half_b, mu, grid)
+    best = max(scores, key=lambda g: (np.nan_to_num(scores[g], nan=-np.inf), -g))
+    return best * float(np.median(half_a[1])), scores
+
+
+def choose_neighbours(rates: Rates, *, seed: int, cells: np.ndarray,
+                      grid: Sequence[int] = K_GRID, n_pcs: int = 30
+                      ) -> tuple[int, dict[int, float]]:
+    """Neighbour count ``k`` of the context, by molecular cross-validation of its mean.
+
+    Among the cells ``cells`` (all cells, or a random subset of a large data set), the
+    counts are split into halves and neighbours are found on half A; for every ``k`` the
+    neighbours' mean full rates (which hold none of the cell's molecules) are the prior
+    of :func:`posterior`, and its best MCV score over :data:`BETA_GRID` scores ``k``.
+    Returns ``(k, {k: score})``.
+    """
+    counts, size = rates.counts(np.sort(np.asarray(cells)))
+    sub = Rates.__new__(Rates)
+    sub.X, sub.cols, sub.target_sum = None, None, rates.target_sum
+    sub.n, sub.backed, sub._all = counts.shape[0], False, (counts, size)
+    half_a, half_b = split_molecules(counts, size, seed)
+    rates_a = sparse.csr_matrix(sparse.diags(1.0 / np.maximum(half_a[1], 1e-12)) @ half_a[0])
+    kmax = int(min(max(grid), sub.n - 1))
+    idx = neighbour_index(sub, kmax, n_pcs=n_pcs, seed=seed, split=(rates_a,))
+    everyone = np.arange(sub.n)
+    scores = {}
+    for k in sorted({min(int(g), kmax) for g in grid}):
+        mu = neighbour_mean(sub, idx[:, :k], everyone)
+        scores[k] = max(mcv_scores(half_a, half_b, mu).values())
+    return max(scores, key=lambda k: (scores[k], -k)), scores

@@ -1,0 +1,158 @@
+"""TCER's cross-cell context, count-scale posterior and molecular cross-validation."""
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import sctorch as sct
+from sctorch import tcer
+from sctorch.tcer._model import TCERModel
+
+
+def _rates(X, target_sum=1e4):
+    return tcer.Rates(sparse.csr_matrix(np.asarray(X, dtype=np.float32)), None, target_sum)
+
+
+def _two_types(n_per=40, n_genes=30, depth=200.0, seed=0):
+    """Counts of two cell types with distinct programmes, and their true rates."""
+    rng = np.random.default_rng(seed)
+    prof = rng.gamma(1.0, 1.0, size=(2, n_genes))
+    prof[0, : n_genes // 2] *= 8
+    prof[1, n_genes // 2:] *= 8
+    prof /= prof.sum(1, keepdims=True)
+    types = np.repeat([0, 1], n_per)
+    lib = rng.uniform(0.5, 1.5, types.size) * depth
+    truth = prof[types] * 1e4  # rates per 1e4
+    counts = rng.poisson(prof[types] * lib[:, None]).astype(np.float32)
+    counts[counts.sum(1) == 0, 0] = 1
+    return counts, truth, types
+
+
+def test_neighbour_index_excludes_self_and_stays_within_the_type():
+    counts, _, types = _two_types()
+    idx = tcer.neighbour_index(_rates(counts), 10, n_pcs=5)
+    assert idx.shape == (80, 10)
+    assert not (idx == np.arange(80)[:, None]).any()
+    assert (types[idx] == types[:, None]).mean() > 0.95
+    # duplicated cells: a cell's own position is still dropped, never a twin
+    dup = np.vstack([counts[:5], counts[:5]])
+    idx = tcer.neighbour_index(_rates(dup), 3, n_pcs=2)
+    assert not (idx == np.arange(10)[:, None]).any()
+    with pytest.raises(ValueError, match="at least 2 cells"):
+        tcer.neighbour_index(_rates(counts[:1]), 3)
+
+
+def test_neighbour_mean_and_posterior_known_answers():
+    X = np.array([[1, 0, 3], [0, 2, 2], [4, 4, 0]], dtype=np.float32)
+    r = _rates(X, target_sum=4.0)  # sizes 1, 1, 2 -> rates = counts / size
+    idx = np.array([[1, 2], [0, 2], [0, 1]])
+    np.testing.assert_allclose(tcer.neighbour_mean(r, idx, [0]), [[1.0, 2.0, 1.0]])
+    counts, size = r.counts(slice(None))
+    np.testing.assert_allclose(size, [1.0, 1.0, 2.0])
+    mu = np.full((3, 3), 2.0)
+    post = tcer.posterior(counts, size, mu, 1.0)
+    np.testing.assert_allclose(post[2], [(4 + 2) / 3, (4 + 2) / 3, 2 / 3], rtol=1e-6)
+    observed = r.rates(slice(None)).toarray()
+    np.testing.assert_allclose(tcer.posterior(counts, size, mu, 0.0), observed)
+    np.testing.assert_allclose(tcer.posterior(counts, size, mu, np.inf), mu)
+
+
+def test_split_molecules_is_a_binomial_partition_with_own_sizes():
+    rng = np.random.default_rng(1)
+    X = sparse.csr_matrix(rng.poisson(5.0, size=(200, 20)).astype(np.float32))
+    size = np.asarray(X.sum(1)).ravel() / 1e4
+    (a, sa), (b, sb) = tcer.split_molecules(X, size, seed=0)
+    np.testing.assert_array_equal((a + b).toarray(), X.toarray())
+    assert (a.toarray() >= 0).all() and (b.toarray() >= 0).all()
+    assert abs(a.sum() / X.sum() - 0.5) < 0.01
+    np.testing.assert_allclose(sa + sb, size)
+    np.testing.assert_allclose(sa, np.asarray(a.sum(1)).ravel() / 1e4, rtol=1e-6)
+
+
+def test_molecular_cross_validation_trusts_a_true_prior_and_not_a_wrong_one():
+    counts, truth, _ = _two_types(n_per=150, depth=100.0)
+    r = _rates(counts)
+    half_a, half_b = tcer.split_molecules(*r.counts(slice(None)), seed=0)
+    good, good_scores = tcer.choose_beta(half_a, half_b, truth)
+    wrong = truth[np.random.default_rng(0).permutation(truth.shape[0])]  # other cells' rates
+    bad, _ = tcer.choose_beta(half_a, half_b, wrong)
+    med = float(np.median(half_a[1]))
+    assert good >= 5 * med  # the exact prior: lean on it
+    assert bad <= 0.5 * med  # a shuffled prior: mostly keep the data
+    assert good_scores[max(tcer.BETA_GRID)] > good_scores[0.0]
+
+
+def test_choose_neighbours_prefers_k_within_the_cell_type():
+    counts, _, _ = _two_types(n_per=15, depth=300.0)
+    k, scores = tcer.choose_neighbours(_rates(counts), seed=0, cells=np.arange(30),
+                                       grid=(5, 10, 29))
+    assert set(scores) == {5, 10, 29}
+    assert k in (5, 10)  # 29 neighbours must mix the two types
+
+
+def _placed(counts):
+    a = ad.AnnData(sparse.csr_matrix(counts))
+    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
+    a.var_names = [f"g{j}" for j in range(a.n_vars)]
+    H = W = int(np.ceil(np.sqrt(a.n_vars)))
+    a.var["genomap_row"] = np.arange(a.n_vars) // W
+    a.var["genomap_col"] = np.arange(a.n_vars) % W
+    a.uns["genomap"] = {"shape": (H, W), "objective": 0.0}
+    return a
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    counts, truth, _ = _two_types(n_per=60, depth=150.0)
+    a = _placed(counts)
+    model = sct.tl.tcer_impute(a, n_features=4, epochs=2, batch_size=32, rng=0,
+                               progress=False, device="cpu", return_model=True)
+    return a, model, truth
+
+
+def test_default_output_is_the_posterior_of_the_network_prior(default_model):
+    a, model, truth = default_model
+    p = model.params
+    assert p.objective == "poisson" and p.output == "posterior" and p.n_neighbors is None
+    assert model.n_neighbors in tcer.K_GRID and model.beta is not None and model.beta >= 0
+    assert set(model.selection) == {"n_neighbors", "beta"}
+    out = a.layers["tcer"]
+    assert out.shape == a.shape and np.isfinite(out).all() and (out >= 0).all()
+    # the written layer is log1p((y + beta mu) / (s + beta)) with the network's prior mu
+    r = tcer.Rates(a.X, None, 1e4)
+    model._rates(a, None, "a", all_genes=True)
+    idx = tcer.neighbour_index(r, model.n_neighbors, seed=0)
+    mu = model._prior(model._cell_images(r, np.arange(a.n_obs), idx), "cpu")
+    counts, size = r.counts(slice(None))
+    np.testing.assert_allclose(out, np.log1p(tcer.posterior(counts, size, mu, model.beta)),
+                               rtol=1e-5, atol=1e-6)
+    # it recovers the true expression better than the observed data
+    obs = np.log1p(r.rates(slice(None)).toarray())
+    ref = np.log1p(truth)
+    assert (np.nanmean(sct.metrics.gene_pearson(out, ref))
+            > np.nanmean(sct.metrics.gene_pearson(obs, ref)) + 0.05)
+
+
+def test_fitted_context_and_beta_survive_save_and_load(default_model, tmp_path):
+    a, model, _ = default_model
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    loaded = TCERModel.load(path, device="cpu")
+    assert loaded.n_neighbors == model.n_neighbors and loaded.beta == model.beta
+    assert loaded.module.in_channels == 2
+    np.testing.assert_array_equal(loaded.predict(a, progress=False, device="cpu"),
+                                  model.predict(a, progress=False, device="cpu"))
+    with pytest.raises(ValueError, match="at least 2 cells"):
+        model.predict(a[:1].copy(), progress=False, device="cpu")
+
+
+def test_bad_context_settings_raise_before_anything_is_written():
+    counts, _, _ = _two_types(n_per=10)
+    a = _placed(counts)
+    for kw, match in (({"n_neighbors": -1}, "n_neighbors"), ({"n_neighbors": 2.5}, "n_neighbors"),
+                      ({"output": "mean"}, "output"), ({"beta": -1.0}, "beta"),
+                      ({"objective": "l2"}, "objective")):
+        with pytest.raises(ValueError, match=match):
+            sct.tl.tcer_impute(a, epochs=1, progress=False, **kw)
+    assert "tcer" not in a.layers and "tcer" not in a.uns
