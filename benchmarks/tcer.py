@@ -21,12 +21,14 @@ Methods, all from the observed counts only, side by side in one process:
   as the prior of TCER's own output rule (``sctorch.tcer.posterior``, β by molecular
   cross-validation on the same held-out cells);
 - ``TCER`` (``sct.tl.tcer_impute`` defaults) and, at the ``--ablation-levels``:
-  ``TCER preset=paper`` (epochs capped by ``--paper-epochs``: the paper's 100 epochs of
-  F = 64 do not fit a 2-core CPU), ``TCER random placement`` (same genes, random pixels),
-  ``TCER no cross-cell channel`` (``n_neighbors=0``), ``TCER plain convolution``
-  (``deformable=False``) and ``no ER-Net`` (the same neighbours, the same molecular
-  cross-validation of β on the same held-out cells, the neighbour mean as the prior: TCER's
-  priors and output rule without the network).
+  ``TCER preset=paper`` (its objective, output rule and no context, but F and epochs
+  capped by ``--paper-features`` and ``--paper-epochs``, default 16 and 10: the paper's
+  100 epochs at F = 64 take hours per data set on a 2-core CPU), ``TCER random
+  placement`` (same genes, random pixels), ``TCER no cross-cell channel``
+  (``n_neighbors=0``), ``TCER plain convolution`` (``deformable=False``) and ``no
+  ER-Net`` (the same neighbours, the same molecular cross-validation of β on the same
+  held-out cells, the neighbour mean as the prior: TCER's priors and output rule without
+  the network).
 
 Each run appends its rows to ``benchmarks/results/tcer_runs.json`` (so data sets can run in
 parallel processes); ``--render`` writes ``benchmarks/results/tcer.md`` from that file.
@@ -74,43 +76,7 @@ def load(name: str) -> ad.AnnData:
     raise ValueError(name)
 
 
-# ---------------------------------------------------------------------- simple peers
-def knn_smoothing(counts: np.ndarray, k: int = 15, d: int = 10, seed: int = 0) -> np.ndarray:
-    """Wagner et al. 2017 kNN-smoothing 2 (step-wise k = 1, 3, 7, 15), summed counts."""
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import NearestNeighbors
-
-    smoothed = counts
-    for step in range(1, int(np.ceil(np.log2(k + 1))) + 1):
-        k_step = min(2 ** step - 1, k)
-        lib = smoothed.sum(1, keepdims=True)
-        norm = smoothed / lib * np.median(lib)
-        ft = np.sqrt(norm) + np.sqrt(norm + 1)
-        Z = PCA(min(d, ft.shape[1] - 1), random_state=seed).fit_transform(ft - ft.mean(0))
-        idx = NearestNeighbors(n_neighbors=k_step + 1).fit(Z).kneighbors(
-            Z, return_distance=False)
-        smoothed = counts[idx].sum(1)
-    return smoothed
-
-
-def ridge_blind_spot(L: np.ndarray, lam: float = 1000.0):
-    """``L -> prediction of every gene from the other genes of the same cell`` (ridge).
-
-    Fitted on ``L`` (log-normalised); the leave-one-gene-out closed form
-    ``x_g − (X Θ)_g / Θ_gg`` with ``Θ = (XᵀX + λI)⁻¹`` on centred values.
-    """
-    mean = L.mean(0)
-    Xc = L - mean
-    theta = np.linalg.inv(Xc.T @ Xc + lam * np.eye(L.shape[1]))
-    diag = np.diag(theta)
-
-    def predict(A: np.ndarray) -> np.ndarray:
-        Ac = A - mean
-        return np.clip(A - (Ac @ theta) / diag, 0.0, None)
-
-    return predict
-
-
+# ---------------------------------------------------------------------- TCER's output rule on peers
 def posterior_on(rates: tcer.Rates, prior_of, val: np.ndarray, seed: int = 0) -> tuple:
     """TCER's output rule on another prior: β by MCV on ``val``, then the posterior.
 
@@ -143,7 +109,8 @@ def timed(fn):
     return out, sec, mem.peak
 
 
-def run_one(name: str, shape: float, ablations: bool, paper_epochs: int) -> list[dict]:
+def run_one(name: str, shape: float, ablations: bool, paper_epochs: int,
+            paper_features: int) -> list[dict]:
     import magic
 
     ref = sct.pp.select_reference(load(name))
@@ -160,13 +127,13 @@ def run_one(name: str, shape: float, ablations: bool, paper_epochs: int) -> list
     results = {"observed": (obs_log, 0.0, float("nan"))}
     results["MAGIC"] = timed(lambda: magic.MAGIC(random_state=0, verbose=0).fit_transform(
         obs_log.toarray()))
-    results["kNN smoothing"] = timed(lambda: log_normalize(knn_smoothing(counts)))
+    results["kNN smoothing"] = timed(lambda: log_normalize(tcer.knn_smoothing(counts)))
 
     rates = tcer.Rates(obs.X, None, 1e4)
     val = np.sort(np.random.default_rng(0).permutation(obs.n_obs)[: round(0.1 * obs.n_obs)])
 
     def ridge():
-        predict = ridge_blind_spot(obs_log.toarray())
+        predict = tcer.ridge_blind_spot(obs_log.toarray())
         return posterior_on(rates, lambda own, cells: np.expm1(predict(np.log1p(own))), val)[0]
 
     results["ridge + posterior"] = timed(ridge)
@@ -197,7 +164,8 @@ def run_one(name: str, shape: float, ablations: bool, paper_epochs: int) -> list
         run_tcer("TCER random placement", key="random")
         run_tcer("TCER no cross-cell channel", n_neighbors=0)
         run_tcer("TCER plain convolution", deformable=False)
-        run_tcer("TCER preset=paper", preset="paper", epochs=paper_epochs)
+        run_tcer("TCER preset=paper", preset="paper", epochs=paper_epochs,
+                 n_features=paper_features)
 
     rows = []
     label_key = LABELS.get(name)
@@ -287,6 +255,7 @@ def main() -> None:
     ap.add_argument("--levels", nargs="+", type=float, default=list(LEVELS))
     ap.add_argument("--ablation-levels", nargs="*", type=float, default=[10.0])
     ap.add_argument("--paper-epochs", type=int, default=10)
+    ap.add_argument("--paper-features", type=int, default=16)
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "tcer.md"))
     args = ap.parse_args()
@@ -296,7 +265,8 @@ def main() -> None:
     cmd = command(__file__)
     for name in args.datasets:
         for shape in args.levels:
-            rows = run_one(name, shape, shape in args.ablation_levels, args.paper_epochs)
+            rows = run_one(name, shape, shape in args.ablation_levels, args.paper_epochs,
+                           args.paper_features)
             store(rows, cmd)
 
 

@@ -98,7 +98,7 @@ def _placed(counts):
     H = W = int(np.ceil(np.sqrt(a.n_vars)))
     a.var["genomap_row"] = np.arange(a.n_vars) // W
     a.var["genomap_col"] = np.arange(a.n_vars) % W
-    a.uns["genomap"] = {"shape": (H, W), "objective": 0.0}
+    a.uns["genomap"] = {"shape": [H, W], "objective": 0.0}
     return a
 
 
@@ -117,6 +117,10 @@ def test_default_output_is_the_posterior_of_the_network_prior(default_model):
     assert p.objective == "poisson" and p.output == "posterior" and p.n_neighbors is None
     assert model.n_neighbors in tcer.K_GRID and model.beta is not None and model.beta >= 0
     assert set(model.selection) == {"n_neighbors", "beta"}
+    rec = a.uns["tcer"]
+    assert rec["params"]["n_neighbors_fitted"] == model.n_neighbors
+    assert rec["params"]["beta_fitted"] == model.beta
+    assert set(rec["selection"]["n_neighbors"]) == {str(k) for k in tcer.K_GRID}
     out = a.layers["tcer"]
     assert out.shape == a.shape and np.isfinite(out).all() and (out >= 0).all()
     # the written layer is log1p((y + beta mu) / (s + beta)) with the network's prior mu
@@ -136,6 +140,8 @@ def test_default_output_is_the_posterior_of_the_network_prior(default_model):
 
 def test_fitted_context_and_beta_survive_save_and_load(default_model, tmp_path):
     a, model, _ = default_model
+    a.write_h5ad(tmp_path / "a.h5ad")  # the uns record is writable
+    assert ad.read_h5ad(tmp_path / "a.h5ad").uns["tcer"]["params"]["beta_fitted"] == model.beta
     path = tmp_path / "m.safetensors"
     model.save(path)
     loaded = TCERModel.load(path, device="cpu")

@@ -5,8 +5,9 @@
 - ``_context``: the cross-cell context (nearest neighbours and their mean), the
   count-scale posterior output and the molecular cross-validation that chooses the
   number of neighbours and the posterior's prior weight;
-- ``_model``: :class:`TCERModel` (``fit``, ``impute``, ``save`` / ``load``) and
-  :class:`TCERParams`.
+- ``_config``: :class:`TCERParams` and the presets;
+- ``_model``: :class:`TCERModel` (``fit``, ``impute``, ``save`` / ``load``);
+- ``_peers``: the simple imputers TCER is compared with (kNN smoothing, ridge).
 
 The public function is :func:`sctorch.tl.tcer_impute`; the model is also
 ``sctorch.models.TCERModel`` and ``sctorch.tl.TCERModel``. The ``_context`` functions
@@ -28,7 +29,22 @@ from ._context import (
     split_molecules,
 )
 from ._model import TCERModel
+from ._peers import knn_smoothing, ridge_blind_spot
 
-__all__ = ["BETA_GRID", "K_GRID", "PRESETS", "Rates", "TCERModel", "TCERParams", "choose_beta",
-           "choose_neighbours", "mcv_scores", "neighbour_index", "neighbour_mean", "posterior",
-           "split_molecules"]
+__all__ = [
+    "BETA_GRID",
+    "K_GRID",
+    "PRESETS",
+    "Rates",
+    "TCERModel",
+    "TCERParams",
+    "choose_beta",
+    "choose_neighbours",
+    "knn_smoothing",
+    "mcv_scores",
+    "neighbour_index",
+    "neighbour_mean",
+    "posterior",
+    "ridge_blind_spot",
+    "split_molecules",
+]

@@ -103,28 +103,53 @@ def tcer_impute(
     expression is laid out as GenoMap images (§GenoMap Construction; built with
     :func:`sctorch.tl.genomap` if ``adata`` has none) and ER-Net
     (:class:`sctorch.tcer._module.ERNet`, §ER-Net, Figure 9) is trained on the **observed
-    data only** to recover pixels hidden behind the placeholder δ = -1 (eqs. 12–16),
-    with an L1-type spatial loss plus ``fft_weight`` × L1 between 2-D FFTs. A held-out
-    ``validation_fraction`` of cells, with fixed masks, gives the masked loss used for
-    early stopping and to keep the best weights; the reference (ground truth) is never
-    used. Two masking objectives are available:
+    data only** to recover pixels hidden behind the placeholder δ = -1 (eqs. 12–16). A
+    held-out ``validation_fraction`` of cells, with fixed masks, gives the masked loss
+    used for early stopping and to keep the best weights. The reference (ground truth)
+    is never used, for training or for any choice.
 
-    - ``"dropout"`` (the paper's, eqs. 12–13; ``preset="paper"``): per image a ratio
-      ``r ~ U(mask_ratio)`` of its non-zero pixels *and* all its zero pixels get δ; the
-      L1 loss is taken on the observed non-zero pixels. The network thus predicts the
-      value a gene would have *if detected*, so at low capture efficiency every zero is
-      inflated to a detected-level value (measurements: ``benchmarks/results/tcer.md``).
-    - ``"blind_spot"`` (default): a ratio ``r`` of *all* gene pixels, zeros included,
-      get δ and are learned with their observed values (Noise2Self, Batson & Royer
-      2019) with a squared spatial error, because the L1 minimiser is the conditional
-      median, which is 0 wherever a gene is detected in fewer than half of similar
-      cells. Every pixel is predicted while hidden.
+    **The default departs from the paper** (``preset="fast"``), because the paper's
+    design scores below simple imputers on real data (``benchmarks/results/tcer.md``);
+    ``preset="paper"`` keeps the paper's design:
 
-    Output: a zero pixel gets the prediction; an observed non-zero ``x`` becomes
-    ``w·x + (1 − w)·prediction`` with ``w = observed_weight``. The default ``w = 1``
-    keeps measured values, as the paper does; lower weights pull them towards the
-    prediction (and blur cell types). Which setting to use on which data:
-    ``docs/which_method.md``; measured numbers: ``benchmarks/results/tcer.md``.
+    1. *Cross-cell context* (``n_neighbors``): ER-Net gets a second input channel, the
+       GenoMap of the mean normalised expression of the cell's ``k`` nearest *other*
+       cells (PCA of the log-normalised counts), and predicts a log-ratio to it (a
+       residual; :func:`sctorch.tcer._module.poisson_rate`). The paper images each cell
+       alone; MAGIC, kNN smoothing and SAVER win by pooling similar cells.
+    2. *Objective* ``"poisson"``: blind-spot masks (a ratio ``r ~ U(mask_ratio)`` of
+       *all* gene pixels, zeros included, get δ; Noise2Self, Batson & Royer 2019) and a
+       Poisson loss ``μ − r·log μ`` between the predicted rate μ and the observed rate
+       of the hidden pixels, minimised by the expected rate. The paper's L1 loss on the
+       observed non-zero pixels only (``"dropout"``) predicts the value a gene would
+       have *if detected* and inflates every zero at low capture efficiency.
+    3. *Output* ``"posterior"`` (SAVER, Huang et al. 2018, eq. 2): the network's
+       blind-spot prediction μ (which never saw the pixel) is a prior mean, and the
+       output is ``log1p((y + β μ) / (s + β))``, ``y`` the count and ``s`` the library
+       size / 10⁴. The paper keeps measured values and fills zeros (``"observed"``).
+    4. ``k`` (from :data:`sctorch.tcer.K_GRID`) and β (from
+       :data:`sctorch.tcer.BETA_GRID` × the median ``s``) are chosen by *molecular
+       cross-validation* (Batson, Royer & Webber 2019): counts are split binomially into
+       halves, the output from one half is scored by its gene-wise correlation with the
+       other (:mod:`sctorch.tcer._context`). The chosen values are in
+       ``uns[key_added]["params"]``.
+
+    Where the authors' code (github aijinrjinr/TCER) differs from the paper, ``"paper"``
+    follows the paper: their training target is the observed (down-sampled) GenoMap;
+    zeros and 10–25 % of non-zeros are set to 0.999 in the input, so a masked value and
+    a zero look alike; the loss is L1 over all pixels plus 0.02 × L1 on the FFT; the
+    output is the raw network output, not blended with measured values; the first layer
+    whitens with the batch covariance (FastDeconv); and their training script saves a
+    checkpoint by Pearson correlation against the **ground truth** every 50 steps (the
+    README then loads a fixed epoch-50 checkpoint): a choice made with the reference,
+    which sctorch never makes.
+
+    The other objective, ``"blind_spot"``, is the blind-spot masking with a squared
+    error on the log-normalised values (sctorch's earlier default). With
+    ``output="observed"``, a zero pixel gets the prediction and an observed non-zero
+    ``x`` becomes ``w·x + (1 − w)·prediction`` with ``w = observed_weight``. Which
+    setting to use on which data: ``docs/which_method.md``; measured numbers and the
+    ablations: ``benchmarks/results/tcer.md``.
 
     Normalisation (the paper's): ``log1p(counts / library × 1e4)``; images are divided
     by the maximum log-normalised value so that inputs lie in [0, 1].
@@ -140,11 +165,12 @@ def tcer_impute(
         ``genomap_key + "_row"`` / ``"_col"``). If absent, a GenoMap of all genes is
         built from the log-normalised data and stored under this key.
     preset
-        ``"fast"`` (default; laptop CPU: ``n_features=16``, 30 epochs, lr 1e-3 halved every
-        10 epochs, early stopping with patience 5, blind-spot objective, measured values
-        kept) or ``"paper"`` (``n_features=64``, 100 epochs, lr halved every 40 epochs, no
-        early stopping, dropout objective, measured values kept). Explicit arguments
-        override the preset.
+        ``"fast"`` (default; laptop CPU: ``n_features=16``, up to 20 epochs, lr 1e-3
+        halved every 10 epochs, early stopping with patience 3, cross-cell context with
+        ``k`` chosen by molecular cross-validation, Poisson blind-spot objective,
+        posterior output) or ``"paper"`` (``n_features=64``, 100 epochs, lr halved every
+        40 epochs, no early stopping, no context, dropout objective, measured values
+        kept). Explicit arguments override the preset.
     n_features, epochs, lr, lr_step
         Network width ``F``, training epochs, Adam learning rate (β = 0.9, 0.999) and the
         epoch interval at which it is halved.
@@ -164,7 +190,20 @@ def tcer_impute(
         Weight ``w`` of an observed non-zero value against the prediction (0–1;
         ``None``: the preset's).
     objective
-        ``"dropout"`` or ``"blind_spot"`` (see above; ``None``: the preset's).
+        ``"poisson"``, ``"blind_spot"`` or ``"dropout"`` (see above; ``None``: the
+        preset's).
+    n_neighbors
+        Cells in the cross-cell context: ``None`` chooses it by molecular
+        cross-validation, 0 switches the context off (one input channel, as the paper),
+        ``"preset"``: the preset's.
+    output
+        ``"posterior"`` or ``"observed"`` (see above; ``None``: the preset's).
+    beta
+        Prior weight β of the posterior output, in units of library size / 10⁴
+        (``None``: chosen by molecular cross-validation on the held-out cells).
+    deformable
+        ``False`` replaces the deformable convolutions of the DFA modules by plain ones
+        (an ablation).
     device
         Torch device (``None``: CUDA, then MPS, else CPU).
     rng
@@ -185,7 +224,9 @@ def tcer_impute(
     ``(copy, model)`` (both). Written:
 
     - ``layers[key_added]``: dense float32 ``n_obs × n_vars``, **log1p-normalised**;
-    - ``uns[key_added]``: ``{"params": ..., "history": {"train_loss", "val_loss"}}``;
+    - ``uns[key_added]``: ``{"params": ..., "history": {"train_loss", "val_loss"},
+      "selection": {"n_neighbors": {k: score}, "beta": {relative β: score}}}`` (params
+      include the fitted ``n_neighbors_fitted`` and ``beta_fitted``);
     - the GenoMap under ``genomap_key`` if it had to be built.
 
     Raises
@@ -219,9 +260,15 @@ def tcer_impute(
         target.uns[genomap_key] = built.uns[genomap_key]
     target.layers[key_added] = out
     params = make_params(layer=layer, genomap_key=genomap_key, preset=preset, device=str(dev),
-                         rng=rng, **model.params_record())
-    target.uns[key_added] = {"params": params,
-                             "history": {k: np.asarray(v) for k, v in model.history.items()}}
+                         rng=rng, n_neighbors_fitted=model.n_neighbors,
+                         beta_fitted=np.nan if model.beta is None else model.beta,
+                         **model.params_record())
+    target.uns[key_added] = {
+        "params": params,
+        "history": {k: np.asarray(v) for k, v in model.history.items()},
+        "selection": {name: {str(k): float(v) for k, v in scores.items()}
+                      for name, scores in model.selection.items()},
+    }
     if copy and return_model:
         return target, model
     if return_model:
