@@ -35,7 +35,7 @@ def test_demo_quick_writes_summary(tmp_path, capsys):
     m = re.search(r"\| medium \(0\.5 %\) \| ([0-9.]+) \|", summary)
     assert m is not None
     # recompute the printed figure independently
-    ref = sct.pp.select_reference(sct.datasets.intestine_moor2018(bundled=True))
+    ref = sct.pp.select_reference(sct.datasets.ifnb_pbmc(bundled=True))
     sct.pp.simulate_efficiency_loss(ref, efficiency_shape=10, rng=0)
     r = sct.metrics.gene_pearson(log_normalize(ref.layers["observed"]), log_normalize(ref.X))
     assert float(m.group(1)) == round(float(np.nanmean(r)), 3)
@@ -43,16 +43,17 @@ def test_demo_quick_writes_summary(tmp_path, capsys):
     rows = dict(re.findall(r"\| (observed|TCER) \| ([0-9.]+) \|", summary))
     assert float(rows["observed"]) == round(float(np.nanmean(r)), 3)
     assert 0.0 < float(rows["TCER"]) <= 1.0
+    assert re.search(r"\| kNN smoothing \| (0\.\d+) \|", summary)
     # stImpute held-out Pearson and scRobust annotation figures are there
     assert re.search(r"\| 17 \| (0\.\d+) \| (0\.\d+) \|", summary)
     assert re.search(r"\| accuracy \| (0\.\d+) \|", summary)
-    for name in ("tcer_intestine.h5ad", "tcer_genomap_by_zone.png", "tcer_umap.png",
+    for name in ("tcer_ifnb.h5ad", "tcer_genomap_by_cell_type.png", "tcer_umap.png",
                  "stimpute_drosophila.h5ad", "stimpute_heldout.png", "ifnb_scrobust.h5ad",
                  "scrobust_umap.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
     import anndata as ad
 
-    res = ad.read_h5ad(tmp_path / "tcer_intestine.h5ad")
+    res = ad.read_h5ad(tmp_path / "tcer_ifnb.h5ad")
     assert "tcer" in res.layers and res.layers["tcer"].shape == res.shape
 
 

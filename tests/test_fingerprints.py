@@ -69,6 +69,16 @@ def case_tcer_impute():
     return [*_summary(a.layers["tcer"]), float(np.sum(model.history["train_loss"]))]
 
 
+def case_tcer_impute_paper():
+    # preset="paper" kept the paper's design when the default changed (issue 13): this
+    # case was checked equal on the code before and after that change
+    a = _intestine_small()
+    sct.tl.genomap(a, rng=0, progress=False)
+    model = sct.tl.tcer_impute(a, preset="paper", n_features=4, epochs=2, rng=0,
+                               progress=False, return_model=True)
+    return [*_summary(a.layers["tcer"]), float(np.sum(model.history["train_loss"]))]
+
+
 def _drosophila_small():
     insitu, scrna = sct.datasets.drosophila_embryo(bundled=True)
     insitu = insitu[:300].copy()
@@ -171,7 +181,8 @@ EXPECTED: dict[str, list[float]] = {
     'stimpute': [1797.57583, 2941.49485, 0.753595471, 0.235175326, 0.230885729, 0.55678463, 0.6141693, 1.90119019],
     'stimpute_cv': [4231.70791, 5402.67074, 0.274617761, 0.34114179, 0.5593943, 0.329214036, 0.277438611, 52.4824327],
     'stimpute_gene_graph': [228.0, 200.64993, 180.100394],
-    'tcer_impute': [41984.4643, 191348.993, 6.69437122, 3.3350327, 3.90588665, 1.50629795, 4.33172083, 0.911545217],
+    'tcer_impute': [43296.6303, 197896.541, 6.46132469, 3.42000031, 3.70656705, 1.98113263, 4.1567173, -1495.95764],
+    'tcer_impute_paper': [41982.435, 191348.025, 6.69437122, 3.3350327, 3.90588665, 1.50629795, 4.33172083, 1.38767723],
 }
 
 
