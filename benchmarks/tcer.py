@@ -31,7 +31,8 @@ Methods, all from the observed counts only, side by side in one process:
   the network).
 
 Each run appends its rows to ``benchmarks/results/tcer_runs.json`` (so data sets can run in
-parallel processes); ``--render`` writes ``benchmarks/results/tcer.md`` from that file.
+parallel processes); ``--render`` writes ``benchmarks/results/tcer.md`` from that file,
+keeping its hand-written "## Reading" section.
 
 Usage::
 
@@ -237,6 +238,8 @@ def render(out: Path) -> None:
                if "ARI" in by and np.isfinite(by.loc["TCER"].get("ARI", np.nan)) else "– | –")
         summary.append(f"| {d} | {e} | {best} {peers['mean_pearson'].max():.3f} | "
                        f"{by.loc['TCER', 'mean_pearson']:.3f} | {margin:+.3f} | {ari} |")
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    reading = old[old.index("\n## Reading"):].strip().splitlines() if "\n## Reading" in old else []
     commands = sorted(set(df["command"].dropna()))
     body = ["Rows from `benchmarks/results/tcer_runs.json`, made by:", "",
             *[f"- `{c}`" for c in commands], "",
@@ -244,7 +247,7 @@ def render(out: Path) -> None:
             "method ran (it includes the data already loaded). TCER seconds include "
             "`sct.tl.genomap`. Columns `epochs`, `n_neighbors`, `beta`: what TCER's "
             "self-supervised selection chose (early stopping; molecular cross-validation).",
-            "", table, *summary]
+            "", table, *summary, "", *reading]
     write_results(out, "TCER benchmark (down-sampling protocol)", body, script=__file__,
                   args=["--render"], echo=False)
 

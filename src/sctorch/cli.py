@@ -344,7 +344,9 @@ def _add_tcer(sub) -> None:
     p.add_argument("--layer", default=_default(f, "layer"),
                    help="layer holding the counts (default: X)")
     p.add_argument("--preset", choices=("fast", "paper"), default=_default(f, "preset"),
-                   help="settings: CPU-friendly 'fast' or the paper's (default: %(default)s)")
+                   help="settings: 'fast' (sctorch's default: cross-cell context, Poisson "
+                        "blind-spot loss, posterior output) or the paper's "
+                        "(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=_default(f, "epochs"),
                    help="training epochs (default: preset)")
     p.add_argument("--n-features", type=int, default=_default(f, "n_features"),

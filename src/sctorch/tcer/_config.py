@@ -30,6 +30,10 @@ class TCERParams:
 
     See :func:`sctorch.tl.tcer_impute` for their meaning; the defaults are the ``"fast"``
     preset (:data:`PRESETS`). ``n_dfa`` is the number of DFA modules of ER-Net.
+    ``n_neighbors=None`` and ``beta=None`` mean "choose by molecular cross-validation"
+    (:mod:`sctorch.tcer._context`); the values chosen are on the fitted
+    :class:`~sctorch.tcer.TCERModel` (``n_neighbors``, ``beta``). ``fft_weight`` applies to
+    the ``"dropout"`` and ``"blind_spot"`` objectives (the Poisson loss has no FFT term).
     """
 
     n_features: int = 16

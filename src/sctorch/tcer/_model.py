@@ -99,6 +99,8 @@ class TCERModel(BaseModel):
         self.n_neighbors = int(n_neighbors)
         self.beta = beta
         self.selection: dict[str, dict] = {}
+        # model positions of the genes the data at hand hold (set by _rates for each call)
+        self._shared = np.arange(len(self.genes))
 
     @property
     def params(self) -> TCERParams:
@@ -398,7 +400,14 @@ class TCERModel(BaseModel):
 
         The values :meth:`impute` writes (see there for inputs and errors); ``adata`` is
         not modified. Cells are read ``batch_size`` at a time, so ``adata`` may be opened
-        with ``anndata.read_h5ad(path, backed="r")``: only one block of rows is in memory.
+        with ``anndata.read_h5ad(path, backed="r")``: only one block of rows (and, with the
+        cross-cell context, the rows of its cells' neighbours and an ``n_obs × 30`` PCA
+        embedding, fitted in blocks) is in memory.
+
+        With the cross-cell context (:attr:`n_neighbors` > 0) each cell's neighbours are
+        found among the cells of ``adata`` (a PCA of their log-normalised counts, as in
+        training), so a cell's imputation depends on the other cells imputed with it,
+        as with MAGIC or kNN smoothing; impute a data set in one call, not cell by cell.
 
         Parameters
         ----------
@@ -500,6 +509,9 @@ class TCERModel(BaseModel):
         -------
         ``None`` or a copy, with ``layers[key_added]``: dense float32 ``n_obs × n_vars``
         on the **log1p-normalised** scale (``log1p(counts / library × target_sum)``).
+        Model genes are given the model's output rule (``output="posterior"``:
+        ``log1p((y + β μ) / (s + β))``; ``"observed"``: measured values kept, zeros
+        filled), see :func:`sctorch.tl.tcer_impute`.
 
         Raises
         ------
@@ -507,7 +519,8 @@ class TCERModel(BaseModel):
             If ``layer`` is missing.
         ValueError
             If the model is untrained, the input is not raw counts, a cell has zero
-            counts, or ``adata`` shares fewer than half of the model's genes (says how many).
+            counts, ``adata`` shares fewer than half of the model's genes (says how many),
+            or the model uses the cross-cell context and ``adata`` has fewer than 2 cells.
         """
         out = self.predict(adata, layer=layer, batch_size=batch_size, device=device,
                            progress=progress)
