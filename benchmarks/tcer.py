@@ -82,11 +82,9 @@ def posterior_on(rates: tcer.Rates, prior_of, val: np.ndarray, seed: int = 0) ->
     """TCER's output rule on another prior: β by MCV on ``val``, then the posterior.
 
     ``prior_of(own_rates, cells) -> prior mean rates`` (own_rates: the cells' rates,
-    from half A during the cross-validation).
+    from half A during the cross-validation; ``sctorch.tcer.choose_beta_on``).
     """
-    half_a, half_b = tcer.split_molecules(*rates.counts(val), seed)
-    own_a = (sparse.diags(1.0 / np.maximum(half_a[1], 1e-12)) @ half_a[0]).toarray()
-    beta, _ = tcer.choose_beta(half_a, half_b, prior_of(own_a, val))
+    beta, _ = tcer.choose_beta_on(rates, val, prior_of, seed=seed)
     counts, size = rates.counts(slice(None))
     mu = prior_of(rates.rates(slice(None)).toarray(), np.arange(rates.n))
     return np.log1p(tcer.posterior(counts, size, mu, beta)), beta

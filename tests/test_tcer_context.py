@@ -125,9 +125,10 @@ def test_default_output_is_the_posterior_of_the_network_prior(default_model):
     assert out.shape == a.shape and np.isfinite(out).all() and (out >= 0).all()
     # the written layer is log1p((y + beta mu) / (s + beta)) with the network's prior mu
     r = tcer.Rates(a.X, None, 1e4)
-    model._rates(a, None, "a", all_genes=True)
     idx = tcer.neighbour_index(r, model.n_neighbors, seed=0)
-    mu = model._prior(model._cell_images(r, np.arange(a.n_obs), idx), "cpu")
+    everyone, genes = np.arange(a.n_obs), np.arange(a.n_vars)
+    own = r.rates(slice(None)).toarray()
+    mu = model._prior(model._cell_images(r, own, everyone, idx, genes), "cpu", genes)
     counts, size = r.counts(slice(None))
     np.testing.assert_allclose(out, np.log1p(tcer.posterior(counts, size, mu, model.beta)),
                                rtol=1e-5, atol=1e-6)

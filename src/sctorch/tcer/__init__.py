@@ -21,12 +21,14 @@ from ._context import (
     K_GRID,
     Rates,
     choose_beta,
+    choose_beta_on,
     choose_neighbours,
     mcv_scores,
     neighbour_index,
     neighbour_mean,
     posterior,
     split_molecules,
+    to_rates,
 )
 from ._model import TCERModel
 from ._peers import knn_smoothing, ridge_blind_spot
@@ -39,6 +41,7 @@ __all__ = [
     "TCERModel",
     "TCERParams",
     "choose_beta",
+    "choose_beta_on",
     "choose_neighbours",
     "knn_smoothing",
     "mcv_scores",
@@ -47,4 +50,5 @@ __all__ = [
     "posterior",
     "ridge_blind_spot",
     "split_molecules",
+    "to_rates",
 ]

@@ -24,7 +24,7 @@ Rates here are ``counts / library × target_sum`` (the log-normalised scale befo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -36,6 +36,18 @@ BETA_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 1.4, 2
                                 5.0, 10.0, 20.0, 50.0, 100.0)
 #: neighbour counts searched by :func:`choose_neighbours`
 K_GRID: tuple[int, ...] = (5, 10, 20, 40, 80)
+
+
+def to_rates(counts, size: np.ndarray) -> sparse.csr_matrix:
+    """Rates ``counts / size`` (one size per cell; 0 where the size is 0), CSR float32.
+
+    ``counts``: ``(n_cells, n_genes)`` raw counts (dense or sparse); ``size``: library
+    size / ``target_sum``, shape ``(n_cells,)``. The result is on the log-normalised
+    scale before ``log1p``.
+    """
+    size = np.asarray(size, dtype=np.float64)
+    inv = np.divide(1.0, size, out=np.zeros_like(size), where=size > 0)
+    return sparse.csr_matrix(sparse.diags(inv) @ sparse.csr_matrix(counts), dtype=np.float32)
 
 
 class Rates:
@@ -56,38 +68,47 @@ class Rates:
         self.X, self.cols, self.target_sum = X, cols, float(target_sum)
         self.n = int(X.shape[0])
         self.backed = is_backed(X)
-        self._all = None if self.backed else self._read(slice(None))
+        self._all = None if self.backed else self.counts_of(X)
 
-    def _read(self, rows):
-        block = read_rows(self.X, rows)
+    @classmethod
+    def in_memory(cls, counts, size: np.ndarray, target_sum: float) -> Rates:
+        """Rates of given ``counts`` (cells × genes) and sizes, without a source matrix."""
+        self = cls.__new__(cls)
+        self.X, self.cols, self.target_sum = None, None, float(target_sum)
+        self.n, self.backed = int(counts.shape[0]), False
+        self._all = (sparse.csr_matrix(counts, dtype=np.float32), np.asarray(size))
+        return self
+
+    def counts_of(self, block) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """``(counts, size)`` of a block of rows already read from ``X`` (all its columns)."""
         size = row_sums(block).astype(np.float64) / self.target_sum
         counts = sparse.csr_matrix(block, dtype=np.float32)
-        if self.cols is not None:
-            counts = counts[:, self.cols]
-        return counts, size
+        return (counts if self.cols is None else counts[:, self.cols]), size
 
     def counts(self, rows) -> tuple[sparse.csr_matrix, np.ndarray]:
         """``(counts, size)`` of ``rows``: CSR float32 counts and ``library / target_sum``."""
         if self._all is None:
-            return self._read(rows)
+            return self.counts_of(read_rows(self.X, rows))
         counts, size = self._all
         return counts[rows], size[rows]
 
     def rates(self, rows) -> sparse.csr_matrix:
         """CSR float32 rates (``counts / size``) of ``rows``."""
-        counts, size = self.counts(rows)
-        return sparse.csr_matrix(sparse.diags(1.0 / size) @ counts, dtype=np.float32)
+        return to_rates(*self.counts(rows))
 
 
-def _embedding(rates: Rates, n_pcs: int, seed: int, split: Sequence | None = None
-               ) -> np.ndarray:
-    """PCA scores ``(n, n_pcs)`` of ``log1p(rates)`` (IncrementalPCA in blocks when backed)."""
+def _embedding(rates: Rates, n_pcs: int, seed: int,
+               rates_in: sparse.csr_matrix | None = None) -> np.ndarray:
+    """PCA scores ``(n, n_pcs)`` of ``log1p(rates)`` (IncrementalPCA in blocks when backed).
+
+    ``rates_in``: in-memory rates to embed instead of those of ``rates``.
+    """
     from sklearn.decomposition import PCA, IncrementalPCA
 
     n_genes = rates.counts(slice(0, 1))[0].shape[1]
     n_comp = int(max(1, min(n_pcs, rates.n - 1, n_genes)))
     if not rates.backed:
-        L = (rates.rates(slice(None)) if split is None else split[0]).log1p().toarray()
+        L = (rates.rates(slice(None)) if rates_in is None else rates_in).log1p().toarray()
         return PCA(n_comp, random_state=seed, svd_solver="full" if n_genes <= 500
                    else "randomized").fit_transform(L)
     block = max(4096, n_comp)
@@ -108,12 +129,27 @@ def _without_self(idx: np.ndarray, k: int) -> np.ndarray:
 
 
 def neighbour_index(rates: Rates, k: int, *, n_pcs: int = 30, seed: int = 0,
-                    split: Sequence | None = None) -> np.ndarray:
+                    rates_in: sparse.csr_matrix | None = None) -> np.ndarray:
     """The ``k`` nearest *other* cells of every cell: int64 ``(n, min(k, n − 1))``.
 
-    Euclidean distance between PCA scores (``n_pcs`` components, scikit-learn) of the
-    log1p rates; nearest first. ``split`` (the ``(rates_a, size_a)`` of a molecular
-    cross-validation half) uses that half's rates instead.
+    Euclidean distance between PCA scores (``n_pcs`` components, scikit-learn; fitted in
+    blocks with IncrementalPCA for a backed matrix) of the log1p rates; nearest first.
+
+    Parameters
+    ----------
+    rates
+        The cells (:class:`Rates`, ``n`` cells).
+    k
+        Neighbours per cell (capped at ``n − 1``).
+    n_pcs, seed
+        Principal components and the PCA seed.
+    rates_in
+        In-memory rates ``(n, n_genes)`` to find the neighbours on instead (e.g. one half
+        of a molecular cross-validation split).
+
+    Returns
+    -------
+    int64 ``(n, min(k, n − 1))``: positions of each cell's neighbours, never itself.
 
     Raises
     ------
@@ -127,13 +163,18 @@ def neighbour_index(rates: Rates, k: int, *, n_pcs: int = 30, seed: int = 0,
                          "impute more cells at once or use a model trained with "
                          "n_neighbors=0.")
     k = int(min(k, rates.n - 1))
-    Z = _embedding(rates, n_pcs, seed, split)
+    Z = _embedding(rates, n_pcs, seed, rates_in)
     _, idx = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z)
     return _without_self(idx, k)
 
 
 def neighbour_mean(rates: Rates, idx: np.ndarray, cells) -> np.ndarray:
-    """Mean rates of the neighbours ``idx[cells]``: float32 ``(len(cells), n_genes)``."""
+    """Mean rates of the neighbours of ``cells``: float32 ``(len(cells), n_genes)``.
+
+    ``idx`` is :func:`neighbour_index`'s ``(n, k)`` array; ``cells`` positions or a slice
+    of rows. Rates are ``counts / library × target_sum`` (before ``log1p``). For a backed
+    matrix each neighbour row is read once.
+    """
     nb = idx[cells]
     b, k = nb.shape
     if rates.backed:  # read each neighbour row once
@@ -147,11 +188,23 @@ def neighbour_mean(rates: Rates, idx: np.ndarray, cells) -> np.ndarray:
 
 
 def posterior(counts, size: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarray:
-    """Posterior mean rate ``(y + β μ) / (s + β)`` (SAVER eq. 2), float32 ``(n, n_genes)``.
+    """Posterior mean rate ``(y + β μ) / (s + β)`` (SAVER, Huang et al. 2018, eq. 2).
 
-    ``counts`` ``y`` (dense or sparse, cells × genes), ``size`` ``s`` (library /
-    target_sum, one per cell) and the prior mean rate ``mu`` (same shape as ``counts``).
-    ``β = 0`` returns the observed rates; ``β = inf`` returns ``mu``.
+    Parameters
+    ----------
+    counts
+        ``y``: raw counts ``(n_cells, n_genes)``, dense or sparse.
+    size
+        ``s``: library size / ``target_sum``, shape ``(n_cells,)``.
+    mu
+        Prior mean rates ``(n_cells, n_genes)`` (counts per ``target_sum``).
+    beta
+        Prior weight in units of ``s``: 0 returns the observed rates ``y / s``, ``inf``
+        returns ``mu``.
+
+    Returns
+    -------
+    float32 ``(n_cells, n_genes)`` rates (take ``log1p`` for the log-normalised scale).
     """
     y = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
     s = np.asarray(size, dtype=np.float64)[:, None]
@@ -160,12 +213,17 @@ def posterior(counts, size: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarr
     return ((y + beta * mu) / (s + beta)).astype(np.float32)
 
 
-def split_molecules(counts: sparse.csr_matrix, size: np.ndarray, seed: int, p: float = 0.5):
-    """Binomial split of every count: ``((counts_a, size_a), (counts_b, size_b))``.
+def split_molecules(counts, size: np.ndarray, seed: int, p: float = 0.5):
+    """Binomial split of every count (molecular cross-validation, Batson et al. 2019).
 
-    Each molecule goes to A with probability ``p``. Each half's size is ``size`` × the
-    half's share of the cell's counts, so a half is normalised by its own molecules (no
-    molecule of B enters A's rates, or the reverse); a half with no counts gets size 0.
+    Each molecule of the raw ``counts`` ``(n_cells, n_genes)`` goes to half A with
+    probability ``p``. Each half's size is ``size`` (``(n_cells,)``) × the half's share
+    of the cell's counts, so a half is normalised by its own molecules (no molecule of B
+    enters A's rates, or the reverse); a half with no counts gets size 0.
+
+    Returns
+    -------
+    ``((counts_a, size_a), (counts_b, size_b))``: CSR float32 counts and float64 sizes.
     """
     counts = sparse.csr_matrix(counts)
     a = counts.copy()
@@ -188,7 +246,7 @@ def mcv_scores(half_a, half_b, mu: np.ndarray, grid: Sequence[float] = BETA_GRID
     """Molecular cross-validation score of every relative β in ``grid``.
 
     ``half_a`` and ``half_b`` are ``(counts, size)`` of :func:`split_molecules`; ``mu``
-    the prior mean rates (cells × genes) computed without any molecule of half B.
+    the prior mean rates ``(n_cells, n_genes)`` computed without any molecule of half B.
     Cells with no counts in either half are left out. Returns ``{β / median(size_a):
     mean gene-wise Pearson between log1p(posterior from A) and log1p(rates of B)}``.
     """
@@ -216,25 +274,40 @@ def choose_beta(half_a, half_b, mu: np.ndarray, *, grid: Sequence[float] = BETA_
     return best * float(np.median(half_a[1])), scores
 
 
+def choose_beta_on(rates: Rates, cells: np.ndarray, prior_of: Callable, *, seed: int,
+                   batch_size: int = 256) -> tuple[float, dict[float, float]]:
+    """:func:`choose_beta` for a prior computed by ``prior_of`` on the cells ``cells``.
+
+    The cells' counts are split (:func:`split_molecules`); ``prior_of(own_rates,
+    cell_positions)`` gets the half-A rates (dense ``(b, n_genes)``) of ``batch_size``
+    cells at a time and their positions in ``rates`` (for context from *other* cells) and
+    returns their prior mean rates, so no molecule of half B enters the prior. Returns
+    ``(β, scores)`` as :func:`choose_beta`.
+    """
+    cells = np.asarray(cells)
+    half_a, half_b = split_molecules(*rates.counts(cells), seed)
+    own = to_rates(*half_a)
+    mu = np.concatenate([prior_of(own[sl].toarray(), cells[sl])
+                         for sl in iter_batches(cells.size, batch_size)])
+    return choose_beta(half_a, half_b, mu)
+
+
 def choose_neighbours(rates: Rates, *, seed: int, cells: np.ndarray,
                       grid: Sequence[int] = K_GRID, n_pcs: int = 30
                       ) -> tuple[int, dict[int, float]]:
     """Neighbour count ``k`` of the context, by molecular cross-validation of its mean.
 
     Among the cells ``cells`` (all cells, or a random subset of a large data set), the
-    counts are split into halves and neighbours are found on half A; for every ``k`` the
-    neighbours' mean full rates (which hold none of the cell's molecules) are the prior
-    of :func:`posterior`, and its best MCV score over :data:`BETA_GRID` scores ``k``.
-    Returns ``(k, {k: score})``.
+    counts are split into halves and neighbours are found on half A; for every ``k`` in
+    ``grid`` the neighbours' mean full rates (which hold none of the cell's molecules)
+    are the prior of :func:`posterior`, and its best MCV score over :data:`BETA_GRID`
+    scores ``k``. Returns ``(k, {k: score})``.
     """
     counts, size = rates.counts(np.sort(np.asarray(cells)))
-    sub = Rates.__new__(Rates)
-    sub.X, sub.cols, sub.target_sum = None, None, rates.target_sum
-    sub.n, sub.backed, sub._all = counts.shape[0], False, (counts, size)
+    sub = Rates.in_memory(counts, size, rates.target_sum)
     half_a, half_b = split_molecules(counts, size, seed)
-    rates_a = sparse.csr_matrix(sparse.diags(1.0 / np.maximum(half_a[1], 1e-12)) @ half_a[0])
     kmax = int(min(max(grid), sub.n - 1))
-    idx = neighbour_index(sub, kmax, n_pcs=n_pcs, seed=seed, split=(rates_a,))
+    idx = neighbour_index(sub, kmax, n_pcs=n_pcs, seed=seed, rates_in=to_rates(*half_a))
     everyone = np.arange(sub.n)
     scores = {}
     for k in sorted({min(int(g), kmax) for g in grid}):

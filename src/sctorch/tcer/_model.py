@@ -30,6 +30,15 @@ from .._utils import (
 from ..genomap import Placement
 from ..models import BaseModel
 from ._config import TCERParams
+from ._context import (
+    Rates,
+    choose_beta_on,
+    choose_neighbours,
+    neighbour_index,
+    neighbour_mean,
+    posterior,
+    to_rates,
+)
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -99,8 +108,6 @@ class TCERModel(BaseModel):
         self.n_neighbors = int(n_neighbors)
         self.beta = beta
         self.selection: dict[str, dict] = {}
-        # model positions of the genes the data at hand hold (set by _rates for each call)
-        self._shared = np.arange(len(self.genes))
 
     @property
     def params(self) -> TCERParams:
@@ -173,43 +180,41 @@ class TCERModel(BaseModel):
         """:class:`~sctorch.tcer._context.Rates` of the model's genes in ``adata``, validated.
 
         ``all_genes``: every model gene must be in ``adata`` (training); otherwise at
-        least half, and the result also gives the model positions of the shared genes.
+        least half. Returns ``(rates, shared, pos)``: ``shared`` the model positions of the
+        genes ``adata`` holds (the columns of ``rates``), ``pos`` the position in ``adata``
+        of every model gene (-1: missing).
         """
-        from ._context import Rates
-
         pos = self.gene_indexer(adata.var_names, what=what, min_shared=len(self.genes)
                                 if all_genes else int(np.ceil(0.5 * len(self.genes))))
         X = check_counts_input(adata, layer)
         shared = np.flatnonzero(pos >= 0)
         cols = None if np.array_equal(pos, np.arange(adata.n_vars)) else pos[shared]
-        self._shared = shared  # model positions of the genes the data hold
         return Rates(X, cols, self.config.target_sum), shared, pos
 
-    def _images(self, own: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+    def _images(self, own: np.ndarray, context: np.ndarray | None,
+                shared: np.ndarray) -> np.ndarray:
         """Scaled network input ``(n, C, H, W)`` from rates of the shared genes.
 
         ``own``: the cells' rates ``(n, n_shared)``; ``context``: their neighbours' mean
-        rates (``None``: no context channel). Model genes not in the data are 0.
+        rates (``None``: no context channel); ``shared``: the model positions of their
+        columns. Model genes not in the data are 0.
         """
         def image(values):
             block = np.zeros((values.shape[0], len(self.genes)), dtype=np.float32)
-            block[:, self._shared] = np.log1p(values) / self.scale
+            block[:, shared] = np.log1p(values) / self.scale
             return self.placement.images(block)
 
         imgs = [image(own)] + ([] if context is None else [image(context)])
         return np.stack(imgs, axis=1)
 
-    def _cell_images(self, rates, cells, idx: np.ndarray | None) -> np.ndarray:
-        """:meth:`_images` of ``cells`` of ``rates`` (context from the neighbours ``idx``)."""
-        from ._context import neighbour_mean
-
+    def _cell_images(self, rates, own, cells, idx: np.ndarray | None,
+                     shared: np.ndarray) -> np.ndarray:
+        """:meth:`_images` of ``cells`` with rates ``own`` (context from the neighbours ``idx``)."""
         ctx = None if idx is None else neighbour_mean(rates, idx, cells)
-        return self._images(rates.rates(cells).toarray(), ctx)
+        return self._images(own, ctx, shared)
 
     def _neighbours(self, rates, seed: int) -> np.ndarray | None:
         """The cross-cell neighbour index of the cells of ``rates`` (``None``: no context)."""
-        from ._context import neighbour_index
-
         if self.n_neighbors == 0:
             return None
         return neighbour_index(rates, self.n_neighbors, seed=seed)
@@ -271,14 +276,13 @@ class TCERModel(BaseModel):
         import torch
 
         from ..models import fit as fit_loop
-        from ._context import choose_neighbours
         from ._data import MaskedBatches, split_cells
         from ._module import pixel_error, tcer_loss
 
         p = self.config
         p.validate()
         self._check_integrity()
-        rates, _, _ = self._rates(adata, layer, "the training data", all_genes=True)
+        rates, shared, _ = self._rates(adata, layer, "the training data", all_genes=True)
         seed = seed_int(rng)
         dev = resolve_device(device)
         train_idx, val_idx = split_cells(adata.n_obs, p.validation_fraction, seed)
@@ -301,7 +305,8 @@ class TCERModel(BaseModel):
             if p.objective == "poisson":  # start from the context itself (a zero log-ratio)
                 torch.nn.init.zeros_(module.out.weight)
                 torch.nn.init.zeros_(module.out.bias)
-            data = MaskedBatches(lambda cells: self._cell_images(rates, cells, idx),
+            data = MaskedBatches(lambda cells: self._cell_images(
+                                     rates, rates.rates(cells).toarray(), cells, idx, shared),
                                  train_idx, val_idx, gene_px=self.placement.pixel_mask(),
                                  mask_ratio=p.mask_ratio, objective=p.objective,
                                  batch_size=p.batch_size, seed=seed, device=dev, scale=scale)
@@ -323,33 +328,30 @@ class TCERModel(BaseModel):
                      desc="TCER train", progress=progress)
         self.beta = p.beta
         if p.output == "posterior" and p.beta is None:
-            self._choose_beta(rates, idx, val_idx, seed, dev)
+            self._choose_beta(rates, idx, shared, val_idx, seed, dev)
         return self
 
-    def _choose_beta(self, rates, idx, val_idx, seed: int, dev) -> None:
+    def _choose_beta(self, rates, idx, shared, val_idx, seed: int, dev) -> None:
         """:attr:`beta` by molecular cross-validation on the held-out cells (all if < 50).
 
         The held-out cells' counts are split into halves; the network's prior is computed
         from half A (own GenoMap) and the other cells (context), so no molecule of half B
-        enters it, and scored against B (:func:`~sctorch.tcer._context.choose_beta`).
+        enters it, and scored against B (:func:`~sctorch.tcer._context.choose_beta_on`).
         """
-        from ._context import choose_beta, neighbour_mean, split_molecules
-
         cells = val_idx if len(val_idx) >= 50 else np.arange(rates.n)
         if cells.size > 3000:
             cells = np.sort(get_rng(seed).choice(cells, 3000, replace=False))
-        half_a, half_b = split_molecules(*rates.counts(cells), seed)
-        own = sparse.diags(1.0 / np.maximum(half_a[1], 1e-12)) @ half_a[0]
-        mu = []
-        for sl in iter_batches(cells.size, 256):
-            ctx = None if idx is None else neighbour_mean(rates, idx, cells[sl])
-            mu.append(self._prior(self._images(own[sl].toarray(), ctx), dev))
-        self.beta, self.selection["beta"] = choose_beta(half_a, half_b, np.concatenate(mu))
 
-    def _prior(self, imgs: np.ndarray, device) -> np.ndarray:
+        def prior_of(own, positions):
+            imgs = self._cell_images(rates, own, positions, idx, shared)
+            return self._prior(imgs, dev, shared)
+
+        self.beta, self.selection["beta"] = choose_beta_on(rates, cells, prior_of, seed=seed)
+
+    def _prior(self, imgs: np.ndarray, device, shared: np.ndarray) -> np.ndarray:
         """The network's blind-spot prediction as prior mean rates ``(n, n_shared)``."""
         pred = self._predict_images(imgs, device)
-        return np.expm1(self.placement.genes_of(pred)[:, self._shared] * self.scale)
+        return np.expm1(self.placement.genes_of(pred)[:, shared] * self.scale)
 
     # ------------------------------------------------------------------ inference
     def _predict_images(self, imgs: np.ndarray, device) -> np.ndarray:
@@ -357,9 +359,10 @@ class TCERModel(BaseModel):
 
         ``imgs`` is the network input ``(n, C, H, W)`` (channel 0 the cells' own images).
         ``objective="dropout"``: zero gene pixels get the placeholder and are predicted.
-        ``"blind_spot"``: every gene pixel is predicted while hidden, in
+        ``"blind_spot"`` and ``"poisson"``: every gene pixel is predicted while hidden, in
         ``ceil(1 / mean ratio)`` passes over disjoint pixel groups (a fixed pattern, so
-        results are deterministic).
+        results are deterministic); for ``"poisson"`` the predicted rate is returned as a
+        scaled ``log1p`` image.
         """
         import torch
 
@@ -452,29 +455,32 @@ class TCERModel(BaseModel):
         keep = where[src_cols] >= 0
         for sl in progress_bar(list(iter_batches(adata.n_obs, batch_size)), desc="TCER impute",
                                progress=progress):
-            Xlog = sparse.csr_matrix(log_normalize(read_rows(rates.X, sl),
-                                                   target_sum=self.config.target_sum))
+            block = read_rows(rates.X, sl)  # read once: output, input images and posterior
+            Xlog = sparse.csr_matrix(log_normalize(block, target_sum=self.config.target_sum))
             res = Xlog[:, cols].toarray().astype(np.float32)  # unknown genes keep observed
-            imputed = self._output(rates, sl, self._cell_images(rates, sl, idx), dev)
+            counts, size = rates.counts_of(block)
+            own = to_rates(counts, size).toarray()
+            imgs = self._cell_images(rates, own, sl, idx, shared)
+            imputed = self._output(counts, size, imgs, dev, shared)
             res[:, where[src_cols[keep]]] = imputed[:, keep]
             out[sl] = res
         return out
 
-    def _output(self, rates, cells, imgs: np.ndarray, device) -> np.ndarray:
+    def _output(self, counts, size, imgs: np.ndarray, device, shared: np.ndarray
+                ) -> np.ndarray:
         """The output rule on the shared genes, log1p-normalised ``(n, n_shared)``.
+
+        ``counts`` and ``size``: the cells' counts of the shared genes and library /
+        ``target_sum``; ``imgs``: their network input.
 
         ``output="posterior"``: ``log1p((y + β μ) / (s + β))`` with μ the network's prior
         mean rate (:func:`~sctorch.tcer._context.posterior`). ``"observed"``: a zero gets
         the prediction; an observed non-zero ``x`` becomes ``w·x + (1 − w)·prediction``
         with ``w = observed_weight`` (the paper keeps measured values, ``w = 1``).
         """
-        from ._context import posterior
-
         if self.config.output == "posterior":
-            counts, size = rates.counts(cells)
-            mu = self._prior(imgs, device)
+            mu = self._prior(imgs, device, shared)
             return np.log1p(posterior(counts, size, mu, self.beta))
-        shared = self._shared
         pred = self.placement.genes_of(self._predict_images(imgs, device))[:, shared]
         x = self.placement.genes_of(imgs[:, 0])[:, shared]
         w = self.config.observed_weight

@@ -66,6 +66,23 @@ def ridge_blind_spot(log_expr: np.ndarray, lam: float = 1000.0
     log-normalised cells ``A`` to the leave-one-gene-out prediction
     ``a_g − ((A − m) Θ)_g / Θ_gg`` (``Θ = (XᵀX + λI)⁻¹`` of the centred data, ``m`` the
     gene means), clipped at 0: each gene's value never enters its own prediction.
+
+    Parameters
+    ----------
+    log_expr
+        Dense ``(n_cells, n_genes)`` log1p-normalised expression to fit on.
+    lam
+        Ridge penalty λ (1000, as in ``benchmarks/tcer_ceiling.py``).
+
+    Returns
+    -------
+    ``predict``: dense ``(m, n_genes)`` log-normalised → ``(m, n_genes)`` predictions on
+    the same scale.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If ``XᵀX + λI`` is singular (only with ``lam`` ≤ 0).
     """
     mean = log_expr.mean(0)
     Xc = log_expr - mean
