@@ -746,5 +746,55 @@ def test_backed_input_embeds_like_in_memory(tmp_path, two_pops, model2):
     mem = model2.embed(a, progress=False, batch_size=16)
     sct.tl.scrobust_embed(b, model2, progress=False, batch_size=16)  # 5 blocks of 16 cells
     np.testing.assert_allclose(b.obsm["X_scrobust"], mem, atol=1e-5)
-    with pytest.raises(ValueError, match="backed"):
-        sct.tl.scrobust_pretrain(b, epochs=1, **TINY)
+    b.file.close()
+
+
+@pytest.mark.parametrize("select", ["none", "contrastive", "knn"])
+def test_backed_pretraining_reads_batches_from_disk_and_equals_memory(tmp_path, two_pops,
+                                                                      monkeypatch, select):
+    from sctorch.scrobust import _data, _disk
+
+    for mod in (_data, _disk):  # several blocks in the checking pass
+        monkeypatch.setattr(mod, "BLOCK_ROWS", 16)
+    two_pops.write_h5ad(tmp_path / "a.h5ad")
+    b = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    kw = dict(TINY, epochs=2, n_genes_per_view=8, rng=0, select=select, batch_size=16)
+    mem = sct.tl.scrobust_pretrain(two_pops, **kw)
+    sizes = []
+    real = _disk.read_rows
+    monkeypatch.setattr(_disk, "read_rows",
+                        lambda X, rows: sizes.append(len(rows)) or real(X, rows))
+    disk = sct.tl.scrobust_pretrain(b, **kw)
+    assert mem.history == disk.history
+    for k, v in mem.network.state_dict().items():
+        assert torch.equal(v, disk.network.state_dict()[k]), k
+    # one read of a mini-batch per step (2 epochs x 5 steps); validation cells are read in
+    # blocks of BLOCK_ROWS: never more than 16 rows at a time
+    assert len(sizes) >= 10 and max(sizes) == 16
+    b.file.close()
+
+
+def test_backed_annotation_pathways_and_markers_equal_memory(tmp_path, annotated, two_pops,
+                                                            model2):
+    _base, _before, ft, _ref, query = annotated
+    query.write_h5ad(tmp_path / "q.h5ad")
+    qb = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    mem = ft.predict_proba(query, n_genes=36, batch_size=16, progress=False)
+    np.testing.assert_allclose(ft.predict_proba(qb, n_genes=36, batch_size=16,
+                                                progress=False), mem, atol=1e-6)
+    sct.tl.scrobust_annotate(qb, model=ft, n_genes=36, batch_size=16, progress=False)
+    assert (qb.obs["scrobust_label"] == query.obs["scrobust_label"]).all()
+    qb.file.close()
+    two_pops.write_h5ad(tmp_path / "a.h5ad")
+    a = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    sets = {"setA": [f"G{j}" for j in range(8)], "setB": [f"G{j}" for j in range(8, 16)]}
+    m = two_pops.copy()
+    for fn, args, key in [(sct.tl.scrobust_pathway_scores, (sets, model2), "obsm"),
+                          (sct.tl.scrobust_marker_genes, ("pop", model2), "uns")]:
+        kw = {} if key == "obsm" else {"n_genes": 5, "progress": False}
+        fn(m, *args, **kw)
+        fn(a, *args, **kw)
+    np.testing.assert_allclose(a.obsm["X_scrobust_pathways"].to_numpy(),
+                               m.obsm["X_scrobust_pathways"].to_numpy(), rtol=1e-6)
+    assert (a.uns["scrobust_markers"]["names"] == m.uns["scrobust_markers"]["names"]).all()
+    a.file.close()

@@ -145,6 +145,24 @@ class _Tokens:
             counts = c[rows].data
         return _Tokens(X, self.var_ids, self.n_missing, self.input_scale, counts)
 
+    @property
+    def has_counts(self) -> bool:
+        """Whether raw counts are kept (views can be thinned)."""
+        return self.counts is not None
+
+    def load(self) -> _Tokens:
+        """These tokens (already in memory; see :class:`._disk.DiskTokens`)."""
+        return self
+
+    @staticmethod
+    def concat(parts: Sequence[_Tokens]) -> _Tokens:
+        """Row blocks prepared alike (same genes, scale) stacked into one."""
+        X = sparse.vstack([t.X for t in parts], format="csr")
+        counts = (None if parts[0].counts is None
+                  else np.concatenate([t.counts for t in parts]))
+        first = parts[0]
+        return _Tokens(X, first.var_ids, first.n_missing, first.input_scale, counts)
+
     def detection(self, vocab_size: int) -> np.ndarray:
         """Fraction of cells detecting each vocabulary token (NaN: not in the data)."""
         out = np.full(vocab_size, np.nan)
@@ -217,7 +235,9 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
     The input scale is decided by :func:`sctorch._utils.resolve_input_scale`: ``"counts"``
     (finite non-negative integers, then log-normalised to 10⁴ per cell), ``"log1p"``
     (log-normalised values; integer counts and values above 30 are refused) or ``"auto"``.
-    ``model_ids`` maps gene names to vocabulary ids (``-1``: not in the vocabulary).
+    ``model_ids`` maps gene names to vocabulary ids (``-1``: not in the vocabulary). A
+    backed matrix (``anndata.read_h5ad(path, backed="r")``) is read 8,192 rows at a time
+    and kept as tokens of its vocabulary genes only (sparse, never densified).
 
     Raises
     ------
@@ -228,90 +248,105 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
         declared scale, fewer than ``min_shared_genes`` vocabulary genes, cells with zero
         counts or without a non-zero vocabulary gene.
     """
+    X, shared = _validate(adata, model_ids, layer=layer, input_scale=input_scale,
+                          min_shared_genes=min_shared_genes, what=what)
+    blocks = (iter_row_blocks(X, BLOCK_ROWS) if is_backed(X)
+              else [(slice(0, adata.n_obs), X)])
+    parts = [block_tokens(b, sl, shared) for sl, b in blocks]
+    return parts[0] if len(parts) == 1 else _Tokens.concat(parts)
+
+
+#: rows read at a time from a backed matrix when preparing or scanning it
+BLOCK_ROWS = 8192
+
+
+class _Shared:
+    """What maps a block of an AnnData's rows to tokens: genes kept, their ids, the scale."""
+
+    def __init__(self, adata, keep, var_ids, scale: str, src: str, what: str):
+        self.obs_names, self.keep, self.var_ids = adata.obs_names, keep, var_ids[keep]
+        self.n_missing, self.scale = adata.n_vars - keep.size, scale
+        self.src, self.what = src, what
+
+
+def _validate(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: str,
+              min_shared_genes: int, what: str = "adata"):
+    """``(matrix, shared)``: the checks of :func:`_prepare` that need no pass over cells."""
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     src = describe_source(layer).replace("adata", what)
-    if is_backed(X):
-        raise ValueError(f"{src} is backed (on disk); only embedding with a trained model reads "
-                         "by blocks. Load the data with adata.to_memory() for pre-training, "
-                         "fine-tuning and the other functions.")
     check_not_empty(adata, what=what)
     scale = resolve_input_scale(X, input_scale, what=src)
     var_ids = model_ids(adata.var_names)
     keep = np.flatnonzero(var_ids >= 0)
-    n_missing = adata.n_vars - keep.size
     if keep.size < min_shared_genes:
         raise ValueError(f"{what} shares only {keep.size} of its {adata.n_vars} genes "
                          f"(matched on var_names) with the model vocabulary; at least "
                          f"{min_shared_genes} are needed. Use gene symbols as var_names, or a "
                          "model trained on these genes.")
-    if n_missing:
-        warnings.warn(f"{n_missing} of {adata.n_vars} genes of {what} are not in the model "
-                      "vocabulary and are skipped.", UserWarning, stacklevel=3)
-    Xs = sparse.csr_matrix(X) if not sparse.issparse(X) else X.tocsr()
+    shared = _Shared(adata, keep, var_ids, scale, src, what)
+    if shared.n_missing:
+        warnings.warn(f"{shared.n_missing} of {adata.n_vars} genes of {what} are not in the "
+                      "model vocabulary and are skipped.", UserWarning, stacklevel=4)
+    return X, shared
+
+
+def block_tokens(block, rows: slice, shared: _Shared) -> _Tokens:
+    """Tokens of an in-memory block of rows ``rows`` (checked: libraries, empty cells)."""
+    Xs = sparse.csr_matrix(block) if not sparse.issparse(block) else block.tocsr()
     counts = None
-    if scale == "counts":
+    if shared.scale == "counts":
         lib = np.asarray(Xs.sum(axis=1)).ravel()
         if (lib <= 0).any():
-            raise ValueError(f"{int((lib <= 0).sum())} cell(s) of {src} have zero total counts;"
-                             " remove them first (scanpy.pp.filter_cells(adata, min_counts=1)).")
-        C = Xs[:, keep].tocsr()
+            raise ValueError(f"{int((lib <= 0).sum())} cell(s) of {shared.src} have zero total"
+                             " counts; remove them first (scanpy.pp.filter_cells(adata, "
+                             "min_counts=1)).")
+        C = Xs[:, shared.keep].tocsr()
         C.eliminate_zeros()
         C.sort_indices()
         counts = C.data
         Xs = sparse.csr_matrix(log_normalize(Xs, target_sum=1e4))
-    Xs = Xs[:, keep].tocsr()
+    Xs = Xs[:, shared.keep].tocsr()
     Xs.eliminate_zeros()
     Xs.sort_indices()
     empty = np.flatnonzero(np.diff(Xs.indptr) == 0)
     if empty.size:
-        ex = adata.obs_names[empty[:3]].tolist()
-        raise ValueError(f"{empty.size} cell(s) of {what} (e.g. {ex}) have no non-zero "
+        ex = shared.obs_names[rows][empty[:3]].tolist()
+        raise ValueError(f"{empty.size} cell(s) of {shared.what} (e.g. {ex}) have no non-zero "
                          "expression in genes of the model vocabulary; remove them first "
                          "(scanpy.pp.filter_cells(adata, min_genes=1)).")
-    return _Tokens(Xs.astype(np.float32), var_ids[keep], n_missing, scale, counts)
+    return _Tokens(Xs.astype(np.float32), shared.var_ids, shared.n_missing, shared.scale,
+                   counts)
 
 
 def is_backed_input(adata, layer: str | None) -> bool:
     """Whether ``adata`` (an AnnData, not tokens) holds its matrix on disk (backed mode)."""
-    return not isinstance(adata, _Tokens) and is_backed(get_matrix(adata, layer))
+    return not isinstance(adata, _Tokens) and hasattr(adata, "isbacked") and is_backed(
+        get_matrix(adata, layer))
 
 
 def apply_by_blocks(adata: ad.AnnData, model_ids, fn, *, layer: str | None, input_scale: str,
-                    min_shared_genes: int, block_size: int, vocab_size: int) -> np.ndarray:
+                    min_shared_genes: int, block_size: int, vocab_size: int,
+                    what: str = "adata") -> np.ndarray:
     """``fn(tokens, detection)`` over row blocks of a backed AnnData, rows stacked.
 
     For ``anndata.read_h5ad(path, backed="r")``: the matrix is read ``block_size`` rows at a
     time (:func:`sctorch._utils.iter_row_blocks`), twice — once for the detection of each
     vocabulary token over all cells (what the in-memory path computes from its tokens),
-    once to prepare (:func:`_prepare`) and apply each block. Never holds more than one
+    once to prepare (:func:`block_tokens`) and apply each block. Never holds more than one
     block's rows in memory besides the output.
     """
-    import anndata as ad
-
-    check_unique_var_names(adata)
-    check_not_empty(adata)
-    X = get_matrix(adata, layer)
-    scale = resolve_input_scale(X, input_scale, what=describe_source(layer))
-    var_ids = model_ids(adata.var_names)
+    X, shared = _validate(adata, model_ids, layer=layer, input_scale=input_scale,
+                          min_shared_genes=min_shared_genes, what=what)
     nnz = np.zeros(adata.n_vars)
     for _, block in iter_row_blocks(X, block_size):
         b = sparse.csr_matrix(block)
         nnz += np.bincount(b.indices[b.data != 0], minlength=adata.n_vars)
-    keep = var_ids >= 0
     det = np.full(vocab_size, np.nan)
-    det[var_ids[keep]] = nnz[keep] / adata.n_obs
-    var = pd.DataFrame(index=adata.var_names.copy())
+    det[shared.var_ids] = nnz[shared.keep] / adata.n_obs
     out = None
-    for i, (sl, block) in enumerate(iter_row_blocks(X, block_size)):
-        sub = ad.AnnData(sparse.csr_matrix(block), var=var,
-                         obs=pd.DataFrame(index=adata.obs_names[sl]))
-        with warnings.catch_warnings():
-            if i:  # the missing-genes warning once, not once per block
-                warnings.simplefilter("ignore", UserWarning)
-            tok = _prepare(sub, model_ids, layer=None, input_scale=scale,
-                           min_shared_genes=min_shared_genes)
-        y = fn(tok, det)
+    for sl, block in iter_row_blocks(X, block_size):
+        y = fn(block_tokens(block, sl, shared), det)
         if out is None:
             out = np.empty((adata.n_obs, y.shape[1]), dtype=y.dtype)
         out[sl] = y
@@ -335,6 +370,9 @@ class _Batcher:
         self.mode = values
         self.pad_id, self.cls_id, self.device = pad_id, cls_id, device
 
+    @property
+    def n_obs(self) -> int:
+        return self.indptr.numel() - 1
 
     def _positions(self, rows):
         """Each row's stored-value positions, padded to the longest row.
@@ -348,6 +386,7 @@ class _Batcher:
         ar = torch.arange(int(length.max()))
         valid = ar[None, :] < length[:, None]
         return torch.where(valid, start[:, None] + ar[None, :], start[:, None]), valid, ar
+
     def select_thinned(self, rows, n: int, rate_range: tuple[float, float], *, generator):
         """As :meth:`select` (random genes), from binomially thinned counts of each cell.
 
@@ -430,7 +469,7 @@ def pretrain_batches(batcher: _Batcher, k: int, thin, bs: int, gen):
     """
     import torch
 
-    n = batcher.indptr.numel() - 1
+    n = batcher.n_obs
 
     def view(rows):
         if thin is None:
@@ -453,7 +492,7 @@ def finetune_batches(batcher: _Batcher, rank, y_all, n_genes: int, bs: int, gen,
     """``epoch -> batches`` of (ids, scales, pad, None, wide logits or None, labels)."""
     import torch
 
-    n = batcher.indptr.numel() - 1
+    n = batcher.n_obs
 
     def batches(epoch: int):
         perm = torch.randperm(n, generator=gen)

@@ -43,51 +43,14 @@ from ._data import (
     pretrain_batches,
     vocab_digest,
 )
+from ._disk import DiskBatcher, DiskTokens, disk_tokens
+from ._presets import ScRobustConfig
 from ._select import contrastive_validator, fit_wide_path, knn_validator, wide_source
 
 if TYPE_CHECKING:
     import anndata as ad
 
 __all__ = ["ScRobustConfig", "ScRobustModel"]
-
-
-@dataclasses.dataclass
-class ScRobustConfig:
-    """Hyper-parameters of a scRobust network (everything needed to rebuild it).
-
-    ``n_layers``, ``dim_feedforward`` and ``n_genes_per_view`` may be ``None`` before
-    pre-training (1 layer, or 2 for ≥ 20,000 cells; ``4 × d_model``; 10 % of the mean
-    number of detected genes, at least 8); :meth:`ScRobustModel.fit` fills them in.
-    ``input_scale`` is the scale of the pre-training data, ``n_classes`` the outputs of
-    the fine-tuned classifier (0: none). ``token_values`` (``"log1p"``, the paper's, or
-    ``"rank"``), ``view_thinning`` (``None``, the paper's, or the range of per-cell binomial
-    thinning rates of pre-training views) and ``head``/``n_wide`` (the classifier layout,
-    see :meth:`~sctorch.scrobust._module.ScRobustNetwork.set_classifier`) default to the
-    paper's design, so models saved before these fields existed load unchanged. Fields can
-    also be read as ``config["d_model"]``.
-    """
-
-    vocab_size: int = 0
-    d_model: int = 512
-    n_heads: int = 8
-    n_layers: int | None = None
-    dim_feedforward: int | None = None
-    dropout: float = 0.1
-    head_dropout: float = 0.3
-    temperature: float = 0.07
-    n_genes_per_view: int | None = None
-    input_scale: str = "counts"
-    n_classes: int = 0
-    token_values: str = "log1p"
-    view_thinning: tuple[float, float] | None = None
-    head: str = "deep"
-    n_wide: int = 0
-
-    def __getitem__(self, key: str):
-        """Dict-style read access (``config["d_model"]``), as the former dict config."""
-        if not isinstance(key, str) or key not in {f.name for f in dataclasses.fields(self)}:
-            raise KeyError(key)
-        return getattr(self, key)
 
 
 class ScRobustModel(BaseModel):
@@ -241,16 +204,19 @@ class ScRobustModel(BaseModel):
     # ---------------------------------------------------------------- data
     def tokens(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
                input_scale: str = "counts", min_shared_genes: int = 1,
-               what: str = "adata") -> _Tokens:
+               what: str = "adata", on_disk: bool = False) -> _Tokens | DiskTokens:
         """Validate ``adata`` and map it to this vocabulary (see :func:`._data._prepare`).
 
         Already prepared tokens are returned as they are, so that callers can validate
-        their data once, before any training, and pass the tokens on.
+        their data once, before any training, and pass the tokens on. A backed AnnData is
+        read by blocks into memory, or with ``on_disk`` left on disk
+        (:func:`._disk.disk_tokens`: mini-batches are then read from the file).
         """
-        if isinstance(adata, _Tokens):
+        if isinstance(adata, _Tokens | DiskTokens):
             return adata
-        return _prepare(adata, self.token_ids, layer=layer, input_scale=input_scale,
-                        min_shared_genes=min_shared_genes, what=what)
+        return (disk_tokens if on_disk and is_backed_input(adata, layer) else _prepare)(
+            adata, self.token_ids, layer=layer, input_scale=input_scale,
+            min_shared_genes=min_shared_genes, what=what)
 
     def _resolve_config(self, tok: _Tokens) -> None:
         c = self.config
@@ -313,13 +279,13 @@ class ScRobustModel(BaseModel):
 
         check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
         tok = self.tokens(adata, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes)
+                          min_shared_genes=min_shared_genes, on_disk=True)
         if tok.n_obs < 2 or batch_size < 2:
             raise ValueError("Contrastive pre-training needs at least 2 cells and batch_size "
                              f">= 2, got {tok.n_obs} cells and batch_size={batch_size}.")
         if select not in (None, "knn", "contrastive"):
             raise ValueError(f"select must be 'knn', 'contrastive' or None, got {select!r}.")
-        if select == "knn" and tok.counts is None:  # thinning needs molecules
+        if select == "knn" and not tok.has_counts:  # thinning needs molecules
             warnings.warn("select='knn' needs raw counts; with log1p input the held-out "
                           "contrastive loss selects the epoch.", UserWarning, stacklevel=2)
             select = "contrastive"
@@ -353,13 +319,14 @@ class ScRobustModel(BaseModel):
 
     pretrain = fit
 
-    def _batcher(self, tok: _Tokens, dev) -> _Batcher:
-        return _Batcher(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev,
-                        values=self.config.token_values)
+    def _batcher(self, tok: _Tokens | DiskTokens, dev) -> _Batcher | DiskBatcher:
+        kind = DiskBatcher if isinstance(tok, DiskTokens) else _Batcher
+        return kind(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev,
+                    values=self.config.token_values)
 
     def _pretrain_batches(self, tok: _Tokens, bs: int, gen, dev):
         """``epoch -> batches`` of (view 1, view 2, target), cells shuffled by ``gen``."""
-        thin = self.config.view_thinning if tok.counts is not None else None
+        thin = self.config.view_thinning if tok.has_counts else None
         return pretrain_batches(self._batcher(tok, dev), self.config.n_genes_per_view, thin,
                                 bs, gen)
 
@@ -543,7 +510,8 @@ class ScRobustModel(BaseModel):
 
         Cells are encoded from their ``n_genes`` highly unique genes in the reference's
         detection order (genes absent from the reference fall back to their detection in
-        ``adata``); the softmax of the classifier's logits (eq. 15).
+        ``adata``); the softmax of the classifier's logits (eq. 15). A backed ``adata`` is
+        read ``batch_size`` cells at a time (:func:`._data.apply_by_blocks`).
 
         Raises
         ------
@@ -555,11 +523,18 @@ class ScRobustModel(BaseModel):
         if not self.is_fine_tuned or self.gene_detection is None:
             raise ValueError("This ScRobustModel has no classifier; fine-tune it first "
                              "(finetune() or scrobust_annotate(..., return_model=True)).")
-        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes, what="adata_query")
         dev = resolve_device(device)
         self.to(dev)
-        logits = self._logits(tok, dev, n_genes, batch_size, progress=progress)
+        if is_backed_input(adata, layer):  # read batch_size cells at a time
+            logits = apply_by_blocks(
+                adata, self.token_ids, lambda t, det: self._logits(
+                    t, dev, n_genes, batch_size, progress=False, det=det),
+                layer=layer, input_scale=input_scale, min_shared_genes=min_shared_genes,
+                block_size=batch_size, vocab_size=len(self.genes), what="adata_query")
+        else:
+            tok = self.tokens(adata, layer=layer, input_scale=input_scale,
+                              min_shared_genes=min_shared_genes, what="adata_query")
+            logits = self._logits(tok, dev, n_genes, batch_size, progress=progress)
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
     def predict(self, adata: ad.AnnData | _Tokens, **kwargs) -> np.ndarray:
@@ -567,10 +542,14 @@ class ScRobustModel(BaseModel):
         return np.asarray(self.classes)[self.predict_proba(adata, **kwargs).argmax(1)]
 
     def _logits(self, tok: _Tokens, dev, n_genes: int, batch_size: int, *,
-                progress: bool) -> np.ndarray:
-        """Class logits of every cell, genes in the reference's detection order."""
-        det = self.gene_detection.copy()
-        det = np.where(np.isnan(det), tok.detection(len(self.genes)), det)
+                progress: bool, det: np.ndarray | None = None) -> np.ndarray:
+        """Class logits of every cell, genes in the reference's detection order.
+
+        Genes the reference lacks fall back to their detection ``det`` in the query
+        (``None``: in ``tok``).
+        """
+        det = tok.detection(len(self.genes)) if det is None else det
+        det = np.where(np.isnan(self.gene_detection), det, self.gene_detection)
         return self._encode(tok, dev, n_genes, batch_size, rank=_unique_rank(det),
                             generator=None, progress=progress, logits=True)
 

@@ -1,17 +1,59 @@
-"""scRobust presets: the paper's settings and the measured defaults, in one place.
+"""scRobust settings: the network's hyper-parameters, the paper's and the default presets.
 
 ``"paper"`` is Park & Lee 2024 and the authors' code (github DMCB-GIST/scRobust): token
 values ``log1p(x / library × 10⁴)``, both views drawn from the same cell at its own depth,
 the checkpoint with the lowest held-out contrastive loss, a two-layer classifier on the CLS
 output with fine-tuning epochs picked by validation macro-F1. ``"default"`` departs where
 the benchmarks (``benchmarks/results/scrobust.md``, ``scrobust_depth.md``) showed the
-paper's design losing to PCA or a linear model: within-cell rank values, views thinned
-to independent depths, k-NN-agreement model selection, and a wide-and-deep classifier.
+paper's design losing to PCA or a linear model: views binomially thinned to independent
+depths, 50 genes per view, a narrower network trained at a higher rate, the last epoch,
+and a wide-and-deep classifier. Within-cell rank values and k-NN-agreement model selection
+were measured and not kept (they are options).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+
+@dataclasses.dataclass
+class ScRobustConfig:
+    """Hyper-parameters of a scRobust network (everything needed to rebuild it).
+
+    ``n_layers``, ``dim_feedforward`` and ``n_genes_per_view`` may be ``None`` before
+    pre-training (1 layer, or 2 for ≥ 20,000 cells; ``4 × d_model``; 10 % of the mean
+    number of detected genes, at least 8); :meth:`ScRobustModel.fit` fills them in.
+    ``input_scale`` is the scale of the pre-training data, ``n_classes`` the outputs of
+    the fine-tuned classifier (0: none). ``token_values`` (``"log1p"``, the paper's, or
+    ``"rank"``), ``view_thinning`` (``None``, the paper's, or the range of per-cell binomial
+    thinning rates of pre-training views) and ``head``/``n_wide`` (the classifier layout,
+    see :meth:`~sctorch.scrobust._module.ScRobustNetwork.set_classifier`) default to the
+    paper's design, so models saved before these fields existed load unchanged. Fields can
+    also be read as ``config["d_model"]``.
+    """
+
+    vocab_size: int = 0
+    d_model: int = 512
+    n_heads: int = 8
+    n_layers: int | None = None
+    dim_feedforward: int | None = None
+    dropout: float = 0.1
+    head_dropout: float = 0.3
+    temperature: float = 0.07
+    n_genes_per_view: int | None = None
+    input_scale: str = "counts"
+    n_classes: int = 0
+    token_values: str = "log1p"
+    view_thinning: tuple[float, float] | None = None
+    head: str = "deep"
+    n_wide: int = 0
+
+    def __getitem__(self, key: str):
+        """Dict-style read access (``config["d_model"]``), as the former dict config."""
+        if not isinstance(key, str) or key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
@@ -60,8 +102,6 @@ def pretrain_config(preset: str, vocab: list[str], *, n_obs: int, **kw):
         by ``n_heads`` or fewer than 2 cells.
     """
     from .._utils import check_positive
-    from ._model import ScRobustConfig
-
     keys = ("token_values", "view_thinning", "select", "d_model", "lr", "epochs",
             "n_genes_per_view")
     p = kw | preset_values(preset, "pretrain", {k: kw[k] for k in keys})

@@ -43,7 +43,7 @@ def thinned_pair(tok: _Tokens, n_cells: int, rate_range: tuple[float, float],
     """Two independently thinned copies of (up to ``n_cells`` random) cells of ``tok``."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(tok.n_obs, size=min(n_cells, tok.n_obs), replace=False))
-    sub = tok.subset(rows)
+    sub = tok.subset(rows).load()
     return thinned_tokens(sub, rate_range, rng), thinned_tokens(sub, rate_range, rng)
 
 
@@ -152,7 +152,7 @@ def contrastive_validator(model, tok: _Tokens, batch_size: int, seed: int, dev):
     n_val = max(2, round(0.1 * tok.n_obs)) if tok.n_obs >= 20 else 0
     if n_val == 0:
         raise ValueError("select='contrastive' needs at least 20 cells (10 % held out).")
-    vtok, ttok = tok.subset(np.sort(perm[:n_val])), tok.subset(np.sort(perm[n_val:]))
+    vtok, ttok = tok.subset(np.sort(perm[:n_val])).load(), tok.subset(np.sort(perm[n_val:]))
     vgen = torch.Generator()
 
     def validate() -> float:

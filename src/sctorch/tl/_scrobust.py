@@ -17,20 +17,14 @@ import pandas as pd
 
 from .. import _keys
 from .._utils import RandomState, check_positive, make_params, resolve_device, seed_int
-from ..scrobust._data import _build_vocab, _check_labels, _class_weights
+from ..scrobust._data import _build_vocab, _check_labels, _class_weights, _Tokens
 from ..scrobust._model import ScRobustModel
 
 if TYPE_CHECKING:
     import anndata as ad
 
-__all__ = [
-    "ScRobustModel",
-    "scrobust_annotate",
-    "scrobust_embed",
-    "scrobust_marker_genes",
-    "scrobust_pathway_scores",
-    "scrobust_pretrain",
-]
+__all__ = ["ScRobustModel", "scrobust_annotate", "scrobust_embed", "scrobust_marker_genes",
+           "scrobust_pathway_scores", "scrobust_pretrain"]
 
 InputScale = Literal["counts", "log1p", "auto"]
 
@@ -102,7 +96,9 @@ def scrobust_pretrain(
     Parameters
     ----------
     adata
-        Cells × genes (``n_obs × n_vars``), dense or sparse (sparse stays sparse).
+        Cells × genes (``n_obs × n_vars``), dense or sparse (sparse stays sparse), or backed
+        (``anndata.read_h5ad(path, backed="r")``: one pass checks it, then the cells of each
+        mini-batch are read from the file; the model equals the one trained from memory).
     layer
         Layer holding the data; ``None`` uses ``adata.X``.
     input_scale
@@ -315,10 +311,12 @@ def scrobust_annotate(
     Parameters
     ----------
     adata_query
-        Cells to annotate, raw counts (or log1p values with ``input_scale="log1p"``).
+        Cells to annotate, raw counts (or log1p values with ``input_scale="log1p"``); if
+        backed, read ``batch_size`` cells at a time.
     adata_ref
-        Labelled reference, same scale. ``None`` uses ``model``, which must then be
-        fine-tuned already (from a previous call with ``return_model=True``).
+        Labelled reference, same scale (if backed: read by blocks into a sparse matrix of
+        its vocabulary genes). ``None`` uses ``model``, which must then be fine-tuned
+        already (from a previous call with ``return_model=True``).
     labels_key
         ``adata_ref.obs`` column holding the cell types (required with ``adata_ref``).
     model
@@ -388,7 +386,7 @@ def scrobust_annotate(
         _class_weights(labels, class_weight)
     vocab_of = model if model is not None else ScRobustModel(
         None, _build_vocab(None, adata_ref.var_names), {})
-    qtok = vocab_of.tokens(adata_query, layer=layer, input_scale=input_scale,
+    qtok = vocab_of.tokens(adata_query, layer=layer, input_scale=input_scale, on_disk=True,
                            min_shared_genes=min_shared_genes, what="adata_query")
     seed = seed_int(rng)
     if adata_ref is not None:
@@ -402,8 +400,9 @@ def scrobust_annotate(
                                device=device, rng=seed, progress=progress, head=p["head"],
                                n_wide_genes=n_wide_genes, val_fraction=p["val_fraction"],
                                patience=patience)
-    prob = model.predict_proba(qtok, n_genes=n_genes, batch_size=batch_size, device=device,
-                               progress=progress)
+    prob = model.predict_proba(qtok if isinstance(qtok, _Tokens) else adata_query, layer=layer,
+                               input_scale=qtok.input_scale, n_genes=n_genes,
+                               batch_size=batch_size, device=device, progress=progress)
     target = _target(adata_query, copy)
     pred = np.asarray(model.classes)[prob.argmax(1)]
     target.obs[key_added] = pd.Categorical(pred, categories=model.classes)
