@@ -121,3 +121,24 @@ def test_tcer_trains_from_a_backed_file_as_from_memory(tmp_path):
     for k, v in mem.module.state_dict().items():
         np.testing.assert_array_equal(disk.module.state_dict()[k].numpy(), v.numpy())
     backed.file.close()
+
+
+def test_genomap_and_tcer_impute_on_a_backed_file_equal_in_memory(tmp_path):
+    a = sct.datasets.intestine_moor2018(bundled=True)
+    a = a[:150, np.argsort(-a.X.getnnz(axis=0), kind="stable")[:30]].copy()
+    a = a[np.asarray(a.X.sum(axis=1)).ravel() > 0].copy()
+    path = tmp_path / "cells.h5ad"
+    a.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    kw = dict(n_features=4, epochs=2, rng=0, progress=False)
+    mem = sct.tl.tcer_impute(a, copy=True, **kw)
+    for f in (sct.tl.genomap, sct.tl.tcer_impute):  # refused before any work
+        with pytest.raises(ValueError, match="copy=True cannot copy"):
+            f(backed, copy=True, progress=False)
+    sct.tl.tcer_impute(backed, **kw)  # builds the GenoMap from the file, then trains from it
+    for col in ("genomap_row", "genomap_col"):
+        np.testing.assert_array_equal(backed.var[col], mem.var[col])
+    np.testing.assert_array_equal(backed.layers["tcer"], mem.layers["tcer"])
+    assert backed.uns["tcer"]["params"]["beta_fitted"] == mem.uns["tcer"]["params"]["beta_fitted"]
+    assert ad.read_h5ad(path).layers.keys() == set()  # the file itself is not written
+    backed.file.close()

@@ -243,6 +243,21 @@ def check_cell_totals(X, *, what: str = "adata.X") -> np.ndarray:
     return lib
 
 
+def check_copy(adata: ad.AnnData, copy: bool) -> None:
+    """Refuse ``copy=True`` for a backed AnnData before any work: anndata cannot copy it.
+
+    Raises
+    ------
+    ValueError
+        If ``copy`` and ``adata`` was opened with ``anndata.read_h5ad(path, backed="r")``.
+    """
+    if copy and getattr(adata, "isbacked", False):
+        raise ValueError("copy=True cannot copy an AnnData opened with backed='r' (anndata "
+                         "needs a file name to copy it). Pass copy=False to write the results "
+                         "into it (they are held in memory; write them with "
+                         "adata.write_h5ad(...)), or load it with adata.to_memory() first.")
+
+
 def check_not_empty(adata: ad.AnnData, *, what: str = "adata") -> None:
     """Raise ``ValueError`` if ``adata`` has no cells or no genes (says which)."""
     if adata.n_obs == 0 or adata.n_vars == 0:

@@ -15,6 +15,7 @@ import numpy as np
 from .. import _keys
 from .._utils import (
     RandomState,
+    check_copy,
     check_finite,
     check_unique_var_names,
     describe_source,
@@ -180,6 +181,27 @@ def genomap(
         fewer than 2 cells; a bad ``metric``, ``epsilon``, ``solver``, ``max_iter`` or
         ``radius``. Nothing is written to ``adata`` when an error is raised.
     """
+    check_copy(adata, copy)
+    rows, cols, record = _place(adata, layer=layer, genes=genes, shape=shape, metric=metric,
+                                epsilon=epsilon, max_iter=max_iter, tol=tol, solver=solver,
+                                radius=radius, batch_size=batch_size, rng=rng,
+                                progress=progress)
+    target = adata.copy() if copy else adata
+    target.var[f"{key_added}_row"] = rows
+    target.var[f"{key_added}_col"] = cols
+    target.uns[key_added] = record
+    return target if copy else None
+
+
+def _place(adata: ad.AnnData, *, layer: str | None = None, genes=None, shape=None,
+           metric: Metric = "correlation", epsilon: float = 0.0, max_iter: int = 100,
+           tol: float = 1e-6, solver: str = "exchange", radius: int = 2,
+           batch_size: int = 2048, rng: RandomState = 0, progress: bool = True):
+    """``(rows, cols, record)`` of :func:`genomap` (validated, computed, nothing written).
+
+    ``rows``/``cols``: int64 ``(n_vars,)`` pixel of each gene (-1: not placed); ``record``
+    the ``uns`` entry. A backed ``adata`` is read ``batch_size`` cells at a time.
+    """
     check_unique_var_names(adata)
     _check_args(epsilon, max_iter, radius, solver, metric)
     gidx = select_genes(adata, genes)
@@ -198,10 +220,7 @@ def genomap(
     cols = np.full(adata.n_vars, -1, dtype=np.int64)
     rows[gidx] = pos[:, 0]
     cols[gidx] = pos[:, 1]
-    target = adata.copy() if copy else adata
-    target.var[f"{key_added}_row"] = rows
-    target.var[f"{key_added}_col"] = cols
-    target.uns[key_added] = {
+    return rows, cols, {
         "shape": np.asarray(shape, dtype=np.int64),  # (H, W); an array so h5ad can store it
         "objective": float(objective),
         "n_iter": int(n_iter),
@@ -212,7 +231,6 @@ def genomap(
                               rng=rng if not isinstance(rng, np.random.Generator) else
                               "Generator", seed=int(seed)),
     }
-    return target if copy else None
 
 
 def genomap_images(

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._utils import RandomState, check_positive, make_params, resolve_device, seed_int
+from .._utils import RandomState, check_copy, check_positive, make_params, resolve_device, seed_int
 from ..scrobust._data import _build_vocab, _check_labels, _class_weights, _Tokens
 from ..scrobust._model import ScRobustModel
 
@@ -236,6 +236,7 @@ def scrobust_embed(
         vocabulary genes, or fewer than ``min_shared_genes`` shared genes.
     """
     check_positive(n_genes=n_genes, batch_size=batch_size)
+    check_copy(adata, copy)
     if gene_order not in ("unique", "random"):
         raise ValueError(f"gene_order must be 'unique' or 'random', got {gene_order!r}.")
     if model is None:
@@ -305,8 +306,8 @@ def scrobust_annotate(
     (the wide path, frozen), trains the deep path on its out-of-fold logits, and keeps
     the deep path only if it improves both macro-F1 and cross-entropy of the held-out
     part; the wide path is then refitted on the whole reference. ``"wide"`` is the wide
-    path alone. 10 epochs at ``lr=1e-3`` (CPU-sized). Cost grows with ``n_genes``;
-    restricting reference and query to ~2,000 HVGs shortens every cell's sequence.
+    path alone. 10 epochs at ``lr=1e-3`` (CPU-sized). Cost grows with ``n_genes``; ~2,000
+    HVGs in reference and query shorten every cell's sequence.
 
     Parameters
     ----------
@@ -314,9 +315,8 @@ def scrobust_annotate(
         Cells to annotate, raw counts (or log1p values with ``input_scale="log1p"``); if
         backed, read ``batch_size`` cells at a time.
     adata_ref
-        Labelled reference, same scale (if backed: read by blocks into a sparse matrix of
-        its vocabulary genes). ``None`` uses ``model``, which must then be fine-tuned
-        already (from a previous call with ``return_model=True``).
+        Labelled reference, same scale (if backed: read by blocks into sparse tokens).
+        ``None`` uses ``model``, fine-tuned by a call with ``return_model=True``.
     labels_key
         ``adata_ref.obs`` column holding the cell types (required with ``adata_ref``).
     model
@@ -373,6 +373,7 @@ def scrobust_annotate(
     p = preset_values(preset, "finetune", dict(head=head, val_fraction=val_fraction,
                                                 lr=lr, epochs=epochs))
     epochs, lr = p["epochs"], p["lr"]
+    check_copy(adata_query, copy)
     check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
                     n_wide_genes=n_wide_genes, patience=patience)
     # ---- validate everything before training or writing

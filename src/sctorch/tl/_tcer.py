@@ -10,10 +10,9 @@ import logging
 
 import anndata as ad
 import numpy as np
-from scipy import sparse
 
 from .. import _keys
-from .._utils import RandomState, log_normalize, make_params, resolve_device, seed_int
+from .._utils import RandomState, check_copy, make_params, resolve_device, seed_int
 from ..tcer._config import PRESETS, TCERParams
 from ..tcer._model import TCERModel, check_counts_input
 
@@ -57,15 +56,19 @@ def _resolve_params(preset, *, n_features, epochs, batch_size, lr, lr_step, mask
     return p
 
 
-def _build_genomap(adata: ad.AnnData, X, target_sum: float, key: str, rng: RandomState,
+def _build_genomap(adata: ad.AnnData, layer: str | None, key: str, rng: RandomState,
                    progress: bool) -> ad.AnnData:
-    """A GenoMap of all genes of ``adata``, on a throw-away AnnData of log-normalised counts."""
-    from ._genomap import genomap
+    """A GenoMap of all genes of ``adata``, on a throw-away AnnData holding only the placement.
+
+    Built from the counts, log-normalised per block of cells (a backed ``adata`` is read
+    by blocks); nothing is written to ``adata``.
+    """
+    from ._genomap import _place
 
     logger.info("TCER: no GenoMap %r in adata; building one", key)
-    Xlog = sparse.csr_matrix(log_normalize(X, target_sum=target_sum), dtype=np.float32)
-    tmp = ad.AnnData(Xlog, obs=adata.obs[[]], var=adata.var[[]])
-    genomap(tmp, key_added=key, rng=rng, progress=progress)
+    rows, cols, record = _place(adata, layer=layer, rng=rng, progress=progress)
+    tmp = ad.AnnData(obs=adata.obs[[]], var=adata.var[[]])
+    tmp.var[f"{key}_row"], tmp.var[f"{key}_col"], tmp.uns[key] = rows, cols, record
     return tmp
 
 
@@ -243,9 +246,10 @@ def tcer_impute(
                         patience=patience, validation_fraction=validation_fraction,
                         observed_weight=observed_weight, objective=objective,
                         n_neighbors=n_neighbors, output=output, beta=beta, deformable=deformable)
-    X = check_counts_input(adata, layer)  # validate everything before anything is written
-    built = None if genomap_key in adata.uns else _build_genomap(adata, X, p.target_sum,
-                                                                 genomap_key, rng, progress)
+    check_copy(adata, copy)
+    check_counts_input(adata, layer)  # validate everything before anything is written
+    built = None if genomap_key in adata.uns else _build_genomap(adata, layer, genomap_key,
+                                                                 rng, progress)
     model = TCERModel.from_genomap(adata if built is None else built, p,
                                    genomap_key=genomap_key)
     seed = seed_int(rng)
