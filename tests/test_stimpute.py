@@ -575,6 +575,14 @@ def test_backed_input_gives_the_in_memory_prediction(plant, tmp_path, as_sparse)
     np.testing.assert_allclose(model.predict(backed).to_numpy(), mem.X, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.predict(measured).to_numpy(), mem.X, rtol=1e-5,
                                atol=1e-5)
+    # a backed reference too (its training and target genes read by blocks)
+    rf.write_h5ad(tmp_path / "ref.h5ad")
+    ref_backed = ad.read_h5ad(tmp_path / "ref.h5ad", backed="r")
+    both = sct.tl.stimpute(backed, ref_backed, **DEFAULT)
+    np.testing.assert_allclose(both.X, mem.X, rtol=1e-5, atol=1e-5)
+    pd.testing.assert_frame_equal(sct.tl.stimpute_cv(backed, ref_backed, n_folds=2, progress=False),
+                                  sct.tl.stimpute_cv(measured, rf, n_folds=2, progress=False))
+    ref_backed.file.close()
     backed.file.close()
 
 

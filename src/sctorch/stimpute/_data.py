@@ -228,11 +228,16 @@ def _backed_columns(X, pos: np.ndarray, lib: np.ndarray | None):
 def section_columns(adata: ad.AnnData, layer: str | None, pos: np.ndarray, what: str):
     """Normalised columns ``pos`` (``-1``: zeros) of a section, in memory or backed."""
     X, _ = normalised(adata, layer, what)
-    return X(pos) if callable(X) else columns_padded(X, pos)
+    return columns_padded(X, pos)
 
 
 def columns(X, idx: np.ndarray):
-    """Columns ``idx`` of ``X`` as a CSR matrix (if sparse) or a float32 array."""
+    """Columns ``idx`` of ``X`` as a CSR matrix (if sparse) or a float32 array.
+
+    ``X`` may be the column reader :func:`normalised` returns for a backed matrix.
+    """
+    if callable(X):
+        return X(idx)
     if sparse.issparse(X):
         return sparse.csr_matrix(X)[:, idx].astype(np.float32)
     return np.ascontiguousarray(np.asarray(X)[:, idx], dtype=np.float32)
@@ -297,12 +302,9 @@ def prepare(m: Matched, train: list[str], targets: list[str], norm_sp, norm_ref)
     ref_target = np.array([m.ref_idx[m.key(g)] for g in targets])
     info = {"spatial_scale": sp_scale, "reference_scale": ref_scale,
             "n_shared": len(m.shared), "n_train": len(train)}
-    sp = Xsp(sp_cols) if callable(Xsp) else columns(Xsp, sp_cols)
-    if callable(Xref):
-        raise ValueError("adata_ref must be in memory; a backed reference is not supported "
-                         "(load it with adata_ref.to_memory()).")
-    return Inputs(sp, columns(Xref, np.concatenate([ref_train, ref_target])),
-                  train, [m.ref_names[i] for i in ref_train], targets, info)
+    ref = columns(Xref, np.concatenate([ref_train, ref_target]))  # backed: read by blocks
+    return Inputs(columns(Xsp, sp_cols), ref, train, [m.ref_names[i] for i in ref_train],
+                  targets, info)
 
 
 # ----------------------------------------------------------------------------- batches

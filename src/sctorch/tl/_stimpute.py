@@ -192,8 +192,8 @@ def stimpute(
         read in blocks of cells and only its shared genes are held in memory. Spatial
         coordinates in ``obsm['spatial']`` are carried over with ``return_adata=True``.
     adata_ref
-        Reference cells × genes (in memory), raw counts or normalised (detected the same
-        way).
+        Reference cells × genes, raw counts or normalised (detected the same way). May be
+        backed: its training and target genes are then read by blocks of cells.
     genes
         Reference genes to predict. ``None``: every reference gene not measured in
         ``adata_sp``. Genes listed here that ``adata_sp`` does measure are held out of
@@ -285,7 +285,7 @@ def stimpute(
         If input values are non-finite or negative, ``var_names`` have duplicates, too
         few genes are shared (the count, the matching mode and, where case hides
         matches, how many would match ignoring case are reported), the
-        reference has fewer than ``n_neighbors`` cells or is backed, embeddings are
+        reference has fewer than ``n_neighbors`` cells, embeddings are
         inconsistent, or a setting is out of range (unknown ``method``, ``preset`` or
         ``latent`` included). The inputs are left unchanged.
     ImportError
@@ -373,7 +373,7 @@ def stimpute_cv(
     Parameters
     ----------
     adata_sp, adata_ref
-        As in :func:`stimpute` (raw counts or normalised; detected; in memory).
+        As in :func:`stimpute` (raw counts or normalised; detected; may be backed).
     n_folds
         Number of gene folds (5 in the paper); at least 2.
     layer_sp, layer_ref, method, preset, latent, n_neighbors, ridge_weight, n_pcs
