@@ -142,3 +142,19 @@ def test_genomap_and_tcer_impute_on_a_backed_file_equal_in_memory(tmp_path):
     assert backed.uns["tcer"]["params"]["beta_fitted"] == mem.uns["tcer"]["params"]["beta_fitted"]
     assert ad.read_h5ad(path).layers.keys() == set()  # the file itself is not written
     backed.file.close()
+
+
+def test_simulation_and_reference_selection_on_a_backed_file_equal_in_memory(tmp_path):
+    a = sct.datasets.intestine_moor2018(bundled=True)[:300].copy()
+    a = a[np.asarray(a.X.sum(axis=1)).ravel() > 0].copy()
+    a.write_h5ad(tmp_path / "c.h5ad")
+    b = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
+    ref_mem, ref_disk = sct.pp.select_reference(a), sct.pp.select_reference(b)
+    assert not ref_disk.isbacked and ref_disk.shape == ref_mem.shape
+    assert (ref_disk.X != ref_mem.X).nnz == 0
+    mem = sct.pp.simulate_efficiency_loss(a, rng=3, copy=True)
+    sct.pp.simulate_efficiency_loss(b, rng=3)
+    assert (b.layers["observed"] != mem.layers["observed"]).nnz == 0
+    assert b.layers["observed"].dtype == mem.layers["observed"].dtype
+    np.testing.assert_array_equal(b.obs["efficiency"], mem.obs["efficiency"])
+    b.file.close()

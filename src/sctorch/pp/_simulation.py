@@ -17,6 +17,8 @@ from .._utils import (
     describe_source,
     get_matrix,
     get_rng,
+    is_backed,
+    iter_row_blocks,
     make_params,
     row_sums,
 )
@@ -63,7 +65,8 @@ def simulate_efficiency_loss(
     ----------
     adata
         Cells × genes (``n_obs × n_vars``) of **raw counts**, normally the
-        high-quality reference from :func:`select_reference`.
+        high-quality reference from :func:`select_reference`. May be backed (read by
+        blocks of cells; the new layer is held in memory).
     efficiency_shape, efficiency_rate
         Shape and rate of the gamma distribution of per-cell efficiencies.
     scale
@@ -116,21 +119,22 @@ def simulate_efficiency_loss(
     mult = tau * scale / lib  # per-cell factor: Y ~ Poisson(x * mult)
     in_dtype = X.dtype if np.issubdtype(X.dtype, np.number) else np.dtype(np.float32)
 
-    if sparse.issparse(X):
-        Xc = sparse.csr_matrix(X)
-        if not Xc.has_sorted_indices:
-            Xc = Xc.sorted_indices()  # a copy: the user's matrix is left as it was
+    if sparse.issparse(X) or (is_backed(X) and X.shape[0] and sparse.issparse(X[:1])):
+        # CSR blocks of rows (one block in memory; 8,192 rows at a time from a backed file),
+        # drawn in row-major order: the same stream whatever the blocks
+        Xc = sparse.vstack([sparse.csr_matrix(b).sorted_indices()  # a copy: X is left as it was
+                            for _, b in iter_row_blocks(X, 8192 if is_backed(X) else len(lib))],
+                           format="csr")
         rows = np.repeat(np.arange(Xc.shape[0]), np.diff(Xc.indptr))
         lam = Xc.data.astype(np.float64) * mult[rows]
         y = gen.poisson(lam)  # int64: no overflow whatever the input dtype
         out_dtype = _output_dtype(in_dtype, int(y.max()) if y.size else 0)
-        Y = sparse.csr_matrix((y.astype(out_dtype), Xc.indices.copy(), Xc.indptr.copy()),
-                              shape=Xc.shape)
+        Y = sparse.csr_matrix((y.astype(out_dtype), Xc.indices, Xc.indptr), shape=Xc.shape)
         Y.eliminate_zeros()
-        if X.format == "csc":
+        if getattr(X, "format", "csr") == "csc":
             Y = Y.tocsc()
     else:  # draw on the non-zeros in row-major order: the same stream as the CSR path
-        Xd = np.asarray(X)
+        Xd = np.asarray(X[:] if is_backed(X) else X)
         rows, cols = np.nonzero(Xd)
         y = gen.poisson(Xd[rows, cols].astype(np.float64) * mult[rows])
         out_dtype = _output_dtype(in_dtype, int(y.max()) if y.size else 0)
@@ -170,7 +174,8 @@ def select_reference(
     Parameters
     ----------
     adata
-        Cells × genes of **raw counts**.
+        Cells × genes of **raw counts**; may be backed (read by blocks of cells, and the
+        kept cells and genes loaded into memory).
     min_library_quantile
         Quantile of the library-size distribution below which cells are dropped (0–1).
     min_detection
@@ -210,18 +215,18 @@ def select_reference(
     cells = lib >= cutoff
     n_cells = int(cells.sum())
     among = cells if detection_among == "kept" else np.ones(adata.n_obs, bool)
-    if sparse.issparse(X):
-        detected = np.asarray((sparse.csr_matrix(X)[np.flatnonzero(among)] > 0).sum(axis=0))
-    else:
-        detected = (np.asarray(X)[among] > 0).sum(axis=0)
-    detected = detected.ravel()
+    detected = np.zeros(adata.n_vars, dtype=np.int64)
+    for sl, block in iter_row_blocks(X, 8192):  # by blocks of cells (a backed X too)
+        b = block[among[sl]]
+        detected += np.asarray((b > 0).sum(axis=0)).ravel().astype(np.int64)
     genes = detected >= min_detection * among.sum() if n_cells else np.zeros(adata.n_vars, bool)
     if n_cells == 0 or genes.sum() == 0:
         raise ValueError(
             f"select_reference kept {n_cells} cell(s) and {int(genes.sum())} gene(s) "
             f"(min_library_quantile={min_library_quantile}, min_detection={min_detection}). "
             "Lower the thresholds or check that the input holds raw counts.")
-    out = adata[cells, genes].copy()
+    sub = adata[cells, genes]
+    out = sub.to_memory() if adata.isbacked else sub.copy()
     out.uns["reference"] = {"min_library_quantile": min_library_quantile,
                             "min_detection": min_detection, "detection_among": detection_among,
                             "min_library": cutoff}
