@@ -152,3 +152,39 @@ def test_demo_fails_with_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sctorch demo: error:") and str(blocker) in err
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("sparse_x", [False, True])
+def test_backed_option_gives_the_in_memory_outputs(tmp_path, sparse_x):
+    from scipy import sparse
+
+    a = _planted()
+    if sparse_x:
+        a.X = sparse.csr_matrix(a.X)
+    src = tmp_path / "in.h5ad"
+    a.write_h5ad(src)
+    tiny = ["--d-model", "16", "--n-heads", "2", "--lr", "5e-3", "--device", "cpu", "--quiet"]
+    runs = {"genomap": (["genomap"], ["--genes-key", "highly_variable", "--quiet"]),
+            "tcer": (["tcer"], ["--epochs", "1", "--n-features", "4", "--device", "cpu",
+                                "--quiet"]),
+            "embed": (["scrobust", "embed"], ["--epochs", "1", "--n-genes", "16", *tiny]),
+            "annotate": (["scrobust", "annotate"], ["--reference", str(src), "--labels-key",
+                                                    "pop", "--pretrain-epochs", "1",
+                                                    "--epochs", "2", "--n-genes", "18",
+                                                    *tiny])}
+    for name, (cmd, opts) in runs.items():
+        mem, disk = tmp_path / f"{name}_mem.h5ad", tmp_path / f"{name}_disk.h5ad"
+        assert main([*cmd, str(src), str(mem), *opts]) == 0
+        assert main([*cmd, str(src), str(disk), *opts, "--backed"]) == 0
+        m, d = ad.read_h5ad(mem), ad.read_h5ad(disk)
+        assert (d.X != m.X).sum() == 0  # the cells are copied from the file unchanged
+        for key in {"genomap": ["genomap_row", "genomap_col"]}.get(name, []):
+            np.testing.assert_array_equal(d.var[key], m.var[key])
+        if name == "tcer":
+            np.testing.assert_array_equal(d.layers["tcer"], m.layers["tcer"])
+        if name == "embed":
+            np.testing.assert_allclose(d.obsm["X_scrobust"], m.obsm["X_scrobust"], atol=1e-6)
+        if name == "annotate":
+            assert (d.obs["scrobust_label"] == m.obs["scrobust_label"]).all()
+            np.testing.assert_allclose(d.obs["scrobust_confidence"],
+                                       m.obs["scrobust_confidence"], atol=1e-6)

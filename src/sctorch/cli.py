@@ -38,13 +38,14 @@ def _default(func: Callable, name: str) -> Any:
     return param.default
 
 
-def _read(path: str):
+def _read(path: str, backed: bool = False):
+    """An input ``.h5ad``, in memory or (``backed``) opened with ``backed="r"``."""
     import anndata as ad
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"input file {p} does not exist.")
-    return ad.read_h5ad(p)
+    return ad.read_h5ad(p, backed="r" if backed else None)
 
 
 def _check_output(out: str, inputs: list[str], overwrite: bool) -> Path:
@@ -96,6 +97,9 @@ def _common(p: argparse.ArgumentParser, func: Callable, *, device: bool = True) 
     p.add_argument("--overwrite", action="store_true",
                    help="allow the output to replace an existing file, the input included")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--backed", action="store_true",
+                   help="open the input files with backed='r' and read them by blocks of "
+                        "cells (for files larger than memory; see docs/scaling.md)")
 
 
 def _gene_list(value: str | None) -> list[str] | None:
@@ -177,7 +181,7 @@ def cmd_genomap(args: argparse.Namespace) -> int:
     from . import tl
 
     out = _check_output(args.output, [args.input], args.overwrite)
-    adata = _read(args.input)
+    adata = _read(args.input, args.backed)
     genes = _gene_list(args.genes)
     mask = _gene_mask(adata, args.genes_key)
     if genes is not None and mask is not None:
@@ -195,7 +199,7 @@ def cmd_tcer(args: argparse.Namespace) -> int:
 
     out = _check_output(args.output, [args.input], args.overwrite)
     _check_model_out(args.model_out, args.overwrite)
-    adata = _read(args.input)
+    adata = _read(args.input, args.backed)
     if args.model:
         model = tl.TCERModel.load(args.model, device=args.device)
         model.impute(adata, layer=args.layer, device=args.device, key_added=args.key_added,
@@ -218,8 +222,8 @@ def cmd_stimpute(args: argparse.Namespace) -> int:
     from . import tl
 
     out = _check_output(args.output, [args.spatial, args.reference], args.overwrite)
-    adata_sp = _read(args.spatial)
-    adata_ref = _read(args.reference)
+    adata_sp = _read(args.spatial, args.backed)
+    adata_ref = _read(args.reference, args.backed)
     kw = {k: getattr(args, k) for k in ("alpha", "epochs", "ae_epochs")
           if getattr(args, k) is not None}
     result = tl.stimpute(
@@ -240,7 +244,7 @@ def cmd_scrobust_embed(args: argparse.Namespace) -> int:
 
     out = _check_output(args.output, [args.input], args.overwrite)
     _check_model_out(args.model_out, args.overwrite)
-    adata = _read(args.input)
+    adata = _read(args.input, args.backed)
     if args.model:
         model = tl.ScRobustModel.load(args.model, device=args.device)
     else:
@@ -270,8 +274,8 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     inputs = [args.query] + ([args.reference] if args.reference else [])
     out = _check_output(args.output, inputs, args.overwrite)
     _check_model_out(args.model_out, args.overwrite)
-    query = _read(args.query)
-    ref = _read(args.reference) if args.reference else None
+    query = _read(args.query, args.backed)
+    ref = _read(args.reference, args.backed) if args.reference else None
     model = tl.ScRobustModel.load(args.model, device=args.device) if args.model else None
     pre = {"d_model": args.d_model, "n_heads": args.n_heads, "epochs": args.pretrain_epochs,
            "lr": args.lr, "preset": args.preset}
