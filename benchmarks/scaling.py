@@ -7,12 +7,15 @@
 2. Peak memory of ``sct.tl.scrobust_embed`` on a backed AnnData of N cells
    (``anndata.read_h5ad(path, backed="r")``) against the size of its ``X`` in memory, and
    against the same call on the in-memory AnnData.
+3. Peak memory and seconds of one epoch of ``sct.tl.scrobust_pretrain`` (defaults,
+   d_model 32) from the same backed file (each mini-batch read from disk) and from memory.
 
 Usage::
 
     python benchmarks/scaling.py                       # both parts, N = 100,000
     python benchmarks/scaling.py --skip-backed         # part 1 only
     python benchmarks/scaling.py --skip-ddp --cells 200000
+    python benchmarks/scaling.py --skip-ddp --skip-backed   # part 3 only
 
 Writes ``benchmarks/results/scaling.md``.
 """
@@ -126,7 +129,7 @@ def _make_cells(path: Path, n_cells: int) -> dict:
             "nnz": int(M.nnz)}
 
 
-def _embed_child(path: str, model: str, backed: str, out: str) -> None:
+def _embed_child(path: str, backed: str, out: str, model: str) -> None:
     import anndata as ad
     import torch
 
@@ -149,6 +152,55 @@ def _embed_child(path: str, model: str, backed: str, out: str) -> None:
                                      "seconds": sec, "shape": list(a.obsm["X_scrobust"].shape)}))
 
 
+def _pretrain_child(path: str, backed: str, out: str) -> None:
+    import anndata as ad
+    import torch
+
+    import sctorch as sct
+
+    torch.set_num_threads(1)
+    kw = dict(d_model=32, n_heads=4, epochs=1, batch_size=256, rng=0, progress=False)
+    probe = ad.read_h5ad(path, backed="r")  # warm-up: torch's kernels paged in
+    sct.tl.scrobust_pretrain(probe[:256].to_memory(), **kw)
+    probe.file.close()
+    start = _harness.current_rss_mib()
+    with _harness.RssSampler() as rss:
+        a = ad.read_h5ad(path, backed="r" if backed == "backed" else None)
+        t = time.perf_counter()
+        sct.tl.scrobust_pretrain(a, **kw)
+        sec = time.perf_counter() - t
+    Path(out).write_text(json.dumps({"start_mib": start, "peak_mib": rss.peak,
+                                     "seconds": sec}))
+
+
+def memory_rows(tmp: Path, n_cells: int, child: str, *extra: str) -> tuple[list[list], dict]:
+    """``child`` run in fresh processes: backed at N/5 and N cells, in memory at N.
+
+    Returns the table rows and the backed growth per added cell (bytes) and fixed part
+    (MiB), with the size of X per added cell (bytes).
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    rows, res = [], {}
+    for n, mode in ((n_cells // 5, "backed"), (n_cells, "backed"), (n_cells, "in_memory")):
+        path = tmp / f"cells{n}.h5ad"
+        if not path.exists():
+            res[("x", n)] = _make_cells(path, n)
+        out = tmp / f"{child.strip('-')}_{mode}_{n}.json"
+        subprocess.run([sys.executable, __file__, child, str(path), mode, str(out), *extra],
+                       check=True, env=env)
+        r = json.loads(out.read_text())
+        res[(mode, n)] = grow = r["peak_mib"] - r["start_mib"]
+        x = res[("x", n)]["x_mib"]
+        rows.append([mode.replace("_", " "), f"{n:,}", f"{x:.0f}", f"{grow:.0f}",
+                     f"{grow / x:.2f}", f"{r['seconds']:.0f}"])
+        print(rows[-1], flush=True)
+    small, big = n_cells // 5, n_cells
+    per_cell = (res[("backed", big)] - res[("backed", small)]) / (big - small) * 2**20
+    x_cell = (res[("x", big)]["x_mib"] - res[("x", small)]["x_mib"]) / (big - small) * 2**20
+    return rows, {**res[("x", big)], "per_cell": per_cell, "x_cell": x_cell,
+                  "fixed": res[("backed", small)] - per_cell * small / 2**20}
+
+
 def backed_rows(tmp: Path, n_cells: int) -> tuple[list[list], dict]:
     """Backed embedding at N/5 and N cells (growth per added cell) and in memory at N."""
     import sctorch as sct
@@ -157,28 +209,8 @@ def backed_rows(tmp: Path, n_cells: int) -> tuple[list[list], dict]:
     model = tmp / "model.safetensors"
     sct.tl.scrobust_pretrain(src, d_model=32, n_heads=4, epochs=1, rng=0,
                              progress=False).save(model)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    rows, res = [], {}
-    for n, mode in ((n_cells // 5, "backed"), (n_cells, "backed"), (n_cells, "in_memory")):
-        path = tmp / f"cells{n}.h5ad"
-        if not path.exists():
-            res[("x", n)] = _make_cells(path, n)
-        out = tmp / f"embed_{mode}_{n}.json"
-        subprocess.run([sys.executable, __file__, "--child-embed", str(path), str(model), mode,
-                        str(out)], check=True, env=env)
-        r = json.loads(out.read_text())
-        grow = r["peak_mib"] - r["start_mib"]
-        res[(mode, n)] = grow
-        x = res[("x", n)]["x_mib"]
-        rows.append([mode.replace("_", " "), f"{n:,}", f"{x:.0f}", f"{grow:.0f}",
-                     f"{grow / x:.2f}", f"{r['seconds']:.0f}"])
-        print(rows[-1], flush=True)
-    small, big = n_cells // 5, n_cells
-    per_cell = (res[("backed", big)] - res[("backed", small)]) / (big - small) * 2**20
-    x_cell = (res[("x", big)]["x_mib"] - res[("x", small)]["x_mib"]) / (big - small) * 2**20
-    info = {**res[("x", big)], "name": name, "per_cell": per_cell, "x_cell": x_cell,
-            "fixed": res[("backed", small)] - per_cell * small / 2**20}
-    return rows, info
+    rows, info = memory_rows(tmp, n_cells, "--child-embed", str(model))
+    return rows, {**info, "name": name}
 
 
 # ----------------------------------------------------------------------------- main
@@ -188,8 +220,12 @@ def main(argv=None) -> None:
     p.add_argument("--skip-ddp", action="store_true")
     p.add_argument("--skip-backed", action="store_true")
     p.add_argument("--child-train", nargs=2, metavar=("METHOD", "OUT"))
-    p.add_argument("--child-embed", nargs=4, metavar=("H5AD", "MODEL", "MODE", "OUT"))
+    p.add_argument("--skip-pretrain", action="store_true")
+    p.add_argument("--child-embed", nargs=4, metavar=("H5AD", "MODE", "OUT", "MODEL"))
+    p.add_argument("--child-pretrain", nargs=3, metavar=("H5AD", "MODE", "OUT"))
     args = p.parse_args(argv)
+    if args.child_pretrain:
+        return _pretrain_child(*args.child_pretrain)
     if args.child_train:
         return _train_child(*args.child_train)
     if args.child_embed:
@@ -206,26 +242,44 @@ def main(argv=None) -> None:
                      *_harness.markdown_table(
                          ["method", "data", "s/epoch, 1 process", "s/epoch, 2 processes",
                           "ratio"], ddp_rows(tmp)), ""]
+        when = f"Measured with `{_harness.command()}` on {time.strftime('%Y-%m-%d')}."
         if not args.skip_backed:
             rows, info = backed_rows(tmp, args.cells)
-            sections["2"] = [
-                f"## 2. scrobust_embed on {args.cells:,} cells: backed vs in memory", "",
+            sections["2"] = _memory_section(
+                f"2. scrobust_embed on {args.cells:,} cells", rows,
                 f"Cells resampled (Poisson) from {info['name']}; {info['nnz']:,} stored "
                 f"values at {args.cells:,} cells. Model d_model 32, 64 tokens per cell, batch "
                 "512. Memory growth = peak RSS during the call (opening the file and reading "
                 "included) minus RSS before, in a fresh process after a 64-cell warm-up call "
-                "(which pages in torch's kernels). Measured with "
-                f"`{_harness.command()}` on {time.strftime('%Y-%m-%d')}.", "",
-                *_harness.markdown_table(
-                    ["input", "cells", "X in memory (MiB)", "memory growth (MiB)",
-                     "growth / X", "seconds"], rows), "",
+                f"(which pages in torch's kernels). {when}",
                 f"Backed, per added cell: memory grows {info['per_cell']:.0f} bytes while X "
                 f"grows {info['x_cell']:.0f} bytes ({info['per_cell'] / info['x_cell']:.2f} "
                 f"of it: the output, 4 bytes × d_model, and the cell names); the rest is a "
                 f"fixed {info['fixed']:.0f} MiB (first use of the backed-reading code and "
-                "buffers, one block of tokens), whatever the number of cells.", ""]
+                "buffers, one block of tokens), whatever the number of cells.")
+        if not args.skip_pretrain:
+            rows, info = memory_rows(tmp, args.cells, "--child-pretrain")
+            sections["3"] = _memory_section(
+                f"3. scrobust_pretrain on {args.cells:,} cells", rows,
+                "The same cells; one epoch of the default pre-training (views of 50 genes, "
+                "binomially thinned), d_model 32, batch 256, one thread. Backed: one pass "
+                "checks the file, then each mini-batch's cells are read from it; in memory: "
+                "the file is read whole and kept as tokens. Memory growth as in section 2 "
+                f"(after a 256-cell warm-up pre-training). {when}",
+                f"Backed, per added cell: memory grows {info['per_cell']:.0f} bytes; the rest "
+                f"is a fixed {info['fixed']:.0f} MiB (the training working set: padded tensors "
+                "of a mini-batch's longest cell, the checking pass's block, allocator "
+                "buffers), whatever the number of cells.")
     body = [line for key in sorted(sections) for line in sections[key]]
     _harness.write_results(RESULTS, "Scaling out", body)
+
+
+def _memory_section(title: str, rows: list[list], intro: str, tail: str) -> list[str]:
+    """A results section: title, how it was measured, the memory table, the per-cell note."""
+    return [f"## {title}: backed vs in memory", "", intro, "",
+            *_harness.markdown_table(["input", "cells", "X in memory (MiB)",
+                                      "memory growth (MiB)", "growth / X", "seconds"], rows),
+            "", tail, ""]
 
 
 def _old_sections() -> dict[str, list[str]]:

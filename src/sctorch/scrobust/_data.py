@@ -236,7 +236,7 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
     (finite non-negative integers, then log-normalised to 10⁴ per cell), ``"log1p"``
     (log-normalised values; integer counts and values above 30 are refused) or ``"auto"``.
     ``model_ids`` maps gene names to vocabulary ids (``-1``: not in the vocabulary). A
-    backed matrix (``anndata.read_h5ad(path, backed="r")``) is read 8,192 rows at a time
+    backed matrix (``anndata.read_h5ad(path, backed="r")``) is read 2,048 rows at a time
     and kept as tokens of its vocabulary genes only (sparse, never densified).
 
     Raises
@@ -257,7 +257,7 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
 
 
 #: rows read at a time from a backed matrix when preparing or scanning it
-BLOCK_ROWS = 8192
+BLOCK_ROWS = 2048
 
 
 class _Shared:

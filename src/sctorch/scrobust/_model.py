@@ -249,7 +249,9 @@ class ScRobustModel(BaseModel):
         ----------
         adata
             Cells × genes, raw counts or log1p values (``input_scale``), or tokens from
-            :meth:`tokens`.
+            :meth:`tokens`. A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is
+            checked in one pass, then each mini-batch is read from the file
+            (:class:`._disk.DiskBatcher`); the weights equal those trained from memory.
         layer, input_scale, min_shared_genes
             Input matrix, its scale (``"counts"``, ``"log1p"`` or ``"auto"``) and the
             fewest vocabulary genes needed.
