@@ -15,6 +15,8 @@ embedding, all beside PCA (50) of the same HVGs.
 Usage::
 
     python benchmarks/scrobust_depth.py [--variants "ranks, no thinning;..."] [--epochs 10]
+    python benchmarks/scrobust_depth.py --variants "default (50 genes, thinned views, last epoch)" \
+        --epochs 10,default --data ifnb,pbmc3k,zeisel --out benchmarks/results/scrobust_steps.md
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated")
     ap.add_argument("--data", default="ifnb,pbmc3k", help="ifnb, pbmc3k and/or zeisel")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", default="10",
+                    help="comma-separated pre-training lengths; 'default' is the preset's "
+                         "(ceil(320,000 / n_obs) epochs for the default preset)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"
                                          / "scrobust_depth.md"))
     args = ap.parse_args(argv)
@@ -136,17 +140,21 @@ def main(argv=None) -> int:
         rows.append({"data": data, "variant": "PCA (50) of the HVGs", "seconds": np.nan,
                      "best_epoch": "", **score(a, "X_pca", lib, labels)})
         print(rows[-1], flush=True)
-        for v in args.variants.split(";"):
+        for v, ep in [(v, e) for v in args.variants.split(";")
+                      for e in args.epochs.split(",")]:
             kw = dict(VARIANTS[v])
             t0 = time.perf_counter()
-            model = sct.tl.scrobust_pretrain(a, rng=SEED, progress=False,
-                                             **(BASE | {"epochs": args.epochs} | kw))
+            model = sct.tl.scrobust_pretrain(
+                a, rng=SEED, progress=False,
+                **(BASE | {"epochs": None if ep == "default" else int(ep)} | kw))
             sct.tl.scrobust_embed(a, model, rng=SEED, progress=False)
             h = model.history
             val = h.get("pretrain_knn_agreement") or h.get("pretrain_val_contrastive")
             best = "" if not val else (int(np.argmax(val)) + 1 if "pretrain_knn_agreement" in h
                                        else int(np.argmin(val)) + 1)
-            rows.append({"data": data, "variant": v, "seconds": time.perf_counter() - t0,
+            n_ep = len(h["pretrain_loss"])
+            label = v if len(args.epochs.split(",")) == 1 else f"{v}, {n_ep} epochs ({ep})"
+            rows.append({"data": data, "variant": label, "seconds": time.perf_counter() - t0,
                          "best_epoch": best, **score(a, "X_scrobust", lib, labels)})
             print(rows[-1], flush=True)
     lines = ["| data | representation | \\|corr(PC1, log depth)\\| | within types | Leiden "

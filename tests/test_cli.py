@@ -114,7 +114,7 @@ def _signature_map():
 
 # options of the command itself, with no function argument behind them
 _CLI_ONLY = {"help", "input", "output", "query", "spatial", "reference", "genes_key", "model",
-             "model_out", "overwrite", "func", "action"}
+             "model_out", "overwrite", "backed", "func", "action"}
 
 
 def _subcommands(parser, prefix=""):

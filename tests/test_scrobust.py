@@ -739,6 +739,21 @@ def test_presets_and_bad_arguments(two_pops):
     assert len(m.history["pretrain_val_contrastive"]) == 2
 
 
+def test_default_pretraining_length_is_a_budget_of_cells():
+    from sctorch.scrobust._presets import budget_epochs, pretrain_config
+
+    # ceil(320,000 / n_obs) epochs, at least 1, at most 200
+    assert [budget_epochs(n) for n in (2800, 1464, 100_000, 10**7, 1)] == [115, 200, 4, 1, 200]
+    kw = dict(token_values=None, view_thinning=None, select=None, patience=None,
+              n_genes_per_view=None, d_model=None, n_layers=None, n_heads=8,
+              dim_feedforward=None, dropout=0.1, head_dropout=0.3, temperature=0.07,
+              epochs=None, batch_size=64, lr=None, input_scale="counts")
+    vocab = ["PAD", "SEP", "UNKNOWN", "CLS", "MASK", "g"]
+    assert pretrain_config("default", vocab, n_obs=2800, **kw)[1]["epochs"] == 115
+    assert pretrain_config("paper", vocab, n_obs=2800, **kw)[1]["epochs"] == 10
+    assert pretrain_config("default", vocab, n_obs=2800, **(kw | {"epochs": 7}))[1]["epochs"] == 7
+
+
 def test_backed_input_embeds_like_in_memory(tmp_path, two_pops, model2):
     a = two_pops.copy()
     a.write_h5ad(tmp_path / "a.h5ad")

@@ -29,10 +29,6 @@ __all__ = ["ScRobustModel", "scrobust_annotate", "scrobust_embed", "scrobust_mar
 InputScale = Literal["counts", "log1p", "auto"]
 
 
-def _target(adata, copy: bool):
-    return adata.copy() if copy else adata
-
-
 # ============================================================================ pre-training
 def scrobust_pretrain(
     adata: ad.AnnData,
@@ -87,7 +83,7 @@ def scrobust_pretrain(
     genes: that embedding followed depth and clustered far worse than PCA. ``"default"``
     departs: **50 genes per view** (the authors' code) and each view **binomially
     thinned** at its own per-cell rate in ``view_thinning`` (two views of a cell differ in
-    depth), last epoch kept, ``d_model=64``, ``lr=1e-3``, 10 epochs (CPU-sized). Measured
+    depth), last epoch kept, ``d_model=64``, ``lr=1e-3``, ~5,000 steps (``epochs``). Measured
     but not kept (they lost): within-cell rank values (``token_values="rank"``) and the
     k-NN agreement of two thinned copies as epoch selection (``select="knn"``); see
     ``benchmarks/results/scrobust_depth.md``. Arguments left ``None`` take the preset's
@@ -128,7 +124,9 @@ def scrobust_pretrain(
     head_dropout, temperature
         Dropout in the two-layer heads; NT-Xent temperature τ.
     epochs, batch_size, lr
-        Passes over the cells, cells per step, Adam learning rate.
+        Passes over the cells (default preset: ``ceil(320,000 / n_obs)``, at most 200, i.e.
+        ~5,000 steps of 64 cells; 10 epochs of 2,800 PBMCs clustered below PCA, 115 above:
+        ``benchmarks/results/scrobust_steps.md``), cells per step, Adam learning rate.
     min_shared_genes
         Fewest genes that must be in the vocabulary.
     device, rng, progress
@@ -247,7 +245,7 @@ def scrobust_embed(
                       gene_order=gene_order, batch_size=batch_size,
                       min_shared_genes=min_shared_genes, device=device, rng=rng,
                       progress=progress)
-    target = _target(adata, copy)
+    target = adata.copy() if copy else adata
     target.obsm[key_added] = emb
     target.uns[key_added] = {"params": make_params(
         n_genes=n_genes, gene_order=gene_order, layer=layer, input_scale=input_scale,
@@ -404,7 +402,7 @@ def scrobust_annotate(
     prob = model.predict_proba(qtok if isinstance(qtok, _Tokens) else adata_query, layer=layer,
                                input_scale=qtok.input_scale, n_genes=n_genes,
                                batch_size=batch_size, device=device, progress=progress)
-    target = _target(adata_query, copy)
+    target = adata_query.copy() if copy else adata_query
     pred = np.asarray(model.classes)[prob.argmax(1)]
     target.obs[key_added] = pd.Categorical(pred, categories=model.classes)
     target.obs[confidence_key] = prob.max(1).astype(np.float32)
@@ -510,7 +508,7 @@ def scrobust_pathway_scores(
     scores = gene_set_scores(model, tok, kept)
     names = list(kept)
     columns = h5ad_safe_names(names)
-    target = _target(adata, copy)
+    target = adata.copy() if copy else adata
     target.obsm[key_added] = pd.DataFrame(scores, index=adata.obs_names.copy(),
                                           columns=pd.Index(columns))
     target.obs[label_key] = pd.Categorical(np.asarray(names)[scores.argmax(1)], categories=names)
@@ -595,6 +593,6 @@ def scrobust_marker_genes(
     result = attention_markers(adata, groupby, model, n_genes=n_genes, n_tokens=n_tokens,
                                layer=layer, input_scale=input_scale, method=method,
                                batch_size=batch_size, device=device, progress=progress)
-    target = _target(adata, copy)
+    target = adata.copy() if copy else adata
     target.uns[key_added] = result
     return target if copy else None
