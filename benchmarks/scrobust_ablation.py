@@ -14,6 +14,8 @@ logistic regression sees). Variants:
   learning rate of 1e-12 for one epoch);
 - ``wide and deep, log1p values``: the default with ``token_values="log1p"`` (the same as
   the default since log1p became the default value; kept for the record);
+- ``wide and deep, no gate``: the default with ``val_fraction=0``: nothing held out, so
+  the deep path is always kept (last fine-tuning epoch);
 - ``paper preset``: pre-trained and fine-tuned with ``preset="paper"`` at CPU-sized
   settings (d_model 64, 10 pre-training epochs, lr 1e-3 as the others);
 - ``logistic regression (balanced)``: scikit-learn on the same HVGs.
@@ -39,7 +41,7 @@ from scrobust import CPU, SEED, fold_hvgs, folds, load, lognorm, score
 
 VARIANTS = ("wide and deep (default)", "wide path alone", "deep path alone",
             "deep path alone, random encoder", "wide and deep, random encoder",
-            "wide and deep, log1p values", "paper preset",
+            "wide and deep, log1p values", "wide and deep, no gate", "paper preset",
             "logistic regression (balanced)")
 
 
@@ -80,6 +82,8 @@ def run_variant(variant: str, a, b, y, n_folds: int, cache: dict) -> dict:
         ft["head"] = "wide"
     elif variant.startswith("deep path alone"):
         ft["head"] = "deep"
+    elif variant == "wide and deep, no gate":  # nothing held out: no gate, last epoch
+        ft["val_fraction"] = 0.0
     for tr, te in folds(y)[:n_folds]:
         hv = fold_hvgs(b[tr])
         t0 = time.perf_counter()
