@@ -140,7 +140,7 @@ def main(argv=None) -> int:
                      f"{r['seconds']:.0f} |")
     write_results(args.out, "scRobust annotation ablation: heads and pre-training (ifnb PBMC)",
                   lines, script=__file__,
-                  args=["--levels", args.levels, "--folds", str(args.folds)], note=note)
+                  args=argv if argv is not None else sys.argv[1:], note=note)
     return 0
 
 
