@@ -122,9 +122,9 @@ def simulate_efficiency_loss(
     if sparse.issparse(X) or (is_backed(X) and X.shape[0] and sparse.issparse(X[:1])):
         # CSR blocks of rows (one block in memory; 8,192 rows at a time from a backed file),
         # drawn in row-major order: the same stream whatever the blocks
+        blocks = [b for _, b in iter_row_blocks(X, 8192)] if is_backed(X) else [X]
         Xc = sparse.vstack([sparse.csr_matrix(b).sorted_indices()  # a copy: X is left as it was
-                            for _, b in iter_row_blocks(X, 8192 if is_backed(X) else len(lib))],
-                           format="csr")
+                            for b in blocks], format="csr")
         rows = np.repeat(np.arange(Xc.shape[0]), np.diff(Xc.indptr))
         lam = Xc.data.astype(np.float64) * mult[rows]
         y = gen.poisson(lam)  # int64: no overflow whatever the input dtype

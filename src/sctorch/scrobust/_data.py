@@ -228,6 +228,10 @@ def thinned_tokens(tok: _Tokens, rate_range: tuple[float, float],
     return _Tokens(L, tok.var_ids, tok.n_missing, tok.input_scale, c.data)
 
 
+#: rows read at a time from a backed matrix when preparing or scanning it
+BLOCK_ROWS = 2048
+
+
 def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: str,
              min_shared_genes: int, what: str = "adata") -> _Tokens:
     """Validate an AnnData and map it to vocabulary tokens (nothing is written).
@@ -254,10 +258,6 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
               else [(slice(0, adata.n_obs), X)])
     parts = [block_tokens(b, sl, shared) for sl, b in blocks]
     return parts[0] if len(parts) == 1 else _Tokens.concat(parts)
-
-
-#: rows read at a time from a backed matrix when preparing or scanning it
-BLOCK_ROWS = 2048
 
 
 class _Shared:
@@ -291,8 +291,8 @@ def _validate(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: s
     return X, shared
 
 
-def block_tokens(block, rows: slice, shared: _Shared) -> _Tokens:
-    """Tokens of an in-memory block of rows ``rows`` (checked: libraries, empty cells)."""
+def block_tokens(block, rows: slice | np.ndarray, shared: _Shared) -> _Tokens:
+    """Tokens of an in-memory block of the rows ``rows`` (checked: libraries, empty cells)."""
     Xs = sparse.csr_matrix(block) if not sparse.issparse(block) else block.tocsr()
     counts = None
     if shared.scale == "counts":

@@ -6,7 +6,7 @@ per cell, detection of each gene) and keeps only those per-cell and per-gene sum
 :class:`DiskBatcher` then reads the rows of each mini-batch from the file, maps them to
 tokens exactly as the in-memory path does (:func:`._data.block_tokens`, per cell), and
 draws the same genes from the same random numbers, so training from the file gives the
-weights training from memory gives (``tests/test_scaling.py``).
+weights training from memory gives (``tests/test_scrobust.py``).
 """
 
 from __future__ import annotations
