@@ -153,6 +153,8 @@ def test_simulation_and_reference_selection_on_a_backed_file_equal_in_memory(tmp
     assert not ref_disk.isbacked and ref_disk.shape == ref_mem.shape
     assert (ref_disk.X != ref_mem.X).nnz == 0
     mem = sct.pp.simulate_efficiency_loss(a, rng=3, copy=True)
+    with pytest.raises(ValueError, match="copy=True cannot copy"):
+        sct.pp.simulate_efficiency_loss(b, rng=3, copy=True)
     sct.pp.simulate_efficiency_loss(b, rng=3)
     assert (b.layers["observed"] != mem.layers["observed"]).nnz == 0
     assert b.layers["observed"].dtype == mem.layers["observed"].dtype

@@ -778,7 +778,8 @@ def test_backed_pretraining_reads_batches_from_disk_and_equals_memory(tmp_path, 
     sizes = []
     real = _disk.read_rows
     monkeypatch.setattr(_disk, "read_rows",
-                        lambda X, rows: sizes.append(len(rows)) or real(X, rows))
+                        lambda X, rows: sizes.append(np.arange(X.shape[0])[rows].size) or
+                        real(X, rows))
     disk = sct.tl.scrobust_pretrain(b, **kw)
     assert mem.history == disk.history
     for k, v in mem.network.state_dict().items():
@@ -809,6 +810,11 @@ def test_backed_annotation_pathways_and_markers_equal_memory(tmp_path, annotated
         kw = {} if key == "obsm" else {"n_genes": 5, "progress": False}
         fn(m, *args, **kw)
         fn(a, *args, **kw)
+    for fn, args in [(sct.tl.scrobust_embed, (model2,)), (sct.tl.scrobust_annotate, ()),
+                     (sct.tl.scrobust_pathway_scores, (sets, model2)),
+                     (sct.tl.scrobust_marker_genes, ("pop", model2))]:
+        with pytest.raises(ValueError, match="copy=True cannot copy"):  # before any work
+            fn(a, *args, copy=True)
     np.testing.assert_allclose(a.obsm["X_scrobust_pathways"].to_numpy(),
                                m.obsm["X_scrobust_pathways"].to_numpy(), rtol=1e-6)
     assert (a.uns["scrobust_markers"]["names"] == m.uns["scrobust_markers"]["names"]).all()

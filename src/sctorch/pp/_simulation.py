@@ -10,6 +10,7 @@ from .. import _keys
 from .._utils import (
     RandomState,
     check_cell_totals,
+    check_copy,
     check_counts,
     check_not_empty,
     check_positive,
@@ -106,6 +107,7 @@ def simulate_efficiency_loss(
     TypeError
         If ``rng`` is not an int, a :class:`numpy.random.Generator` or ``None``.
     """
+    check_copy(adata, copy)
     check_positive(efficiency_shape=efficiency_shape, efficiency_rate=efficiency_rate,
                    scale=scale)
     check_not_empty(adata)

@@ -325,34 +325,6 @@ def is_backed_input(adata, layer: str | None) -> bool:
         get_matrix(adata, layer))
 
 
-def apply_by_blocks(adata: ad.AnnData, model_ids, fn, *, layer: str | None, input_scale: str,
-                    min_shared_genes: int, block_size: int, vocab_size: int,
-                    what: str = "adata") -> np.ndarray:
-    """``fn(tokens, detection)`` over row blocks of a backed AnnData, rows stacked.
-
-    For ``anndata.read_h5ad(path, backed="r")``: the matrix is read ``block_size`` rows at a
-    time (:func:`sctorch._utils.iter_row_blocks`), twice — once for the detection of each
-    vocabulary token over all cells (what the in-memory path computes from its tokens),
-    once to prepare (:func:`block_tokens`) and apply each block. Never holds more than one
-    block's rows in memory besides the output.
-    """
-    X, shared = _validate(adata, model_ids, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes, what=what)
-    nnz = np.zeros(adata.n_vars)
-    for _, block in iter_row_blocks(X, block_size):
-        b = sparse.csr_matrix(block)
-        nnz += np.bincount(b.indices[b.data != 0], minlength=adata.n_vars)
-    det = np.full(vocab_size, np.nan)
-    det[shared.var_ids] = nnz[shared.keep] / adata.n_obs
-    out = None
-    for sl, block in iter_row_blocks(X, block_size):
-        y = fn(block_tokens(block, sl, shared), det)
-        if out is None:
-            out = np.empty((adata.n_obs, y.shape[1]), dtype=y.dtype)
-        out[sl] = y
-    return out
-
-
 class _Batcher:
     """Builds padded token tensors for a batch of cells from the CSR arrays.
 

@@ -65,9 +65,30 @@ class DiskTokens:
     def load(self, rows: np.ndarray | None = None) -> _Tokens:
         """In-memory tokens of the covered cells (or of ``rows`` among them, in that order)."""
         file_rows = self.rows if rows is None else self.rows[np.asarray(rows)]
-        parts = [block_tokens(read_rows(self.X, file_rows[sl]), file_rows[sl], self.shared)
+        parts = [block_tokens(read_rows(self.X, _as_slice(file_rows[sl])), file_rows[sl],
+                              self.shared)
                  for sl in iter_batches(file_rows.size, BLOCK_ROWS)]
         return parts[0] if len(parts) == 1 else _Tokens.concat(parts)
+
+    def apply(self, fn, block_size: int) -> np.ndarray:
+        """``fn(tokens)`` over consecutive blocks of ``block_size`` covered cells, stacked.
+
+        Only one block is in memory at a time, besides the output ``(n_obs, width)``.
+        """
+        out = None
+        for sl in iter_batches(self.n_obs, block_size):
+            y = fn(self.load(np.arange(sl.start, sl.stop)))
+            if out is None:
+                out = np.empty((self.n_obs, y.shape[1]), dtype=y.dtype)
+            out[sl] = y
+        return out
+
+
+def _as_slice(rows: np.ndarray):
+    """Consecutive increasing rows as a slice (one contiguous read), else the rows."""
+    if rows.size > 1 and (np.diff(rows) == 1).all():
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
 
 
 def disk_tokens(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: str,

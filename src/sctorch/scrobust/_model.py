@@ -36,7 +36,6 @@ from ._data import (
     _prepare,
     _Tokens,
     _unique_rank,
-    apply_by_blocks,
     check_special_tokens,
     finetune_batches,
     is_backed_input,
@@ -470,7 +469,8 @@ class ScRobustModel(BaseModel):
         ``gene_order="unique"`` takes each cell's rarest-detected genes (in ``adata``)
         first (eq. 12); ``"random"`` a random subset drawn from ``rng``. An AnnData opened
         with ``anndata.read_h5ad(path, backed="r")`` is read and encoded ``batch_size``
-        cells at a time (:func:`._data.apply_by_blocks`), never as a whole.
+        cells at a time (:meth:`._disk.DiskTokens.apply`, after one checking pass that
+        also gives each gene's detection), never as a whole.
 
         Returns
         -------
@@ -496,13 +496,12 @@ class ScRobustModel(BaseModel):
             return self._encode(tok, dev, n_genes, batch_size, rank=rank, generator=gen,
                                 progress=bar)
 
-        if is_backed_input(adata, layer):
-            return apply_by_blocks(adata, self.token_ids, encode, layer=layer,
-                                   input_scale=input_scale, min_shared_genes=min_shared_genes,
-                                   block_size=batch_size, vocab_size=len(self.genes))
         tok = self.tokens(adata, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes)
-        return encode(tok, tok.detection(len(self.genes)), progress)
+                          min_shared_genes=min_shared_genes, on_disk=True)
+        det = tok.detection(len(self.genes))
+        if isinstance(tok, DiskTokens):
+            return tok.apply(lambda t: encode(t, det), batch_size)
+        return encode(tok, det, progress)
 
     def predict_proba(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
                       input_scale: str = "counts", n_genes: int = 800, batch_size: int = 32,
@@ -513,7 +512,7 @@ class ScRobustModel(BaseModel):
         Cells are encoded from their ``n_genes`` highly unique genes in the reference's
         detection order (genes absent from the reference fall back to their detection in
         ``adata``); the softmax of the classifier's logits (eq. 15). A backed ``adata`` is
-        read ``batch_size`` cells at a time (:func:`._data.apply_by_blocks`).
+        read ``batch_size`` cells at a time (:meth:`._disk.DiskTokens.apply`).
 
         Raises
         ------
@@ -527,15 +526,13 @@ class ScRobustModel(BaseModel):
                              "(finetune() or scrobust_annotate(..., return_model=True)).")
         dev = resolve_device(device)
         self.to(dev)
-        if is_backed_input(adata, layer):  # read batch_size cells at a time
-            logits = apply_by_blocks(
-                adata, self.token_ids, lambda t, det: self._logits(
-                    t, dev, n_genes, batch_size, progress=False, det=det),
-                layer=layer, input_scale=input_scale, min_shared_genes=min_shared_genes,
-                block_size=batch_size, vocab_size=len(self.genes), what="adata_query")
+        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
+                          min_shared_genes=min_shared_genes, what="adata_query", on_disk=True)
+        if isinstance(tok, DiskTokens):  # batch_size cells at a time, detection of the file
+            det = tok.detection(len(self.genes))
+            logits = tok.apply(lambda t: self._logits(t, dev, n_genes, batch_size,
+                                                      progress=False, det=det), batch_size)
         else:
-            tok = self.tokens(adata, layer=layer, input_scale=input_scale,
-                              min_shared_genes=min_shared_genes, what="adata_query")
             logits = self._logits(tok, dev, n_genes, batch_size, progress=progress)
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 

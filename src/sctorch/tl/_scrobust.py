@@ -17,7 +17,7 @@ import pandas as pd
 
 from .. import _keys
 from .._utils import RandomState, check_copy, check_positive, make_params, resolve_device, seed_int
-from ..scrobust._data import _build_vocab, _check_labels, _class_weights, _Tokens
+from ..scrobust._data import _build_vocab, _check_labels, _class_weights
 from ..scrobust._model import ScRobustModel
 
 if TYPE_CHECKING:
@@ -399,9 +399,8 @@ def scrobust_annotate(
                                device=device, rng=seed, progress=progress, head=p["head"],
                                n_wide_genes=n_wide_genes, val_fraction=p["val_fraction"],
                                patience=patience)
-    prob = model.predict_proba(qtok if isinstance(qtok, _Tokens) else adata_query, layer=layer,
-                               input_scale=qtok.input_scale, n_genes=n_genes,
-                               batch_size=batch_size, device=device, progress=progress)
+    prob = model.predict_proba(qtok, n_genes=n_genes, batch_size=batch_size, device=device,
+                               progress=progress)
     target = adata_query.copy() if copy else adata_query
     pred = np.asarray(model.classes)[prob.argmax(1)]
     target.obs[key_added] = pd.Categorical(pred, categories=model.classes)
@@ -502,6 +501,7 @@ def scrobust_pathway_scores(
     )
 
     check_positive(min_genes=min_genes)
+    check_copy(adata, copy)
     sets = load_gene_sets(gene_sets)
     tok = model.tokens(adata, layer=layer, input_scale=input_scale, min_shared_genes=1)
     kept, dropped = usable_gene_sets(model, tok, sets, min_genes)
@@ -588,6 +588,7 @@ def scrobust_marker_genes(
     from ..scrobust._markers import attention_markers
 
     check_positive(n_genes=n_genes, n_tokens=n_tokens, batch_size=batch_size)
+    check_copy(adata, copy)
     if method not in ("specific", "mean"):
         raise ValueError(f"method must be 'specific' or 'mean', got {method!r}.")
     result = attention_markers(adata, groupby, model, n_genes=n_genes, n_tokens=n_tokens,
