@@ -148,24 +148,39 @@ def command(script: str | Path | None = None, args: Sequence[str] | None = None)
 
 def machine() -> str:
     """Processor, visible CPU cores and OS of this machine, in words."""
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
-def header(title: str, *, script: str | Path | None = None,
-           args: Sequence[str] | None = None, note: str = "") -> list[str]:
+def header(
+    title: str,
+    *,
+    script: str | Path | None = None,
+    args: Sequence[str] | None = None,
+    note: str = "",
+) -> list[str]:
     """The first lines of every results page: title, command, date and machine.
 
     ``note`` is appended to the command sentence (e.g. settings or thread counts).
     """
-    line = (f"Command: `{command(script, args)}`; {time.strftime('%Y-%m-%d')}, {machine()}."
-            + (f" {note}" if note else ""))
+    line = f"Command: `{command(script, args)}`; {time.strftime('%Y-%m-%d')}, {machine()}." + (
+        f" {note}" if note else ""
+    )
     return [f"# {title}", "", line, ""]
 
 
-def write_results(path: str | Path, title: str, body: Sequence[str], *,
-                  script: str | Path | None = None, args: Sequence[str] | None = None,
-                  note: str = "", echo: bool = True) -> Path:
+def write_results(
+    path: str | Path,
+    title: str,
+    body: Sequence[str],
+    *,
+    script: str | Path | None = None,
+    args: Sequence[str] | None = None,
+    note: str = "",
+    echo: bool = True,
+) -> Path:
     """Write :func:`header` + ``body`` (Markdown lines) to ``path``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

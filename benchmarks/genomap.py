@@ -60,7 +60,7 @@ def _naive(X: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarra
     rows, cols = np.empty(n, np.int64), np.empty(n, np.int64)
     order = np.argsort(vec[:, -1], kind="stable")
     for r, start in enumerate(range(0, n, w)):
-        idx = order[start: start + w]
+        idx = order[start : start + w]
         idx = idx[np.argsort(vec[idx, -2], kind="stable")]
         rows[idx] = r
         cols[idx] = np.arange(idx.size)
@@ -87,10 +87,20 @@ def child(method: str, path: str, out: str) -> None:
     # the grid every method uses is the one sct.tl.genomap picks (its uns shape)
     if "shape" in info and tuple(info.pop("shape")) != (h, w):
         raise RuntimeError(f"sct.tl.genomap chose another grid than {(h, w)} for {n} genes.")
-    Path(out).write_text(json.dumps({
-        "seconds": sec, "cpu_seconds": cpu, "rss_before_mb": rss0, "rss_during_mb": sampler.peak,
-        "rss_peak_mb": peak_rss_mib(),
-        "rows": np.asarray(rows).tolist(), "cols": np.asarray(cols).tolist(), **info}))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "seconds": sec,
+                "cpu_seconds": cpu,
+                "rss_before_mb": rss0,
+                "rss_during_mb": sampler.peak,
+                "rss_peak_mb": peak_rss_mib(),
+                "rows": np.asarray(rows).tolist(),
+                "cols": np.asarray(cols).tolist(),
+                **info,
+            }
+        )
+    )
 
 
 def _place(method: str, X: np.ndarray, shape: tuple[int, int], info: dict):
@@ -120,8 +130,9 @@ def _place(method: str, X: np.ndarray, shape: tuple[int, int], info: dict):
             return emd(*args, **kwargs)
 
         ot.lp.emd = counted
-        _, T = peer.construct_genomap_returnT(X.astype(np.float64), h, w, epsilon=0,
-                                              num_iter=PEER_ITER)
+        _, T = peer.construct_genomap_returnT(
+            X.astype(np.float64), h, w, epsilon=0, num_iter=PEER_ITER
+        )
         k = np.asarray(T).argmax(1)
         # the peer's pixel k is (k mod H, k div H): its images are reshaped in F order
         rows, cols = k % h, k // h
@@ -153,10 +164,12 @@ def _prepare(name: str, n: int, tmp: Path):
 
 def _run(method: str, path: Path, tmp: Path) -> dict:
     out = tmp / f"{path.stem}_{method}.json"
-    env = dict(os.environ, OMP_NUM_THREADS=THREADS, OPENBLAS_NUM_THREADS=THREADS,
-               MKL_NUM_THREADS=THREADS)
-    subprocess.run([sys.executable, __file__, "--child", method, str(path), str(out)],
-                   check=True, env=env)
+    env = dict(
+        os.environ, OMP_NUM_THREADS=THREADS, OPENBLAS_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS
+    )
+    subprocess.run(
+        [sys.executable, __file__, "--child", method, str(path), str(out)], check=True, env=env
+    )
     return json.loads(out.read_text())
 
 
@@ -224,20 +237,25 @@ def main(quick: bool = False) -> None:
                     f"{r['cpu_seconds']:.1f} | "
                     f"{r['rss_peak_mb']:.0f} (+{r['rss_during_mb'] - r['rss_before_mb']:.0f}) | "
                     f"{it} | {q['gw_objective']:.4f} | {q['neighbor_coherence']:.4f} | "
-                    f"{q['spearman']:.3f} |")
+                    f"{q['spearman']:.3f} |"
+                )
                 print(lines[-1], flush=True)
             if with_peer:
                 ratio = res["genomap"]["seconds"] / res["sctorch"]["seconds"]
                 cratio = res["genomap"]["cpu_seconds"] / res["sctorch"]["cpu_seconds"]
-                lines.append(f"| {name} | {n} | | **speed-up vs peer** | **{ratio:.1f}×** | "
-                             f"**{cratio:.1f}×** | | | | | |")
+                lines.append(
+                    f"| {name} | {n} | | **speed-up vs peer** | **{ratio:.1f}×** | "
+                    f"**{cratio:.1f}×** | | | | | |"
+                )
             if name == "intestine" and not picture_done:
                 _picture(a, res["sctorch"])
                 picture_done = True
-    lines += ["", "Picture: `genomap_intestine_zones.png` — `sct.pl.genomap` of the "
-              "intestine (1,024 genes, log-normalised), 8 random cells per crypt–villus zone."]
-    write_results(RESULTS / "genomap.md", "GenoMap construction benchmark", lines,
-                  script=__file__)
+    lines += [
+        "",
+        "Picture: `genomap_intestine_zones.png` — `sct.pl.genomap` of the "
+        "intestine (1,024 genes, log-normalised), 8 random cells per crypt–villus zone.",
+    ]
+    write_results(RESULTS / "genomap.md", "GenoMap construction benchmark", lines, script=__file__)
 
 
 def _picture(a, res: dict) -> None:
@@ -249,8 +267,14 @@ def _picture(a, res: dict) -> None:
     b = a.copy()
     b.var["genomap_row"], b.var["genomap_col"] = res["rows"], res["cols"]
     b.uns["genomap"] = {"shape": grid_shape(b.n_vars)}
-    sct.pl.genomap(b, groupby="zone", n_per_group=8, rng=0, show=False,
-                   save=RESULTS / "genomap_intestine_zones.png")
+    sct.pl.genomap(
+        b,
+        groupby="zone",
+        n_per_group=8,
+        rng=0,
+        show=False,
+        save=RESULTS / "genomap_intestine_zones.png",
+    )
 
 
 if __name__ == "__main__":

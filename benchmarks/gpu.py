@@ -63,13 +63,27 @@ def tcer(device, bf16, smoke):
     sct.tl.genomap(a, rng=0, progress=False)
     epochs = 5 if not smoke else 1
     with _autocast(device, bf16):
-        model, sec = _timed(lambda: sct.tl.tcer_impute(
-            a, preset="paper", epochs=epochs, device=device, rng=0, progress=False,
-            return_model=True, **({"n_features": 8} if smoke else {})), device)
+        model, sec = _timed(
+            lambda: sct.tl.tcer_impute(
+                a,
+                preset="paper",
+                epochs=epochs,
+                device=device,
+                rng=0,
+                progress=False,
+                return_model=True,
+                **({"n_features": 8} if smoke else {}),
+            ),
+            device,
+        )
     n_ep = len(model.history["train_loss"])
-    return {"data": f"{a.n_obs} × {a.n_vars}", "epochs": n_ep, "seconds": sec,
-            "s/epoch (incl. GenoMap-free fit + impute)": sec / n_ep,
-            "paper 100 epochs (extrapolated s)": 100 * sec / n_ep}
+    return {
+        "data": f"{a.n_obs} × {a.n_vars}",
+        "epochs": n_ep,
+        "seconds": sec,
+        "s/epoch (incl. GenoMap-free fit + impute)": sec / n_ep,
+        "paper 100 epochs (extrapolated s)": 100 * sec / n_ep,
+    }
 
 
 def stimpute(device, bf16, smoke):
@@ -80,8 +94,12 @@ def stimpute(device, bf16, smoke):
     meas = sp[:, [g for g in sp.var_names if g not in set(held)]].copy()
     kw = {"epochs": 1, "ae_epochs": 2, "reliability_folds": 0} if smoke else {}
     with _autocast(device, bf16):
-        _, sec = _timed(lambda: sct.tl.stimpute(meas, ref, genes=held, device=device, rng=0,
-                                                progress=False, **kw), device)
+        _, sec = _timed(
+            lambda: sct.tl.stimpute(
+                meas, ref, genes=held, device=device, rng=0, progress=False, **kw
+            ),
+            device,
+        )
     return {"data": f"{meas.n_obs} spatial × {ref.n_obs} reference cells", "seconds": sec}
 
 
@@ -92,13 +110,33 @@ def scrobust(device, bf16, smoke):
     d = 512 if not smoke else 32
     epochs = 2 if not smoke else 1
     with _autocast(device, bf16):
-        model, sec = _timed(lambda: sct.tl.scrobust_pretrain(
-            a, d_model=d, n_heads=8 if not smoke else 4, n_layers=1, epochs=epochs,
-            n_genes_per_view=50, device=device, rng=0, progress=False), device)
-        _, emb_sec = _timed(lambda: sct.tl.scrobust_embed(
-            a, model, n_genes=800, device=device, rng=0, progress=False, copy=True), device)
-    return {"data": f"{a.n_obs} × {a.n_vars}", "epochs": epochs, "seconds": sec,
-            "s/epoch": sec / epochs, "embed cells/s (800 tokens)": a.n_obs / emb_sec}
+        model, sec = _timed(
+            lambda: sct.tl.scrobust_pretrain(
+                a,
+                d_model=d,
+                n_heads=8 if not smoke else 4,
+                n_layers=1,
+                epochs=epochs,
+                n_genes_per_view=50,
+                device=device,
+                rng=0,
+                progress=False,
+            ),
+            device,
+        )
+        _, emb_sec = _timed(
+            lambda: sct.tl.scrobust_embed(
+                a, model, n_genes=800, device=device, rng=0, progress=False, copy=True
+            ),
+            device,
+        )
+    return {
+        "data": f"{a.n_obs} × {a.n_vars}",
+        "epochs": epochs,
+        "seconds": sec,
+        "s/epoch": sec / epochs,
+        "embed cells/s (800 tokens)": a.n_obs / emb_sec,
+    }
 
 
 def main(argv=None):
@@ -109,22 +147,26 @@ def main(argv=None):
     args = p.parse_args(argv)
     import torch
 
-    name = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-            else "CPU (smoke test)")
+    name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU (smoke test)"
     body = [f"Device: {name}; torch {torch.__version__}.", ""]
     # bf16 autocast only where it applies: torchvision's deform_conv2d (TCER) has no
     # bfloat16 kernel, and torch-geometric's sparse aggregation (stImpute) takes float32
-    for title, fn, precisions in (("TCER, preset='paper'", tcer, (False,)),
-                                  ("stImpute, defaults", stimpute, (False,)),
-                                  ("scRobust, paper width", scrobust, (False, True))):
+    for title, fn, precisions in (
+        ("TCER, preset='paper'", tcer, (False,)),
+        ("stImpute, defaults", stimpute, (False,)),
+        ("scRobust, paper width", scrobust, (False, True)),
+    ):
         rows = []
         for bf16 in precisions:
             r = fn(args.device, bf16, args.smoke)
-            rows.append([("bf16 autocast" if bf16 else "fp32"),
-                         *[f"{v:.3g}" if isinstance(v, float) else v for v in r.values()]])
+            rows.append(
+                [
+                    ("bf16 autocast" if bf16 else "fp32"),
+                    *[f"{v:.3g}" if isinstance(v, float) else v for v in r.values()],
+                ]
+            )
             print(title, rows[-1], flush=True)
-        body += [f"## {title}", "", *_harness.markdown_table(["precision", *r.keys()], rows),
-                 ""]
+        body += [f"## {title}", "", *_harness.markdown_table(["precision", *r.keys()], rows), ""]
     _harness.write_results(args.out, "GPU timing (paper settings, one GPU)", body)
 
 

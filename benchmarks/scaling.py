@@ -53,21 +53,34 @@ def _train_child(method: str, out: str) -> None:
         a = a[np.asarray(a.X.sum(axis=1)).ravel() > 0].copy()
         sct.tl.genomap(a, rng=0, progress=False)
         t = time.perf_counter()
-        m = sct.tl.tcer_impute(a, n_features=8, epochs=3, patience=None,
-                               validation_fraction=0.0, rng=0, progress=False,
-                               return_model=True)
+        m = sct.tl.tcer_impute(
+            a,
+            n_features=8,
+            epochs=3,
+            patience=None,
+            validation_fraction=0.0,
+            rng=0,
+            progress=False,
+            return_model=True,
+        )
         epochs = len(m.history["train_loss"])
     else:
         a = sct.datasets.ifnb_pbmc(bundled=True)
         t = time.perf_counter()
-        m = sct.tl.scrobust_pretrain(a, d_model=64, n_heads=4, epochs=2, rng=0,
-                                     progress=False)
+        m = sct.tl.scrobust_pretrain(a, d_model=64, n_heads=4, epochs=2, rng=0, progress=False)
         epochs = len(m.history["pretrain_loss"])
     sec = time.perf_counter() - t
     if is_main_process():
-        Path(out).write_text(json.dumps({"seconds_per_epoch": sec / epochs,
-                                         "world_size": world_size(),
-                                         "cells": a.n_obs, "genes": a.n_vars}))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "seconds_per_epoch": sec / epochs,
+                    "world_size": world_size(),
+                    "cells": a.n_obs,
+                    "genes": a.n_vars,
+                }
+            )
+        )
 
 
 def ddp_rows(tmp: Path) -> list[list]:
@@ -77,15 +90,35 @@ def ddp_rows(tmp: Path) -> list[list]:
         res = {}
         for n in (1, 2):
             out = tmp / f"{method}{n}.json"
-            launch = ([sys.executable] if n == 1 else
-                      [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                       str(n), "--master_addr", "127.0.0.1", "--master_port", "29581"])
-            subprocess.run([*launch, __file__, "--child-train", method, str(out)],
-                           check=True, env=env)
+            launch = (
+                [sys.executable]
+                if n == 1
+                else [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nproc_per_node",
+                    str(n),
+                    "--master_addr",
+                    "127.0.0.1",
+                    "--master_port",
+                    "29581",
+                ]
+            )
+            subprocess.run(
+                [*launch, __file__, "--child-train", method, str(out)], check=True, env=env
+            )
             res[n] = json.loads(out.read_text())
         r1, r2 = res[1]["seconds_per_epoch"], res[2]["seconds_per_epoch"]
-        rows.append([method, f"{res[1]['cells']} × {res[1]['genes']}", f"{r1:.1f}",
-                     f"{r2:.1f}", f"{r2 / r1:.2f}"])
+        rows.append(
+            [
+                method,
+                f"{res[1]['cells']} × {res[1]['genes']}",
+                f"{r1:.1f}",
+                f"{r2:.1f}",
+                f"{r2 / r1:.2f}",
+            ]
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -120,13 +153,19 @@ def _make_cells(path: Path, n_cells: int) -> dict:
     lib = np.asarray(M.sum(axis=1)).ravel()
     empty = np.flatnonzero(lib == 0)
     if empty.size:  # no empty cell
-        M = (M + sparse.csr_matrix((np.ones(empty.size, np.float32),
-                                    (empty, np.zeros(empty.size, int))), shape=M.shape)).tocsr()
+        M = (
+            M
+            + sparse.csr_matrix(
+                (np.ones(empty.size, np.float32), (empty, np.zeros(empty.size, int))), shape=M.shape
+            )
+        ).tocsr()
     a = ad.AnnData(M, var=src.var[[]])
     a.obs_names = [f"c{i}" for i in range(n_cells)]
     a.write_h5ad(path)
-    return {"x_mib": (M.data.nbytes + M.indices.nbytes + M.indptr.nbytes) / 2**20,
-            "nnz": int(M.nnz)}
+    return {
+        "x_mib": (M.data.nbytes + M.indices.nbytes + M.indptr.nbytes) / 2**20,
+        "nnz": int(M.nnz),
+    }
 
 
 def _embed_child(path: str, backed: str, out: str, model: str) -> None:
@@ -148,8 +187,16 @@ def _embed_child(path: str, backed: str, out: str, model: str) -> None:
         t = time.perf_counter()
         sct.tl.scrobust_embed(a, m, n_genes=64, batch_size=512, rng=0, progress=False)
         sec = time.perf_counter() - t
-    Path(out).write_text(json.dumps({"start_mib": start, "peak_mib": rss.peak,
-                                     "seconds": sec, "shape": list(a.obsm["X_scrobust"].shape)}))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "start_mib": start,
+                "peak_mib": rss.peak,
+                "seconds": sec,
+                "shape": list(a.obsm["X_scrobust"].shape),
+            }
+        )
+    )
 
 
 def _pretrain_child(path: str, backed: str, out: str) -> None:
@@ -169,8 +216,7 @@ def _pretrain_child(path: str, backed: str, out: str) -> None:
         t = time.perf_counter()
         sct.tl.scrobust_pretrain(a, **kw)
         sec = time.perf_counter() - t
-    Path(out).write_text(json.dumps({"start_mib": start, "peak_mib": rss.peak,
-                                     "seconds": sec}))
+    Path(out).write_text(json.dumps({"start_mib": start, "peak_mib": rss.peak, "seconds": sec}))
 
 
 def memory_rows(tmp: Path, n_cells: int, child: str, *extra: str) -> tuple[list[list], dict]:
@@ -186,19 +232,34 @@ def memory_rows(tmp: Path, n_cells: int, child: str, *extra: str) -> tuple[list[
         if not path.exists():
             res[("x", n)] = _make_cells(path, n)
         out = tmp / f"{child.strip('-')}_{mode}_{n}.json"
-        subprocess.run([sys.executable, __file__, child, str(path), mode, str(out), *extra],
-                       check=True, env=env)
+        subprocess.run(
+            [sys.executable, __file__, child, str(path), mode, str(out), *extra],
+            check=True,
+            env=env,
+        )
         r = json.loads(out.read_text())
         res[(mode, n)] = grow = r["peak_mib"] - r["start_mib"]
         x = res[("x", n)]["x_mib"]
-        rows.append([mode.replace("_", " "), f"{n:,}", f"{x:.0f}", f"{grow:.0f}",
-                     f"{grow / x:.2f}", f"{r['seconds']:.0f}"])
+        rows.append(
+            [
+                mode.replace("_", " "),
+                f"{n:,}",
+                f"{x:.0f}",
+                f"{grow:.0f}",
+                f"{grow / x:.2f}",
+                f"{r['seconds']:.0f}",
+            ]
+        )
         print(rows[-1], flush=True)
     small, big = n_cells // 5, n_cells
     per_cell = (res[("backed", big)] - res[("backed", small)]) / (big - small) * 2**20
     x_cell = (res[("x", big)]["x_mib"] - res[("x", small)]["x_mib"]) / (big - small) * 2**20
-    return rows, {**res[("x", big)], "per_cell": per_cell, "x_cell": x_cell,
-                  "fixed": res[("backed", small)] - per_cell * small / 2**20}
+    return rows, {
+        **res[("x", big)],
+        "per_cell": per_cell,
+        "x_cell": x_cell,
+        "fixed": res[("backed", small)] - per_cell * small / 2**20,
+    }
 
 
 def backed_rows(tmp: Path, n_cells: int) -> tuple[list[list], dict]:
@@ -207,8 +268,9 @@ def backed_rows(tmp: Path, n_cells: int) -> tuple[list[list], dict]:
 
     src, name = _source()
     model = tmp / "model.safetensors"
-    sct.tl.scrobust_pretrain(src, d_model=32, n_heads=4, epochs=1, rng=0,
-                             progress=False).save(model)
+    sct.tl.scrobust_pretrain(src, d_model=32, n_heads=4, epochs=1, rng=0, progress=False).save(
+        model
+    )
     rows, info = memory_rows(tmp, n_cells, "--child-embed", str(model))
     return rows, {**info, "name": name}
 
@@ -234,19 +296,26 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if not args.skip_ddp:
-            sections["1"] = ["## 1. torchrun: 1 vs 2 processes (CPU, gloo, one thread each)", "",
-                     "On this 2-core CPU machine this measures the overhead of data-parallel "
-                     "training (sharding, gradient all-reduce), not a speed-up: with one "
-                     "thread per process, two processes use both cores. Measured with `"
-                     f"{_harness.command()}` on {time.strftime('%Y-%m-%d')}.", "",
-                     *_harness.markdown_table(
-                         ["method", "data", "s/epoch, 1 process", "s/epoch, 2 processes",
-                          "ratio"], ddp_rows(tmp)), ""]
+            sections["1"] = [
+                "## 1. torchrun: 1 vs 2 processes (CPU, gloo, one thread each)",
+                "",
+                "On this 2-core CPU machine this measures the overhead of data-parallel "
+                "training (sharding, gradient all-reduce), not a speed-up: with one "
+                "thread per process, two processes use both cores. Measured with `"
+                f"{_harness.command()}` on {time.strftime('%Y-%m-%d')}.",
+                "",
+                *_harness.markdown_table(
+                    ["method", "data", "s/epoch, 1 process", "s/epoch, 2 processes", "ratio"],
+                    ddp_rows(tmp),
+                ),
+                "",
+            ]
         when = f"Measured with `{_harness.command()}` on {time.strftime('%Y-%m-%d')}."
         if not args.skip_backed:
             rows, info = backed_rows(tmp, args.cells)
             sections["2"] = _memory_section(
-                f"2. scrobust_embed on {args.cells:,} cells", rows,
+                f"2. scrobust_embed on {args.cells:,} cells",
+                rows,
                 f"Cells resampled (Poisson) from {info['name']}; {info['nnz']:,} stored "
                 f"values at {args.cells:,} cells. Model d_model 32, 64 tokens per cell, batch "
                 "512. Memory growth = peak RSS during the call (opening the file and reading "
@@ -256,11 +325,13 @@ def main(argv=None) -> None:
                 f"grows {info['x_cell']:.0f} bytes ({info['per_cell'] / info['x_cell']:.2f} "
                 f"of it: the output, 4 bytes × d_model, and the cell names); the rest is a "
                 f"fixed {info['fixed']:.0f} MiB (first use of the backed-reading code and "
-                "buffers, one block of tokens), whatever the number of cells.")
+                "buffers, one block of tokens), whatever the number of cells.",
+            )
         if not args.skip_pretrain:
             rows, info = memory_rows(tmp, args.cells, "--child-pretrain")
             sections["3"] = _memory_section(
-                f"3. scrobust_pretrain on {args.cells:,} cells", rows,
+                f"3. scrobust_pretrain on {args.cells:,} cells",
+                rows,
                 "The same cells; one epoch of the default pre-training (views of 50 genes, "
                 "binomially thinned), d_model 32, batch 256, one thread. Backed: one pass "
                 "checks the file, then each mini-batch's cells are read from it; in memory: "
@@ -269,17 +340,27 @@ def main(argv=None) -> None:
                 f"Backed, per added cell: memory grows {info['per_cell']:.0f} bytes; the rest "
                 f"is a fixed {info['fixed']:.0f} MiB (the training working set: padded tensors "
                 "of a mini-batch's longest cell, the checking pass's block, allocator "
-                "buffers), whatever the number of cells.")
+                "buffers), whatever the number of cells.",
+            )
     body = [line for key in sorted(sections) for line in sections[key]]
     _harness.write_results(RESULTS, "Scaling out", body)
 
 
 def _memory_section(title: str, rows: list[list], intro: str, tail: str) -> list[str]:
     """A results section: title, how it was measured, the memory table, the per-cell note."""
-    return [f"## {title}: backed vs in memory", "", intro, "",
-            *_harness.markdown_table(["input", "cells", "X in memory (MiB)",
-                                      "memory growth (MiB)", "growth / X", "seconds"], rows),
-            "", tail, ""]
+    return [
+        f"## {title}: backed vs in memory",
+        "",
+        intro,
+        "",
+        *_harness.markdown_table(
+            ["input", "cells", "X in memory (MiB)", "memory growth (MiB)", "growth / X", "seconds"],
+            rows,
+        ),
+        "",
+        tail,
+        "",
+    ]
 
 
 def _old_sections() -> dict[str, list[str]]:

@@ -54,23 +54,42 @@ FOLD_SEED = int(os.environ.get("SCROBUST_BENCH_FOLD_SEED", "0"))
 # pre-training length: the preset's (epochs=None; the default preset's budget of 320,000
 # cells, 115 epochs of ifnb's 2,800 cells; the paper preset's 10). Until 2026-11-29 the CPU
 # run pre-trained 10 epochs with every preset.
-CPU = {"pretrain": {"d_model": 64, "n_heads": 4, "epochs": None, "lr": 1e-3, "batch_size": 64},
-       "finetune": {"n_genes": 800, "epochs": 10, "lr": 1e-3, "batch_size": 32},
-       "embed_genes": 400, "marker_tokens": 400, "threads": 1}
-FULL = {"pretrain": {"d_model": 512, "n_heads": 8, "epochs": 100, "lr": 5e-5,
-                     "batch_size": 64},
-        "finetune": {"n_genes": 800, "epochs": 20, "lr": 5e-5, "batch_size": 64},
-        "embed_genes": 400, "marker_tokens": 800, "threads": 0}
-SMOKE = {"pretrain": {"d_model": 16, "n_heads": 2, "epochs": 1, "lr": 1e-3, "batch_size": 64},
-         "finetune": {"n_genes": 16, "epochs": 1, "lr": 1e-3, "batch_size": 64},
-         "embed_genes": 16, "marker_tokens": 16, "threads": 1, "max_folds": 1,
-         "levels": (0.3, 0.0), "throughput_cells": 64}
+CPU = {
+    "pretrain": {"d_model": 64, "n_heads": 4, "epochs": None, "lr": 1e-3, "batch_size": 64},
+    "finetune": {"n_genes": 800, "epochs": 10, "lr": 1e-3, "batch_size": 32},
+    "embed_genes": 400,
+    "marker_tokens": 400,
+    "threads": 1,
+}
+FULL = {
+    "pretrain": {"d_model": 512, "n_heads": 8, "epochs": 100, "lr": 5e-5, "batch_size": 64},
+    "finetune": {"n_genes": 800, "epochs": 20, "lr": 5e-5, "batch_size": 64},
+    "embed_genes": 400,
+    "marker_tokens": 800,
+    "threads": 0,
+}
+SMOKE = {
+    "pretrain": {"d_model": 16, "n_heads": 2, "epochs": 1, "lr": 1e-3, "batch_size": 64},
+    "finetune": {"n_genes": 16, "epochs": 1, "lr": 1e-3, "batch_size": 64},
+    "embed_genes": 16,
+    "marker_tokens": 16,
+    "threads": 1,
+    "max_folds": 1,
+    "levels": (0.3, 0.0),
+    "throughput_cells": 64,
+}
 # ifnb label -> marker set of pegasus' human immune markers (lineage level)
-PATHWAY_SETS = {"CD14+ Monocyte": ["CD14 Mono"], "CD16+ Monocyte": ["CD16 Mono"],
-                "B cell": ["B", "B Activated"], "Natural killer cell": ["NK"],
-                "T cell": ["CD4 Naive T", "CD4 Memory T", "CD8 T", "T activated"],
-                "CD1C+ dendritic cell": ["DC"], "Plasmacytoid dendritic cell": ["pDC"],
-                "Platelet": ["Mk"], "Erythroid cell": ["Eryth"]}
+PATHWAY_SETS = {
+    "CD14+ Monocyte": ["CD14 Mono"],
+    "CD16+ Monocyte": ["CD16 Mono"],
+    "B cell": ["B", "B Activated"],
+    "Natural killer cell": ["NK"],
+    "T cell": ["CD4 Naive T", "CD4 Memory T", "CD8 T", "T activated"],
+    "CD1C+ dendritic cell": ["DC"],
+    "Plasmacytoid dendritic cell": ["pDC"],
+    "Platelet": ["Mk"],
+    "Erythroid cell": ["Eryth"],
+}
 HVG_METHOD = "scRobust (HVGs)"  # fine-tuned on the 2,000 HVGs of the fold
 # issue 14: pre-trained on the 2,000 HVGs of all cells (no labels), fine-tuned on the fold's
 DEFAULT_METHOD, PAPER_METHOD = "scRobust (default)", "scRobust (paper preset)"
@@ -107,8 +126,10 @@ def add_dropout(X, frac: float, seed: int):
 
 # --data: ifnb (default) or zeisel, passed to the spawned workers through the environment
 DATA = os.environ.get("SCROBUST_BENCH_DATA", "ifnb")
-TITLES = {"ifnb": "ifnb PBMC (2,800 cells × 14,053 genes, 13 cell types)",
-          "zeisel": "Zeisel 2015 mouse cortex subset (1,464 cells × 1,000 genes, 3 cell types)"}
+TITLES = {
+    "ifnb": "ifnb PBMC (2,800 cells × 14,053 genes, 13 cell types)",
+    "zeisel": "Zeisel 2015 mouse cortex subset (1,464 cells × 1,000 genes, 3 cell types)",
+}
 
 
 def load(level: float):
@@ -166,15 +187,23 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
         data = a[:, fold_hvgs(b)].copy()  # HVGs of all cells, chosen without labels
         data = data[np.asarray(data.X.sum(1)).ravel() > 0].copy()
         preset = "paper" if method == PAPER_METHOD else "default"
-        model = sct.tl.scrobust_pretrain(data, rng=SEED, progress=False, preset=preset,
-                                         **cfg["pretrain"])
-        for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
+        model = sct.tl.scrobust_pretrain(
+            data, rng=SEED, progress=False, preset=preset, **cfg["pretrain"]
+        )
+        for tr, te in folds(y)[: cfg.get("max_folds", 5)]:
             hv = fold_hvgs(b[tr])
             q = a[te][:, hv].copy()
-            ft = sct.tl.scrobust_annotate(q, a[tr][:, hv].copy(), labels_key="cell_type",
-                                          model=model, rng=SEED, progress=False,
-                                          preset=preset, return_model=True,
-                                          **cfg["finetune"])
+            ft = sct.tl.scrobust_annotate(
+                q,
+                a[tr][:, hv].copy(),
+                labels_key="cell_type",
+                model=model,
+                rng=SEED,
+                progress=False,
+                preset=preset,
+                return_model=True,
+                **cfg["finetune"],
+            )
             g = ft.history.get("finetune_gate")  # wide F1, CE, then full F1, CE (held out)
             if g is not None:
                 kept.append(bool(g[2] > g[0] and g[3] < g[1]))
@@ -184,7 +213,7 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
         from sklearn.neighbors import KNeighborsClassifier
 
         b = lognorm(a)
-        for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
+        for tr, te in folds(y)[: cfg.get("max_folds", 5)]:
             hv = fold_hvgs(b[tr])
             pca = PCA(50, random_state=SEED).fit(b.X[tr][:, hv].toarray())
             knn = KNeighborsClassifier(15).fit(pca.transform(b.X[tr][:, hv].toarray()), y[tr])
@@ -198,11 +227,18 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
         if save_to:
             model.save(save_to, overwrite=True)
         b = lognorm(a) if method == HVG_METHOD else None
-        for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
+        for tr, te in folds(y)[: cfg.get("max_folds", 5)]:
             hv = fold_hvgs(b[tr]) if b is not None else slice(None)
             q = a[te][:, hv].copy()
-            sct.tl.scrobust_annotate(q, a[tr][:, hv].copy(), labels_key="cell_type",
-                                     model=model, rng=SEED, progress=False, **cfg["finetune"])
+            sct.tl.scrobust_annotate(
+                q,
+                a[tr][:, hv].copy(),
+                labels_key="cell_type",
+                model=model,
+                rng=SEED,
+                progress=False,
+                **cfg["finetune"],
+            )
             res.append(score(y[te], q.obs["scrobust_label"].astype(str)))
     elif method in ("logistic regression", "logistic regression (balanced)"):
         from sklearn.linear_model import LogisticRegression
@@ -210,26 +246,38 @@ def cv_worker(method: str, level: float, cfg: dict, save_to: str | None) -> dict
         weight = "balanced" if method.endswith("(balanced)") else None
 
         b = lognorm(a)
-        for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
+        for tr, te in folds(y)[: cfg.get("max_folds", 5)]:
             hv = fold_hvgs(b[tr])
-            clf = LogisticRegression(max_iter=1000, class_weight=weight).fit(b.X[tr][:, hv],
-                                                                              y[tr])
+            clf = LogisticRegression(max_iter=1000, class_weight=weight).fit(b.X[tr][:, hv], y[tr])
             res.append(score(y[te], clf.predict(b.X[te][:, hv])))
     elif method == "CellTypist":
         import celltypist
 
         b = lognorm(a)
-        for tr, te in folds(y)[:cfg.get("max_folds", 5)]:
+        for tr, te in folds(y)[: cfg.get("max_folds", 5)]:
             # CellTypist 1.7.1's default solver passes LogisticRegression(multi_class=...),
             # which scikit-learn >= 1.8 rejects: use its SGD classifier instead
-            m = celltypist.train(b[tr].copy(), labels="cell_type", n_jobs=1, use_SGD=True,
-                                 feature_selection=False, check_expression=False)
+            m = celltypist.train(
+                b[tr].copy(),
+                labels="cell_type",
+                n_jobs=1,
+                use_SGD=True,
+                feature_selection=False,
+                check_expression=False,
+            )
             p = celltypist.annotate(b[te].copy(), model=m, majority_voting=False)
             res.append(score(y[te], p.predicted_labels["predicted_labels"].astype(str)))
     r = np.asarray(res)
-    return {"method": method, "level": level, "f1": r[:, 0], "acc": r[:, 1],
-            "seconds": time.perf_counter() - t0, "peak_mb": peak_rss_mib(), "base_mb": base,
-            "deep_kept": kept}
+    return {
+        "method": method,
+        "level": level,
+        "f1": r[:, 0],
+        "acc": r[:, 1],
+        "seconds": time.perf_counter() - t0,
+        "peak_mb": peak_rss_mib(),
+        "base_mb": base,
+        "deep_kept": kept,
+    }
 
 
 def embedding_worker(cfg: dict, model_dir: str) -> dict:
@@ -247,8 +295,9 @@ def embedding_worker(cfg: dict, model_dir: str) -> dict:
     out["leiden_scrobust"] = sct.metrics.cluster_and_score(a, "cell_type", use_rep="X_scrobust")
     b = lognorm(a)
     sc.pp.highly_variable_genes(b, n_top_genes=2000)
-    out["leiden_pca"] = sct.metrics.cluster_and_score(b[:, b.var["highly_variable"]].copy(),
-                                                      "cell_type")
+    out["leiden_pca"] = sct.metrics.cluster_and_score(
+        b[:, b.var["highly_variable"]].copy(), "cell_type"
+    )
     # pathway (marker-set) annotation vs a mean-expression peer (scanpy.tl.score_genes)
     sets = sct.datasets.gene_sets("human_immune_markers")
     sets = {k: sets[k] for k in PATHWAY_SETS}
@@ -258,14 +307,15 @@ def embedding_worker(cfg: dict, model_dir: str) -> dict:
     pred = a.obs["scrobust_pathway_label"].astype(str).to_numpy()
     out["pathway_acc"] = float(np.mean([t in ok[p] for t, p in zip(truth, pred, strict=True)]))
     for k, genes in sets.items():
-        sc.tl.score_genes(b, [g for g in genes if g in b.var_names], score_name=f"s_{k}",
-                          random_state=SEED)
+        sc.tl.score_genes(
+            b, [g for g in genes if g in b.var_names], score_name=f"s_{k}", random_state=SEED
+        )
     peer = np.asarray(list(sets))[np.argmax(b.obs[[f"s_{k}" for k in sets]].to_numpy(), 1)]
-    out["pathway_acc_peer"] = float(np.mean([t in ok[p] for t, p in zip(truth, peer,
-                                                                         strict=True)]))
+    out["pathway_acc_peer"] = float(np.mean([t in ok[p] for t, p in zip(truth, peer, strict=True)]))
     t0 = time.perf_counter()
-    sct.tl.scrobust_marker_genes(a, "cell_type", model, n_genes=10,
-                                 n_tokens=cfg["marker_tokens"], progress=False)
+    sct.tl.scrobust_marker_genes(
+        a, "cell_type", model, n_genes=10, n_tokens=cfg["marker_tokens"], progress=False
+    )
     out["markers_s"] = time.perf_counter() - t0
     rec = a.uns["scrobust_markers"]["names"]
     out["markers"] = {g: list(rec[g]) for g in rec.dtype.names}
@@ -295,8 +345,12 @@ def timing_worker(threads: int) -> dict:
     a = load(0.0)
     t0 = time.perf_counter()
     sct.tl.scrobust_embed(a, rng=SEED, progress=False)
-    return {"seconds": time.perf_counter() - t0, "n_cells": a.n_obs, "threads": threads,
-            "peak_mb": peak_rss_mib()}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "n_cells": a.n_obs,
+        "threads": threads,
+        "peak_mb": peak_rss_mib(),
+    }
 
 
 def throughput_worker(n_cells: int, threads: int) -> dict:
@@ -305,11 +359,17 @@ def throughput_worker(n_cells: int, threads: int) -> dict:
 
     a = load(0.0)[:n_cells].copy()
     t0 = time.perf_counter()
-    sct.tl.scrobust_pretrain(a, d_model=512, n_heads=8, n_layers=1, epochs=1, batch_size=64,
-                             rng=SEED, progress=False)
+    sct.tl.scrobust_pretrain(
+        a, d_model=512, n_heads=8, n_layers=1, epochs=1, batch_size=64, rng=SEED, progress=False
+    )
     dt = time.perf_counter() - t0
-    return {"cells_per_s": n_cells / dt, "seconds": dt, "n_cells": n_cells,
-            "threads": threads, "peak_mb": peak_rss_mib()}
+    return {
+        "cells_per_s": n_cells / dt,
+        "seconds": dt,
+        "n_cells": n_cells,
+        "threads": threads,
+        "peak_mb": peak_rss_mib(),
+    }
 
 
 def in_process(fn, *args):
@@ -323,19 +383,36 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="paper settings (GPU)")
     ap.add_argument("--smoke", action="store_true", help="tiny settings, one fold (a check)")
-    ap.add_argument("--data", choices=sorted(TITLES), default="ifnb",
-                    help="labelled data set (default: ifnb)")
-    ap.add_argument("--fold-seed", type=int, default=0,
-                    help="seed of the 5-fold split (default 0, the published tables)")
-    ap.add_argument("--methods", default="scRobust,logistic regression,CellTypist",
-                    help="comma-separated subset of the compared methods")
-    ap.add_argument("--levels", default=None,
-                    help="comma-separated subset of the dropout levels (default 0,0.3,0.5); "
-                         "the Leiden/pathway/marker part needs level 0")
-    ap.add_argument("--no-throughput", action="store_true",
-                    help="skip the d_model=512 pre-training throughput measurement")
-    ap.add_argument("--timing", action="store_true",
-                    help="time pre-training + embedding 2,800 cells with the defaults")
+    ap.add_argument(
+        "--data", choices=sorted(TITLES), default="ifnb", help="labelled data set (default: ifnb)"
+    )
+    ap.add_argument(
+        "--fold-seed",
+        type=int,
+        default=0,
+        help="seed of the 5-fold split (default 0, the published tables)",
+    )
+    ap.add_argument(
+        "--methods",
+        default="scRobust,logistic regression,CellTypist",
+        help="comma-separated subset of the compared methods",
+    )
+    ap.add_argument(
+        "--levels",
+        default=None,
+        help="comma-separated subset of the dropout levels (default 0,0.3,0.5); "
+        "the Leiden/pathway/marker part needs level 0",
+    )
+    ap.add_argument(
+        "--no-throughput",
+        action="store_true",
+        help="skip the d_model=512 pre-training throughput measurement",
+    )
+    ap.add_argument(
+        "--timing",
+        action="store_true",
+        help="time pre-training + embedding 2,800 cells with the defaults",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "scrobust.md"))
     args = ap.parse_args(argv)
     os.environ["SCROBUST_BENCH_FOLD_SEED"] = str(args.fold_seed)
@@ -354,10 +431,16 @@ def main(argv=None) -> int:
             first = method == "scRobust" and level == 0
             save = os.path.join(tmp, "model0.safetensors") if first else None
             r = in_process(cv_worker, method, level, cfg, save)
-            print(f"{method:20s} dropout {level:.0%}: macro-F1 {r['f1'].mean():.3f} "
-                  f"acc {r['acc'].mean():.3f} ({r['seconds']:.0f} s)"
-                  + (f"; deep path kept in {sum(r['deep_kept'])} of {len(r['deep_kept'])} "
-                     "folds" if r["deep_kept"] else ""), flush=True)
+            print(
+                f"{method:20s} dropout {level:.0%}: macro-F1 {r['f1'].mean():.3f} "
+                f"acc {r['acc'].mean():.3f} ({r['seconds']:.0f} s)"
+                + (
+                    f"; deep path kept in {sum(r['deep_kept'])} of {len(r['deep_kept'])} folds"
+                    if r["deep_kept"]
+                    else ""
+                ),
+                flush=True,
+            )
             rows.append(r)
     emb = None
     methods = args.methods.split(",")
@@ -381,79 +464,126 @@ def main(argv=None) -> int:
     def f(level, method, key):
         return next(r for r in rows if r["level"] == level and r["method"] == method)[key]
 
-    note = (f"{'Paper settings' if args.full else 'CPU budget settings'}; {total / 60:.0f} "
-            "min in all on a machine shared with other jobs.")
-    lines = [f"scRobust settings: pre-training {cfg['pretrain']} (all cells, no labels, "
-             "once per dropout level; on the 2,000 HVGs of all cells for the default and "
-             f"paper-preset rows); fine-tuning {cfg['finetune']} per fold (on the fold's "
-             "2,000 HVGs for those rows); torch threads "
-             f"{cfg['threads'] or 'default'}. CellTypist 1.7.1 with `use_SGD=True` (its default "
-             "solver fails with scikit-learn 1.9). Paper: d_model 512, up to 1,000 pre-training "
-             "epochs, 800 genes, 20 fine-tuning epochs at lr 5e-5 (GPU).", "",
-             "## 5-fold stratified CV (mean ± sd over folds)", "",
-             *([] if "CellTypist" in args.methods else
-               [f"CellTypist not run in this invocation (`--methods {args.methods!r}`).", ""]),
-             "| dropout | method | macro-F1 | accuracy | seconds (5 folds) | peak RSS MB "
-             "(above start) |", "|---|---|---|---|---|---|"]
+    note = (
+        f"{'Paper settings' if args.full else 'CPU budget settings'}; {total / 60:.0f} "
+        "min in all on a machine shared with other jobs."
+    )
+    lines = [
+        f"scRobust settings: pre-training {cfg['pretrain']} (all cells, no labels, "
+        "once per dropout level; on the 2,000 HVGs of all cells for the default and "
+        f"paper-preset rows); fine-tuning {cfg['finetune']} per fold (on the fold's "
+        "2,000 HVGs for those rows); torch threads "
+        f"{cfg['threads'] or 'default'}. CellTypist 1.7.1 with `use_SGD=True` (its default "
+        "solver fails with scikit-learn 1.9). Paper: d_model 512, up to 1,000 pre-training "
+        "epochs, 800 genes, 20 fine-tuning epochs at lr 5e-5 (GPU).",
+        "",
+        "## 5-fold stratified CV (mean ± sd over folds)",
+        "",
+        *(
+            []
+            if "CellTypist" in args.methods
+            else [f"CellTypist not run in this invocation (`--methods {args.methods!r}`).", ""]
+        ),
+        "| dropout | method | macro-F1 | accuracy | seconds (5 folds) | peak RSS MB "
+        "(above start) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['level']:.0%} | {r['method']} | {r['f1'].mean():.3f} ± "
-                     f"{r['f1'].std():.3f} | {r['acc'].mean():.3f} ± {r['acc'].std():.3f} | "
-                     f"{r['seconds']:.0f} | {r['peak_mb']:.0f} "
-                     f"(+{r['peak_mb'] - r['base_mb']:.0f}) |")
+        lines.append(
+            f"| {r['level']:.0%} | {r['method']} | {r['f1'].mean():.3f} ± "
+            f"{r['f1'].std():.3f} | {r['acc'].mean():.3f} ± {r['acc'].std():.3f} | "
+            f"{r['seconds']:.0f} | {r['peak_mb']:.0f} "
+            f"(+{r['peak_mb'] - r['base_mb']:.0f}) |"
+        )
     gates = [r for r in rows if r["deep_kept"] and r["method"] == DEFAULT_METHOD]
     if gates:
-        lines += ["", "Default head: the deep path survived the held-out gate in " + ", ".join(
-            f"{sum(r['deep_kept'])}/{len(r['deep_kept'])} folds at {r['level']:.0%}"
-            for r in gates) + "."]
-    lines += ["", "Targets (issue 14): macro-F1 ≥ logistic regression (balanced) at 0 %, ≥ +0.03 "
-              "at 30 % and 50 %:", ""]
+        lines += [
+            "",
+            "Default head: the deep path survived the held-out gate in "
+            + ", ".join(
+                f"{sum(r['deep_kept'])}/{len(r['deep_kept'])} folds at {r['level']:.0%}"
+                for r in gates
+            )
+            + ".",
+        ]
+    lines += [
+        "",
+        "Targets (issue 14): macro-F1 ≥ logistic regression (balanced) at 0 %, ≥ +0.03 "
+        "at 30 % and 50 %:",
+        "",
+    ]
     ours = [m for m in ("scRobust", HVG_METHOD, DEFAULT_METHOD, PAPER_METHOD) if m in methods]
     peer = "logistic regression (balanced)"
     for m in ours if peer in methods else ():
         for level in levels:
             d = f(level, m, "f1").mean() - f(level, peer, "f1").mean()
             need = 0.0 if level == 0 else 0.03
-            lines.append(f"- {level:.0%}: {m} − {peer} = {d:+.3f} "
-                         f"(target ≥ {need:+.2f}): {'met' if d >= need else 'MISSED'}")
+            lines.append(
+                f"- {level:.0%}: {m} − {peer} = {d:+.3f} "
+                f"(target ≥ {need:+.2f}): {'met' if d >= need else 'MISSED'}"
+            )
     if emb is not None:
         lines += _embedding_lines(emb, cfg)
     if hvg_emb is not None:
-        lines += ["", f"Leiden on X_scrobust of a model pre-trained on the 2,000 HVGs of all "
-                  f"{hvg_emb['n_cells']} cells (no labels) and embedded with "
-                  f"{cfg['embed_genes']} highly unique genes per cell: ARI "
-                  f"{hvg_emb['ARI']:.3f}, NMI {hvg_emb['NMI']:.3f}, "
-                  f"{hvg_emb['n_clusters']} clusters.", ""]
+        lines += [
+            "",
+            f"Leiden on X_scrobust of a model pre-trained on the 2,000 HVGs of all "
+            f"{hvg_emb['n_cells']} cells (no labels) and embedded with "
+            f"{cfg['embed_genes']} highly unique genes per cell: ARI "
+            f"{hvg_emb['ARI']:.3f}, NMI {hvg_emb['NMI']:.3f}, "
+            f"{hvg_emb['n_clusters']} clusters.",
+            "",
+        ]
     if timing is not None:
-        lines += ["", f"Pre-training + embedding {timing['n_cells']} cells (all genes) with the "
-                  f"defaults, {timing['threads']} torch threads: {timing['seconds']:.0f} s "
-                  f"(peak RSS {timing['peak_mb']:.0f} MB).", ""]
+        lines += [
+            "",
+            f"Pre-training + embedding {timing['n_cells']} cells (all genes) with the "
+            f"defaults, {timing['threads']} torch threads: {timing['seconds']:.0f} s "
+            f"(peak RSS {timing['peak_mb']:.0f} MB).",
+            "",
+        ]
     if thr is not None:
-        lines += ["", "## Speed", "",
-                  f"Pre-training throughput, d_model 512, 8 heads, 1 layer, batch 64, "
-                  f"{thr['n_cells']} cells, {thr['threads']} torch threads: "
-                  f"**{thr['cells_per_s']:.1f} cells/s** ({thr['seconds']:.0f} s for one epoch; "
-                  f"peak RSS {thr['peak_mb']:.0f} MB).", ""]
-    write_results(args.out, f"scRobust benchmark: {TITLES[args.data]}", lines, note=note,
-                  script=__file__)
+        lines += [
+            "",
+            "## Speed",
+            "",
+            f"Pre-training throughput, d_model 512, 8 heads, 1 layer, batch 64, "
+            f"{thr['n_cells']} cells, {thr['threads']} torch threads: "
+            f"**{thr['cells_per_s']:.1f} cells/s** ({thr['seconds']:.0f} s for one epoch; "
+            f"peak RSS {thr['peak_mb']:.0f} MB).",
+            "",
+        ]
+    write_results(
+        args.out, f"scRobust benchmark: {TITLES[args.data]}", lines, note=note, script=__file__
+    )
     return 0
 
 
 def _embedding_lines(emb: dict, cfg: dict) -> list[str]:
     ls, lp = emb["leiden_scrobust"], emb["leiden_pca"]
-    lines = ["", "## Leiden (resolution 1) against cell_type, 0 % dropout", "",
-              "| representation | ARI | NMI | clusters |", "|---|---|---|---|",
-              f"| X_scrobust ({cfg['embed_genes']} highly unique genes per cell) | "
-              f"{ls['ARI']:.3f} | {ls['NMI']:.3f} | {ls['n_clusters']} |",
-              f"| PCA (50) of 2,000 HVGs | {lp['ARI']:.3f} | {lp['NMI']:.3f} | "
-              f"{lp['n_clusters']} |", "",
-              f"Target Leiden on X_scrobust ≥ PCA (ARI): "
-              f"{'met' if ls['ARI'] >= lp['ARI'] else 'MISSED'}.", "",
-              "## Pathway-based (unsupervised) annotation, 9 lineage marker sets of "
-              "`human_immune_markers`", "",
-              f"- scRobust pathway scores (eq. 20): accuracy {emb['pathway_acc']:.3f}",
-              f"- peer, `scanpy.tl.score_genes` arg-max: accuracy {emb['pathway_acc_peer']:.3f}",
-              "", f"## Top-10 attention markers per cell type ({cfg['marker_tokens']} tokens "
-              f"per cell, {emb['markers_s']:.0f} s)", ""]
+    lines = [
+        "",
+        "## Leiden (resolution 1) against cell_type, 0 % dropout",
+        "",
+        "| representation | ARI | NMI | clusters |",
+        "|---|---|---|---|",
+        f"| X_scrobust ({cfg['embed_genes']} highly unique genes per cell) | "
+        f"{ls['ARI']:.3f} | {ls['NMI']:.3f} | {ls['n_clusters']} |",
+        f"| PCA (50) of 2,000 HVGs | {lp['ARI']:.3f} | {lp['NMI']:.3f} | {lp['n_clusters']} |",
+        "",
+        f"Target Leiden on X_scrobust ≥ PCA (ARI): "
+        f"{'met' if ls['ARI'] >= lp['ARI'] else 'MISSED'}.",
+        "",
+        "## Pathway-based (unsupervised) annotation, 9 lineage marker sets of "
+        "`human_immune_markers`",
+        "",
+        f"- scRobust pathway scores (eq. 20): accuracy {emb['pathway_acc']:.3f}",
+        f"- peer, `scanpy.tl.score_genes` arg-max: accuracy {emb['pathway_acc_peer']:.3f}",
+        "",
+        f"## Top-10 attention markers per cell type ({cfg['marker_tokens']} tokens "
+        f"per cell, {emb['markers_s']:.0f} s)",
+        "",
+    ]
     for g, genes in emb["markers"].items():
         star = ""
         if g in KNOWN_MARKERS:

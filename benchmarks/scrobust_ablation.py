@@ -39,19 +39,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _harness import write_results
 from scrobust import CPU, SEED, fold_hvgs, folds, load, lognorm, score
 
-VARIANTS = ("wide and deep (default)", "wide path alone", "deep path alone",
-            "deep path alone, random encoder", "wide and deep, random encoder",
-            "wide and deep, log1p values", "wide and deep, no gate", "paper preset",
-            "logistic regression (balanced)")
+VARIANTS = (
+    "wide and deep (default)",
+    "wide path alone",
+    "deep path alone",
+    "deep path alone, random encoder",
+    "wide and deep, random encoder",
+    "wide and deep, log1p values",
+    "wide and deep, no gate",
+    "paper preset",
+    "logistic regression (balanced)",
+)
 
 
 def pretrained(variant: str, a, b, cache: dict):
     """The encoder a variant fine-tunes (cached per pre-training setting)."""
     import sctorch as sct
 
-    key = ("paper" if variant == "paper preset" else
-           "random" if variant.endswith("random encoder") else
-           "log1p" if variant.endswith("log1p values") else "default")
+    key = (
+        "paper"
+        if variant == "paper preset"
+        else "random"
+        if variant.endswith("random encoder")
+        else "log1p"
+        if variant.endswith("log1p values")
+        else "default"
+    )
     if key not in cache:
         data = a[:, fold_hvgs(b)].copy()
         data = data[np.asarray(data.X.sum(1)).ravel() > 0].copy()
@@ -63,8 +76,10 @@ def pretrained(variant: str, a, b, cache: dict):
         if key == "random":
             kw.update(epochs=1, lr=1e-12, select="none")
         t0 = time.perf_counter()
-        cache[key] = (sct.tl.scrobust_pretrain(data, rng=SEED, progress=False, **kw),
-                      time.perf_counter() - t0)
+        cache[key] = (
+            sct.tl.scrobust_pretrain(data, rng=SEED, progress=False, **kw),
+            time.perf_counter() - t0,
+        )
     return cache[key]
 
 
@@ -73,8 +88,9 @@ def run_variant(variant: str, a, b, y, n_folds: int, cache: dict) -> dict:
     import sctorch as sct
 
     f1, acc, secs = [], [], 0.0
-    model, pre_s = (None, 0.0) if variant.startswith("logistic") else pretrained(
-        variant, a, b, cache)
+    model, pre_s = (
+        (None, 0.0) if variant.startswith("logistic") else pretrained(variant, a, b, cache)
+    )
     ft = dict(CPU["finetune"])
     if variant == "paper preset":
         ft["preset"] = "paper"
@@ -94,15 +110,27 @@ def run_variant(variant: str, a, b, y, n_folds: int, cache: dict) -> dict:
             pred = clf.fit(b.X[tr][:, hv], y[tr]).predict(b.X[te][:, hv])
         else:
             q = a[te][:, hv].copy()
-            sct.tl.scrobust_annotate(q, a[tr][:, hv].copy(), labels_key="cell_type",
-                                     model=model, rng=SEED, progress=False, **ft)
+            sct.tl.scrobust_annotate(
+                q,
+                a[tr][:, hv].copy(),
+                labels_key="cell_type",
+                model=model,
+                rng=SEED,
+                progress=False,
+                **ft,
+            )
             pred = q.obs["scrobust_label"].astype(str)
         secs += time.perf_counter() - t0
         s = score(y[te], pred)
         f1.append(s[0])
         acc.append(s[1])
-    return {"variant": variant, "f1": float(np.mean(f1)), "acc": float(np.mean(acc)),
-            "f1_folds": f1, "seconds": secs + pre_s}
+    return {
+        "variant": variant,
+        "f1": float(np.mean(f1)),
+        "acc": float(np.mean(acc)),
+        "f1_folds": f1,
+        "seconds": secs + pre_s,
+    }
 
 
 def main(argv=None) -> int:
@@ -116,8 +144,9 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", default="0,0.5")
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"
-                                         / "scrobust_ablation.md"))
+    ap.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "scrobust_ablation.md")
+    )
     args = ap.parse_args(argv)
     rows = []
     for level in (float(x) for x in args.levels.split(",")):
@@ -129,18 +158,29 @@ def main(argv=None) -> int:
             r = run_variant(v, a, b, y, args.folds, cache) | {"level": level}
             print(r, flush=True)
             rows.append(r)
-    note = (f"Pre-training {CPU['pretrain']} on the 2,000 HVGs of all cells (no labels); "
-            f"fine-tuning {CPU['finetune']}; folds 1–{args.folds} of the 5-fold split of "
-            "`benchmarks/scrobust.py`; one torch thread. Seconds include pre-training.")
-    lines = ["| added dropout | variant | macro-F1 (mean of folds) | per fold | accuracy | "
-             "seconds |", "|---|---|---|---|---|---|"]
+    note = (
+        f"Pre-training {CPU['pretrain']} on the 2,000 HVGs of all cells (no labels); "
+        f"fine-tuning {CPU['finetune']}; folds 1–{args.folds} of the 5-fold split of "
+        "`benchmarks/scrobust.py`; one torch thread. Seconds include pre-training."
+    )
+    lines = [
+        "| added dropout | variant | macro-F1 (mean of folds) | per fold | accuracy | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['level']:.0%} | {r['variant']} | {r['f1']:.3f} | "
-                     f"{' / '.join(f'{v:.3f}' for v in r['f1_folds'])} | {r['acc']:.3f} | "
-                     f"{r['seconds']:.0f} |")
-    write_results(args.out, "scRobust annotation ablation: heads and pre-training (ifnb PBMC)",
-                  lines, script=__file__,
-                  args=argv if argv is not None else sys.argv[1:], note=note)
+        lines.append(
+            f"| {r['level']:.0%} | {r['variant']} | {r['f1']:.3f} | "
+            f"{' / '.join(f'{v:.3f}' for v in r['f1_folds'])} | {r['acc']:.3f} | "
+            f"{r['seconds']:.0f} |"
+        )
+    write_results(
+        args.out,
+        "scRobust annotation ablation: heads and pre-training (ifnb PBMC)",
+        lines,
+        script=__file__,
+        args=argv if argv is not None else sys.argv[1:],
+        note=note,
+    )
     return 0
 
 

@@ -50,8 +50,11 @@ def hvg_data(name: str):
 
     import sctorch as sct
 
-    a = {"ifnb": sct.datasets.ifnb_pbmc, "pbmc3k": sct.datasets.pbmc3k,
-         "zeisel": sct.datasets.zeisel2015}[name]()
+    a = {
+        "ifnb": sct.datasets.ifnb_pbmc,
+        "pbmc3k": sct.datasets.pbmc3k,
+        "zeisel": sct.datasets.zeisel2015,
+    }[name]()
     sc.pp.filter_cells(a, min_counts=1)
     if a.n_vars <= 2000:  # Zeisel 2015 subset: 1,000 genes, all kept
         a = a[:, np.asarray((a.X > 0).sum(0)).ravel() > 0].copy()
@@ -89,8 +92,9 @@ def within_type_depth_corr(emb, lib, y, min_cells: int = 100) -> float:
     representation that separates types correlates with depth globally; within a type,
     depth is what is left to follow.
     """
-    vals = [depth_corr(emb[y == t], lib[y == t]) for t in np.unique(y)
-            if (y == t).sum() >= min_cells]
+    vals = [
+        depth_corr(emb[y == t], lib[y == t]) for t in np.unique(y) if (y == t).sum() >= min_cells
+    ]
     return float(np.mean(vals))
 
 
@@ -124,11 +128,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated")
     ap.add_argument("--data", default="ifnb,pbmc3k", help="ifnb, pbmc3k and/or zeisel")
-    ap.add_argument("--epochs", default="10",
-                    help="comma-separated pre-training lengths; 'default' is the preset's "
-                         "(ceil(320,000 / n_obs) epochs for the default preset)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"
-                                         / "scrobust_depth.md"))
+    ap.add_argument(
+        "--epochs",
+        default="10",
+        help="comma-separated pre-training lengths; 'default' is the preset's "
+        "(ceil(320,000 / n_obs) epochs for the default preset)",
+    )
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "scrobust_depth.md"))
     args = ap.parse_args(argv)
     rows = []
     for data in args.data.split(","):
@@ -137,40 +143,77 @@ def main(argv=None) -> int:
         labels = "cell_type" in a.obs
         sc.pp.pca(b, n_comps=50, random_state=SEED)
         a.obsm["X_pca"] = b.obsm["X_pca"]
-        rows.append({"data": data, "variant": "PCA (50) of the HVGs", "seconds": np.nan,
-                     "best_epoch": "", **score(a, "X_pca", lib, labels)})
+        rows.append(
+            {
+                "data": data,
+                "variant": "PCA (50) of the HVGs",
+                "seconds": np.nan,
+                "best_epoch": "",
+                **score(a, "X_pca", lib, labels),
+            }
+        )
         print(rows[-1], flush=True)
-        for v, ep in [(v, e) for v in args.variants.split(";")
-                      for e in args.epochs.split(",")]:
+        for v, ep in [(v, e) for v in args.variants.split(";") for e in args.epochs.split(",")]:
             kw = dict(VARIANTS[v])
             t0 = time.perf_counter()
             model = sct.tl.scrobust_pretrain(
-                a, rng=SEED, progress=False,
-                **(BASE | {"epochs": None if ep == "default" else int(ep)} | kw))
+                a,
+                rng=SEED,
+                progress=False,
+                **(BASE | {"epochs": None if ep == "default" else int(ep)} | kw),
+            )
             sct.tl.scrobust_embed(a, model, rng=SEED, progress=False)
             h = model.history
             val = h.get("pretrain_knn_agreement") or h.get("pretrain_val_contrastive")
-            best = "" if not val else (int(np.argmax(val)) + 1 if "pretrain_knn_agreement" in h
-                                       else int(np.argmin(val)) + 1)
+            best = (
+                ""
+                if not val
+                else (
+                    int(np.argmax(val)) + 1
+                    if "pretrain_knn_agreement" in h
+                    else int(np.argmin(val)) + 1
+                )
+            )
             n_ep = len(h["pretrain_loss"])
             label = v if len(args.epochs.split(",")) == 1 else f"{v}, {n_ep} epochs ({ep})"
-            rows.append({"data": data, "variant": label, "seconds": time.perf_counter() - t0,
-                         "best_epoch": best, **score(a, "X_scrobust", lib, labels)})
+            rows.append(
+                {
+                    "data": data,
+                    "variant": label,
+                    "seconds": time.perf_counter() - t0,
+                    "best_epoch": best,
+                    **score(a, "X_scrobust", lib, labels),
+                }
+            )
             print(rows[-1], flush=True)
-    lines = ["| data | representation | \\|corr(PC1, log depth)\\| | within types | Leiden "
-             "ARI | NMI | 15-NN accuracy | best epoch | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | representation | \\|corr(PC1, log depth)\\| | within types | Leiden "
+        "ARI | NMI | 15-NN accuracy | best epoch | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        f = {k: f"{r[k]:.3f}" if k in r else "—"
-             for k in ("ARI", "NMI", "knn_acc", "depth_corr_within")}
-        lines.append(f"| {r['data']} | {r['variant']} | {r['depth_corr']:.3f} | "
-                     f"{f['depth_corr_within']} | {f['ARI']} | "
-                     f"{f['NMI']} | {f['knn_acc']} | {r['best_epoch']} | "
-                     f"{r['seconds']:.0f} |")
-    note = (f"Pre-training {BASE}, up to {args.epochs} epochs, on the 2,000 HVGs of all cells, "
-            f"no labels; one torch thread; peak RSS {peak_rss_mib():.0f} MB.")
-    write_results(args.out, f"scRobust embedding: depth and clustering ({args.data})", lines,
-                  script=__file__, args=argv or sys.argv[1:], note=note)
+        f = {
+            k: f"{r[k]:.3f}" if k in r else "—"
+            for k in ("ARI", "NMI", "knn_acc", "depth_corr_within")
+        }
+        lines.append(
+            f"| {r['data']} | {r['variant']} | {r['depth_corr']:.3f} | "
+            f"{f['depth_corr_within']} | {f['ARI']} | "
+            f"{f['NMI']} | {f['knn_acc']} | {r['best_epoch']} | "
+            f"{r['seconds']:.0f} |"
+        )
+    note = (
+        f"Pre-training {BASE}, up to {args.epochs} epochs, on the 2,000 HVGs of all cells, "
+        f"no labels; one torch thread; peak RSS {peak_rss_mib():.0f} MB."
+    )
+    write_results(
+        args.out,
+        f"scRobust embedding: depth and clustering ({args.data})",
+        lines,
+        script=__file__,
+        args=argv or sys.argv[1:],
+        note=note,
+    )
     return 0
 
 

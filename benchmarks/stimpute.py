@@ -55,27 +55,38 @@ SEED = 0
 PANEL = 100
 
 METHODS = {  # key: (label, stimpute_cv keywords)
-    "default": ("stImpute default: k-NN + ridge transfer, PCA space, k / w by inner gene CV",
-                {}),
+    "default": ("stImpute default: k-NN + ridge transfer, PCA space, k / w by inner gene CV", {}),
     "ae": ("ablation: transfer in the autoencoder space", {"latent": "autoencoder"}),
-    "knn_only": ("ablation: transfer, k-NN mean only (w = 0, k by inner CV)",
-                 {"ridge_weight": 0.0}),
+    "knn_only": (
+        "ablation: transfer, k-NN mean only (w = 0, k by inner CV)",
+        {"ridge_weight": 0.0},
+    ),
     "ridge_only": ("ablation: transfer, ridge only (w = 1)", {"ridge_weight": 1.0}),
-    "gnn": ("GNN, sparse expression-similarity graph (eqs. 5, 7–12), reliability off",
-            {"method": "gnn", "reliability_folds": 0}),
-    "gnn_nograph": ("GNN without a gene graph (graph_neighbors = 0), reliability off",
-                    {"method": "gnn", "graph_neighbors": 0, "reliability_folds": 0}),
+    "gnn": (
+        "GNN, sparse expression-similarity graph (eqs. 5, 7–12), reliability off",
+        {"method": "gnn", "reliability_folds": 0},
+    ),
+    "gnn_nograph": (
+        "GNN without a gene graph (graph_neighbors = 0), reliability off",
+        {"method": "gnn", "graph_neighbors": 0, "reliability_folds": 0},
+    ),
     "gnn_rel": ("GNN, expression graph, held-out reliability (5 folds)", {"method": "gnn"}),
-    "paper": ("preset='paper' (authors' code: distance graph, in-sample MLP, 0.7/0.3)",
-              {"preset": "paper"}),
+    "paper": (
+        "preset='paper' (authors' code: distance graph, in-sample MLP, 0.7/0.3)",
+        {"preset": "paper"},
+    ),
     "knn": ("SpaGE-style k-NN baseline (z-score → PCA 30 → cosine 50-NN)", None),
 }
-GROUPS = {"fast": ["default", "ae", "knn_only", "ridge_only", "knn"],
-          "gnn": ["gnn", "gnn_nograph", "paper"], "gnn_rel": ["gnn_rel"]}
-DATA = {"dros": "Drosophila embryo (real pair: BDTNP in situ × Karaiskos Drop-seq)",
-        "ifnb": "proxy: ifnb_pbmc (Kang 2018), halves, 100-HVG panel",
-        "zeisel": "proxy: zeisel2015 descend subset (1,464 cells × 1,000 genes), halves, "
-                  "100-HVG panel"}
+GROUPS = {
+    "fast": ["default", "ae", "knn_only", "ridge_only", "knn"],
+    "gnn": ["gnn", "gnn_nograph", "paper"],
+    "gnn_rel": ["gnn_rel"],
+}
+DATA = {
+    "dros": "Drosophila embryo (real pair: BDTNP in situ × Karaiskos Drop-seq)",
+    "ifnb": "proxy: ifnb_pbmc (Kang 2018), halves, 100-HVG panel",
+    "zeisel": "proxy: zeisel2015 descend subset (1,464 cells × 1,000 genes), halves, 100-HVG panel",
+}
 
 
 # ----------------------------------------------------------------------------- data
@@ -88,8 +99,14 @@ def load(name: str):
     if name == "dros":
         sp, ref = sct.datasets.drosophila_embryo()
         shared = [g for g in sp.var_names if g in set(ref.var_names)]
-        return sp[:, shared].copy(), ref, (f"{sp.n_obs} locations × {len(shared)} shared genes; "
-                                           f"{ref.n_obs} scRNA-seq cells × {ref.n_vars} genes")
+        return (
+            sp[:, shared].copy(),
+            ref,
+            (
+                f"{sp.n_obs} locations × {len(shared)} shared genes; "
+                f"{ref.n_obs} scRNA-seq cells × {ref.n_vars} genes"
+            ),
+        )
     a = sct.datasets.ifnb_pbmc() if name == "ifnb" else sct.datasets.zeisel2015()
     rng = np.random.default_rng(SEED)
     lab = a.obs["cell_type"].astype(str).to_numpy()
@@ -108,8 +125,14 @@ def load(name: str):
     sc.pp.highly_variable_genes(t, n_top_genes=PANEL, flavor="cell_ranger")
     panel = list(t.var_names[t.var["highly_variable"].to_numpy()])
     sp = sp_all[:, panel].copy()
-    return sp, ref, (f"spatial half {sp.n_obs} cells × {len(panel)} panel genes (raw counts); "
-                     f"reference half {ref.n_obs} cells × {ref.n_vars} genes")
+    return (
+        sp,
+        ref,
+        (
+            f"spatial half {sp.n_obs} cells × {len(panel)} panel genes (raw counts); "
+            f"reference half {ref.n_obs} cells × {ref.n_vars} genes"
+        ),
+    )
 
 
 def folds(n):
@@ -133,8 +156,8 @@ def knn_baseline(sp_train, ref_train, ref_target, k=50, n_pcs=30):
     nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(pca.transform(zr))
     out = np.empty((zs.shape[0], ref_target.shape[1]), np.float32)
     for s in range(0, zs.shape[0], 8192):
-        idx = nn.kneighbors(pca.transform(zs[s:s + 8192]), return_distance=False)
-        out[s:s + 8192] = ref_target[idx].mean(1)
+        idx = nn.kneighbors(pca.transform(zs[s : s + 8192]), return_distance=False)
+        out[s : s + 8192] = ref_target[idx].mean(1)
     return out
 
 
@@ -173,11 +196,13 @@ def child(task: str, arg: str, out: str) -> dict:
         if method == "knn":
             sp_n, ref_n = stimpute_normalise(sp), stimpute_normalise(ref)
             col = {g: i for i, g in enumerate(ref.var_names)}
-            pred = knn_baseline(sp_n, ref_n[:, [col[g] for g in sp.var_names]],
-                                ref_n[:, [col[g] for g in held]])
+            pred = knn_baseline(
+                sp_n, ref_n[:, [col[g] for g in sp.var_names]], ref_n[:, [col[g] for g in held]]
+            )
         else:
-            pred = sct.tl.stimpute(sp, ref, genes=held, rng=SEED, progress=False,
-                                   return_adata=True).X
+            pred = sct.tl.stimpute(
+                sp, ref, genes=held, rng=SEED, progress=False, return_adata=True
+            ).X
         extra["shape"] = list(pred.shape)
         return {"seconds": time.perf_counter() - t0, "peak_mib": peak_rss_mib(), **extra}
     data, method = arg.split(":")
@@ -194,8 +219,9 @@ def child(task: str, arg: str, out: str) -> dict:
         for tr, te in folds(len(genes)):
             pred[:, te] = knn_baseline(sp_n[:, tr], ref_n[:, tr], ref_n[:, te])
     else:
-        tab = sct.tl.stimpute_cv(sp, ref, n_folds=N_FOLDS, rng=SEED, progress=False,
-                                 **METHODS[method][1])
+        tab = sct.tl.stimpute_cv(
+            sp, ref, n_folds=N_FOLDS, rng=SEED, progress=False, **METHODS[method][1]
+        )
         pred, rel = sp.layers["stimpute_cv"], tab["reliability"].to_numpy()
         p = sp.uns["stimpute_cv"]["params"]
         extra["k"] = np.asarray(p["k"]).tolist()
@@ -207,10 +233,18 @@ def child(task: str, arg: str, out: str) -> dict:
 
 def run_child(task: str, arg: str, threads: int) -> tuple[dict, Path | None]:
     out = Path(tempfile.mkstemp(suffix=".npz")[1])
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "BENCH_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, __file__, "--child", task, arg, str(out)],
-                          capture_output=True, text=True, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "BENCH_THREADS": str(threads),
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", task, arg, str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}, None
@@ -237,13 +271,20 @@ def score(path: Path) -> dict:
     g = metrics.pairwise_scores(truth, pred, axis="gene")
     c = metrics.pairwise_scores(truth, pred, axis="cell")
     pr, co = g["pearson"].to_numpy(), g["cosine"].to_numpy()
-    row = {"pearson": float(np.nanmedian(pr)), "pearson_mean": float(np.nanmean(pr)),
-           "cosine": float(np.nanmedian(co)), "cell_cosine": float(np.nanmedian(c["cosine"]))}
+    row = {
+        "pearson": float(np.nanmedian(pr)),
+        "pearson_mean": float(np.nanmean(pr)),
+        "cosine": float(np.nanmedian(co)),
+        "cell_cosine": float(np.nanmedian(c["cosine"])),
+    }
     if np.isfinite(rel).any():
         top = np.argsort(-np.nan_to_num(rel, nan=-np.inf), kind="stable")[: len(rel) // 2]
-        row.update(spearman=_spearman(rel, pr), spearman_cos=_spearman(rel, co),
-                   top_pearson=float(np.nanmedian(pr[top])),
-                   top_cosine=float(np.nanmedian(co[top])))
+        row.update(
+            spearman=_spearman(rel, pr),
+            spearman_cos=_spearman(rel, co),
+            top_pearson=float(np.nanmedian(pr[top])),
+            top_cosine=float(np.nanmedian(co[top])),
+        )
     return row
 
 
@@ -257,8 +298,10 @@ def esm_coverage() -> str:
     out = []
     for name in ("zeisel", "ifnb"):
         sp, ref, _ = load(name)
-        out.append(f"{name}: {len(set(sp.var_names) & emb)} of the {sp.n_vars} panel genes, "
-                   f"{len(set(ref.var_names) & emb)} of the {ref.n_vars} reference genes")
+        out.append(
+            f"{name}: {len(set(sp.var_names) & emb)} of the {sp.n_vars} panel genes, "
+            f"{len(set(ref.var_names) & emb)} of the {ref.n_vars} reference genes"
+        )
     return "; ".join(out)
 
 
@@ -269,10 +312,16 @@ def render(runs: dict) -> list[str]:
         if not rows:
             continue
         base = rows.get("knn")
-        lines += [f"## {title}", "", rows[next(iter(rows))]["desc"], "",
-                  "| method | gene Pearson median (mean) | gene cosine median | cell cosine "
-                  "median | Spearman(rel, Pearson) | top-half Pearson / all | k, w per fold "
-                  "| seconds | peak MiB | command |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            rows[next(iter(rows))]["desc"],
+            "",
+            "| method | gene Pearson median (mean) | gene cosine median | cell cosine "
+            "median | Spearman(rel, Pearson) | top-half Pearson / all | k, w per fold "
+            "| seconds | peak MiB | command |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for m in METHODS:
             if m not in rows:
                 continue
@@ -280,36 +329,46 @@ def render(runs: dict) -> list[str]:
             if "error" in r:
                 lines.append(f"| {METHODS[m][0]} | failed: {r['error'][:80]} |||||||| |")
                 continue
-            rel = (f"{r['spearman']:.2f}" if "spearman" in r else "—")
-            top = (f"{r['top_pearson']:.3f} / {r['pearson']:.3f}" if "top_pearson" in r
-                   else "—")
+            rel = f"{r['spearman']:.2f}" if "spearman" in r else "—"
+            top = f"{r['top_pearson']:.3f} / {r['pearson']:.3f}" if "top_pearson" in r else "—"
             kw = ""
             if "k" in r:
                 kw = ", ".join(f"{k}/{w:g}" for k, w in zip(r["k"], r["weight"], strict=True))
-            lines.append(f"| {METHODS[m][0]} | {r['pearson']:.3f} ({r['pearson_mean']:.3f}) "
-                         f"| {r['cosine']:.3f} | {r['cell_cosine']:.3f} | {rel} | {top} | {kw} "
-                         f"| {r['seconds']:.0f} | {r['peak_mib']:.0f} | `{r['command']}` |")
+            lines.append(
+                f"| {METHODS[m][0]} | {r['pearson']:.3f} ({r['pearson_mean']:.3f}) "
+                f"| {r['cosine']:.3f} | {r['cell_cosine']:.3f} | {rel} | {top} | {kw} "
+                f"| {r['seconds']:.0f} | {r['peak_mib']:.0f} | `{r['command']}` |"
+            )
         if base and "default" in rows and "error" not in rows["default"]:
             d = rows["default"]["pearson"] - base["pearson"]
-            lines += ["", f"Default − k-NN baseline: {d:+.3f} median gene Pearson "
-                          f"({rows['default']['cosine'] - base['cosine']:+.3f} cosine)."]
+            lines += [
+                "",
+                f"Default − k-NN baseline: {d:+.3f} median gene Pearson "
+                f"({rows['default']['cosine'] - base['cosine']:+.3f} cosine).",
+            ]
         lines.append("")
     if "scale" in runs:
-        lines += ["## Scale: osmFISH resampled to N spatial cells, synthetic 20,000-cell "
-                  "reference", "", "26 measured genes, 7 predicted; defaults; one CPU thread "
-                  "per run (`--threads 1`) on 2 cores shared with other jobs; seconds exclude "
-                  "building the data; peak MiB is each run's own process (libraries, the "
-                  "reference and the spatial cells). The default's inner gene CV reads at most "
-                  "5,000 spatial and 5,000 reference cells, so above that only the neighbour "
-                  "search and the prediction grow with N.", "",
-                  "| N spatial cells | stImpute seconds | peak MiB | k-NN seconds | peak MiB "
-                  "| command |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Scale: osmFISH resampled to N spatial cells, synthetic 20,000-cell reference",
+            "",
+            "26 measured genes, 7 predicted; defaults; one CPU thread "
+            "per run (`--threads 1`) on 2 cores shared with other jobs; seconds exclude "
+            "building the data; peak MiB is each run's own process (libraries, the "
+            "reference and the spatial cells). The default's inner gene CV reads at most "
+            "5,000 spatial and 5,000 reference cells, so above that only the neighbour "
+            "search and the prediction grow with N.",
+            "",
+            "| N spatial cells | stImpute seconds | peak MiB | k-NN seconds | peak MiB | command |",
+            "|---|---|---|---|---|---|",
+        ]
         for n, r in sorted(runs["scale"].items(), key=lambda kv: int(kv[0])):
             st, kn = r.get("default", {}), r.get("knn", {})
-            lines.append(f"| {int(n):,} | {st.get('seconds', float('nan')):.0f} "
-                         f"| {st.get('peak_mib', float('nan')):.0f} "
-                         f"| {kn.get('seconds', float('nan')):.0f} "
-                         f"| {kn.get('peak_mib', float('nan')):.0f} | `{st.get('command', '')}` |")
+            lines.append(
+                f"| {int(n):,} | {st.get('seconds', float('nan')):.0f} "
+                f"| {st.get('peak_mib', float('nan')):.0f} "
+                f"| {kn.get('seconds', float('nan')):.0f} "
+                f"| {kn.get('peak_mib', float('nan')):.0f} | `{st.get('command', '')}` |"
+            )
         lines.append("")
     return lines
 
@@ -330,14 +389,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--data", nargs="*", default=["dros", "ifnb", "zeisel"], choices=list(DATA))
-    p.add_argument("--methods", nargs="*", default=["fast"],
-                   help=f"method keys or groups {list(GROUPS)}")
+    p.add_argument(
+        "--methods", nargs="*", default=["fast"], help=f"method keys or groups {list(GROUPS)}"
+    )
     p.add_argument("--scale", type=int, nargs="*", default=[])
     p.add_argument("--skip-scale", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--esm-coverage", action="store_true")
-    p.add_argument("--runs", type=Path, default=None, help="the JSON file of stored rows "
-                   "(default: benchmarks/results/stimpute_runs.json)")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="the JSON file of stored rows (default: benchmarks/results/stimpute_runs.json)",
+    )
     args = p.parse_args()
     if args.runs is not None:
         global RUNS
@@ -348,7 +412,7 @@ def main() -> None:
     argv = sys.argv[1:]
     if "--runs" in argv:  # where rows are stored is not part of what was measured
         i = argv.index("--runs")
-        argv = argv[:i] + argv[i + 2:]
+        argv = argv[:i] + argv[i + 2 :]
     cmd = command(__file__, argv)
     methods = [m for key in args.methods for m in GROUPS.get(key, [key])]
     for data in args.data:
@@ -356,21 +420,33 @@ def main() -> None:
         for m in methods:
             info, path = run_child("cv", f"{data}:{m}", args.threads)
             row = info if path is None else {**info, **score(path)}
-            _store([data, m], {**row, "desc": desc, "command": cmd,
-                               "date": time.strftime("%Y-%m-%d")})
-    for n in ([] if args.skip_scale else args.scale):
+            _store(
+                [data, m], {**row, "desc": desc, "command": cmd, "date": time.strftime("%Y-%m-%d")}
+            )
+    for n in [] if args.skip_scale else args.scale:
         for m in ("default", "knn"):
             info, _ = run_child("scale", f"{m}:{n}", args.threads)
             _store(["scale", str(n), m], {**info, "command": cmd})
     if args.esm_coverage:
         _store(["esm_coverage"], esm_coverage())
     runs = _store([], None)
-    notes = NOTES + (["", f"ESM-2 coverage of the proxies (union of the osmFISH, MERFISH and "
-                      f"Mouse_brain tables): {runs['esm_coverage']}."] if "esm_coverage" in runs
-                     else [])
-    write_results(RESULTS, "stImpute benchmark", [*notes, "", *render(runs)], script=__file__,
-                  note="Each row names the command that measured it (rows are kept across "
-                       "runs in `benchmarks/results/stimpute_runs.json`).")
+    notes = NOTES + (
+        [
+            "",
+            f"ESM-2 coverage of the proxies (union of the osmFISH, MERFISH and "
+            f"Mouse_brain tables): {runs['esm_coverage']}.",
+        ]
+        if "esm_coverage" in runs
+        else []
+    )
+    write_results(
+        RESULTS,
+        "stImpute benchmark",
+        [*notes, "", *render(runs)],
+        script=__file__,
+        note="Each row names the command that measured it (rows are kept across "
+        "runs in `benchmarks/results/stimpute_runs.json`).",
+    )
 
 
 NOTES = [

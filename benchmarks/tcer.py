@@ -108,14 +108,18 @@ def timed(fn):
     return out, sec, mem.peak
 
 
-def run_one(name: str, shape: float, ablations: bool, paper_epochs: int,
-            paper_features: int) -> list[dict]:
+def run_one(
+    name: str, shape: float, ablations: bool, paper_epochs: int, paper_features: int
+) -> list[dict]:
     import magic
 
     ref = sct.pp.select_reference(load(name))
     sct.pp.simulate_efficiency_loss(ref, efficiency_shape=shape, rng=0)
-    obs = ad.AnnData(sparse.csr_matrix(ref.layers["observed"], dtype=np.float32),
-                     obs=ref.obs.copy(), var=ref.var[[]].copy())
+    obs = ad.AnnData(
+        sparse.csr_matrix(ref.layers["observed"], dtype=np.float32),
+        obs=ref.obs.copy(),
+        var=ref.var[[]].copy(),
+    )
     keep = np.asarray(obs.X.sum(1)).ravel() > 0
     obs = obs[keep].copy()
     truth = log_normalize(ref.X[keep])
@@ -124,8 +128,9 @@ def run_one(name: str, shape: float, ablations: bool, paper_epochs: int,
     print(f"{name} {LEVELS[shape]}: {obs.n_obs} cells x {obs.n_vars} genes", flush=True)
 
     results = {"observed": (obs_log, 0.0, float("nan"))}
-    results["MAGIC"] = timed(lambda: magic.MAGIC(random_state=0, verbose=0).fit_transform(
-        obs_log.toarray()))
+    results["MAGIC"] = timed(
+        lambda: magic.MAGIC(random_state=0, verbose=0).fit_transform(obs_log.toarray())
+    )
     results["kNN smoothing"] = timed(lambda: log_normalize(tcer.knn_smoothing(counts)))
 
     rates = tcer.Rates(obs.X, None, 1e4)
@@ -142,8 +147,9 @@ def run_one(name: str, shape: float, ablations: bool, paper_epochs: int,
     def run_tcer(label, key="genomap", **kw):
         def fn():
             a = obs.copy()
-            models[label] = sct.tl.tcer_impute(a, genomap_key=key, rng=0, progress=False,
-                                               return_model=True, **kw)
+            models[label] = sct.tl.tcer_impute(
+                a, genomap_key=key, rng=0, progress=False, return_model=True, **kw
+            )
             return a.layers["tcer"]
 
         out, sec, peak = timed(fn)
@@ -155,43 +161,56 @@ def run_one(name: str, shape: float, ablations: bool, paper_epochs: int,
 
         def no_ernet():
             idx = tcer.neighbour_index(rates, k, seed=0)
-            return posterior_on(rates, lambda own, cells: tcer.neighbour_mean(rates, idx, cells),
-                                val)[0]
+            return posterior_on(
+                rates, lambda own, cells: tcer.neighbour_mean(rates, idx, cells), val
+            )[0]
 
         results["no ER-Net"] = timed(no_ernet)
         random_placement(obs, "random")
         run_tcer("TCER random placement", key="random")
         run_tcer("TCER no cross-cell channel", n_neighbors=0)
         run_tcer("TCER plain convolution", deformable=False)
-        run_tcer("TCER preset=paper", preset="paper", epochs=paper_epochs,
-                 n_features=paper_features)
+        run_tcer(
+            "TCER preset=paper", preset="paper", epochs=paper_epochs, n_features=paper_features
+        )
 
     rows = []
     label_key = LABELS.get(name)
     for method, (mat, sec, peak) in results.items():
         dense = np.asarray(mat.toarray() if sparse.issparse(mat) else mat, dtype=np.float32)
         g = sct.metrics.gene_pearson(dense, truth)
-        row = {"data": name, "efficiency": LEVELS[shape], "method": method,
-               "cells": int(obs.n_obs), "genes": int(obs.n_vars),
-               "mean_pearson": float(np.nanmean(g)), "median_pearson": float(np.nanmedian(g)),
-               "cell_pearson": float(np.nanmean(sct.metrics.cell_pearson(dense, truth))),
-               "seconds": float(sec), "peak_rss_MiB": float(peak)}
+        row = {
+            "data": name,
+            "efficiency": LEVELS[shape],
+            "method": method,
+            "cells": int(obs.n_obs),
+            "genes": int(obs.n_vars),
+            "mean_pearson": float(np.nanmean(g)),
+            "median_pearson": float(np.nanmedian(g)),
+            "cell_pearson": float(np.nanmean(sct.metrics.cell_pearson(dense, truth))),
+            "seconds": float(sec),
+            "peak_rss_MiB": float(peak),
+        }
         m = models.get(method)
         if m is not None:
-            row.update(epochs=len(m.history["train_loss"]), n_neighbors=m.n_neighbors,
-                       beta=m.beta)
+            row.update(epochs=len(m.history["train_loss"]), n_neighbors=m.n_neighbors, beta=m.beta)
         if label_key:
             tmp = ad.AnnData(dense, obs=obs.obs[[label_key]])
             row["ARI"] = sct.metrics.cluster_and_score(tmp, label_key)["ARI"]
         rows.append(row)
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
-              flush=True)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     if label_key:
-        tmp = ad.AnnData(np.asarray(truth.toarray(), dtype=np.float32),
-                         obs=obs.obs[[label_key]])
-        rows.append({"data": name, "efficiency": LEVELS[shape], "method": "reference",
-                     "cells": int(obs.n_obs), "genes": int(obs.n_vars),
-                     "ARI": sct.metrics.cluster_and_score(tmp, label_key)["ARI"]})
+        tmp = ad.AnnData(np.asarray(truth.toarray(), dtype=np.float32), obs=obs.obs[[label_key]])
+        rows.append(
+            {
+                "data": name,
+                "efficiency": LEVELS[shape],
+                "method": "reference",
+                "cells": int(obs.n_obs),
+                "genes": int(obs.n_vars),
+                "ARI": sct.metrics.cluster_and_score(tmp, label_key)["ARI"],
+            }
+        )
     return rows
 
 
@@ -205,9 +224,19 @@ def store(rows: list[dict], cmd: str) -> None:
     RUNS.write_text(json.dumps(runs, indent=1))
 
 
-ORDER = ["observed", "MAGIC", "kNN smoothing", "ridge + posterior", "TCER", "no ER-Net",
-         "TCER random placement", "TCER no cross-cell channel", "TCER plain convolution",
-         "TCER preset=paper", "reference"]
+ORDER = [
+    "observed",
+    "MAGIC",
+    "kNN smoothing",
+    "ridge + posterior",
+    "TCER",
+    "no ER-Net",
+    "TCER random placement",
+    "TCER no cross-cell channel",
+    "TCER plain convolution",
+    "TCER preset=paper",
+    "reference",
+]
 
 
 def render(out: Path) -> None:
@@ -218,13 +247,29 @@ def render(out: Path) -> None:
     df["_e"] = df["efficiency"].map({v: i for i, v in enumerate(LEVELS.values())})
     df["_m"] = df["method"].map({m: i for i, m in enumerate(ORDER)})
     df = df.sort_values(["_d", "_e", "_m"])
-    cols = ["data", "efficiency", "method", "mean_pearson", "median_pearson", "cell_pearson",
-            "ARI", "seconds", "peak_rss_MiB", "epochs", "n_neighbors", "beta"]
+    cols = [
+        "data",
+        "efficiency",
+        "method",
+        "mean_pearson",
+        "median_pearson",
+        "cell_pearson",
+        "ARI",
+        "seconds",
+        "peak_rss_MiB",
+        "epochs",
+        "n_neighbors",
+        "beta",
+    ]
     table = df[[c for c in cols if c in df]].to_markdown(index=False, floatfmt=".3f")
-    summary = ["", "## Targets", "",
-               "| data | efficiency | best peer (observed, MAGIC, kNN smoothing) | TCER | "
-               "margin (target ≥ +0.030) | ARI observed | ARI TCER |",
-               "|---|---|---|---|---|---|---|"]
+    summary = [
+        "",
+        "## Targets",
+        "",
+        "| data | efficiency | best peer (observed, MAGIC, kNN smoothing) | TCER | "
+        "margin (target ≥ +0.030) | ARI observed | ARI TCER |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (d, e), g in df.groupby(["data", "efficiency"], sort=False):
         by = g.set_index("method")
         if "TCER" not in by.index:
@@ -232,22 +277,41 @@ def render(out: Path) -> None:
         peers = by.loc[[m for m in ("observed", "MAGIC", "kNN smoothing") if m in by.index]]
         best = peers["mean_pearson"].idxmax()
         margin = by.loc["TCER", "mean_pearson"] - peers["mean_pearson"].max()
-        ari = (f"{by.loc['observed', 'ARI']:.3f} | {by.loc['TCER', 'ARI']:.3f}"
-               if "ARI" in by and np.isfinite(by.loc["TCER"].get("ARI", np.nan)) else "– | –")
-        summary.append(f"| {d} | {e} | {best} {peers['mean_pearson'].max():.3f} | "
-                       f"{by.loc['TCER', 'mean_pearson']:.3f} | {margin:+.3f} | {ari} |")
+        ari = (
+            f"{by.loc['observed', 'ARI']:.3f} | {by.loc['TCER', 'ARI']:.3f}"
+            if "ARI" in by and np.isfinite(by.loc["TCER"].get("ARI", np.nan))
+            else "– | –"
+        )
+        summary.append(
+            f"| {d} | {e} | {best} {peers['mean_pearson'].max():.3f} | "
+            f"{by.loc['TCER', 'mean_pearson']:.3f} | {margin:+.3f} | {ari} |"
+        )
     old = out.read_text(encoding="utf-8") if out.exists() else ""
-    reading = old[old.index("\n## Reading"):].strip().splitlines() if "\n## Reading" in old else []
+    reading = old[old.index("\n## Reading") :].strip().splitlines() if "\n## Reading" in old else []
     commands = sorted(set(df["command"].dropna()))
-    body = ["Rows from `benchmarks/results/tcer_runs.json`, made by:", "",
-            *[f"- `{c}`" for c in commands], "",
-            "`peak_rss_MiB`: the highest resident memory of the benchmark process while the "
-            "method ran (it includes the data already loaded). TCER seconds include "
-            "`sct.tl.genomap`. Columns `epochs`, `n_neighbors`, `beta`: what TCER's "
-            "self-supervised selection chose (early stopping; molecular cross-validation).",
-            "", table, *summary, "", *reading]
-    write_results(out, "TCER benchmark (down-sampling protocol)", body, script=__file__,
-                  args=["--render"], echo=False)
+    body = [
+        "Rows from `benchmarks/results/tcer_runs.json`, made by:",
+        "",
+        *[f"- `{c}`" for c in commands],
+        "",
+        "`peak_rss_MiB`: the highest resident memory of the benchmark process while the "
+        "method ran (it includes the data already loaded). TCER seconds include "
+        "`sct.tl.genomap`. Columns `epochs`, `n_neighbors`, `beta`: what TCER's "
+        "self-supervised selection chose (early stopping; molecular cross-validation).",
+        "",
+        table,
+        *summary,
+        "",
+        *reading,
+    ]
+    write_results(
+        out,
+        "TCER benchmark (down-sampling protocol)",
+        body,
+        script=__file__,
+        args=["--render"],
+        echo=False,
+    )
 
 
 def main() -> None:
@@ -266,8 +330,9 @@ def main() -> None:
     cmd = command(__file__)
     for name in args.datasets:
         for shape in args.levels:
-            rows = run_one(name, shape, shape in args.ablation_levels, args.paper_epochs,
-                           args.paper_features)
+            rows = run_one(
+                name, shape, shape in args.ablation_levels, args.paper_epochs, args.paper_features
+            )
             store(rows, cmd)
 
 

@@ -82,8 +82,9 @@ def tcer_prediction(obs: ad.AnnData, epochs: int, n_features: int) -> np.ndarray
     """TCER's blind-spot prediction for every gene pixel (no blending with observed values)."""
     a = obs.copy()
     sct.tl.genomap(a, rng=0)
-    sct.tl.tcer_impute(a, epochs=epochs, n_features=n_features, observed_weight=0.0,
-                       progress=False, rng=0)
+    sct.tl.tcer_impute(
+        a, epochs=epochs, n_features=n_features, observed_weight=0.0, progress=False, rng=0
+    )
     return np.asarray(a.layers["tcer"], dtype=np.float64)
 
 
@@ -105,12 +106,17 @@ def run(name: str, level: float, tcer_epochs: int = 0, tcer_features: int = 8) -
     rows = [{"data": name, "estimator": "observed", "variant": "–", "mean_pearson": pearson(X)}]
     preds = [("linear blind spot", linear_blind_spot(X)), ("kNN", knn_mean(X))]
     if tcer_epochs > 0:
-        preds.append((f"TCER blind spot ({tcer_epochs} epochs, F = {tcer_features})",
-                      tcer_prediction(obs, tcer_epochs, tcer_features)))
+        preds.append(
+            (
+                f"TCER blind spot ({tcer_epochs} epochs, F = {tcer_features})",
+                tcer_prediction(obs, tcer_epochs, tcer_features),
+            )
+        )
     for est, pred in preds:
         for variant, m in blends(X, C, pred).items():
-            rows.append({"data": name, "estimator": est, "variant": variant,
-                         "mean_pearson": pearson(m)})
+            rows.append(
+                {"data": name, "estimator": est, "variant": variant, "mean_pearson": pearson(m)}
+            )
         print(f"{name}: {est} done", flush=True)
     return rows
 
@@ -119,34 +125,57 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=["pbmc3k", "ifnb", "intestine"])
     ap.add_argument("--level", type=float, default=10.0, help="efficiency shape (10 = 0.5 %%)")
-    ap.add_argument("--tcer-epochs", type=int, default=0,
-                    help="also train TCER for this many epochs and blend its prediction")
+    ap.add_argument(
+        "--tcer-epochs",
+        type=int,
+        default=0,
+        help="also train TCER for this many epochs and blend its prediction",
+    )
     ap.add_argument("--tcer-features", type=int, default=8)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "tcer_ceiling.md"))
     args = ap.parse_args(argv)
-    rows = [r for d in args.datasets
-            for r in run(d, args.level, args.tcer_epochs, args.tcer_features)]
+    rows = [
+        r for d in args.datasets for r in run(d, args.level, args.tcer_epochs, args.tcer_features)
+    ]
     cmd_args = ["--datasets", *args.datasets, "--level", f"{args.level:g}"]
     if args.tcer_epochs:
-        cmd_args += ["--tcer-epochs", str(args.tcer_epochs),
-                     "--tcer-features", str(args.tcer_features)]
-    lines = ["| data | estimator | variant | mean Pearson | minus observed |",
-             "|---|---|---|---|---|"]
+        cmd_args += [
+            "--tcer-epochs",
+            str(args.tcer_epochs),
+            "--tcer-features",
+            str(args.tcer_features),
+        ]
+    lines = [
+        "| data | estimator | variant | mean Pearson | minus observed |",
+        "|---|---|---|---|---|",
+    ]
     for d in args.datasets:
         sub = [r for r in rows if r["data"] == d]
         base = sub[0]["mean_pearson"]
         for r in sub:
-            lines.append(f"| {d} | {r['estimator']} | {r['variant']} | {r['mean_pearson']:.3f} "
-                         f"| {r['mean_pearson'] - base:+.3f} |")
-        best = max((r for r in sub[1:] if not r["estimator"].startswith("TCER")),
-                   key=lambda r: r["mean_pearson"])
-        lines.append(f"| {d} | **best simple estimator (oracle)** | {best['estimator']}, "
-                     f"{best['variant']} | **{best['mean_pearson']:.3f}** | "
-                     f"**{best['mean_pearson'] - base:+.3f}** |")
-    write_results(args.out, "TCER protocol: what simple estimators reach "
-                  f"({LEVELS.get(args.level, args.level)} efficiency)", lines, args=cmd_args,
-                  note="Mean gene-wise Pearson against the reference; see the script's "
-                  "docstring for the estimators.", script=__file__)
+            lines.append(
+                f"| {d} | {r['estimator']} | {r['variant']} | {r['mean_pearson']:.3f} "
+                f"| {r['mean_pearson'] - base:+.3f} |"
+            )
+        best = max(
+            (r for r in sub[1:] if not r["estimator"].startswith("TCER")),
+            key=lambda r: r["mean_pearson"],
+        )
+        lines.append(
+            f"| {d} | **best simple estimator (oracle)** | {best['estimator']}, "
+            f"{best['variant']} | **{best['mean_pearson']:.3f}** | "
+            f"**{best['mean_pearson'] - base:+.3f}** |"
+        )
+    write_results(
+        args.out,
+        "TCER protocol: what simple estimators reach "
+        f"({LEVELS.get(args.level, args.level)} efficiency)",
+        lines,
+        args=cmd_args,
+        note="Mean gene-wise Pearson against the reference; see the script's "
+        "docstring for the estimators.",
+        script=__file__,
+    )
     return 0
 
 

@@ -67,25 +67,36 @@ def main() -> None:
     hist = a.uns["tcer"]["history"]
     p = a.uns["tcer"]["params"]
     n_ep = len(hist["train_loss"]) if isinstance(hist, dict) and "train_loss" in hist else "?"
-    note = (f"preset {p.get('preset')!r}, n_features {p.get('n_features')}, "
-            f"epochs run {n_ep} of {p.get('epochs')}")
+    note = (
+        f"preset {p.get('preset')!r}, n_features {p.get('n_features')}, "
+        f"epochs run {n_ep} of {p.get('epochs')}"
+    )
     rows.append(("sct.tl.tcer_impute (defaults)", t_tc, peak_rss_mib(), note))
     print(rows[-1], flush=True)
     total = t_gm + t_tc
     assert np.isfinite(a.layers["tcer"]).all()
 
     verdict = "under" if total <= 600 else "over"
-    body = [f"Data: first {a.n_obs} cells of pbmc3k, {a.n_vars} most variable genes, "
-            "raw counts.", "",
-            "| step | seconds | process peak RSS MiB | notes |", "|---|---|---|---|",
-            *(f"| {name} | {sec:.1f} | {rss:.0f} | {nt} |" for name, sec, rss, nt in rows),
-            "", f"GenoMap + TCER: **{total:.0f} s = {total / 60:.1f} min** on "
-            f"{args.threads} torch thread(s), {verdict} the 10-minute target (which is "
-            f"for 2 CPU cores); {total / rows[0][1]:.0f}× MAGIC's time on the same matrix. "
-            f"Chosen by molecular cross-validation: {p.get('n_neighbors_fitted')} neighbours, "
-            f"beta {p.get('beta_fitted')}."]
-    write_results(args.out, f"TCER speed: {a.n_obs:,} cells × {a.n_vars:,} genes, default "
-                  "settings", body, note=f"{args.threads} torch threads, CPU.", script=__file__)
+    body = [
+        f"Data: first {a.n_obs} cells of pbmc3k, {a.n_vars} most variable genes, raw counts.",
+        "",
+        "| step | seconds | process peak RSS MiB | notes |",
+        "|---|---|---|---|",
+        *(f"| {name} | {sec:.1f} | {rss:.0f} | {nt} |" for name, sec, rss, nt in rows),
+        "",
+        f"GenoMap + TCER: **{total:.0f} s = {total / 60:.1f} min** on "
+        f"{args.threads} torch thread(s), {verdict} the 10-minute target (which is "
+        f"for 2 CPU cores); {total / rows[0][1]:.0f}× MAGIC's time on the same matrix. "
+        f"Chosen by molecular cross-validation: {p.get('n_neighbors_fitted')} neighbours, "
+        f"beta {p.get('beta_fitted')}.",
+    ]
+    write_results(
+        args.out,
+        f"TCER speed: {a.n_obs:,} cells × {a.n_vars:,} genes, default settings",
+        body,
+        note=f"{args.threads} torch threads, CPU.",
+        script=__file__,
+    )
 
 
 if __name__ == "__main__":

@@ -38,12 +38,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def _touches(imports: set[str], targets) -> list[str]:
-    return sorted(i for i in imports for t in targets
-                  if i == t or i.startswith(t + "."))
+    return sorted(i for i in imports for t in targets if i == t or i.startswith(t + "."))
 
 
-@pytest.mark.parametrize("path", [p for p in _modules() if p.name == "_module.py"],
-                         ids=lambda p: str(p.relative_to(SRC)))
+@pytest.mark.parametrize(
+    "path", [p for p in _modules() if p.name == "_module.py"], ids=lambda p: str(p.relative_to(SRC))
+)
 def test_torch_modules_know_no_anndata(path):
     bad = _touches(_imports(path), ["anndata", "scanpy", "sctorch.tl", "sctorch.pp"])
     assert not bad, f"{path.relative_to(SRC)} imports {bad}"
@@ -64,11 +64,15 @@ def test_shared_layers_import_no_method(name):
 
 
 def test_module_sizes_and_one_backward_call_site():
-    sizes = {p.relative_to(SRC): len(p.read_text(encoding="utf-8").splitlines())
-             for p in _modules()}
+    sizes = {
+        p.relative_to(SRC): len(p.read_text(encoding="utf-8").splitlines()) for p in _modules()
+    }
     big = {str(p): n for p, n in sizes.items() if n > 600}
     assert not big, f"modules over 600 lines: {big}"
-    sites = [str(p.relative_to(SRC)) for p in _modules()
-             for line in p.read_text(encoding="utf-8").splitlines()
-             if re.search(r"\.backward\(", line) and not line.lstrip().startswith("#")]
+    sites = [
+        str(p.relative_to(SRC))
+        for p in _modules()
+        for line in p.read_text(encoding="utf-8").splitlines()
+        if re.search(r"\.backward\(", line) and not line.lstrip().startswith("#")
+    ]
     assert sites == ["models/_fit.py"], f".backward( call sites: {sites}"

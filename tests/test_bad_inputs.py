@@ -42,8 +42,9 @@ _CACHE: dict = {}
 
 def _model():
     if "model" not in _CACHE:
-        _CACHE["model"] = sct.tl.scrobust_pretrain(_counts(), d_model=16, n_heads=2, epochs=1,
-                                                   n_genes_per_view=8, rng=0, progress=False)
+        _CACHE["model"] = sct.tl.scrobust_pretrain(
+            _counts(), d_model=16, n_heads=2, epochs=1, n_genes_per_view=8, rng=0, progress=False
+        )
     return _CACHE["model"]
 
 
@@ -84,15 +85,26 @@ def _run_tcer(a):
 def _run_stimpute(a):
     ref = _reference()
     genes = [g for g in ref.var_names if g not in set(a.var_names)][:3]
-    out = sct.tl.stimpute(a, ref, genes=genes, n_neighbors=5, epochs=1, ae_epochs=1,
-                          reliability_folds=0, rng=0, progress=False, return_adata=True)
+    out = sct.tl.stimpute(
+        a,
+        ref,
+        genes=genes,
+        n_neighbors=5,
+        epochs=1,
+        ae_epochs=1,
+        reliability_folds=0,
+        rng=0,
+        progress=False,
+        return_adata=True,
+    )
     return out.X
 
 
 def _run_stimpute_cv(a):
     b = a.copy()  # it writes its layer in place
-    sct.tl.stimpute_cv(b, _reference(), n_folds=2, n_neighbors=5, epochs=1, ae_epochs=1, rng=0,
-                       progress=False)
+    sct.tl.stimpute_cv(
+        b, _reference(), n_folds=2, n_neighbors=5, epochs=1, ae_epochs=1, rng=0, progress=False
+    )
     return b.layers["stimpute_cv"]
 
 
@@ -101,8 +113,9 @@ def _run_gene_graph(a):
 
 
 def _run_pretrain(a):
-    m = sct.tl.scrobust_pretrain(a, d_model=16, n_heads=2, epochs=1, n_genes_per_view=8,
-                                 rng=0, progress=False)
+    m = sct.tl.scrobust_pretrain(
+        a, d_model=16, n_heads=2, epochs=1, n_genes_per_view=8, rng=0, progress=False
+    )
     return m.history["pretrain_loss"]
 
 
@@ -112,21 +125,30 @@ def _run_embed(a):
 
 
 def _run_annotate(a):
-    out = sct.tl.scrobust_annotate(a, _reference(), labels_key="cell_type", model=_model(),
-                                   n_genes=16, epochs=1, rng=0, progress=False, copy=True)
+    out = sct.tl.scrobust_annotate(
+        a,
+        _reference(),
+        labels_key="cell_type",
+        model=_model(),
+        n_genes=16,
+        epochs=1,
+        rng=0,
+        progress=False,
+        copy=True,
+    )
     return out.obs["scrobust_confidence"].to_numpy()
 
 
 def _run_pathways(a):
     genes = list(_reference().var_names)
-    out = sct.tl.scrobust_pathway_scores(a, {"A": genes[:6], "B": genes[6:14]}, _model(),
-                                         copy=True)
+    out = sct.tl.scrobust_pathway_scores(a, {"A": genes[:6], "B": genes[6:14]}, _model(), copy=True)
     return np.asarray(out.obsm["X_scrobust_pathways"])
 
 
 def _run_markers(a):
-    out = sct.tl.scrobust_marker_genes(a, "cell_type", _model(), n_tokens=16, progress=False,
-                                       copy=True)
+    out = sct.tl.scrobust_marker_genes(
+        a, "cell_type", _model(), n_tokens=16, progress=False, copy=True
+    )
     return np.asarray(out.uns["scrobust_markers"]["scores"].tolist(), dtype=float)
 
 
@@ -203,8 +225,10 @@ KINDS = {
     "csc": (lambda a: setattr(a, "X", sparse.csc_matrix(a.X)) or a, "same"),
     "dense": (lambda a: setattr(a, "X", a.X.toarray()) or a, "same"),
     "int64": (lambda a: setattr(a, "X", sparse.csr_matrix(a.X, dtype=np.int64)) or a, "same"),
-    "int8": (lambda a: setattr(a, "X", sparse.csr_matrix(a.X.minimum(100), dtype=np.int8))
-             or a, "runs"),
+    "int8": (
+        lambda a: setattr(a, "X", sparse.csr_matrix(a.X.minimum(100), dtype=np.int8)) or a,
+        "runs",
+    ),
     "view": (lambda a: a[:, :], "same"),
     "missing_layer": (None, (KeyError, r"not found|nope")),
 }
@@ -252,9 +276,11 @@ def _freeze(value):
     if isinstance(value, np.ndarray | np.generic):
         return ("array", value.dtype.str, value.shape, np.asarray(value).tobytes())
     if isinstance(value, pd.DataFrame | pd.Series):
-        return ("frame", value.to_json(orient="split", default_handler=str),
-                tuple(map(str, value.dtypes)) if isinstance(value, pd.DataFrame)
-                else str(value.dtype))
+        return (
+            "frame",
+            value.to_json(orient="split", default_handler=str),
+            tuple(map(str, value.dtypes)) if isinstance(value, pd.DataFrame) else str(value.dtype),
+        )
     if isinstance(value, dict) or hasattr(value, "keys"):
         return ("dict", tuple(sorted((str(k), _freeze(value[k])) for k in value.keys())))
     if isinstance(value, list | tuple):
@@ -264,10 +290,20 @@ def _freeze(value):
 
 def deep_state(adata) -> tuple:
     """Everything an AnnData holds, as a comparable value."""
-    return (adata.shape, tuple(adata.obs_names), tuple(adata.var_names), _freeze(adata.X),
-            _freeze(adata.obs), _freeze(adata.var), _freeze(dict(adata.layers)),
-            _freeze(dict(adata.obsm)), _freeze(dict(adata.varm)), _freeze(dict(adata.obsp)),
-            _freeze(adata.uns), adata.raw is None)
+    return (
+        adata.shape,
+        tuple(adata.obs_names),
+        tuple(adata.var_names),
+        _freeze(adata.X),
+        _freeze(adata.obs),
+        _freeze(adata.var),
+        _freeze(dict(adata.layers)),
+        _freeze(dict(adata.obsm)),
+        _freeze(dict(adata.varm)),
+        _freeze(dict(adata.obsp)),
+        _freeze(adata.uns),
+        adata.raw is None,
+    )
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -288,6 +324,7 @@ def run_case(func, kind):
     a = _counts()
     make = KINDS[kind][0]
     if kind == "missing_layer":
+
         def run(x, _run=run):  # the same function, reading a layer that does not exist
             return _call_with_layer(func, x, "nope")
     else:
@@ -308,8 +345,13 @@ def run_case(func, kind):
             got = run(a)
         if expected == "same":
             ref = _clean_result(func)
-            np.testing.assert_allclose(_as_array(got), _as_array(ref), rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{func} on {kind} input differs from clean")
+            np.testing.assert_allclose(
+                _as_array(got),
+                _as_array(ref),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{func} on {kind} input differs from clean",
+            )
         outcome = "handled"
     if parent is not None:
         assert deep_state(_counts()) == parent_state
@@ -326,24 +368,37 @@ def _call_with_layer(func, a, layer):
     ref = _reference()
     calls = {
         "pp.simulate_efficiency_loss": lambda: sct.pp.simulate_efficiency_loss(
-            a, layer=layer, rng=0, copy=True),
+            a, layer=layer, rng=0, copy=True
+        ),
         "pp.select_reference": lambda: sct.pp.select_reference(a, layer=layer),
         "tl.genomap": lambda: sct.tl.genomap(a, layer=layer, progress=False, copy=True),
-        "tl.tcer_impute": lambda: sct.tl.tcer_impute(a, layer=layer, epochs=1, n_features=2,
-                                                     progress=False, copy=True),
+        "tl.tcer_impute": lambda: sct.tl.tcer_impute(
+            a, layer=layer, epochs=1, n_features=2, progress=False, copy=True
+        ),
         "tl.stimpute": lambda: sct.tl.stimpute(a, ref, layer_sp=layer, progress=False),
         "tl.stimpute_cv": lambda: sct.tl.stimpute_cv(a, ref, layer_sp=layer, progress=False),
-        "tl.scrobust_pretrain": lambda: sct.tl.scrobust_pretrain(a, layer=layer, epochs=1,
-                                                                 progress=False),
-        "tl.scrobust_embed": lambda: sct.tl.scrobust_embed(a, _model(), layer=layer,
-                                                           progress=False, copy=True),
+        "tl.scrobust_pretrain": lambda: sct.tl.scrobust_pretrain(
+            a, layer=layer, epochs=1, progress=False
+        ),
+        "tl.scrobust_embed": lambda: sct.tl.scrobust_embed(
+            a, _model(), layer=layer, progress=False, copy=True
+        ),
         "tl.scrobust_annotate": lambda: sct.tl.scrobust_annotate(
-            a, ref, labels_key="cell_type", model=_model(), layer=layer, epochs=1,
-            progress=False, copy=True),
+            a,
+            ref,
+            labels_key="cell_type",
+            model=_model(),
+            layer=layer,
+            epochs=1,
+            progress=False,
+            copy=True,
+        ),
         "tl.scrobust_pathway_scores": lambda: sct.tl.scrobust_pathway_scores(
-            a, {"A": list(a.var_names[:5])}, _model(), layer=layer, copy=True),
+            a, {"A": list(a.var_names[:5])}, _model(), layer=layer, copy=True
+        ),
         "tl.scrobust_marker_genes": lambda: sct.tl.scrobust_marker_genes(
-            a, "cell_type", _model(), layer=layer, progress=False, copy=True),
+            a, "cell_type", _model(), layer=layer, progress=False, copy=True
+        ),
     }
     return calls[func]()
 
@@ -379,8 +434,16 @@ def test_key_collision_is_reported():
     ref = _reference()
     genes = [g for g in ref.var_names if g not in set(a.var_names)][:2]
     with pytest.warns(UserWarning, match="stimpute"):
-        sct.tl.stimpute(a, ref, genes=genes, n_neighbors=5, epochs=1, ae_epochs=1,
-                        reliability_folds=0, progress=False)
+        sct.tl.stimpute(
+            a,
+            ref,
+            genes=genes,
+            n_neighbors=5,
+            epochs=1,
+            ae_epochs=1,
+            reliability_folds=0,
+            progress=False,
+        )
 
 
 def _small_intestine():
@@ -389,9 +452,14 @@ def _small_intestine():
     return a[np.asarray(a.X.sum(axis=1)).ravel() > 0].copy()
 
 
-@pytest.mark.parametrize(("kw", "match"), [({"lr": 0}, "lr must be a positive"),
-                                           ({"n_features": 0}, "n_features"),
-                                           ({"lr_step": 0}, "lr_step")])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"lr": 0}, "lr must be a positive"),
+        ({"n_features": 0}, "n_features"),
+        ({"lr_step": 0}, "lr_step"),
+    ],
+)
 def test_tcer_zero_settings_are_refused_not_replaced(kw, match):
     a = _small_intestine()
     before = deep_state(a)
@@ -425,8 +493,9 @@ def test_cli_refuses_a_missing_model_folder_before_any_work(tmp_path):
     src = tmp_path / "in.h5ad"
     _small_intestine().write_h5ad(src)
     out = tmp_path / "out.h5ad"
-    code = main(["tcer", str(src), str(out), "--model-out", str(tmp_path / "no" / "m.st"),
-                 "--quiet"])
+    code = main(
+        ["tcer", str(src), str(out), "--model-out", str(tmp_path / "no" / "m.st"), "--quiet"]
+    )
     assert code == 1 and not out.exists()
 
 

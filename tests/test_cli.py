@@ -9,8 +9,10 @@ from sctorch.cli import main
 
 
 def test_import_is_light():
-    code = ("import sys, sctorch; heavy = [m for m in ('torch', 'ot', 'torch_geometric', 'esm', "
-            "'squidpy', 'matplotlib.pyplot') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, sctorch; heavy = [m for m in ('torch', 'ot', 'torch_geometric', 'esm', "
+        "'squidpy', 'matplotlib.pyplot') if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert sct.__version__
@@ -47,9 +49,15 @@ def test_demo_quick_writes_summary(tmp_path, capsys):
     # stImpute held-out Pearson and scRobust annotation figures are there
     assert re.search(r"\| 17 \| (0\.\d+) \| (0\.\d+) \|", summary)
     assert re.search(r"\| accuracy \| (0\.\d+) \|", summary)
-    for name in ("tcer_ifnb.h5ad", "tcer_genomap_by_cell_type.png", "tcer_umap.png",
-                 "stimpute_drosophila.h5ad", "stimpute_heldout.png", "ifnb_scrobust.h5ad",
-                 "scrobust_umap.png"):
+    for name in (
+        "tcer_ifnb.h5ad",
+        "tcer_genomap_by_cell_type.png",
+        "tcer_umap.png",
+        "stimpute_drosophila.h5ad",
+        "stimpute_heldout.png",
+        "ifnb_scrobust.h5ad",
+        "scrobust_umap.png",
+    ):
         assert (tmp_path / name).stat().st_size > 1000, name
     import anndata as ad
 
@@ -66,41 +74,88 @@ def _signature_map():
     tl = sct.tl
     return {
         "genomap": {
-            "layer": [(tl.genomap, "layer")], "genes": [(tl.genomap, "genes")],
-            "max_iter": [(tl.genomap, "max_iter")], "solver": [(tl.genomap, "solver")],
-            "key_added": [(tl.genomap, "key_added")], "seed": [(tl.genomap, "rng")],
+            "layer": [(tl.genomap, "layer")],
+            "genes": [(tl.genomap, "genes")],
+            "max_iter": [(tl.genomap, "max_iter")],
+            "solver": [(tl.genomap, "solver")],
+            "key_added": [(tl.genomap, "key_added")],
+            "seed": [(tl.genomap, "rng")],
             "quiet": [(tl.genomap, "progress", _NOT)],
         },
         "tcer": {
-            **{k: [(tl.tcer_impute, k)] for k in ("layer", "preset", "epochs", "n_features",
-                                                  "batch_size", "lr", "device", "key_added")},
-            "seed": [(tl.tcer_impute, "rng")], "quiet": [(tl.tcer_impute, "progress", _NOT)],
+            **{
+                k: [(tl.tcer_impute, k)]
+                for k in (
+                    "layer",
+                    "preset",
+                    "epochs",
+                    "n_features",
+                    "batch_size",
+                    "lr",
+                    "device",
+                    "key_added",
+                )
+            },
+            "seed": [(tl.tcer_impute, "rng")],
+            "quiet": [(tl.tcer_impute, "progress", _NOT)],
         },
         "stimpute": {
-            **{k: [(tl.stimpute, k)] for k in ("genes", "layer_sp", "layer_ref", "n_neighbors",
-                                               "alpha", "epochs", "ae_epochs", "device",
-                                               "key_added", "method", "preset", "latent",
-                                               "ridge_weight")},
+            **{
+                k: [(tl.stimpute, k)]
+                for k in (
+                    "genes",
+                    "layer_sp",
+                    "layer_ref",
+                    "n_neighbors",
+                    "alpha",
+                    "epochs",
+                    "ae_epochs",
+                    "device",
+                    "key_added",
+                    "method",
+                    "preset",
+                    "latent",
+                    "ridge_weight",
+                )
+            },
             "embeddings": [(tl.stimpute, "gene_embeddings")],
             "case_insensitive": [(tl.stimpute, "case_sensitive", _NOT)],
             "predicted_only": [(tl.stimpute, "return_adata")],
-            "seed": [(tl.stimpute, "rng")], "quiet": [(tl.stimpute, "progress", _NOT)],
+            "seed": [(tl.stimpute, "rng")],
+            "quiet": [(tl.stimpute, "progress", _NOT)],
         },
         "scrobust embed": {
-            **{k: [(tl.scrobust_pretrain, k), (tl.scrobust_embed, k)]
-               for k in ("layer", "input_scale", "device")},
-            **{k: [(tl.scrobust_pretrain, k)] for k in ("d_model", "n_heads", "lr", "epochs",
-                                                        "preset")},
+            **{
+                k: [(tl.scrobust_pretrain, k), (tl.scrobust_embed, k)]
+                for k in ("layer", "input_scale", "device")
+            },
+            **{
+                k: [(tl.scrobust_pretrain, k)]
+                for k in ("d_model", "n_heads", "lr", "epochs", "preset")
+            },
             "n_genes": [(tl.scrobust_embed, "n_genes")],
             "key_added": [(tl.scrobust_embed, "key_added")],
             "seed": [(tl.scrobust_pretrain, "rng"), (tl.scrobust_embed, "rng")],
-            "quiet": [(tl.scrobust_pretrain, "progress", _NOT),
-                      (tl.scrobust_embed, "progress", _NOT)],
+            "quiet": [
+                (tl.scrobust_pretrain, "progress", _NOT),
+                (tl.scrobust_embed, "progress", _NOT),
+            ],
         },
         "scrobust annotate": {
-            **{k: [(tl.scrobust_annotate, k)] for k in ("labels_key", "layer", "input_scale",
-                                                        "n_genes", "epochs", "class_weight",
-                                                        "key_added", "device", "head")},
+            **{
+                k: [(tl.scrobust_annotate, k)]
+                for k in (
+                    "labels_key",
+                    "layer",
+                    "input_scale",
+                    "n_genes",
+                    "epochs",
+                    "class_weight",
+                    "key_added",
+                    "device",
+                    "head",
+                )
+            },
             "preset": [(tl.scrobust_annotate, "preset"), (tl.scrobust_pretrain, "preset")],
             **{k: [(tl.scrobust_pretrain, k)] for k in ("d_model", "n_heads")},
             "layer": [(tl.scrobust_annotate, "layer"), (tl.scrobust_annotate, "ref_layer")],
@@ -113,8 +168,21 @@ def _signature_map():
 
 
 # options of the command itself, with no function argument behind them
-_CLI_ONLY = {"help", "input", "output", "query", "spatial", "reference", "genes_key", "model",
-             "model_out", "overwrite", "backed", "func", "action"}
+_CLI_ONLY = {
+    "help",
+    "input",
+    "output",
+    "query",
+    "spatial",
+    "reference",
+    "genes_key",
+    "model",
+    "model_out",
+    "overwrite",
+    "backed",
+    "func",
+    "action",
+}
 
 
 def _subcommands(parser, prefix=""):

@@ -10,17 +10,42 @@ from sctorch._utils import is_integer_matrix
 @pytest.mark.parametrize(
     ("loader", "path", "shape", "obs_cols", "counts"),
     [
-        (sct.datasets.intestine_moor2018, "intestine_moor2018/intestine_moor2018.h5ad",
-         (1383, 27998), ["zone"], True),
+        (
+            sct.datasets.intestine_moor2018,
+            "intestine_moor2018/intestine_moor2018.h5ad",
+            (1383, 27998),
+            ["zone"],
+            True,
+        ),
         (sct.datasets.pbmc3k, "pbmc3k/pbmc3k_raw_counts.h5ad", (2700, 32738), [], True),
-        (sct.datasets.ifnb_pbmc, "ifnb_pbmc/ifnb_2800.h5ad", (2800, 14053),
-         ["sample", "cell_type"], True),
-        (sct.datasets.osmfish, "osmfish_sscortex/osmFISH_prep.h5ad", (5328, 33),
-         ["ClusterName", "Region"], True),
-        (sct.datasets.merfish_hypothalamus, "merfish_hypothalamus/merfish.h5ad", (4975, 160),
-         ["celltype"], False),
-        (sct.datasets.zeisel2015, "zeisel2015_subsets/descend_zeisel_1464cells_1000genes.h5ad",
-         (1464, 1000), ["cell_type"], True),
+        (
+            sct.datasets.ifnb_pbmc,
+            "ifnb_pbmc/ifnb_2800.h5ad",
+            (2800, 14053),
+            ["sample", "cell_type"],
+            True,
+        ),
+        (
+            sct.datasets.osmfish,
+            "osmfish_sscortex/osmFISH_prep.h5ad",
+            (5328, 33),
+            ["ClusterName", "Region"],
+            True,
+        ),
+        (
+            sct.datasets.merfish_hypothalamus,
+            "merfish_hypothalamus/merfish.h5ad",
+            (4975, 160),
+            ["celltype"],
+            False,
+        ),
+        (
+            sct.datasets.zeisel2015,
+            "zeisel2015_subsets/descend_zeisel_1464cells_1000genes.h5ad",
+            (1464, 1000),
+            ["cell_type"],
+            True,
+        ),
     ],
 )
 def test_loader_shapes_and_labels(loader, path, shape, obs_cols, counts):
@@ -150,7 +175,9 @@ def test_gene_set_json_duplicate_names_raise(tmp_path):
     with pytest.raises(ValueError, match=r"dup\.json.*\['A'\].*more than once"):
         sct.datasets.gene_sets(j)
     peg = tmp_path / "peg.json"
-    peg.write_text('{"cell_types": [{"name": "T", "markers": [{"genes": ["CD3D+"]}], '
-                   '"subtypes": {"cell_types": [{"name": "T", "markers": []}]}}]}')
+    peg.write_text(
+        '{"cell_types": [{"name": "T", "markers": [{"genes": ["CD3D+"]}], '
+        '"subtypes": {"cell_types": [{"name": "T", "markers": []}]}}]}'
+    )
     with pytest.raises(ValueError, match="'T' is defined more than once"):
         sct.datasets.gene_sets(peg)

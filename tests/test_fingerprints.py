@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (the recorded table keeps one case per line)
 """Behaviour fingerprints of every public ``sct.tl`` / ``sct.pp`` function on bundled data.
 
 Each case runs a public function with a fixed seed and tiny settings on bundled real
@@ -57,15 +56,19 @@ def case_genomap():
     back = sct.tl.genomap_to_genes(imgs, a)
     rows = a.var["genomap_row"].to_numpy().astype(float)
     cols = a.var["genomap_col"].to_numpy().astype(float)
-    return [float(a.uns["genomap"]["objective"]), float((rows * 100 + cols)[:8].sum()),
-            float(np.dot(rows, np.arange(len(rows)))), *_summary(imgs)[:2], *_summary(back)[:2]]
+    return [
+        float(a.uns["genomap"]["objective"]),
+        float((rows * 100 + cols)[:8].sum()),
+        float(np.dot(rows, np.arange(len(rows)))),
+        *_summary(imgs)[:2],
+        *_summary(back)[:2],
+    ]
 
 
 def case_tcer_impute():
     a = _intestine_small()
     sct.tl.genomap(a, rng=0, progress=False)
-    model = sct.tl.tcer_impute(a, n_features=4, epochs=2, rng=0, progress=False,
-                               return_model=True)
+    model = sct.tl.tcer_impute(a, n_features=4, epochs=2, rng=0, progress=False, return_model=True)
     return [*_summary(a.layers["tcer"]), float(np.sum(model.history["train_loss"]))]
 
 
@@ -74,8 +77,9 @@ def case_tcer_impute_paper():
     # case was checked equal on the code before and after that change
     a = _intestine_small()
     sct.tl.genomap(a, rng=0, progress=False)
-    model = sct.tl.tcer_impute(a, preset="paper", n_features=4, epochs=2, rng=0,
-                               progress=False, return_model=True)
+    model = sct.tl.tcer_impute(
+        a, preset="paper", n_features=4, epochs=2, rng=0, progress=False, return_model=True
+    )
     return [*_summary(a.layers["tcer"]), float(np.sum(model.history["train_loss"]))]
 
 
@@ -90,18 +94,31 @@ def _drosophila_small():
 
 def case_stimpute():
     sp, ref, held = _drosophila_small()
-    res = sct.tl.stimpute(sp, ref, genes=held, n_neighbors=10, epochs=2, ae_epochs=3,
-                          reliability_folds=2, rng=0, progress=False, return_adata=True)
-    rel = np.asarray(sp.uns["stimpute"]["reliability"] if "stimpute" in sp.uns
-                     else res.var["reliability"], dtype=np.float64)
+    res = sct.tl.stimpute(
+        sp,
+        ref,
+        genes=held,
+        n_neighbors=10,
+        epochs=2,
+        ae_epochs=3,
+        reliability_folds=2,
+        rng=0,
+        progress=False,
+        return_adata=True,
+    )
+    rel = np.asarray(
+        sp.uns["stimpute"]["reliability"] if "stimpute" in sp.uns else res.var["reliability"],
+        dtype=np.float64,
+    )
     return [*_summary(res.X), float(np.sum(rel))]
 
 
 def case_stimpute_cv():
     sp, ref, _ = _drosophila_small()
     sp = sp[:, :20].copy()
-    tab = sct.tl.stimpute_cv(sp, ref, n_folds=2, n_neighbors=10, epochs=1, ae_epochs=2,
-                             rng=0, progress=False)
+    tab = sct.tl.stimpute_cv(
+        sp, ref, n_folds=2, n_neighbors=10, epochs=1, ae_epochs=2, rng=0, progress=False
+    )
     num = tab.select_dtypes("number").to_numpy(dtype=np.float64)
     return [*_summary(sp.layers["stimpute_cv"]), float(np.nansum(num))]
 
@@ -115,15 +132,23 @@ def case_stimpute_gene_graph():
 
 def _ifnb_small():
     a = sct.datasets.ifnb_pbmc(bundled=True)
-    a = a[:: 8].copy()
+    a = a[::8].copy()
     a = a[:, np.argsort(-a.X.getnnz(axis=0), kind="stable")[:300]].copy()
     keep = np.asarray(a.X.sum(axis=1)).ravel() > 0
     return a[keep].copy()
 
 
 def _scrobust_model(a):
-    return sct.tl.scrobust_pretrain(a, d_model=16, n_heads=2, epochs=1, batch_size=32,
-                                    n_genes_per_view=16, rng=0, progress=False)
+    return sct.tl.scrobust_pretrain(
+        a,
+        d_model=16,
+        n_heads=2,
+        epochs=1,
+        batch_size=32,
+        n_genes_per_view=16,
+        rng=0,
+        progress=False,
+    )
 
 
 def case_scrobust_pretrain_embed():
@@ -139,12 +164,23 @@ def case_scrobust_annotate():
     a = _ifnb_small()
     model = _scrobust_model(a)
     ref, query = a[::2].copy(), a[1::2].copy()
-    sct.tl.scrobust_annotate(query, ref, labels_key="cell_type", model=model, n_genes=32,
-                             epochs=1, batch_size=32, rng=0, progress=False)
-    codes = query.obs["scrobust_label"].astype(str).map(
-        {c: i for i, c in enumerate(sorted(ref.obs["cell_type"].astype(str).unique()))})
-    return [float(codes.to_numpy(dtype=float).sum()),
-            float(query.obs["scrobust_confidence"].sum())]
+    sct.tl.scrobust_annotate(
+        query,
+        ref,
+        labels_key="cell_type",
+        model=model,
+        n_genes=32,
+        epochs=1,
+        batch_size=32,
+        rng=0,
+        progress=False,
+    )
+    codes = (
+        query.obs["scrobust_label"]
+        .astype(str)
+        .map({c: i for i, c in enumerate(sorted(ref.obs["cell_type"].astype(str).unique()))})
+    )
+    return [float(codes.to_numpy(dtype=float).sum()), float(query.obs["scrobust_confidence"].sum())]
 
 
 def case_scrobust_pathway_scores():
@@ -162,8 +198,11 @@ def case_scrobust_marker_genes():
     a.obs["group"] = a.obs["cell_type"].astype(str)
     sct.tl.scrobust_marker_genes(a, "group", model, n_tokens=32, progress=False)
     rec = a.uns["scrobust_markers"]
-    scores = np.asarray(rec["scores"].tolist(), dtype=np.float64) if hasattr(
-        rec["scores"], "tolist") else np.asarray(rec["scores"], dtype=np.float64)
+    scores = (
+        np.asarray(rec["scores"].tolist(), dtype=np.float64)
+        if hasattr(rec["scores"], "tolist")
+        else np.asarray(rec["scores"], dtype=np.float64)
+    )
     return [float(np.nansum(scores)), float(np.nansum(scores**2))]
 
 
@@ -171,18 +210,71 @@ CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case
 
 # recorded before the reorganisation (see the module docstring)
 EXPECTED: dict[str, list[float]] = {
-    'genomap': [0.0294087236, 4232.0, 5907.0, 425687.0, 73435013.0, 425687.0, 73435013.0],
-    'scrobust_annotate': [666.0, 142.951416],
-    'scrobust_marker_genes': [1.82060284, 0.0284851602],
-    'scrobust_pathway_scores': [2619.64713, 9484.81277, 4.53988886, 3.15679073, 1.55511868, 4.08002758, 1.2432133],
-    'scrobust_pretrain_embed': [-22.0999223, 5642.53019, -1.69640827, 0.653548479, -0.302061617, 0.465077519, -0.555605352, 23.4867337],
-    'select_reference': [1037.0, 1200.0, 7405341.0, 651186983.0],
-    'simulate_efficiency_loss': [76525.0, 2633885.0, 37.0, 0.0, 2.0, 0.0, 1.0, 0.76620767],
-    'stimpute': [1797.57583, 2941.49485, 0.753595471, 0.235175326, 0.230885729, 0.55678463, 0.6141693, 1.90119019],
-    'stimpute_cv': [4231.70791, 5402.67074, 0.274617761, 0.34114179, 0.5593943, 0.329214036, 0.277438611, 52.4824327],
-    'stimpute_gene_graph': [228.0, 200.64993, 180.100394],
-    'tcer_impute': [43296.6303, 197896.541, 6.46132469, 3.42000031, 3.70656705, 1.98113263, 4.1567173, -1495.95764],
-    'tcer_impute_paper': [41982.435, 191348.025, 6.69437122, 3.3350327, 3.90588665, 1.50629795, 4.33172083, 1.38767723],
+    "genomap": [0.0294087236, 4232.0, 5907.0, 425687.0, 73435013.0, 425687.0, 73435013.0],
+    "scrobust_annotate": [666.0, 142.951416],
+    "scrobust_marker_genes": [1.82060284, 0.0284851602],
+    "scrobust_pathway_scores": [
+        2619.64713,
+        9484.81277,
+        4.53988886,
+        3.15679073,
+        1.55511868,
+        4.08002758,
+        1.2432133,
+    ],
+    "scrobust_pretrain_embed": [
+        -22.0999223,
+        5642.53019,
+        -1.69640827,
+        0.653548479,
+        -0.302061617,
+        0.465077519,
+        -0.555605352,
+        23.4867337,
+    ],
+    "select_reference": [1037.0, 1200.0, 7405341.0, 651186983.0],
+    "simulate_efficiency_loss": [76525.0, 2633885.0, 37.0, 0.0, 2.0, 0.0, 1.0, 0.76620767],
+    "stimpute": [
+        1797.57583,
+        2941.49485,
+        0.753595471,
+        0.235175326,
+        0.230885729,
+        0.55678463,
+        0.6141693,
+        1.90119019,
+    ],
+    "stimpute_cv": [
+        4231.70791,
+        5402.67074,
+        0.274617761,
+        0.34114179,
+        0.5593943,
+        0.329214036,
+        0.277438611,
+        52.4824327,
+    ],
+    "stimpute_gene_graph": [228.0, 200.64993, 180.100394],
+    "tcer_impute": [
+        43296.6303,
+        197896.541,
+        6.46132469,
+        3.42000031,
+        3.70656705,
+        1.98113263,
+        4.1567173,
+        -1495.95764,
+    ],
+    "tcer_impute_paper": [
+        41982.435,
+        191348.025,
+        6.69437122,
+        3.3350327,
+        3.90588665,
+        1.50629795,
+        4.33172083,
+        1.38767723,
+    ],
 }
 
 
@@ -190,8 +282,13 @@ EXPECTED: dict[str, list[float]] = {
 def test_fingerprint(name):
     if name not in EXPECTED:
         pytest.fail(f"no recorded fingerprint for {name!r}; run this file as a script")
-    np.testing.assert_allclose(CASES[name](), EXPECTED[name], rtol=2e-4, atol=1e-6,
-                               err_msg=f"fingerprint of {name} changed")
+    np.testing.assert_allclose(
+        CASES[name](),
+        EXPECTED[name],
+        rtol=2e-4,
+        atol=1e-6,
+        err_msg=f"fingerprint of {name} changed",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - regenerates EXPECTED

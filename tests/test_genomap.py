@@ -19,8 +19,9 @@ def _blocks(n_cells=300, n_per_block=18, seed=0, as_sparse=True):
     fa = rng.gamma(1.0, 1.0, size=n_cells)
     fb = rng.gamma(1.0, 1.0, size=n_cells)
     base = rng.uniform(2.0, 6.0, size=2 * n_per_block)
-    lam = np.concatenate([np.outer(fa, base[:n_per_block]),
-                          np.outer(fb, base[n_per_block:])], axis=1)
+    lam = np.concatenate(
+        [np.outer(fa, base[:n_per_block]), np.outer(fb, base[n_per_block:])], axis=1
+    )
     X = rng.poisson(lam).astype(np.float32)
     X[:, 0] += 1  # no all-zero cell
     perm = rng.permutation(X.shape[1])  # genes of the blocks interleaved in var order
@@ -156,8 +157,11 @@ def test_fft_gradient_and_objective_match_pot():
 
 def test_other_solvers_give_bijections(small_counts):
     a = small_counts[:, 5:25].copy()
-    for kw in ({"solver": "pot", "max_iter": 20}, {"epsilon": 5e-2, "max_iter": 20},
-               {"metric": "cosine"}):
+    for kw in (
+        {"solver": "pot", "max_iter": 20},
+        {"epsilon": 5e-2, "max_iter": 20},
+        {"metric": "cosine"},
+    ):
         out = sct.tl.genomap(a, progress=False, copy=True, **kw)
         rows, cols = _pixels(out)
         assert np.unique(rows * 5 + cols).size == 20, kw
@@ -187,8 +191,9 @@ def test_quality_hand_computed():
     assert q["coherence_random"] == pytest.approx(want_r, rel=1e-9)
     assert q["neighbor_coherence"] == pytest.approx(want - want_r, rel=1e-9)
     C1 = 1 - R
-    D = np.array([[0, 1, 1, np.sqrt(2)], [1, 0, np.sqrt(2), 1], [1, np.sqrt(2), 0, 1],
-                  [np.sqrt(2), 1, 1, 0]])
+    D = np.array(
+        [[0, 1, 1, np.sqrt(2)], [1, 0, np.sqrt(2), 1], [1, np.sqrt(2), 0, 1], [np.sqrt(2), 1, 1, 0]]
+    )
     gw = np.mean((C1 / C1.max() - D / D.max()) ** 2)
     assert q["gw_objective"] == pytest.approx(gw, rel=1e-9)
 
@@ -271,7 +276,7 @@ def test_real_data_beats_naive_layout():
     rows = np.empty(a.n_vars, int)
     cols = np.empty(a.n_vars, int)
     for r, start in enumerate(range(0, a.n_vars, w)):
-        idx = order[start: start + w]
+        idx = order[start : start + w]
         idx = idx[np.argsort(vec[idx, -2])]
         rows[idx] = r
         cols[idx] = np.arange(idx.size)
@@ -289,8 +294,7 @@ def test_plot_rows_per_group(tmp_path):
     a = _blocks(n_cells=40, n_per_block=6)
     a.obs["grp"] = np.where(np.arange(40) < 30, "x", "y")
     sct.tl.genomap(a, progress=False)
-    fig, axes = sct.pl.genomap(a, groupby="grp", n_per_group=4, show=False,
-                               save=tmp_path / "g.png")
+    fig, axes = sct.pl.genomap(a, groupby="grp", n_per_group=4, show=False, save=tmp_path / "g.png")
     assert axes.shape == (2, 4) and (tmp_path / "g.png").stat().st_size > 0
     assert fig.axes[0] is axes[0, 0]
     shown = axes[0, 0].images[0].get_array()

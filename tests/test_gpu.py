@@ -45,15 +45,19 @@ def test_scrobust_embedding_on_cuda_matches_cpu_and_bf16():
     import torch
 
     a = sct.datasets.ifnb_pbmc(bundled=True)[:256].copy()
-    model = sct.tl.scrobust_pretrain(a, d_model=32, n_heads=4, epochs=1, batch_size=64,
-                                     device="cuda", rng=0, progress=False)
-    gpu = sct.tl.scrobust_embed(a, model, n_genes=64, device="cuda", copy=True,
-                                progress=False).obsm["X_scrobust"]
-    cpu = sct.tl.scrobust_embed(a, model, n_genes=64, device="cpu", copy=True,
-                                progress=False).obsm["X_scrobust"]
+    model = sct.tl.scrobust_pretrain(
+        a, d_model=32, n_heads=4, epochs=1, batch_size=64, device="cuda", rng=0, progress=False
+    )
+    gpu = sct.tl.scrobust_embed(
+        a, model, n_genes=64, device="cuda", copy=True, progress=False
+    ).obsm["X_scrobust"]
+    cpu = sct.tl.scrobust_embed(a, model, n_genes=64, device="cpu", copy=True, progress=False).obsm[
+        "X_scrobust"
+    ]
     np.testing.assert_allclose(gpu, cpu, atol=2e-3, rtol=2e-3)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        bf = sct.tl.scrobust_embed(a, model, n_genes=64, device="cuda", copy=True,
-                                   progress=False).obsm["X_scrobust"]
+        bf = sct.tl.scrobust_embed(
+            a, model, n_genes=64, device="cuda", copy=True, progress=False
+        ).obsm["X_scrobust"]
     r = [np.corrcoef(bf[:, j], cpu[:, j])[0, 1] for j in range(cpu.shape[1])]
     assert np.nanmedian(r) > 0.98

@@ -66,8 +66,9 @@ def test_cluster_and_score_recovers_planted_groups():
     centers = rng.normal(0, 4, size=(3, 30))
     lab = np.repeat(["x", "y", "z"], 60)
     X = np.abs(centers[np.repeat([0, 1, 2], 60)] + rng.normal(0, 0.5, size=(180, 30)))
-    a = ad.AnnData(X.astype(np.float32), obs=pd.DataFrame({"t": lab},
-                                                         index=[str(i) for i in range(180)]))
+    a = ad.AnnData(
+        X.astype(np.float32), obs=pd.DataFrame({"t": lab}, index=[str(i) for i in range(180)])
+    )
     s = sct.metrics.cluster_and_score(a, "t", resolution=0.3, n_pcs=10)
     assert s["ARI"] > 0.95
     assert "X_pca" not in a.obsm  # input untouched
@@ -76,9 +77,14 @@ def test_cluster_and_score_recovers_planted_groups():
 
 
 _PAIR_FUNCS = [
-    ("pairwise_scores", {"axis": "gene"}), ("pairwise_scores", {"axis": "cell"}),
-    ("gene_pearson", {}), ("cell_pearson", {}), ("gene_cosine", {}), ("cell_cosine", {}),
-    ("gene_mse", {}), ("cell_mse", {}),
+    ("pairwise_scores", {"axis": "gene"}),
+    ("pairwise_scores", {"axis": "cell"}),
+    ("gene_pearson", {}),
+    ("cell_pearson", {}),
+    ("gene_cosine", {}),
+    ("cell_cosine", {}),
+    ("gene_mse", {}),
+    ("cell_mse", {}),
 ]
 
 
@@ -93,8 +99,11 @@ def test_pair_metrics_refuse_non_finite(pair, func, kw, fmt):
     conv = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[fmt]
     A, B = conv(a), conv(b)
     f = getattr(sct.metrics, func)
-    with pytest.raises(ValueError, match=r"a holds 1 non-finite value\(s\) \(NaN or inf\) and "
-                                         r"b holds 2 non-finite") as e:
+    with pytest.raises(
+        ValueError,
+        match=r"a holds 1 non-finite value\(s\) \(NaN or inf\) and "
+        r"b holds 2 non-finite",
+    ) as e:
         f(A, B, **kw)
     assert "impute" in str(e.value)
     with pytest.raises(ValueError, match=r"^b holds 2 non-finite"):
@@ -109,8 +118,11 @@ def test_pair_metrics_integer_and_list_input(pair):
     a, b = pair
     ai = a.astype(np.int8)
     np.testing.assert_allclose(sct.metrics.gene_mse(ai, b), sct.metrics.gene_mse(a, b))
-    np.testing.assert_allclose(sct.metrics.cell_pearson(a.tolist(), b.tolist()),
-                               sct.metrics.cell_pearson(a, b), equal_nan=True)
+    np.testing.assert_allclose(
+        sct.metrics.cell_pearson(a.tolist(), b.tolist()),
+        sct.metrics.cell_pearson(a, b),
+        equal_nan=True,
+    )
     with pytest.raises(ValueError, match="not a number"):
         sct.metrics.gene_mse(a.astype(str), b)
 
@@ -128,8 +140,9 @@ def _blobs(n=60, g=8):
     rng = np.random.default_rng(0)
     lab = np.repeat(["x", "y"], n // 2)
     X = np.abs(rng.normal(0, 0.3, size=(n, g)) + 3 * (lab == "x")[:, None])
-    return ad.AnnData(X.astype(np.float32), obs=pd.DataFrame(
-        {"t": lab}, index=[str(i) for i in range(n)]))
+    return ad.AnnData(
+        X.astype(np.float32), obs=pd.DataFrame({"t": lab}, index=[str(i) for i in range(n)])
+    )
 
 
 def test_cluster_and_score_refuses_bad_input_before_clustering():

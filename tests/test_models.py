@@ -75,9 +75,13 @@ def test_save_load_round_trip_and_dispatch(tmp_path):
 def test_foreign_files_are_refused_without_running_code(tmp_path, content):
     path = tmp_path / "model.safetensors"
     marker = tmp_path / "pwned"
-    data = {"pickle": pickle.dumps(_RunsCode(marker)), "text": b'{"d_model": 3}',
-            "empty": b"", "random": np.random.default_rng(0).bytes(4096),
-            "big_header": (2**40).to_bytes(8, "little") + b"{}"}[content]
+    data = {
+        "pickle": pickle.dumps(_RunsCode(marker)),
+        "text": b'{"d_model": 3}',
+        "empty": b"",
+        "random": np.random.default_rng(0).bytes(4096),
+        "big_header": (2**40).to_bytes(8, "little") + b"{}",
+    }[content]
     path.write_bytes(data)
     for loader in (load, _Toy.load):
         with pytest.raises(ModelFileError, match="not a sctorch model file"):
@@ -125,9 +129,16 @@ def test_fit_early_stopping_restores_best_weights():
             seen["best"] = net.weight.detach().clone()
         return s
 
-    hist = fit(net, lambda b: ((net(X[b]).squeeze(1) - y[b]) ** 2).mean(),
-               lambda e: [slice(0, 16), slice(16, 32)], epochs=5, lr=0.1, validate=validate,
-               patience=2, progress=False)
+    hist = fit(
+        net,
+        lambda b: ((net(X[b]).squeeze(1) - y[b]) ** 2).mean(),
+        lambda e: [slice(0, 16), slice(16, 32)],
+        epochs=5,
+        lr=0.1,
+        validate=validate,
+        patience=2,
+        progress=False,
+    )
     assert hist["val_loss"] == [3.0, 1.0, 2.0, 2.5]  # stopped after two stale epochs
     assert len(hist["train_loss"]) == 4
     torch.testing.assert_close(net.weight, seen["best"])  # best (epoch 2) weights restored
@@ -141,15 +152,23 @@ def test_fit_mode_max_extras_and_errors():
         loss = (net(x) ** 2).mean()
         return loss, {"acc": 0.5}
 
-    hist = fit(net, loss_fn, lambda e: [0, 1], epochs=2, validate=lambda: 0.1, mode="max",
-               prefix="pretrain", val_key="val_f1", progress=False)
+    hist = fit(
+        net,
+        loss_fn,
+        lambda e: [0, 1],
+        epochs=2,
+        validate=lambda: 0.1,
+        mode="max",
+        prefix="pretrain",
+        val_key="val_f1",
+        progress=False,
+    )
     assert set(hist) == {"pretrain_loss", "pretrain_acc", "val_f1"}
     assert hist["pretrain_acc"] == [0.5, 0.5]
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         fit(net, loss_fn, lambda e: [0], epochs=0, progress=False)
     with pytest.raises(ValueError, match="non-finite"):
-        fit(net, lambda b: net(x).sum() * float("nan"), lambda e: [0], epochs=1,
-            progress=False)
+        fit(net, lambda b: net(x).sum() * float("nan"), lambda e: [0], epochs=1, progress=False)
 
 
 def test_seeded_restores_callers_generators():

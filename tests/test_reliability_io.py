@@ -23,8 +23,9 @@ def _base() -> ad.AnnData:
     mu = np.where((lab == "x")[:, None], 20.0, 1.0) * np.r_[np.ones(6), np.full(6, 0.05)]
     mu = mu + np.where((lab == "y")[:, None], np.r_[np.zeros(6), np.full(6, 20.0)], 0)
     X = rng.poisson(mu + 0.5).astype(np.float32)
-    a = ad.AnnData(X, obs=pd.DataFrame({"t": pd.Categorical(lab)},
-                                       index=[f"c{i}" for i in range(40)]))
+    a = ad.AnnData(
+        X, obs=pd.DataFrame({"t": pd.Categorical(lab)}, index=[f"c{i}" for i in range(40)])
+    )
     a.var_names = [f"g{j}" for j in range(12)]
     a.var["extra"] = np.arange(12)
     a.uns["note"] = {"k": 1}
@@ -61,8 +62,19 @@ def _case(kind: str):
     return a, parent, kw
 
 
-KINDS = ["nonfinite", "negative", "noninteger", "dup_var_names", "zero_cells", "one_cell",
-         "zero_genes", "missing_layer", "csc", "int_dtype", "view"]
+KINDS = [
+    "nonfinite",
+    "negative",
+    "noninteger",
+    "dup_var_names",
+    "zero_cells",
+    "one_cell",
+    "zero_genes",
+    "missing_layer",
+    "csc",
+    "int_dtype",
+    "view",
+]
 
 
 def _deep(adata):
@@ -70,11 +82,14 @@ def _deep(adata):
     X = adata.X
     return {
         "is_view": adata.is_view,
-        "X_type": type(X), "X_dtype": X.dtype,
+        "X_type": type(X),
+        "X_dtype": X.dtype,
         "X": X.toarray() if sparse.issparse(X) else np.array(X),
-        "layers": {k: (v.toarray() if sparse.issparse(v) else np.array(v))
-                   for k, v in adata.layers.items()},
-        "obs": adata.obs.copy(), "var": adata.var.copy(),
+        "layers": {
+            k: (v.toarray() if sparse.issparse(v) else np.array(v)) for k, v in adata.layers.items()
+        },
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
         "obsm": {k: np.array(v) for k, v in adata.obsm.items()},
         "uns": repr(dict(adata.uns)),
     }
@@ -138,8 +153,12 @@ def _pairwise(a, kw):
     pd.testing.assert_frame_equal(got, ref)
 
 
-FUNCS = {"simulate_efficiency_loss": _simulate, "select_reference": _select,
-         "cluster_and_score": _cluster, "pairwise_scores": _pairwise}
+FUNCS = {
+    "simulate_efficiency_loss": _simulate,
+    "select_reference": _select,
+    "cluster_and_score": _cluster,
+    "pairwise_scores": _pairwise,
+}
 
 _COUNTS_ERRORS = {
     "nonfinite": (ValueError, r"adata\.X contains 1 non-finite value"),
@@ -213,11 +232,14 @@ def test_simulate_bad_parameters_leave_input_unchanged(bad, value):
     _assert_same(a, snap)
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"min_library_quantile": 1.5}, r"min_library_quantile must lie in \[0, 1\]"),
-    ({"min_detection": -0.1}, r"min_detection must lie in \[0, 1\]"),
-    ({"detection_among": "some"}, r"detection_among must be 'all' or 'kept'"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"min_library_quantile": 1.5}, r"min_library_quantile must lie in \[0, 1\]"),
+        ({"min_detection": -0.1}, r"min_detection must lie in \[0, 1\]"),
+        ({"detection_among": "some"}, r"detection_among must be 'all' or 'kept'"),
+    ],
+)
 def test_select_reference_bad_parameters(kw, match):
     a = _base()
     snap = _deep(a)

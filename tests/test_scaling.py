@@ -32,8 +32,18 @@ def _env():
 
 
 def _torchrun(args, n=2):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        *args,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res
@@ -52,8 +62,12 @@ TOLERANCES = {"tcer": (0.02, 0.01), "scrobust": (0.05, 0.03)}
 @pytest.mark.parametrize("method", sorted(TOLERANCES))
 def test_two_processes_match_one(method, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), method, str(one)],
-                   check=True, env=_env(), timeout=300)
+    subprocess.run(
+        [sys.executable, str(HERE / "ddp_worker.py"), method, str(one)],
+        check=True,
+        env=_env(),
+        timeout=300,
+    )
     _torchrun([str(HERE / "ddp_worker.py"), method, str(two)])
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["world_size"] == 1 and b["world_size"] == 2
@@ -69,9 +83,25 @@ def test_cli_under_torchrun_writes_once_and_records_world_size(tmp_path):
     a = sct.datasets.ifnb_pbmc(bundled=True)[:120].copy()
     src, out, model = tmp_path / "in.h5ad", tmp_path / "out.h5ad", tmp_path / "m.safetensors"
     a.write_h5ad(src)
-    res = _torchrun(["-m", "sctorch", "scrobust", "embed", str(src), str(out), "--d-model",
-                     "16", "--n-heads", "2", "--epochs", "1", "--quiet", "--model-out",
-                     str(model)])
+    res = _torchrun(
+        [
+            "-m",
+            "sctorch",
+            "scrobust",
+            "embed",
+            str(src),
+            str(out),
+            "--d-model",
+            "16",
+            "--n-heads",
+            "2",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--model-out",
+            str(model),
+        ]
+    )
     assert res.stdout.count(f"wrote {out}") == 1
     b = ad.read_h5ad(out)
     assert b.obsm["X_scrobust"].shape == (120, 16)
@@ -83,8 +113,9 @@ def test_tcer_predict_on_backed_input_equals_in_memory(tmp_path):
     a = sct.datasets.intestine_moor2018(bundled=True)
     a = a[:120, np.argsort(-a.X.getnnz(axis=0), kind="stable")[:36]].copy()
     a = a[np.asarray(a.X.sum(axis=1)).ravel() > 0].copy()
-    model = sct.tl.tcer_impute(a, n_features=4, epochs=1, rng=0, progress=False,
-                               return_model=True, copy=True)[1]
+    model = sct.tl.tcer_impute(
+        a, n_features=4, epochs=1, rng=0, progress=False, return_model=True, copy=True
+    )[1]
     path = tmp_path / "cells.h5ad"
     a.write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
@@ -92,8 +123,9 @@ def test_tcer_predict_on_backed_input_equals_in_memory(tmp_path):
     full = model.predict(a, progress=False)
     sub = model.predict(backed, genes=genes, batch_size=17, progress=False)
     np.testing.assert_allclose(sub, full[:, [3, 0, 7]], rtol=1e-6, atol=1e-6)
-    mm = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float32,
-                                   shape=(a.n_obs, 3))
+    mm = np.lib.format.open_memmap(
+        tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=(a.n_obs, 3)
+    )
     model.predict(backed, genes=genes, batch_size=50, progress=False, out=mm)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), sub, rtol=1e-6, atol=1e-6)
     with pytest.raises(KeyError, match=r"not in adata\.var_names"):

@@ -24,8 +24,16 @@ torch.set_num_threads(1)
 from sctorch.scrobust._data import _Batcher, _build_vocab, _prepare, _unique_rank  # noqa: E402
 from sctorch.scrobust._module import GeneTokenEmbedding, nt_xent_loss  # noqa: E402
 
-TINY = {"d_model": 32, "n_heads": 4, "dim_feedforward": 64, "dropout": 0.0,
-        "head_dropout": 0.0, "lr": 2e-3, "batch_size": 32, "progress": False}
+TINY = {
+    "d_model": 32,
+    "n_heads": 4,
+    "dim_feedforward": 64,
+    "dropout": 0.0,
+    "head_dropout": 0.0,
+    "lr": 2e-3,
+    "batch_size": 32,
+    "progress": False,
+}
 
 
 def planted(n_per=40, n_pops=2, n_markers=8, n_genes=40, seed=0, prefix="c"):
@@ -35,7 +43,7 @@ def planted(n_per=40, n_pops=2, n_markers=8, n_genes=40, seed=0, prefix="c"):
     lam = np.full((n, n_genes), 1.0)
     pop = np.repeat(np.arange(n_pops), n_per)
     for k in range(n_pops):
-        lam[pop == k, k * n_markers:(k + 1) * n_markers] = 12.0
+        lam[pop == k, k * n_markers : (k + 1) * n_markers] = 12.0
     X = rng.poisson(lam).astype(np.float32)
     X[:, -1] += 1  # no empty cell
     a = ad.AnnData(sparse.csr_matrix(X))
@@ -52,23 +60,26 @@ def two_pops():
 
 @pytest.fixture(scope="module")
 def model2(two_pops):
-    return sct.tl.scrobust_pretrain(two_pops, epochs=4, n_genes_per_view=8, rng=0,
-                                    **dict(TINY, lr=5e-3))
+    return sct.tl.scrobust_pretrain(
+        two_pops, epochs=4, n_genes_per_view=8, rng=0, **dict(TINY, lr=5e-3)
+    )
 
 
 # ----------------------------------------------------------------------------- tokens
 def test_tokenisation_hand_made():
-    X = sparse.csr_matrix(np.array([[0, 2.0, 0, 1.5],
-                                    [3.0, 0, 0, 0],
-                                    [0.5, 0.25, 4.0, 0]], dtype=np.float32))
+    X = sparse.csr_matrix(
+        np.array([[0, 2.0, 0, 1.5], [3.0, 0, 0, 0], [0.5, 0.25, 4.0, 0]], dtype=np.float32)
+    )
     a = ad.AnnData(X)
     a.var_names = ["A", "B", "C", "D"]
     a.obs_names = ["x", "y", "z"]
     vocab = ["PAD", "SEP", "UNKNOWN", "CLS", "MASK", "D", "C", "B"]  # gene 'A' is unknown
     model = sct.tl.ScRobustModel(None, vocab, {})
     # cell 'y' only expresses the unknown gene A -> refused
-    with pytest.warns(UserWarning, match="1 of 4 genes"), \
-            pytest.raises(ValueError, match=r"1 cell\(s\) of adata \(e.g. \['y'\]\)"):
+    with (
+        pytest.warns(UserWarning, match="1 of 4 genes"),
+        pytest.raises(ValueError, match=r"1 cell\(s\) of adata \(e.g. \['y'\]\)"),
+    ):
         _prepare(a, model.token_ids, layer=None, input_scale="log1p", min_shared_genes=1)
     a2 = a[[0, 2]].copy()
     with pytest.warns(UserWarning):
@@ -93,8 +104,9 @@ def test_tokenisation_hand_made():
     for i in range(2):
         for j in range(3):
             w = W[ids[i, j]]
-            np.testing.assert_allclose(out[i, j], w / np.linalg.norm(w) * vals[i, j].item(),
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                out[i, j], w / np.linalg.norm(w) * vals[i, j].item(), rtol=1e-5, atol=1e-6
+            )
     np.testing.assert_allclose(out[:, 3], 0.0)
 
 
@@ -132,8 +144,9 @@ def test_views_only_nonzero_genes_and_independent():
             assert len(genes) == min(6, int((X[i] > 0).sum()))
             assert len(set(genes)) == len(genes)  # without replacement
             assert (X[i, genes] > 0).all()  # only non-zero genes
-            np.testing.assert_allclose(vals[i, 1:][~pad[i, 1:]],
-                                       np.log1p(X[i, genes] / X[i].sum() * 1e4), rtol=1e-5)
+            np.testing.assert_allclose(
+                vals[i, 1:][~pad[i, 1:]], np.log1p(X[i, genes] / X[i].sum() * 1e4), rtol=1e-5
+            )
     for i in range(1, 30):
         differ += set(v1[0][i].tolist()) != set(v2[0][i].tolist())
     assert differ >= 25  # drawn independently, not forced to coincide
@@ -185,8 +198,12 @@ def test_nt_xent_hand_computed():
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     s = z @ z.T / tau
     pos = {0: 2, 1: 3, 2: 0, 3: 1}
-    expect = np.mean([-s[i, pos[i]] + math.log(sum(math.exp(s[i, k]) for k in range(4) if k != i))
-                      for i in range(4)])
+    expect = np.mean(
+        [
+            -s[i, pos[i]] + math.log(sum(math.exp(s[i, k]) for k in range(4) if k != i))
+            for i in range(4)
+        ]
+    )
     got = nt_xent_loss(z1, z2, temperature=tau).item()
     assert got == pytest.approx(expect, rel=1e-6)
     # identical, well separated pairs give a small loss
@@ -251,8 +268,9 @@ def test_save_load_identical(tmp_path, two_pops, model2):
 
 
 def test_embed_without_model_pretrains(two_pops):
-    a = sct.tl.scrobust_embed(two_pops, pretrain_kwargs=dict(TINY, epochs=1), n_genes=10,
-                              progress=False, copy=True)
+    a = sct.tl.scrobust_embed(
+        two_pops, pretrain_kwargs=dict(TINY, epochs=1), n_genes=10, progress=False, copy=True
+    )
     assert a.obsm["X_scrobust"].shape == (80, 32)
     assert "X_scrobust" not in two_pops.obsm
 
@@ -264,9 +282,21 @@ def annotated():
     ref, query = full[::2].copy(), full[1::2].copy()
     base = sct.tl.scrobust_pretrain(ref, epochs=2, n_genes_per_view=8, rng=0, **TINY)
     before = {k: v.clone() for k, v in base.network.state_dict().items()}
-    ft = sct.tl.scrobust_annotate(query, ref, labels_key="pop", model=base, n_genes=36,
-                                  epochs=6, batch_size=16, lr=2e-3, rng=0, progress=False,
-                                  return_model=True, head="deep", val_fraction=0)
+    ft = sct.tl.scrobust_annotate(
+        query,
+        ref,
+        labels_key="pop",
+        model=base,
+        n_genes=36,
+        epochs=6,
+        batch_size=16,
+        lr=2e-3,
+        rng=0,
+        progress=False,
+        return_model=True,
+        head="deep",
+        val_fraction=0,
+    )
     return base, before, ft, ref, query
 
 
@@ -301,15 +331,24 @@ def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated, tmp_
     base, _, _, ref, query = annotated
     r = ref[ref.obs["pop"].astype(str) != "P2"].copy()  # unbalanced: keep 5 cells of P2
     r = ad.concat([r, ref[ref.obs["pop"].astype(str) == "P2"][:5]])
-    kw = dict(labels_key="pop", model=base, n_genes=36, epochs=2, batch_size=16, lr=2e-3,
-              rng=0, progress=False, copy=True)
+    kw = dict(
+        labels_key="pop",
+        model=base,
+        n_genes=36,
+        epochs=2,
+        batch_size=16,
+        lr=2e-3,
+        rng=0,
+        progress=False,
+        copy=True,
+    )
     bal = sct.tl.scrobust_annotate(query, r, **kw)
-    w = dict(zip(["P0", "P1", "P2"], _class_weights(r.obs["pop"].astype(str), "balanced"),
-                 strict=True))
+    w = dict(
+        zip(["P0", "P1", "P2"], _class_weights(r.obs["pop"].astype(str), "balanced"), strict=True)
+    )
     same = sct.tl.scrobust_annotate(query, r, class_weight=w, **kw)
     plain = sct.tl.scrobust_annotate(query, r, class_weight=None, **kw)
-    np.testing.assert_array_equal(bal.obs["scrobust_confidence"],
-                                  same.obs["scrobust_confidence"])
+    np.testing.assert_array_equal(bal.obs["scrobust_confidence"], same.obs["scrobust_confidence"])
     assert not np.allclose(bal.obs["scrobust_confidence"], plain.obs["scrobust_confidence"])
     assert bal.uns["scrobust_label"]["params"]["class_weight"] == "balanced"
     same.write_h5ad(tmp_path / "weighted.h5ad")  # the recorded mapping is storable
@@ -422,8 +461,11 @@ def test_whole_human_vocabulary_file():
 # ----------------------------------------------------------------------------- pathways
 def test_pathway_scores_formula_and_labels(tmp_path, two_pops, model2):
     a = two_pops.copy()
-    sets = {"setA": [f"G{j}" for j in range(8)] + ["NOT_A_GENE"],
-            "setB": [f"G{j}" for j in range(8, 16)], "tiny": ["G30"]}
+    sets = {
+        "setA": [f"G{j}" for j in range(8)] + ["NOT_A_GENE"],
+        "setB": [f"G{j}" for j in range(8, 16)],
+        "tiny": ["G30"],
+    }
     with pytest.warns(UserWarning, match="1 gene set"):
         sct.tl.scrobust_pathway_scores(a, sets, model2)
     df = a.obsm["X_scrobust_pathways"]
@@ -436,16 +478,20 @@ def test_pathway_scores_formula_and_labels(tmp_path, two_pops, model2):
     p, c = W.sum(0), (x[:, None] * W).sum(0)
     assert df.iloc[5, 1] == pytest.approx(c @ p / (p @ p), rel=1e-4)
     assert a.uns["X_scrobust_pathways"]["genes_used"]["setA"] == sets["setA"][:8]
-    labels = a.obs["scrobust_pathway_label"].astype(str).str.replace("set", "P").map(
-        {"PA": "P0", "PB": "P1"})
+    labels = (
+        a.obs["scrobust_pathway_label"]
+        .astype(str)
+        .str.replace("set", "P")
+        .map({"PA": "P0", "PB": "P1"})
+    )
     assert (labels == a.obs["pop"].astype(str)).mean() > 0.9
     # a GMT file gives the same scores
     gmt = tmp_path / "s.gmt"
-    gmt.write_text("setA\tna\t" + "\t".join(sets["setA"]) + "\nsetB\tna\t"
-                   + "\t".join(sets["setB"]) + "\n")
+    gmt.write_text(
+        "setA\tna\t" + "\t".join(sets["setA"]) + "\nsetB\tna\t" + "\t".join(sets["setB"]) + "\n"
+    )
     b = sct.tl.scrobust_pathway_scores(two_pops, gmt, model2, copy=True)
-    np.testing.assert_allclose(b.obsm["X_scrobust_pathways"].to_numpy(), df.to_numpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(b.obsm["X_scrobust_pathways"].to_numpy(), df.to_numpy(), rtol=1e-5)
     with pytest.raises(ValueError, match="None of the 1 gene sets"):
         sct.tl.scrobust_pathway_scores(two_pops, {"x": ["nope"]}, model2)
 
@@ -469,8 +515,7 @@ def test_marker_genes_rank_genes_groups_shape(two_pops, model2):
     gid = model2.token_ids([df["names"][0]])[0]
     per_cell = (w * (ids == gid)).sum(1).numpy()
     in0 = (a.obs["pop"] == "P0").to_numpy()
-    assert df["scores"][0] == pytest.approx(per_cell[in0].mean() - per_cell[~in0].mean(),
-                                            rel=1e-4)
+    assert df["scores"][0] == pytest.approx(per_cell[in0].mean() - per_cell[~in0].mean(), rel=1e-4)
     # planted markers (G0–G7 for P0, G8–G15 for P1) are found
     top0 = set(rec["names"]["P0"])
     top1 = set(rec["names"]["P1"])
@@ -494,8 +539,9 @@ def test_history_is_flat_per_epoch(annotated, model2):
     assert len(h["pretrain_loss"]) == 2 and len(h["finetune_loss"]) == 6
     assert len(h["finetune_accuracy"]) == 6 and 0 <= min(h["finetune_accuracy"])
     assert h["finetune_accuracy"][-1] > h["finetune_accuracy"][0]
-    np.testing.assert_allclose(np.add(h["pretrain_contrastive"], h["pretrain_mse"]),
-                               h["pretrain_loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.add(h["pretrain_contrastive"], h["pretrain_mse"]), h["pretrain_loss"], rtol=1e-5
+    )
 
 
 def test_finetuned_round_trip_annotates_identically(tmp_path, annotated):
@@ -510,8 +556,9 @@ def test_finetuned_round_trip_annotates_identically(tmp_path, annotated):
     b = sct.tl.scrobust_annotate(query, model=m, **kw)
     np.testing.assert_array_equal(a.obs["scrobust_label"], b.obs["scrobust_label"])
     np.testing.assert_array_equal(a.obs["scrobust_confidence"], b.obs["scrobust_confidence"])
-    np.testing.assert_array_equal(m.predict(query, n_genes=36, progress=False),
-                                  a.obs["scrobust_label"].astype(str))
+    np.testing.assert_array_equal(
+        m.predict(query, n_genes=36, progress=False), a.obs["scrobust_label"].astype(str)
+    )
 
 
 def test_reordered_vocabulary_or_wrong_classes_do_not_load(tmp_path, model2, annotated):
@@ -550,8 +597,9 @@ def test_callers_random_streams_are_left_unchanged(two_pops):
     np.random.seed(123)
     m = sct.tl.scrobust_pretrain(two_pops, epochs=1, rng=5, **dict(TINY, dropout=0.1))
     r = two_pops.copy()
-    sct.tl.scrobust_annotate(r, two_pops, labels_key="pop", model=m, n_genes=20, epochs=1,
-                             rng=5, progress=False)
+    sct.tl.scrobust_annotate(
+        r, two_pops, labels_key="pop", model=m, n_genes=20, epochs=1, rng=5, progress=False
+    )
     torch.testing.assert_close(torch.rand(3), expect_t, rtol=0, atol=0)
     np.testing.assert_array_equal(np.random.rand(3), expect_np)
 
@@ -567,10 +615,14 @@ def test_raw_counts_declared_log1p_are_refused(two_pops, model2):
     b.X = b.X * 40.5  # not integers, far above any log1p value
     with pytest.raises(ValueError, match="log1p-normalised expression stays below 30"):
         sct.tl.scrobust_embed(b, model2, input_scale="log1p", progress=False)
-    for fn in (lambda x: sct.tl.scrobust_pathway_scores(x, {"s": ["G0", "G1"]}, model2,
-                                                        input_scale="log1p"),
-               lambda x: sct.tl.scrobust_marker_genes(x, "pop", model2, input_scale="log1p",
-                                                      progress=False)):
+    for fn in (
+        lambda x: sct.tl.scrobust_pathway_scores(
+            x, {"s": ["G0", "G1"]}, model2, input_scale="log1p"
+        ),
+        lambda x: sct.tl.scrobust_marker_genes(
+            x, "pop", model2, input_scale="log1p", progress=False
+        ),
+    ):
         with pytest.raises(ValueError, match="input_scale='log1p'"):
             fn(a)
     assert_unchanged(a, snap)
@@ -578,10 +630,12 @@ def test_raw_counts_declared_log1p_are_refused(two_pops, model2):
     c = a.copy()
     c.X = sparse.csr_matrix(np.log1p(a.X.toarray() / a.X.toarray().sum(1, keepdims=True) * 1e4))
     e1 = sct.tl.scrobust_embed(a, model2, progress=False, copy=True).obsm["X_scrobust"]
-    e2 = sct.tl.scrobust_embed(c, model2, input_scale="log1p", progress=False,
-                               copy=True).obsm["X_scrobust"]
-    e3 = sct.tl.scrobust_embed(c, model2, input_scale="auto", progress=False,
-                               copy=True).obsm["X_scrobust"]
+    e2 = sct.tl.scrobust_embed(c, model2, input_scale="log1p", progress=False, copy=True).obsm[
+        "X_scrobust"
+    ]
+    e3 = sct.tl.scrobust_embed(c, model2, input_scale="auto", progress=False, copy=True).obsm[
+        "X_scrobust"
+    ]
     np.testing.assert_allclose(e2, e1, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(e3, e2)
 
@@ -591,8 +645,11 @@ def test_pathway_names_with_slash_survive_h5ad(tmp_path, two_pops, model2):
     import warnings
 
     a = two_pops.copy()
-    sets = {"NK/ILC": [f"G{j}" for j in range(8)], "NK_ILC": [f"G{j}" for j in range(8, 16)],
-            "B": [f"G{j}" for j in range(16, 24)]}
+    sets = {
+        "NK/ILC": [f"G{j}" for j in range(8)],
+        "NK_ILC": [f"G{j}" for j in range(8, 16)],
+        "B": [f"G{j}" for j in range(16, 24)],
+    }
     sct.tl.scrobust_pathway_scores(a, sets, model2)
     assert list(a.obsm["X_scrobust_pathways"].columns) == ["NK_ILC-1", "NK_ILC", "B"]
     assert list(a.uns["X_scrobust_pathways"]["names"]) == list(sets)
@@ -610,8 +667,7 @@ def test_pathway_names_with_slash_survive_h5ad(tmp_path, two_pops, model2):
     assert (b.obs["scrobust_pathway_label"] == a.obs["scrobust_pathway_label"]).all()
     from sctorch.scrobust._pathways import h5ad_safe_names
 
-    assert h5ad_safe_names(["a/b", "a_b", "a_b-1", "c/d/e"]) == ["a_b-2", "a_b", "a_b-1",
-                                                                  "c_d_e"]
+    assert h5ad_safe_names(["a/b", "a_b", "a_b-1", "c/d/e"]) == ["a_b-2", "a_b", "a_b-1", "c_d_e"]
 
 
 def test_model_api_without_anndata_keys(two_pops):
@@ -628,8 +684,7 @@ def test_model_api_without_anndata_keys(two_pops):
     assert m.config.dim_feedforward == 64 and m.config.input_scale == "counts"
     E = m.embed(two_pops, n_genes=20, progress=False)
     assert E.shape == (80, 16) and E.dtype == np.float32
-    ft = m.finetune(two_pops, two_pops.obs["pop"], n_genes=20, epochs=1, lr=5e-3,
-                    progress=False)
+    ft = m.finetune(two_pops, two_pops.obs["pop"], n_genes=20, epochs=1, lr=5e-3, progress=False)
     assert ft is not m and ft.is_fine_tuned and not m.is_fine_tuned
     P = ft.predict_proba(two_pops, n_genes=20, progress=False)
     assert P.shape == (80, 2)
@@ -669,7 +724,7 @@ def test_thinned_views_keep_depth_apart(two_pops):
     assert torch.all(ids[:, 0] == model.cls_id) and not pad[:, 0].any()
     # only genes the cell expresses, each once, and values log1p of thinned counts
     for i in range(8):
-        own = set(tok.ids[tok.indptr[i]:tok.indptr[i + 1]].tolist())
+        own = set(tok.ids[tok.indptr[i] : tok.indptr[i + 1]].tolist())
         got = ids[i, 1:][~pad[i, 1:]].tolist()
         assert set(got) <= own and len(got) == len(set(got))
     assert (vals[:, 1:][~pad[:, 1:]] > 0).all()
@@ -692,25 +747,36 @@ def test_wide_head_is_balanced_logistic_regression():
     full = planted(n_per=40, n_pops=3, n_markers=4, n_genes=30, seed=5)
     ref, query = full[::2].copy(), full[1::2].copy()
     base = sct.tl.scrobust_pretrain(ref, epochs=1, rng=0, **TINY)
-    ft = sct.tl.scrobust_annotate(query, ref, labels_key="pop", model=base, head="wide",
-                                  rng=0, progress=False, return_model=True)
+    ft = sct.tl.scrobust_annotate(
+        query,
+        ref,
+        labels_key="pop",
+        model=base,
+        head="wide",
+        rng=0,
+        progress=False,
+        return_model=True,
+    )
     assert ft.config.head == "wide" and ft.config.n_wide == 30
 
     def lognorm(a):
         X = a.X.toarray()
         return np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+
     lr = LogisticRegression(max_iter=1000, class_weight="balanced")
     lr.fit(lognorm(ref), ref.obs["pop"].astype(str))
-    np.testing.assert_array_equal(query.obs["scrobust_label"].astype(str),
-                                  lr.predict(lognorm(query)))
+    np.testing.assert_array_equal(
+        query.obs["scrobust_label"].astype(str), lr.predict(lognorm(query))
+    )
 
 
 def test_wide_and_deep_gate_and_round_trip(tmp_path):
     full = planted(n_per=40, n_pops=3, n_markers=4, n_genes=30, seed=6)
     ref, query = full[::2].copy(), full[1::2].copy()
     base = sct.tl.scrobust_pretrain(ref, epochs=1, rng=0, **TINY)
-    ft = sct.tl.scrobust_annotate(query, ref, labels_key="pop", model=base, epochs=2,
-                                  rng=0, progress=False, return_model=True)
+    ft = sct.tl.scrobust_annotate(
+        query, ref, labels_key="pop", model=base, epochs=2, rng=0, progress=False, return_model=True
+    )
     assert ft.config.head == "wide_and_deep"
     gate = ft.history["finetune_gate"]  # wide F1, CE, then full F1, CE on held-out cells
     last = ft.network.classifier.net[-1].weight
@@ -721,8 +787,11 @@ def test_wide_and_deep_gate_and_round_trip(tmp_path):
     ft.save(tmp_path / "ft.safetensors")
     back = sct.models.ScRobustModel.load(tmp_path / "ft.safetensors")
     np.testing.assert_array_equal(back.wide_ids, ft.wide_ids)
-    np.testing.assert_allclose(back.predict_proba(query, progress=False),
-                               ft.predict_proba(query, progress=False), atol=1e-6)
+    np.testing.assert_allclose(
+        back.predict_proba(query, progress=False),
+        ft.predict_proba(query, progress=False),
+        atol=1e-6,
+    )
 
 
 def test_presets_and_bad_arguments(two_pops):
@@ -744,10 +813,24 @@ def test_default_pretraining_length_is_a_budget_of_cells():
 
     # ceil(320,000 / n_obs) epochs, at least 1, at most 200
     assert [budget_epochs(n) for n in (2800, 1464, 100_000, 10**7, 1)] == [115, 200, 4, 1, 200]
-    kw = dict(token_values=None, view_thinning=None, select=None, patience=None,
-              n_genes_per_view=None, d_model=None, n_layers=None, n_heads=8,
-              dim_feedforward=None, dropout=0.1, head_dropout=0.3, temperature=0.07,
-              epochs=None, batch_size=64, lr=None, input_scale="counts")
+    kw = dict(
+        token_values=None,
+        view_thinning=None,
+        select=None,
+        patience=None,
+        n_genes_per_view=None,
+        d_model=None,
+        n_layers=None,
+        n_heads=8,
+        dim_feedforward=None,
+        dropout=0.1,
+        head_dropout=0.3,
+        temperature=0.07,
+        epochs=None,
+        batch_size=64,
+        lr=None,
+        input_scale="counts",
+    )
     vocab = ["PAD", "SEP", "UNKNOWN", "CLS", "MASK", "g"]
     assert pretrain_config("default", vocab, n_obs=2800, **kw)[1]["epochs"] == 115
     assert pretrain_config("paper", vocab, n_obs=2800, **kw)[1]["epochs"] == 10
@@ -765,8 +848,9 @@ def test_backed_input_embeds_like_in_memory(tmp_path, two_pops, model2):
 
 
 @pytest.mark.parametrize("select", ["none", "contrastive", "knn"])
-def test_backed_pretraining_reads_batches_from_disk_and_equals_memory(tmp_path, two_pops,
-                                                                      monkeypatch, select):
+def test_backed_pretraining_reads_batches_from_disk_and_equals_memory(
+    tmp_path, two_pops, monkeypatch, select
+):
     from sctorch.scrobust import _data, _disk
 
     for mod in (_data, _disk):  # several blocks in the checking pass
@@ -777,9 +861,11 @@ def test_backed_pretraining_reads_batches_from_disk_and_equals_memory(tmp_path, 
     mem = sct.tl.scrobust_pretrain(two_pops, **kw)
     sizes = []
     real = _disk.read_rows
-    monkeypatch.setattr(_disk, "read_rows",
-                        lambda X, rows: sizes.append(np.arange(X.shape[0])[rows].size) or
-                        real(X, rows))
+    monkeypatch.setattr(
+        _disk,
+        "read_rows",
+        lambda X, rows: sizes.append(np.arange(X.shape[0])[rows].size) or real(X, rows),
+    )
     disk = sct.tl.scrobust_pretrain(b, **kw)
     assert mem.history == disk.history
     for k, v in mem.network.state_dict().items():
@@ -790,14 +876,14 @@ def test_backed_pretraining_reads_batches_from_disk_and_equals_memory(tmp_path, 
     b.file.close()
 
 
-def test_backed_annotation_pathways_and_markers_equal_memory(tmp_path, annotated, two_pops,
-                                                            model2):
+def test_backed_annotation_pathways_and_markers_equal_memory(tmp_path, annotated, two_pops, model2):
     _base, _before, ft, _ref, query = annotated
     query.write_h5ad(tmp_path / "q.h5ad")
     qb = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
     mem = ft.predict_proba(query, n_genes=36, batch_size=16, progress=False)
-    np.testing.assert_allclose(ft.predict_proba(qb, n_genes=36, batch_size=16,
-                                                progress=False), mem, atol=1e-6)
+    np.testing.assert_allclose(
+        ft.predict_proba(qb, n_genes=36, batch_size=16, progress=False), mem, atol=1e-6
+    )
     sct.tl.scrobust_annotate(qb, model=ft, n_genes=36, batch_size=16, progress=False)
     assert (qb.obs["scrobust_label"] == query.obs["scrobust_label"]).all()
     qb.file.close()
@@ -805,17 +891,25 @@ def test_backed_annotation_pathways_and_markers_equal_memory(tmp_path, annotated
     a = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
     sets = {"setA": [f"G{j}" for j in range(8)], "setB": [f"G{j}" for j in range(8, 16)]}
     m = two_pops.copy()
-    for fn, args, key in [(sct.tl.scrobust_pathway_scores, (sets, model2), "obsm"),
-                          (sct.tl.scrobust_marker_genes, ("pop", model2), "uns")]:
+    for fn, args, key in [
+        (sct.tl.scrobust_pathway_scores, (sets, model2), "obsm"),
+        (sct.tl.scrobust_marker_genes, ("pop", model2), "uns"),
+    ]:
         kw = {} if key == "obsm" else {"n_genes": 5, "progress": False}
         fn(m, *args, **kw)
         fn(a, *args, **kw)
-    for fn, args in [(sct.tl.scrobust_embed, (model2,)), (sct.tl.scrobust_annotate, ()),
-                     (sct.tl.scrobust_pathway_scores, (sets, model2)),
-                     (sct.tl.scrobust_marker_genes, ("pop", model2))]:
+    for fn, args in [
+        (sct.tl.scrobust_embed, (model2,)),
+        (sct.tl.scrobust_annotate, ()),
+        (sct.tl.scrobust_pathway_scores, (sets, model2)),
+        (sct.tl.scrobust_marker_genes, ("pop", model2)),
+    ]:
         with pytest.raises(ValueError, match="copy=True cannot copy"):  # before any work
             fn(a, *args, copy=True)
-    np.testing.assert_allclose(a.obsm["X_scrobust_pathways"].to_numpy(),
-                               m.obsm["X_scrobust_pathways"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        a.obsm["X_scrobust_pathways"].to_numpy(),
+        m.obsm["X_scrobust_pathways"].to_numpy(),
+        rtol=1e-6,
+    )
     assert (a.uns["scrobust_markers"]["names"] == m.uns["scrobust_markers"]["names"]).all()
     a.file.close()

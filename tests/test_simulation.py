@@ -107,8 +107,9 @@ def test_select_reference_handmade():
     lib = X.sum(1)
     assert ref.n_obs == int((lib >= np.quantile(lib, 0.5)).sum()) == 4
     assert list(ref.var_names) == ["a", "c"]  # b is in 1/8 cells < 25 %
-    kept = sct.pp.select_reference(a, min_library_quantile=0.5, min_detection=0.3,
-                                   detection_among="kept")
+    kept = sct.pp.select_reference(
+        a, min_library_quantile=0.5, min_detection=0.3, detection_among="kept"
+    )
     assert list(kept.var_names) == ["a", "c"]  # c is in 4/4 kept cells
     assert "reference" in ref.uns and "reference" not in a.uns
 
@@ -129,8 +130,9 @@ def test_intestine_reference_shape_and_protocol_pearson(intestine_reference):
     means = []
     for shape in (15, 10, 8):
         sct.pp.simulate_efficiency_loss(ref, efficiency_shape=shape, rng=0)
-        means.append(np.nanmean(sct.metrics.gene_pearson(
-            log_normalize(ref.layers["observed"]), ref_log)))
+        means.append(
+            np.nanmean(sct.metrics.gene_pearson(log_normalize(ref.layers["observed"]), ref_log))
+        )
     # the expected figures: roughly 0.36, 0.30, 0.27
     np.testing.assert_allclose(means, [0.36, 0.30, 0.27], atol=0.015)
     assert means[0] > means[1] > means[2]

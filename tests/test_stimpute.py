@@ -17,8 +17,9 @@ pytest.importorskip("torch_geometric")
 FAST = dict(method="gnn", epochs=2, ae_epochs=3, reliability_folds=0, progress=False)
 
 
-def planted(n_sp=240, n_ref=240, n_types=6, n_modules=6, per_module=6, dropout=0.3, seed=0,
-            n_noise=0):
+def planted(
+    n_sp=240, n_ref=240, n_types=6, n_modules=6, per_module=6, dropout=0.3, seed=0, n_noise=0
+):
     """A reference with known gene modules and a spatial set measuring part of each module.
 
     Cells belong to types with module activities; a gene's true value is its module's
@@ -43,6 +44,7 @@ def planted(n_sp=240, n_ref=240, n_types=6, n_modules=6, per_module=6, dropout=0
     ref = ref_true * (rng.random(ref_true.shape) < dropout) / dropout
     genes = [f"m{m}g{j}" for m in range(n_modules) for j in range(per_module)]
     if n_noise:
+
         def spikes(n):  # sparse values, independent between the two sets
             return rng.gamma(2.0, 1.0, (n, n_noise)) * (rng.random((n, n_noise)) < 0.15)
 
@@ -70,8 +72,14 @@ HELD = [f"m{m}g0" for m in range(6)]
 
 def test_gnn_beats_knn_mean_on_planted_modules(plant):
     sp, rf, emb = plant
-    kw = dict(genes=HELD, gene_embeddings=emb, n_neighbors=5, graph_neighbors=5,
-              return_adata=True, **{**FAST, "epochs": 3})
+    kw = dict(
+        genes=HELD,
+        gene_embeddings=emb,
+        n_neighbors=5,
+        graph_neighbors=5,
+        return_adata=True,
+        **{**FAST, "epochs": 3},
+    )
     knn = sct.tl.stimpute(sp, rf, alpha=0.0, **kw)
     gnn = sct.tl.stimpute(sp, rf, alpha=1.0, **kw)
     truth = sp[:, HELD].X
@@ -86,8 +94,9 @@ def test_gnn_beats_knn_mean_on_planted_modules(plant):
 
 def test_knn_mean_is_the_mean_of_neighbours(plant):
     sp, rf, _ = plant
-    out = sct.tl.stimpute(sp, rf, genes=["m0g0"], alpha=0.0, n_neighbors=1, return_adata=True,
-                          **FAST)
+    out = sct.tl.stimpute(
+        sp, rf, genes=["m0g0"], alpha=0.0, n_neighbors=1, return_adata=True, **FAST
+    )
     # with k = 1 every prediction is one reference cell's value of the gene
     vals = set(np.round(rf[:, "m0g0"].X.ravel(), 5))
     assert set(np.round(out.X.ravel(), 5)) <= vals
@@ -96,8 +105,9 @@ def test_knn_mean_is_the_mean_of_neighbours(plant):
 def test_writes_obsm_uns_and_blend(plant):
     sp, rf, emb = plant
     a = sp.copy()
-    res = sct.tl.stimpute(a, rf, genes=HELD, gene_embeddings=emb, n_neighbors=10, **{
-        **FAST, "reliability_folds": 3})
+    res = sct.tl.stimpute(
+        a, rf, genes=HELD, gene_embeddings=emb, n_neighbors=10, **{**FAST, "reliability_folds": 3}
+    )
     assert res is None
     df = a.obsm["stimpute"]
     assert isinstance(df, pd.DataFrame) and df.shape == (a.n_obs, len(HELD))
@@ -120,8 +130,15 @@ def test_writes_obsm_uns_and_blend(plant):
 def test_reliability_ranks_predictable_genes_higher():
     sp, rf, emb = planted(n_noise=12, seed=1)
     held = [f"m{m}g0" for m in range(6)] + [f"noise{j}" for j in range(6)]
-    out = sct.tl.stimpute(sp, rf, genes=held, gene_embeddings=emb, n_neighbors=10,
-                          return_adata=True, **{**FAST, "reliability_folds": 5})
+    out = sct.tl.stimpute(
+        sp,
+        rf,
+        genes=held,
+        gene_embeddings=emb,
+        n_neighbors=10,
+        return_adata=True,
+        **{**FAST, "reliability_folds": 5},
+    )
     rel = out.var["reliability"].to_numpy()
     # module genes are predictable, noise genes (no shared signal) are not
     assert rel[:6].mean() > rel[6:].mean() + 0.2, rel
@@ -137,17 +154,23 @@ def test_paper_reliability_is_clipped_to_cosine_range(plant, monkeypatch):
 
     monkeypatch.setattr(nn_st, "ReliabilityMLP", Overshooting)
     sp, rf, emb = plant
-    out = sct.tl.stimpute(sp, rf, genes=HELD, gene_embeddings=emb, n_neighbors=10,
-                          return_adata=True, preset="paper", **{**FAST, "reliability_folds": 2})
+    out = sct.tl.stimpute(
+        sp,
+        rf,
+        genes=HELD,
+        gene_embeddings=emb,
+        n_neighbors=10,
+        return_adata=True,
+        preset="paper",
+        **{**FAST, "reliability_folds": 2},
+    )
     np.testing.assert_array_equal(out.var["reliability"].to_numpy(), 1.0)
 
 
 def test_sparse_dense_and_seeds(plant):
     sp, rf, _ = plant
-    counts_sp = ad.AnnData(np.round(np.expm1(sp.X) * 3).astype(np.float32), obs=sp.obs,
-                           var=sp.var)
-    counts_rf = ad.AnnData(np.round(np.expm1(rf.X) * 3).astype(np.float32), obs=rf.obs,
-                           var=rf.var)
+    counts_sp = ad.AnnData(np.round(np.expm1(sp.X) * 3).astype(np.float32), obs=sp.obs, var=sp.var)
+    counts_rf = ad.AnnData(np.round(np.expm1(rf.X) * 3).astype(np.float32), obs=rf.obs, var=rf.var)
     kw = dict(genes=HELD, n_neighbors=5, return_adata=True, rng=3, **FAST)
     dense = sct.tl.stimpute(counts_sp, counts_rf, **kw)
     sp_s = counts_sp.copy()
@@ -219,8 +242,17 @@ def test_feature_blocks_are_bounded_and_epochs_subsample(plant):
 
     sp, rf, _ = plant
     sim = GeneSimilarity(3, None, np.zeros(3, bool), rf.X[:, :3])
-    data = CellData(sp.X[:, :2], rf.X[:, :3], 2, lambda c: sim.knn_graph(c, 3), n_neighbors=50,
-                    batch_size=512, max_cells_per_epoch=100, device="cpu", seed=0)
+    data = CellData(
+        sp.X[:, :2],
+        rf.X[:, :3],
+        2,
+        lambda c: sim.knn_graph(c, 3),
+        n_neighbors=50,
+        batch_size=512,
+        max_cells_per_epoch=100,
+        device="cpu",
+        seed=0,
+    )
     # one (batch, genes, k) block holds at most 2**23 values: 10,000 genes -> 16 cells
     assert data.batch_size(10_000) == 2**23 // (10_000 * 50) == 16
     assert data.batch_size(10) == 512
@@ -243,8 +275,9 @@ def test_stimpute_cv_table_and_layer(plant):
     extra.var_names = ["only_in_spatial"]
     a = ad.concat([a, extra], axis=1, merge="first")
     a.obsm["spatial"] = sp.obsm["spatial"]
-    tab = sct.tl.stimpute_cv(a, rf, n_folds=3, gene_embeddings=emb, n_neighbors=5, **{
-        **FAST, "reliability_folds": 3})
+    tab = sct.tl.stimpute_cv(
+        a, rf, n_folds=3, gene_embeddings=emb, n_neighbors=5, **{**FAST, "reliability_folds": 3}
+    )
     assert list(tab.columns) == ["pearson", "cosine", "mse", "reliability", "fold"]
     assert list(tab.index) == list(a.var_names[:24])
     assert sorted(tab["fold"].unique()) == [0, 1, 2]
@@ -329,8 +362,9 @@ def test_return_adata_with_squidpy_on_osmfish():
     held = ["Plp1", "Gad2", "Vip"]
     sp_meas = sp[:, [g for g in sp.var_names if g not in held]].copy()
     emb = sct.datasets.esm2_gene_embeddings("osmFISH") if _has_esm() else None
-    out = sct.tl.stimpute(sp_meas, ref, genes=held, gene_embeddings=emb, n_neighbors=20,
-                          return_adata=True, **FAST)
+    out = sct.tl.stimpute(
+        sp_meas, ref, genes=held, gene_embeddings=emb, n_neighbors=20, return_adata=True, **FAST
+    )
     assert out.shape == (1500, 3) and "stimpute" not in sp_meas.obsm
     np.testing.assert_array_equal(out.obsm["spatial"], sp.obsm["spatial"])
     assert (out.obs["ClusterName"] == sp.obs["ClusterName"]).all()
@@ -354,25 +388,43 @@ def test_cuda_matches_shape_and_quality(plant):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     sp, rf, emb = plant
-    out = sct.tl.stimpute(sp, rf, genes=HELD, gene_embeddings=emb, n_neighbors=5, alpha=1.0,
-                          graph_neighbors=5, device="cuda", return_adata=True,
-                          **{**FAST, "epochs": 3})
+    out = sct.tl.stimpute(
+        sp,
+        rf,
+        genes=HELD,
+        gene_embeddings=emb,
+        n_neighbors=5,
+        alpha=1.0,
+        graph_neighbors=5,
+        device="cuda",
+        return_adata=True,
+        **{**FAST, "epochs": 3},
+    )
     assert gene_pearson(sp[:, HELD].X, out.X).mean() > 0.5
 
 
 # ----------------------------------------------------------------------------- the model
 def _fit_model(sp, rf, emb, **kw):
     kw = {"method": "gnn", **kw}
-    return sct.models.StImputeModel(n_neighbors=5, graph_neighbors=5, epochs=2, ae_epochs=3,
-                                    reliability_folds=2, **kw).fit(
-        sp, rf, genes=HELD, gene_embeddings=emb, rng=0, progress=False)
+    return sct.models.StImputeModel(
+        n_neighbors=5, graph_neighbors=5, epochs=2, ae_epochs=3, reliability_folds=2, **kw
+    ).fit(sp, rf, genes=HELD, gene_embeddings=emb, rng=0, progress=False)
 
 
 def test_model_predict_matches_stimpute_and_survives_save_load(plant, tmp_path):
     sp, rf, emb = plant
-    kw = dict(genes=HELD, gene_embeddings=emb, n_neighbors=5, graph_neighbors=5, epochs=2,
-              ae_epochs=3, reliability_folds=2, progress=False, return_adata=True,
-              preset="paper")
+    kw = dict(
+        genes=HELD,
+        gene_embeddings=emb,
+        n_neighbors=5,
+        graph_neighbors=5,
+        epochs=2,
+        ae_epochs=3,
+        reliability_folds=2,
+        progress=False,
+        return_adata=True,
+        preset="paper",
+    )
     out, model = sct.tl.stimpute(sp, rf, return_model=True, **kw)
     np.testing.assert_array_equal(out.X, sct.tl.stimpute(sp, rf, **kw).X)
     assert isinstance(model, sct.models.StImputeModel)
@@ -388,8 +440,10 @@ def test_model_predict_matches_stimpute_and_survives_save_load(plant, tmp_path):
     np.testing.assert_array_equal(two.to_numpy(), out.X[:, [3, 1]])
     path = tmp_path / "stimpute.safetensors"
     model.save(path)
-    for loaded in (sct.models.StImputeModel.load(path, device="cpu"),
-                   sct.models.load(path, device="cpu")):
+    for loaded in (
+        sct.models.StImputeModel.load(path, device="cpu"),
+        sct.models.load(path, device="cpu"),
+    ):
         assert type(loaded) is sct.models.StImputeModel
         assert loaded.genes == model.genes and loaded.targets == model.targets
         assert loaded.config == model.config and loaded.alpha == model.alpha
@@ -418,8 +472,7 @@ def test_model_predicts_a_new_section(plant):
         part = model.predict(shuffled)
     assert part.shape == (80, 6) and np.isfinite(part.to_numpy()).all()
     with pytest.raises(ValueError, match="measures 0 of the model's 30 training genes"):
-        model.predict(ad.AnnData(np.ones((3, 2), np.float32),
-                                 var=pd.DataFrame(index=["x", "y"])))
+        model.predict(ad.AnnData(np.ones((3, 2), np.float32), var=pd.DataFrame(index=["x", "y"])))
     with pytest.raises(ValueError, match="not been trained"):
         sct.models.StImputeModel().predict(new)
 
@@ -433,8 +486,9 @@ def test_stimpute_leaves_the_callers_random_streams_alone(plant):
     expected = (torch.rand(3), np.random.rand(3))
     torch.manual_seed(123)
     np.random.seed(123)
-    sct.tl.stimpute(sp, rf, genes=["m0g0"], n_neighbors=5, return_adata=True,
-                    **{**FAST, "reliability_folds": 2})
+    sct.tl.stimpute(
+        sp, rf, genes=["m0g0"], n_neighbors=5, return_adata=True, **{**FAST, "reliability_folds": 2}
+    )
     torch.testing.assert_close(torch.rand(3), expected[0])
     np.testing.assert_array_equal(np.random.rand(3), expected[1])
 
@@ -443,12 +497,18 @@ def test_case_only_mismatch_is_reported(plant):
     sp, rf, _ = plant
     part = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
     part.var_names = [g.upper() if i >= 9 else g for i, g in enumerate(part.var_names)]
-    with pytest.warns(UserWarning, match=r"Only 9 of the 30 spatial genes match the "
-                      r"reference's var_names exactly, but 30 match ignoring case .*"
-                      r"case_sensitive=False"):
+    with pytest.warns(
+        UserWarning,
+        match=r"Only 9 of the 30 spatial genes match the "
+        r"reference's var_names exactly, but 30 match ignoring case .*"
+        r"case_sensitive=False",
+    ):
         sct.tl.stimpute(part, rf, return_adata=True, **FAST)
-    with pytest.raises(ValueError, match=r"Found 0 gene.*Only 0 of the 21 .* 21 match "
-                       "ignoring case"):
+    with pytest.raises(
+        ValueError,
+        match=r"Found 0 gene.*Only 0 of the 21 .* 21 match "
+        "ignoring case",
+    ):
         sct.tl.stimpute(part[:, 9:].copy(), rf, **FAST)
     with pytest.warns(UserWarning, match="but 30 match ignoring case"):
         sct.tl.stimpute_cv(part, rf, n_folds=2, n_neighbors=5, **FAST)
@@ -459,8 +519,11 @@ def test_overwrite_warnings_and_degenerate_inputs(plant):
     a = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
     sct.tl.stimpute(a, rf, n_neighbors=5, **FAST)
     first = a.obsm["stimpute"].copy()
-    with pytest.warns(UserWarning, match=r"Overwriting the existing adata_sp.obsm\['stimpute'\] "
-                      r"and adata_sp.uns\['stimpute'\]"):
+    with pytest.warns(
+        UserWarning,
+        match=r"Overwriting the existing adata_sp.obsm\['stimpute'\] "
+        r"and adata_sp.uns\['stimpute'\]",
+    ):
         sct.tl.stimpute(a, rf, n_neighbors=5, rng=1, **FAST)
     assert not np.allclose(first.to_numpy(), a.obsm["stimpute"].to_numpy())  # overwritten
     one = sp[:1].copy()
@@ -479,10 +542,17 @@ def test_no_torch_jit_deprecation_warning_on_import():
     import subprocess
     import sys
 
-    code = ("import warnings; warnings.simplefilter('always'); "
-            "from sctorch.stimpute._train import torch_modules; torch_modules()")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONWARNINGS": "always"}, timeout=300)
+    code = (
+        "import warnings; warnings.simplefilter('always'); "
+        "from sctorch.stimpute._train import torch_modules; torch_modules()"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "always"},
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "torch.jit.script" not in res.stderr
 
@@ -503,8 +573,9 @@ def test_transfer_known_answers(plant):
     lin = Z[:, :3] @ np.array([1.0, 0.5, 0.8], np.float32)
     both = ad.AnnData(np.column_stack([Z, lin]))
     both.var_names = [f"g{i}" for i in range(8)] + ["target"]
-    res = sct.tl.stimpute(both[:300].copy(), both[300:].copy(), genes=["target"],
-                          ridge_weight=1.0, n_pcs=8, **DEFAULT)
+    res = sct.tl.stimpute(
+        both[:300].copy(), both[300:].copy(), genes=["target"], ridge_weight=1.0, n_pcs=8, **DEFAULT
+    )
     assert gene_pearson(lin[:300, None], res.X)[0] > 0.99
 
 
@@ -544,8 +615,9 @@ def test_default_reliability_ranks_predictable_genes_higher():
 def test_transfer_model_predicts_saves_and_loads(plant, tmp_path, latent):
     sp, rf, _ = plant
     measured = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
-    out, model = sct.tl.stimpute(measured, rf, latent=latent, ae_epochs=3, return_model=True,
-                                 **DEFAULT)
+    out, model = sct.tl.stimpute(
+        measured, rf, latent=latent, ae_epochs=3, return_model=True, **DEFAULT
+    )
     assert model.targets == HELD
     np.testing.assert_allclose(model.predict(measured).to_numpy(), out.X, rtol=1e-5, atol=1e-6)
     two = model.predict(measured, genes=[HELD[3], HELD[1]])
@@ -554,8 +626,7 @@ def test_transfer_model_predicts_saves_and_loads(plant, tmp_path, latent):
     model.save(path)
     loaded = sct.models.load(path, device="cpu")
     assert loaded.k == model.k and loaded.alpha == model.alpha
-    np.testing.assert_allclose(loaded.predict(measured).to_numpy(), out.X, rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(measured).to_numpy(), out.X, rtol=1e-5, atol=1e-6)
     assert gene_pearson(sp[:, HELD].X, out.X).mean() > 0.5
 
 
@@ -563,8 +634,9 @@ def test_transfer_model_predicts_saves_and_loads(plant, tmp_path, latent):
 def test_backed_input_gives_the_in_memory_prediction(plant, tmp_path, as_sparse):
     sp, rf, _ = plant
     counts = np.round(np.expm1(sp.X) * 3).astype(np.float32)
-    measured = ad.AnnData(sparse.csr_matrix(counts) if as_sparse else counts, obs=sp.obs,
-                          var=sp.var)
+    measured = ad.AnnData(
+        sparse.csr_matrix(counts) if as_sparse else counts, obs=sp.obs, var=sp.var
+    )
     measured = measured[:, [g for g in sp.var_names if g not in HELD]].copy()
     path = tmp_path / "sp.h5ad"
     measured.write_h5ad(path)
@@ -573,15 +645,16 @@ def test_backed_input_gives_the_in_memory_prediction(plant, tmp_path, as_sparse)
     on_disk, model = sct.tl.stimpute(backed, rf, return_model=True, **DEFAULT)
     np.testing.assert_allclose(on_disk.X, mem.X, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.predict(backed).to_numpy(), mem.X, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(model.predict(measured).to_numpy(), mem.X, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(model.predict(measured).to_numpy(), mem.X, rtol=1e-5, atol=1e-5)
     # a backed reference too (its training and target genes read by blocks)
     rf.write_h5ad(tmp_path / "ref.h5ad")
     ref_backed = ad.read_h5ad(tmp_path / "ref.h5ad", backed="r")
     both = sct.tl.stimpute(backed, ref_backed, **DEFAULT)
     np.testing.assert_allclose(both.X, mem.X, rtol=1e-5, atol=1e-5)
-    pd.testing.assert_frame_equal(sct.tl.stimpute_cv(backed, ref_backed, n_folds=2, progress=False),
-                                  sct.tl.stimpute_cv(measured, rf, n_folds=2, progress=False))
+    pd.testing.assert_frame_equal(
+        sct.tl.stimpute_cv(backed, ref_backed, n_folds=2, progress=False),
+        sct.tl.stimpute_cv(measured, rf, n_folds=2, progress=False),
+    )
     ref_backed.file.close()
     backed.file.close()
 
@@ -599,8 +672,9 @@ def test_paper_distance_graph_and_no_graph(plant):
     np.testing.assert_allclose(A.sum(1), 1.0, rtol=1e-5)
     assert (np.diag(A) < 0).all()
     # graph_neighbors=0: the GNN without a gene graph still predicts
-    out = sct.tl.stimpute(sp, rf, genes=HELD, graph_neighbors=0, n_neighbors=5,
-                          return_adata=True, **FAST)
+    out = sct.tl.stimpute(
+        sp, rf, genes=HELD, graph_neighbors=0, n_neighbors=5, return_adata=True, **FAST
+    )
     assert np.isfinite(out.X).all() and out.shape == (sp.n_obs, len(HELD))
     with pytest.raises(ValueError, match="preset must be"):
         sct.tl.stimpute(sp, rf, genes=HELD, preset="authors", **FAST)

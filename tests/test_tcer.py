@@ -162,16 +162,26 @@ def test_training_on_planted_low_rank_genomap_beats_observed_error():
     counts = rng.poisson(20 * (u * (rows < 4) + v * (rows >= 4)) + 1).astype(np.float32)
     a = ad.AnnData(counts)
     a.var_names = [f"g{i}" for i in range(H * W)]
-    p = TCERParams(n_features=8, epochs=12, batch_size=32, lr=3e-3, lr_step=100,
-                   mask_ratio=(0.2, 0.4), fft_weight=0.1, patience=None, objective="dropout",
-                   validation_fraction=0.15, n_neighbors=0, output="observed")
+    p = TCERParams(
+        n_features=8,
+        epochs=12,
+        batch_size=32,
+        lr=3e-3,
+        lr_step=100,
+        mask_ratio=(0.2, 0.4),
+        fft_weight=0.1,
+        patience=None,
+        objective="dropout",
+        validation_fraction=0.15,
+        n_neighbors=0,
+        output="observed",
+    )
     model = TCERModel(config=p, genes=a.var_names, placement=Placement(rows, cols, (H, W)))
     model.fit(a[:192], rng=0, device="cpu", progress=False)
     assert len(model.history["val_loss"]) == 12 and len(model.history["train_loss"]) == 12
     assert model.scale == pytest.approx(float(sct._utils.log_normalize(a[:192].X).max()))
     # new cells: hide 30 % of their non-zero pixels
-    x = torch.as_tensor(model.placement.images(sct._utils.log_normalize(a[192:].X)
-                                               / model.scale))
+    x = torch.as_tensor(model.placement.images(sct._utils.log_normalize(a[192:].X) / model.scale))
     g = torch.Generator().manual_seed(1)
     inp, masked = mask_nonzero(x, 0.3, 0.3, torch.ones(H, W, dtype=torch.bool), g)
     with torch.no_grad():
@@ -184,9 +194,20 @@ def test_training_on_planted_low_rank_genomap_beats_observed_error():
 @pytest.fixture(scope="module")
 def trained():
     a = _with_grid_placement(_planted_counts(), (6, 6))
-    model = sct.tl.tcer_impute(a, n_features=4, epochs=2, batch_size=32, progress=False,
-                               rng=0, return_model=True, device="cpu", objective="dropout",
-                               observed_weight=1.0, n_neighbors=0, output="observed")
+    model = sct.tl.tcer_impute(
+        a,
+        n_features=4,
+        epochs=2,
+        batch_size=32,
+        progress=False,
+        rng=0,
+        return_model=True,
+        device="cpu",
+        objective="dropout",
+        observed_weight=1.0,
+        n_neighbors=0,
+        output="observed",
+    )
     return a, model
 
 
@@ -215,9 +236,19 @@ def test_save_load_identical_and_determinism(trained, tmp_path):
     np.testing.assert_array_equal(b.layers["m1"], a.layers["tcer"])
     # same seed, same device -> same result
     c = _with_grid_placement(_planted_counts(), (6, 6))
-    sct.tl.tcer_impute(c, n_features=4, epochs=2, batch_size=32, progress=False, rng=0,
-                       device="cpu", objective="dropout", observed_weight=1.0, n_neighbors=0,
-                       output="observed")
+    sct.tl.tcer_impute(
+        c,
+        n_features=4,
+        epochs=2,
+        batch_size=32,
+        progress=False,
+        rng=0,
+        device="cpu",
+        objective="dropout",
+        observed_weight=1.0,
+        n_neighbors=0,
+        output="observed",
+    )
     np.testing.assert_array_equal(c.layers["tcer"], a.layers["tcer"])
     with pytest.raises(ModelFileError, match="not a sctorch model file"):
         from safetensors.torch import save_file
@@ -274,16 +305,26 @@ def test_bad_inputs_raise_and_leave_adata_unchanged():
 
 def test_blind_spot_output_keeps_or_blends_observed_values():
     a = _with_grid_placement(_planted_counts(n_cells=64), (6, 6))
-    model = sct.tl.tcer_impute(a, n_features=4, epochs=1, batch_size=32, progress=False,
-                               rng=0, return_model=True, device="cpu", objective="blind_spot",
-                               output="observed")
+    model = sct.tl.tcer_impute(
+        a,
+        n_features=4,
+        epochs=1,
+        batch_size=32,
+        progress=False,
+        rng=0,
+        return_model=True,
+        device="cpu",
+        objective="blind_spot",
+        output="observed",
+    )
     # output="observed": measured values kept (the paper's rule), zeros get the prediction
     assert model.params.observed_weight == 1.0 and model.n_neighbors > 0
     model.params.observed_weight = 0.0
     model.impute(a, key_added="pred", progress=False, device="cpu")
     x = sct._utils.log_normalize(a.X).toarray()
-    np.testing.assert_allclose(a.layers["tcer"], np.where(x > 0, x, a.layers["pred"]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        a.layers["tcer"], np.where(x > 0, x, a.layers["pred"]), rtol=1e-5, atol=1e-6
+    )
     assert not np.allclose(a.layers["pred"][x > 0], x[x > 0])  # the prediction differs
     model.params.observed_weight = 0.25
     model.impute(a, key_added="blend", progress=False, device="cpu")
@@ -314,16 +355,19 @@ def test_round_trip_rebuilds_the_same_network_and_output(tmp_path):
         assert loaded.params == model.params and loaded.history == model.history
         np.testing.assert_array_equal(loaded.placement.rows, model.placement.rows)
         assert loaded.placement.shape == (6, 6)
-        np.testing.assert_array_equal(loaded.predict(a, progress=False, device="cpu"),
-                                      model.predict(a, progress=False, device="cpu"))
+        np.testing.assert_array_equal(
+            loaded.predict(a, progress=False, device="cpu"),
+            model.predict(a, progress=False, device="cpu"),
+        )
     with pytest.raises(FileExistsError, match="overwrite=True"):
         model.save(path)
     model.save(path, overwrite=True)
     assert sct.tl.TCERModel is sct.models.TCERModel is TCERModel
 
 
-@pytest.mark.parametrize("corruption", ["two_genes_one_pixel", "off_grid", "gene_list_length",
-                                        "unplaced"])
+@pytest.mark.parametrize(
+    "corruption", ["two_genes_one_pixel", "off_grid", "gene_list_length", "unplaced"]
+)
 def test_placement_integrity_is_checked_on_load(tmp_path, corruption):
     _, model = _small_model()
     p = model.placement

@@ -19,7 +19,7 @@ def _two_types(n_per=40, n_genes=30, depth=200.0, seed=0):
     rng = np.random.default_rng(seed)
     prof = rng.gamma(1.0, 1.0, size=(2, n_genes))
     prof[0, : n_genes // 2] *= 8
-    prof[1, n_genes // 2:] *= 8
+    prof[1, n_genes // 2 :] *= 8
     prof /= prof.sum(1, keepdims=True)
     types = np.repeat([0, 1], n_per)
     lib = rng.uniform(0.5, 1.5, types.size) * depth
@@ -85,8 +85,9 @@ def test_molecular_cross_validation_trusts_a_true_prior_and_not_a_wrong_one():
 
 def test_choose_neighbours_prefers_k_within_the_cell_type():
     counts, _, _ = _two_types(n_per=15, depth=300.0)
-    k, scores = tcer.choose_neighbours(_rates(counts), seed=0, cells=np.arange(30),
-                                       grid=(5, 10, 29))
+    k, scores = tcer.choose_neighbours(
+        _rates(counts), seed=0, cells=np.arange(30), grid=(5, 10, 29)
+    )
     assert set(scores) == {5, 10, 29}
     assert k in (5, 10)  # 29 neighbours must mix the two types
 
@@ -106,8 +107,16 @@ def _placed(counts):
 def default_model():
     counts, truth, _ = _two_types(n_per=60, depth=150.0)
     a = _placed(counts)
-    model = sct.tl.tcer_impute(a, n_features=4, epochs=2, batch_size=32, rng=0,
-                               progress=False, device="cpu", return_model=True)
+    model = sct.tl.tcer_impute(
+        a,
+        n_features=4,
+        epochs=2,
+        batch_size=32,
+        rng=0,
+        progress=False,
+        device="cpu",
+        return_model=True,
+    )
     return a, model, truth
 
 
@@ -130,13 +139,16 @@ def test_default_output_is_the_posterior_of_the_network_prior(default_model):
     own = r.rates(slice(None)).toarray()
     mu = model._prior(model._cell_images(r, own, everyone, idx, genes), "cpu", genes)
     counts, size = r.counts(slice(None))
-    np.testing.assert_allclose(out, np.log1p(tcer.posterior(counts, size, mu, model.beta)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out, np.log1p(tcer.posterior(counts, size, mu, model.beta)), rtol=1e-5, atol=1e-6
+    )
     # it recovers the true expression better than the observed data
     obs = np.log1p(r.rates(slice(None)).toarray())
     ref = np.log1p(truth)
-    assert (np.nanmean(sct.metrics.gene_pearson(out, ref))
-            > np.nanmean(sct.metrics.gene_pearson(obs, ref)) + 0.05)
+    assert (
+        np.nanmean(sct.metrics.gene_pearson(out, ref))
+        > np.nanmean(sct.metrics.gene_pearson(obs, ref)) + 0.05
+    )
 
 
 def test_fitted_context_and_beta_survive_save_and_load(default_model, tmp_path):
@@ -148,8 +160,10 @@ def test_fitted_context_and_beta_survive_save_and_load(default_model, tmp_path):
     loaded = TCERModel.load(path, device="cpu")
     assert loaded.n_neighbors == model.n_neighbors and loaded.beta == model.beta
     assert loaded.module.in_channels == 2
-    np.testing.assert_array_equal(loaded.predict(a, progress=False, device="cpu"),
-                                  model.predict(a, progress=False, device="cpu"))
+    np.testing.assert_array_equal(
+        loaded.predict(a, progress=False, device="cpu"),
+        model.predict(a, progress=False, device="cpu"),
+    )
     with pytest.raises(ValueError, match="at least 2 cells"):
         model.predict(a[:1].copy(), progress=False, device="cpu")
 
@@ -157,9 +171,13 @@ def test_fitted_context_and_beta_survive_save_and_load(default_model, tmp_path):
 def test_bad_context_settings_raise_before_anything_is_written():
     counts, _, _ = _two_types(n_per=10)
     a = _placed(counts)
-    for kw, match in (({"n_neighbors": -1}, "n_neighbors"), ({"n_neighbors": 2.5}, "n_neighbors"),
-                      ({"output": "mean"}, "output"), ({"beta": -1.0}, "beta"),
-                      ({"objective": "l2"}, "objective")):
+    for kw, match in (
+        ({"n_neighbors": -1}, "n_neighbors"),
+        ({"n_neighbors": 2.5}, "n_neighbors"),
+        ({"output": "mean"}, "output"),
+        ({"beta": -1.0}, "beta"),
+        ({"objective": "l2"}, "objective"),
+    ):
         with pytest.raises(ValueError, match=match):
             sct.tl.tcer_impute(a, epochs=1, progress=False, **kw)
     assert "tcer" not in a.layers and "tcer" not in a.uns

@@ -80,19 +80,24 @@ def resolve_device(device: str | None = None):
     if device is None:
         if torch.cuda.is_available():
             # under torchrun each process takes the GPU of its local rank
-            local = os.environ.get("LOCAL_RANK") if os.environ.get("WORLD_SIZE", "1") != "1" \
-                else None
+            local = (
+                os.environ.get("LOCAL_RANK") if os.environ.get("WORLD_SIZE", "1") != "1" else None
+            )
             return torch.device(f"cuda:{int(local)}" if local is not None else "cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; "
-                         "pass device='cpu' or device=None.")
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available; "
+            "pass device='cpu' or device=None."
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} was requested but MPS is not available; "
-                         "pass device='cpu' or device=None.")
+        raise ValueError(
+            f"device={device!r} was requested but MPS is not available; "
+            "pass device='cpu' or device=None."
+        )
     return dev
 
 
@@ -110,8 +115,10 @@ def get_matrix(adata: ad.AnnData, layer: str | None = None):
             raise ValueError("adata.X is empty; pass layer= naming a layer that holds the data.")
         return adata.X
     if layer not in adata.layers:
-        raise KeyError(f"Layer {layer!r} not found in adata.layers (available: "
-                       f"{list(adata.layers.keys())}). Pass layer=None to use adata.X.")
+        raise KeyError(
+            f"Layer {layer!r} not found in adata.layers (available: "
+            f"{list(adata.layers.keys())}). Pass layer=None to use adata.X."
+        )
     return adata.layers[layer]
 
 
@@ -201,20 +208,26 @@ def _scan(X) -> _Scan:
 
 def _raise_nonfinite(s: _Scan, what: str) -> None:
     if s.n_nonfinite:
-        raise ValueError(f"{what} contains {s.n_nonfinite} non-finite value(s) (NaN or inf). "
-                         "Remove or impute them before calling this function.")
+        raise ValueError(
+            f"{what} contains {s.n_nonfinite} non-finite value(s) (NaN or inf). "
+            "Remove or impute them before calling this function."
+        )
 
 
 def _raise_not_counts(s: _Scan, what: str) -> None:
     _raise_nonfinite(s, what)
     if s.n_negative:
-        raise ValueError(f"{what} contains {s.n_negative} negative value(s), but raw "
-                         "counts were expected. Pass the layer that holds the raw counts.")
+        raise ValueError(
+            f"{what} contains {s.n_negative} negative value(s), but raw "
+            "counts were expected. Pass the layer that holds the raw counts."
+        )
     if s.n_fractional:
-        raise ValueError(f"{what} contains {s.n_fractional} non-integer value(s) (e.g. "
-                         f"{s.example:.4g}), but raw counts were expected. It looks log-normalised "
-                         "or scaled; pass the layer that holds the raw integer counts (e.g. "
-                         "layer='counts').")
+        raise ValueError(
+            f"{what} contains {s.n_fractional} non-integer value(s) (e.g. "
+            f"{s.example:.4g}), but raw counts were expected. It looks log-normalised "
+            "or scaled; pass the layer that holds the raw integer counts (e.g. "
+            "layer='counts')."
+        )
 
 
 def check_finite(X, *, what: str = "adata.X") -> None:
@@ -238,8 +251,10 @@ def check_cell_totals(X, *, what: str = "adata.X") -> np.ndarray:
     """Return the per-cell totals of ``X``; raise ``ValueError`` if a cell has none."""
     lib = row_sums(X)
     if (lib <= 0).any():
-        raise ValueError(f"{int((lib <= 0).sum())} cell(s) have zero total counts in {what}; "
-                         "remove them first (e.g. scanpy.pp.filter_cells(adata, min_counts=1)).")
+        raise ValueError(
+            f"{int((lib <= 0).sum())} cell(s) have zero total counts in {what}; "
+            "remove them first (e.g. scanpy.pp.filter_cells(adata, min_counts=1))."
+        )
     return lib
 
 
@@ -252,19 +267,23 @@ def check_copy(adata: ad.AnnData, copy: bool) -> None:
         If ``copy`` and ``adata`` was opened with ``anndata.read_h5ad(path, backed="r")``.
     """
     if copy and getattr(adata, "isbacked", False):
-        raise ValueError("copy=True cannot copy an AnnData opened with backed='r' (anndata "
-                         "needs a file name to copy it). Pass copy=False to write the results "
-                         "into it (they are held in memory; write them with "
-                         "adata.write_h5ad(...)), or load it with adata.to_memory() first.")
+        raise ValueError(
+            "copy=True cannot copy an AnnData opened with backed='r' (anndata "
+            "needs a file name to copy it). Pass copy=False to write the results "
+            "into it (they are held in memory; write them with "
+            "adata.write_h5ad(...)), or load it with adata.to_memory() first."
+        )
 
 
 def check_not_empty(adata: ad.AnnData, *, what: str = "adata") -> None:
     """Raise ``ValueError`` if ``adata`` has no cells or no genes (says which)."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         kind = "cells" if adata.n_obs == 0 else "genes"
-        raise ValueError(f"{what} has 0 {kind} (shape {adata.n_obs} × {adata.n_vars}); pass an "
-                         "AnnData with at least one cell and one gene (check the filtering or "
-                         "subsetting that produced it).")
+        raise ValueError(
+            f"{what} has 0 {kind} (shape {adata.n_obs} × {adata.n_vars}); pass an "
+            "AnnData with at least one cell and one gene (check the filtering or "
+            "subsetting that produced it)."
+        )
 
 
 def check_positive(**kwargs) -> None:
@@ -281,15 +300,19 @@ def check_unique_var_names(adata: ad.AnnData) -> None:
     """Raise ``ValueError`` if ``adata.var_names`` has duplicates."""
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"adata.var_names has {int(adata.var_names.duplicated().sum())} duplicate "
-                         f"name(s), e.g. {dup}. Call adata.var_names_make_unique() first.")
+        raise ValueError(
+            f"adata.var_names has {int(adata.var_names.duplicated().sum())} duplicate "
+            f"name(s), e.g. {dup}. Call adata.var_names_make_unique() first."
+        )
 
 
 def check_non_negative(X, *, what: str = "adata.X") -> None:
     """Raise ``ValueError`` if ``X`` holds negative values (e.g. scaled data)."""
     if any(bool((v < 0).any()) for v in _value_blocks(X) if v.size):
-        raise ValueError(f"{what} contains negative values; expected counts or log-normalised "
-                         "expression (not scaled/centred data).")
+        raise ValueError(
+            f"{what} contains negative values; expected counts or log-normalised "
+            "expression (not scaled/centred data)."
+        )
 
 
 def is_integer_matrix(X) -> bool:
@@ -329,27 +352,36 @@ def resolve_input_scale(X, input_scale: str = "auto", *, what: str = "adata.X") 
         return "counts"
     _raise_nonfinite(s, what)
     if s.n_negative:
-        raise ValueError(f"{what} contains negative values; expected counts or log-normalised "
-                         "expression (not scaled/centred data).")
+        raise ValueError(
+            f"{what} contains negative values; expected counts or log-normalised "
+            "expression (not scaled/centred data)."
+        )
     if input_scale == "auto" and s.integer:
         return "counts"
     if s.vmax > 1 and s.integer:
-        raise ValueError(f"{what} holds integer values up to {s.vmax:.0f}: raw counts, but "
-                         "input_scale='log1p' was given. Pass input_scale='counts' (or 'auto'),"
-                         " or the layer that holds log-normalised values.")
+        raise ValueError(
+            f"{what} holds integer values up to {s.vmax:.0f}: raw counts, but "
+            "input_scale='log1p' was given. Pass input_scale='counts' (or 'auto'),"
+            " or the layer that holds log-normalised values."
+        )
     if input_scale == "log1p" and s.vmax > _LOG1P_MAX:
-        raise ValueError(f"{what} holds values up to {s.vmax:.4g}, but log1p-normalised "
-                         f"expression stays below {_LOG1P_MAX:g}. Pass raw counts (input_scale="
-                         "'counts') or log1p(normalised) values (scanpy.pp.normalize_total, "
-                         "then scanpy.pp.log1p).")
+        raise ValueError(
+            f"{what} holds values up to {s.vmax:.4g}, but log1p-normalised "
+            f"expression stays below {_LOG1P_MAX:g}. Pass raw counts (input_scale="
+            "'counts') or log1p(normalised) values (scanpy.pp.normalize_total, "
+            "then scanpy.pp.log1p)."
+        )
     return "log1p"
 
 
 def row_sums(X) -> np.ndarray:
     """Sum of every row as a 1-D float64 array (dense, sparse or backed, read by blocks)."""
     if is_backed(X):
-        return np.concatenate([row_sums(block) for _, block in iter_row_blocks(X)]) \
-            if X.shape[0] else np.zeros(0)
+        return (
+            np.concatenate([row_sums(block) for _, block in iter_row_blocks(X)])
+            if X.shape[0]
+            else np.zeros(0)
+        )
     return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
 
 
@@ -421,10 +453,15 @@ def make_params(**kwargs: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- progress
-def progress_bar(iterable=None, *, total: int | None = None, desc: str | None = None,
-                 progress: bool = True, **kwargs):
+def progress_bar(
+    iterable=None,
+    *,
+    total: int | None = None,
+    desc: str | None = None,
+    progress: bool = True,
+    **kwargs,
+):
     """A ``tqdm.auto`` progress bar that is silent when ``progress`` is False."""
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not progress, leave=False, **kwargs)
-

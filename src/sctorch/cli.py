@@ -55,8 +55,10 @@ def _check_output(out: str, inputs: list[str], overwrite: bool) -> Path:
         raise ValueError(f"output {p} must end in .h5ad.")
     same = [i for i in inputs if Path(i).exists() and p.exists() and p.samefile(i)]
     if same and not overwrite:
-        raise ValueError(f"output {p} is the input file {same[0]}; choose another output or "
-                         "pass --overwrite to replace the input.")
+        raise ValueError(
+            f"output {p} is the input file {same[0]}; choose another output or "
+            "pass --overwrite to replace the input."
+        )
     if p.exists() and not overwrite:
         raise ValueError(f"output {p} already exists; pass --overwrite to replace it.")
     if not p.parent.exists():
@@ -90,16 +92,26 @@ def _write(adata, out: Path) -> None:
 def _common(p: argparse.ArgumentParser, func: Callable, *, device: bool = True) -> None:
     """``--device``, ``--seed`` (defaults from ``func``), ``--overwrite``, ``--quiet``."""
     if device:
-        p.add_argument("--device", default=_default(func, "device"),
-                       help="torch device: cpu, cuda, cuda:1, mps (default: cuda, mps, else cpu)")
-    p.add_argument("--seed", type=int, default=_default(func, "rng"),
-                   help="random seed (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="allow the output to replace an existing file, the input included")
+        p.add_argument(
+            "--device",
+            default=_default(func, "device"),
+            help="torch device: cpu, cuda, cuda:1, mps (default: cuda, mps, else cpu)",
+        )
+    p.add_argument(
+        "--seed", type=int, default=_default(func, "rng"), help="random seed (default: %(default)s)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow the output to replace an existing file, the input included",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--backed", action="store_true",
-                   help="open the input files with backed='r' and read them by blocks of "
-                        "cells (for files larger than memory; see docs/scaling.md)")
+    p.add_argument(
+        "--backed",
+        action="store_true",
+        help="open the input files with backed='r' and read them by blocks of "
+        "cells (for files larger than memory; see docs/scaling.md)",
+    )
 
 
 def _gene_list(value: str | None) -> list[str] | None:
@@ -123,12 +135,14 @@ def _gene_mask(adata, genes_key: str | None):
     if genes_key is None:
         return None
     if genes_key not in adata.var:
-        raise KeyError(f"--genes-key {genes_key!r} is not a column of var; columns: "
-                       f"{list(adata.var.columns)}.")
+        raise KeyError(
+            f"--genes-key {genes_key!r} is not a column of var; columns: {list(adata.var.columns)}."
+        )
     col = adata.var[genes_key]
     if col.dtype != bool:
-        raise ValueError(f"var[{genes_key!r}] must be boolean (e.g. highly_variable), "
-                         f"found dtype {col.dtype}.")
+        raise ValueError(
+            f"var[{genes_key!r}] must be boolean (e.g. highly_variable), found dtype {col.dtype}."
+        )
     return col.to_numpy()
 
 
@@ -144,9 +158,11 @@ def _embeddings(value: str | None):
         return datasets.esm2_gene_embeddings(value)
     path = Path(value)
     if not path.is_file():
-        raise FileNotFoundError(f"gene embeddings file {path} does not exist (expected a .csv, "
-                                ".tsv or .parquet table, genes × dimensions, gene names as "
-                                "the first column, or one of osmFISH, MERFISH, Mouse_brain).")
+        raise FileNotFoundError(
+            f"gene embeddings file {path} does not exist (expected a .csv, "
+            ".tsv or .parquet table, genes × dimensions, gene names as "
+            "the first column, or one of osmFISH, MERFISH, Mouse_brain)."
+        )
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     if path.suffix in (".csv", ".tsv", ".txt"):
@@ -186,9 +202,16 @@ def cmd_genomap(args: argparse.Namespace) -> int:
     mask = _gene_mask(adata, args.genes_key)
     if genes is not None and mask is not None:
         raise ValueError("give --genes or --genes-key, not both.")
-    tl.genomap(adata, layer=args.layer, genes=genes if mask is None else mask,
-               max_iter=args.max_iter, solver=args.solver, key_added=args.key_added,
-               rng=args.seed, progress=not args.quiet)
+    tl.genomap(
+        adata,
+        layer=args.layer,
+        genes=genes if mask is None else mask,
+        max_iter=args.max_iter,
+        solver=args.solver,
+        key_added=args.key_added,
+        rng=args.seed,
+        progress=not args.quiet,
+    )
     _write(adata, out)
     return 0
 
@@ -202,15 +225,31 @@ def cmd_tcer(args: argparse.Namespace) -> int:
     adata = _read(args.input, args.backed)
     if args.model:
         model = tl.TCERModel.load(args.model, device=args.device)
-        model.impute(adata, layer=args.layer, device=args.device, key_added=args.key_added,
-                     progress=not args.quiet)
+        model.impute(
+            adata,
+            layer=args.layer,
+            device=args.device,
+            key_added=args.key_added,
+            progress=not args.quiet,
+        )
     else:
-        kw = {k: getattr(args, k) for k in ("n_features", "epochs", "lr")
-              if getattr(args, k) is not None}
-        model = tl.tcer_impute(adata, layer=args.layer, preset=args.preset,
-                               batch_size=args.batch_size, device=args.device, rng=args.seed,
-                               key_added=args.key_added, progress=not args.quiet,
-                               return_model=True, **kw)
+        kw = {
+            k: getattr(args, k)
+            for k in ("n_features", "epochs", "lr")
+            if getattr(args, k) is not None
+        }
+        model = tl.tcer_impute(
+            adata,
+            layer=args.layer,
+            preset=args.preset,
+            batch_size=args.batch_size,
+            device=args.device,
+            rng=args.seed,
+            key_added=args.key_added,
+            progress=not args.quiet,
+            return_model=True,
+            **kw,
+        )
     _write(adata, out)
     if args.model_out:
         _save_model(model, args.model_out, args.overwrite)
@@ -224,16 +263,31 @@ def cmd_stimpute(args: argparse.Namespace) -> int:
     out = _check_output(args.output, [args.spatial, args.reference], args.overwrite)
     adata_sp = _read(args.spatial, args.backed)
     adata_ref = _read(args.reference, args.backed)
-    kw = {k: getattr(args, k) for k in ("alpha", "epochs", "ae_epochs")
-          if getattr(args, k) is not None}
+    kw = {
+        k: getattr(args, k)
+        for k in ("alpha", "epochs", "ae_epochs")
+        if getattr(args, k) is not None
+    }
     result = tl.stimpute(
-        adata_sp, adata_ref, genes=_gene_list(args.genes), layer_sp=args.layer_sp,
-        layer_ref=args.layer_ref, gene_embeddings=_embeddings(args.embeddings),
-        n_neighbors=args.n_neighbors, method=args.method, preset=args.preset,
-        latent=args.latent, ridge_weight=args.ridge_weight,
+        adata_sp,
+        adata_ref,
+        genes=_gene_list(args.genes),
+        layer_sp=args.layer_sp,
+        layer_ref=args.layer_ref,
+        gene_embeddings=_embeddings(args.embeddings),
+        n_neighbors=args.n_neighbors,
+        method=args.method,
+        preset=args.preset,
+        latent=args.latent,
+        ridge_weight=args.ridge_weight,
         case_sensitive=not args.case_insensitive,
-        device=args.device, rng=args.seed, key_added=args.key_added,
-        return_adata=args.predicted_only, progress=not args.quiet, **kw)
+        device=args.device,
+        rng=args.seed,
+        key_added=args.key_added,
+        return_adata=args.predicted_only,
+        progress=not args.quiet,
+        **kw,
+    )
     _write(result if args.predicted_only else adata_sp, out)
     return 0
 
@@ -249,13 +303,29 @@ def cmd_scrobust_embed(args: argparse.Namespace) -> int:
         model = tl.ScRobustModel.load(args.model, device=args.device)
     else:
         model = tl.scrobust_pretrain(
-            adata, layer=args.layer, input_scale=args.input_scale, preset=args.preset,
-            d_model=args.d_model, n_heads=args.n_heads, epochs=args.epochs, lr=args.lr,
+            adata,
+            layer=args.layer,
+            input_scale=args.input_scale,
+            preset=args.preset,
+            d_model=args.d_model,
+            n_heads=args.n_heads,
+            epochs=args.epochs,
+            lr=args.lr,
             device=args.device,
-            rng=args.seed, progress=not args.quiet)
-    tl.scrobust_embed(adata, model, layer=args.layer, input_scale=args.input_scale,
-                      n_genes=args.n_genes, key_added=args.key_added, device=args.device,
-                      rng=args.seed, progress=not args.quiet)
+            rng=args.seed,
+            progress=not args.quiet,
+        )
+    tl.scrobust_embed(
+        adata,
+        model,
+        layer=args.layer,
+        input_scale=args.input_scale,
+        n_genes=args.n_genes,
+        key_added=args.key_added,
+        device=args.device,
+        rng=args.seed,
+        progress=not args.quiet,
+    )
     _write(adata, out)
     if args.model_out:
         _save_model(model, args.model_out, args.overwrite)
@@ -267,8 +337,10 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     from . import tl
 
     if args.reference is None and args.model is None:
-        raise ValueError("give --reference REF.h5ad with --labels-key, or --model FILE holding "
-                         "a fine-tuned model.")
+        raise ValueError(
+            "give --reference REF.h5ad with --labels-key, or --model FILE holding "
+            "a fine-tuned model."
+        )
     if args.reference is not None and args.labels_key is None:
         raise ValueError("--reference needs --labels-key (the obs column of cell types).")
     inputs = [args.query] + ([args.reference] if args.reference else [])
@@ -277,16 +349,34 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     query = _read(args.query, args.backed)
     ref = _read(args.reference, args.backed) if args.reference else None
     model = tl.ScRobustModel.load(args.model, device=args.device) if args.model else None
-    pre = {"d_model": args.d_model, "n_heads": args.n_heads, "epochs": args.pretrain_epochs,
-           "lr": args.lr, "preset": args.preset}
+    pre = {
+        "d_model": args.d_model,
+        "n_heads": args.n_heads,
+        "epochs": args.pretrain_epochs,
+        "lr": args.lr,
+        "preset": args.preset,
+    }
     res = tl.scrobust_annotate(
-        query, ref, labels_key=args.labels_key, model=model, layer=args.layer,
-        ref_layer=args.layer, input_scale=args.input_scale, n_genes=args.n_genes,
-        epochs=args.epochs, lr=args.lr, preset=args.preset, head=args.head,
+        query,
+        ref,
+        labels_key=args.labels_key,
+        model=model,
+        layer=args.layer,
+        ref_layer=args.layer,
+        input_scale=args.input_scale,
+        n_genes=args.n_genes,
+        epochs=args.epochs,
+        lr=args.lr,
+        preset=args.preset,
+        head=args.head,
         class_weight=None if args.class_weight == "none" else args.class_weight,
-        pretrain_kwargs=pre, key_added=args.key_added,
-        return_model=bool(args.model_out), device=args.device, rng=args.seed,
-        progress=not args.quiet)
+        pretrain_kwargs=pre,
+        key_added=args.key_added,
+        return_model=bool(args.model_out),
+        device=args.device,
+        rng=args.seed,
+        progress=not args.quiet,
+    )
     _write(query, out)
     if args.model_out:
         _save_model(res, args.model_out, args.overwrite)
@@ -295,10 +385,13 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- parser
 def _add_demo(sub) -> None:
-    demo = sub.add_parser("demo", help="run the methods on bundled real data",
-                          description="Run TCER, stImpute and scRobust on the bundled real data "
-                                      "and write .h5ad results, PNG figures and summary.md to "
-                                      "--out.")
+    demo = sub.add_parser(
+        "demo",
+        help="run the methods on bundled real data",
+        description="Run TCER, stImpute and scRobust on the bundled real data "
+        "and write .h5ad results, PNG figures and summary.md to "
+        "--out.",
+    )
     demo.add_argument("--out", default="sctorch_demo", help="output folder (default: %(default)s)")
     demo.add_argument("--device", default=None, help="torch device (default: cuda, mps, else cpu)")
     demo.add_argument("--quick", action="store_true", help="smaller settings, for a smoke test")
@@ -310,25 +403,41 @@ def _add_genomap(sub) -> None:
 
     f, key = tl.genomap, _keys.GENOMAP
     p = sub.add_parser(
-        "genomap", help="place genes on a GenoMap grid (sct.tl.genomap)",
+        "genomap",
+        help="place genes on a GenoMap grid (sct.tl.genomap)",
         description="Place the genes of IN on a 2-D grid by Gromov-Wasserstein matching of "
-                    "gene-gene correlation to grid distance (TCER paper, GenoMap "
-                    f"construction). Writes var['{key}_row'], var['{key}_col'] and "
-                    f"uns['{key}'] into OUT. Input: raw counts or log-normalised.")
+        "gene-gene correlation to grid distance (TCER paper, GenoMap "
+        f"construction). Writes var['{key}_row'], var['{key}_col'] and "
+        f"uns['{key}'] into OUT. Input: raw counts or log-normalised.",
+    )
     p.add_argument("input", metavar="IN", help="input .h5ad (cells x genes)")
     p.add_argument("output", metavar="OUT", help="output .h5ad")
     p.add_argument("--layer", default=_default(f, "layer"), help="layer to read (default: X)")
-    p.add_argument("--genes", default=_default(f, "genes"),
-                   help="genes to place: 'A,B,C' or '@file' with one name per line "
-                        "(default: all)")
-    p.add_argument("--genes-key", default=None,
-                   help="boolean var column choosing the genes, e.g. highly_variable")
-    p.add_argument("--max-iter", type=int, default=_default(f, "max_iter"),
-                   help="GW iterations (default: %(default)s)")
-    p.add_argument("--solver", choices=("exchange", "pot"), default=_default(f, "solver"),
-                   help="exact GW solver (default: %(default)s)")
-    p.add_argument("--key-added", default=_default(f, "key_added"),
-                   help="output key (default: %(default)s)")
+    p.add_argument(
+        "--genes",
+        default=_default(f, "genes"),
+        help="genes to place: 'A,B,C' or '@file' with one name per line (default: all)",
+    )
+    p.add_argument(
+        "--genes-key",
+        default=None,
+        help="boolean var column choosing the genes, e.g. highly_variable",
+    )
+    p.add_argument(
+        "--max-iter",
+        type=int,
+        default=_default(f, "max_iter"),
+        help="GW iterations (default: %(default)s)",
+    )
+    p.add_argument(
+        "--solver",
+        choices=("exchange", "pot"),
+        default=_default(f, "solver"),
+        help="exact GW solver (default: %(default)s)",
+    )
+    p.add_argument(
+        "--key-added", default=_default(f, "key_added"), help="output key (default: %(default)s)"
+    )
     _common(p, f, device=False)
     p.set_defaults(func=cmd_genomap)
 
@@ -338,31 +447,49 @@ def _add_tcer(sub) -> None:
 
     f = tl.tcer_impute
     p = sub.add_parser(
-        "tcer", help="impute dropouts with TCER (sct.tl.tcer_impute)",
+        "tcer",
+        help="impute dropouts with TCER (sct.tl.tcer_impute)",
         description="Impute the raw counts of IN with TCER (ER-Net on GenoMap images; builds "
-                    "the GenoMap first if IN has none). Writes layers[KEY] (log1p-normalised, "
-                    "same cells and genes) and uns[KEY] into OUT. With --model, imputes with a "
-                    "saved model instead of training.")
+        "the GenoMap first if IN has none). Writes layers[KEY] (log1p-normalised, "
+        "same cells and genes) and uns[KEY] into OUT. With --model, imputes with a "
+        "saved model instead of training.",
+    )
     p.add_argument("input", metavar="IN", help="input .h5ad of raw counts")
     p.add_argument("output", metavar="OUT", help="output .h5ad")
-    p.add_argument("--layer", default=_default(f, "layer"),
-                   help="layer holding the counts (default: X)")
-    p.add_argument("--preset", choices=("fast", "paper"), default=_default(f, "preset"),
-                   help="settings: 'fast' (sctorch's default: cross-cell context, Poisson "
-                        "blind-spot loss, posterior output) or the paper's "
-                        "(default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=_default(f, "epochs"),
-                   help="training epochs (default: preset)")
-    p.add_argument("--n-features", type=int, default=_default(f, "n_features"),
-                   help="ER-Net width (default: preset)")
-    p.add_argument("--batch-size", type=int, default=_default(f, "batch_size"),
-                   help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=_default(f, "lr"),
-                   help="learning rate (default: preset)")
+    p.add_argument(
+        "--layer", default=_default(f, "layer"), help="layer holding the counts (default: X)"
+    )
+    p.add_argument(
+        "--preset",
+        choices=("fast", "paper"),
+        default=_default(f, "preset"),
+        help="settings: 'fast' (sctorch's default: cross-cell context, Poisson "
+        "blind-spot loss, posterior output) or the paper's "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=_default(f, "epochs"),
+        help="training epochs (default: preset)",
+    )
+    p.add_argument(
+        "--n-features",
+        type=int,
+        default=_default(f, "n_features"),
+        help="ER-Net width (default: preset)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=_default(f, "batch_size"), help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=_default(f, "lr"), help="learning rate (default: preset)"
+    )
     p.add_argument("--model", default=None, help="impute with this saved model (.safetensors)")
     p.add_argument("--model-out", default=None, help="save the trained model here")
-    p.add_argument("--key-added", default=_default(f, "key_added"),
-                   help="output layer (default: %(default)s)")
+    p.add_argument(
+        "--key-added", default=_default(f, "key_added"), help="output layer (default: %(default)s)"
+    )
     _common(p, f)
     p.set_defaults(func=cmd_tcer)
 
@@ -372,53 +499,101 @@ def _add_stimpute(sub) -> None:
 
     f = tl.stimpute
     p = sub.add_parser(
-        "stimpute", help="predict unmeasured spatial genes (sct.tl.stimpute)",
+        "stimpute",
+        help="predict unmeasured spatial genes (sct.tl.stimpute)",
         description="Predict, for the cells of SPATIAL, genes measured only in REFERENCE "
-                    "(scRNA-seq) with stImpute. Both raw counts or both log-normalised "
-                    "(detected). Writes obsm[KEY] and uns[KEY] into OUT (a copy of SPATIAL), "
-                    "or, with --predicted-only, an AnnData of the predicted genes that keeps "
-                    f"obs and obsm['{_keys.SPATIAL}'].")
+        "(scRNA-seq) with stImpute. Both raw counts or both log-normalised "
+        "(detected). Writes obsm[KEY] and uns[KEY] into OUT (a copy of SPATIAL), "
+        "or, with --predicted-only, an AnnData of the predicted genes that keeps "
+        f"obs and obsm['{_keys.SPATIAL}'].",
+    )
     p.add_argument("spatial", metavar="SPATIAL", help="spatial .h5ad (cells x measured genes)")
     p.add_argument("reference", metavar="REFERENCE", help="scRNA-seq reference .h5ad")
     p.add_argument("output", metavar="OUT", help="output .h5ad")
-    p.add_argument("--genes", default=_default(f, "genes"),
-                   help="genes to predict: 'A,B,C' or '@file' (default: all reference genes "
-                        "not measured in SPATIAL)")
-    p.add_argument("--layer-sp", default=_default(f, "layer_sp"),
-                   help="layer of SPATIAL (default: X)")
-    p.add_argument("--layer-ref", default=_default(f, "layer_ref"),
-                   help="layer of REFERENCE (default: X)")
-    p.add_argument("--embeddings", default=_default(f, "gene_embeddings"),
-                   help="gene embeddings (genes x dims) as .csv/.tsv/.parquet, or osmFISH, "
-                        "MERFISH, Mouse_brain for stImpute's precomputed ESM-2 sets "
-                        "(default: expression similarity only)")
-    p.add_argument("--method", choices=("transfer", "gnn"), default=_default(f, "method"),
-                   help="k-NN + ridge transfer (default) or the paper's GNN")
-    p.add_argument("--preset", choices=("default", "paper"), default=_default(f, "preset"),
-                   help="'paper': the authors' choices (distance graph, in-sample "
-                        "reliability, 0.7/0.3 blend; implies the GNN)")
-    p.add_argument("--latent", choices=("pca", "autoencoder"), default=_default(f, "latent"),
-                   help="latent space of the transfer (default: %(default)s)")
-    p.add_argument("--n-neighbors", type=int, default=_default(f, "n_neighbors"),
-                   help="nearest reference cells per spatial cell (default: chosen by "
-                        "cross-validation on the measured genes)")
-    p.add_argument("--ridge-weight", type=float, default=_default(f, "ridge_weight"),
-                   help="weight of the ridge term of the transfer (default: chosen by "
-                        "cross-validation on the measured genes)")
-    p.add_argument("--alpha", type=float, default=_default(f, "alpha"),
-                   help="with --method gnn: GNN weight of the final blend (default: 0.7, "
-                        "0.5 above 10,000 cells)")
-    p.add_argument("--epochs", type=int, default=_default(f, "epochs"),
-                   help="with --method gnn: GNN epochs per round (default: %(default)s)")
-    p.add_argument("--ae-epochs", type=int, default=_default(f, "ae_epochs"),
-                   help="autoencoder epochs (GNN, or --latent autoencoder; default: "
-                        "%(default)s)")
-    p.add_argument("--case-insensitive", action="store_true",
-                   help="match gene names ignoring case (names are never changed)")
-    p.add_argument("--predicted-only", action="store_true",
-                   help="write an AnnData of the predicted genes instead")
-    p.add_argument("--key-added", default=_default(f, "key_added"),
-                   help="output key (default: %(default)s)")
+    p.add_argument(
+        "--genes",
+        default=_default(f, "genes"),
+        help="genes to predict: 'A,B,C' or '@file' (default: all reference genes "
+        "not measured in SPATIAL)",
+    )
+    p.add_argument(
+        "--layer-sp", default=_default(f, "layer_sp"), help="layer of SPATIAL (default: X)"
+    )
+    p.add_argument(
+        "--layer-ref", default=_default(f, "layer_ref"), help="layer of REFERENCE (default: X)"
+    )
+    p.add_argument(
+        "--embeddings",
+        default=_default(f, "gene_embeddings"),
+        help="gene embeddings (genes x dims) as .csv/.tsv/.parquet, or osmFISH, "
+        "MERFISH, Mouse_brain for stImpute's precomputed ESM-2 sets "
+        "(default: expression similarity only)",
+    )
+    p.add_argument(
+        "--method",
+        choices=("transfer", "gnn"),
+        default=_default(f, "method"),
+        help="k-NN + ridge transfer (default) or the paper's GNN",
+    )
+    p.add_argument(
+        "--preset",
+        choices=("default", "paper"),
+        default=_default(f, "preset"),
+        help="'paper': the authors' choices (distance graph, in-sample "
+        "reliability, 0.7/0.3 blend; implies the GNN)",
+    )
+    p.add_argument(
+        "--latent",
+        choices=("pca", "autoencoder"),
+        default=_default(f, "latent"),
+        help="latent space of the transfer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--n-neighbors",
+        type=int,
+        default=_default(f, "n_neighbors"),
+        help="nearest reference cells per spatial cell (default: chosen by "
+        "cross-validation on the measured genes)",
+    )
+    p.add_argument(
+        "--ridge-weight",
+        type=float,
+        default=_default(f, "ridge_weight"),
+        help="weight of the ridge term of the transfer (default: chosen by "
+        "cross-validation on the measured genes)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=_default(f, "alpha"),
+        help="with --method gnn: GNN weight of the final blend (default: 0.7, "
+        "0.5 above 10,000 cells)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=_default(f, "epochs"),
+        help="with --method gnn: GNN epochs per round (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ae-epochs",
+        type=int,
+        default=_default(f, "ae_epochs"),
+        help="autoencoder epochs (GNN, or --latent autoencoder; default: %(default)s)",
+    )
+    p.add_argument(
+        "--case-insensitive",
+        action="store_true",
+        help="match gene names ignoring case (names are never changed)",
+    )
+    p.add_argument(
+        "--predicted-only",
+        action="store_true",
+        help="write an AnnData of the predicted genes instead",
+    )
+    p.add_argument(
+        "--key-added", default=_default(f, "key_added"), help="output key (default: %(default)s)"
+    )
     _common(p, f)
     p.set_defaults(func=cmd_stimpute)
 
@@ -433,72 +608,129 @@ def _scrobust_args(p: argparse.ArgumentParser, func: Callable) -> None:
 
     pre = tl.scrobust_pretrain
     p.add_argument("--layer", default=_default(func, "layer"), help="layer to read (default: X)")
-    p.add_argument("--input-scale", choices=("counts", "log1p", "auto"),
-                   default=_default(func, "input_scale"),
-                   help="scale of the input (default: %(default)s)")
+    p.add_argument(
+        "--input-scale",
+        choices=("counts", "log1p", "auto"),
+        default=_default(func, "input_scale"),
+        help="scale of the input (default: %(default)s)",
+    )
     p.add_argument("--model", default=None, help="a saved scRobust model file (.safetensors)")
     p.add_argument("--model-out", default=None, help="save the model to this .safetensors file")
-    p.add_argument("--preset", choices=("default", "paper"), default=_default(func, "preset"),
-                   help="settings of pre-training (and fine-tuning): the measured default or "
-                        "the paper's (default: %(default)s)")
-    p.add_argument("--d-model", type=int, default=_default(pre, "d_model"),
-                   help="pre-training: token dimension (default: the preset's)")
-    p.add_argument("--n-heads", type=int, default=_default(pre, "n_heads"),
-                   help="pre-training: attention heads")
-    p.add_argument("--lr", type=float, default=_default(func, "lr"),
-                   help="Adam learning rate (default: the preset's)")
+    p.add_argument(
+        "--preset",
+        choices=("default", "paper"),
+        default=_default(func, "preset"),
+        help="settings of pre-training (and fine-tuning): the measured default or "
+        "the paper's (default: %(default)s)",
+    )
+    p.add_argument(
+        "--d-model",
+        type=int,
+        default=_default(pre, "d_model"),
+        help="pre-training: token dimension (default: the preset's)",
+    )
+    p.add_argument(
+        "--n-heads",
+        type=int,
+        default=_default(pre, "n_heads"),
+        help="pre-training: attention heads",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=_default(func, "lr"),
+        help="Adam learning rate (default: the preset's)",
+    )
 
 
 def _add_scrobust(sub) -> None:
     from . import tl
 
     pre, emb, ann = tl.scrobust_pretrain, tl.scrobust_embed, tl.scrobust_annotate
-    p = sub.add_parser("scrobust", help="scRobust embeddings and annotation",
-                       description="scRobust (Transformer on gene tokens): 'embed' writes "
-                                   f"obsm['{_keys.SCROBUST_EMBED}'], 'annotate' writes obs "
-                                   "labels.")
+    p = sub.add_parser(
+        "scrobust",
+        help="scRobust embeddings and annotation",
+        description="scRobust (Transformer on gene tokens): 'embed' writes "
+        f"obsm['{_keys.SCROBUST_EMBED}'], 'annotate' writes obs "
+        "labels.",
+    )
     ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     e = ssub.add_parser(
-        "embed", help="cell embeddings (sct.tl.scrobust_embed)",
+        "embed",
+        help="cell embeddings (sct.tl.scrobust_embed)",
         description="Embed the cells of IN with a scRobust encoder (pre-trained on IN unless "
-                    "--model is given) and write obsm[KEY] into OUT.")
+        "--model is given) and write obsm[KEY] into OUT.",
+    )
     e.add_argument("input", metavar="IN", help="input .h5ad")
     e.add_argument("output", metavar="OUT", help="output .h5ad")
     _scrobust_args(e, pre)
-    e.add_argument("--epochs", type=int, default=_default(pre, "epochs"),
-                   help="pre-training epochs (default: the preset's)")
-    e.add_argument("--n-genes", type=int, default=_default(emb, "n_genes"),
-                   help="highly unique genes per cell at embedding (default: %(default)s)")
-    e.add_argument("--key-added", default=_default(emb, "key_added"),
-                   help="obsm key (default: %(default)s)")
+    e.add_argument(
+        "--epochs",
+        type=int,
+        default=_default(pre, "epochs"),
+        help="pre-training epochs (default: the preset's)",
+    )
+    e.add_argument(
+        "--n-genes",
+        type=int,
+        default=_default(emb, "n_genes"),
+        help="highly unique genes per cell at embedding (default: %(default)s)",
+    )
+    e.add_argument(
+        "--key-added", default=_default(emb, "key_added"), help="obsm key (default: %(default)s)"
+    )
     _common(e, emb)
     e.set_defaults(func=cmd_scrobust_embed)
     a = ssub.add_parser(
-        "annotate", help="cell-type annotation (sct.tl.scrobust_annotate)",
+        "annotate",
+        help="cell-type annotation (sct.tl.scrobust_annotate)",
         description="Fine-tune a scRobust classifier on --reference (labels in "
-                    "--labels-key) or use a fine-tuned --model, then write obs[KEY] and "
-                    f"obs['{_keys.SCROBUST_CONFIDENCE}'] for the cells of QUERY into OUT.")
+        "--labels-key) or use a fine-tuned --model, then write obs[KEY] and "
+        f"obs['{_keys.SCROBUST_CONFIDENCE}'] for the cells of QUERY into OUT.",
+    )
     a.add_argument("query", metavar="QUERY", help="query .h5ad")
     a.add_argument("output", metavar="OUT", help="output .h5ad")
     a.add_argument("--reference", default=None, help="labelled reference .h5ad")
-    a.add_argument("--labels-key", default=_default(ann, "labels_key"),
-                   help="obs column of the reference labels")
+    a.add_argument(
+        "--labels-key",
+        default=_default(ann, "labels_key"),
+        help="obs column of the reference labels",
+    )
     _scrobust_args(a, ann)
-    a.add_argument("--pretrain-epochs", type=int, default=_default(pre, "epochs"),
-                   help="pre-training epochs when no --model is given (default: the preset's)")
-    a.add_argument("--epochs", type=int, default=_default(ann, "epochs"),
-                   help="fine-tuning epochs (default: the preset's)")
-    a.add_argument("--head", choices=("wide_and_deep", "deep", "wide"),
-                   default=_default(ann, "head"),
-                   help="classifier: linear path beside the Transformer, the paper's deep "
-                        "classifier, or the linear path alone (default: the preset's)")
-    a.add_argument("--n-genes", type=int, default=_default(ann, "n_genes"),
-                   help="highly unique genes per cell (default: %(default)s, as the paper)")
-    a.add_argument("--class-weight", choices=["balanced", "none"],
-                   default=_default(ann, "class_weight"),
-                   help="cross-entropy class weights in fine-tuning (default: %(default)s)")
-    a.add_argument("--key-added", default=_default(ann, "key_added"),
-                   help="obs key (default: %(default)s)")
+    a.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=_default(pre, "epochs"),
+        help="pre-training epochs when no --model is given (default: the preset's)",
+    )
+    a.add_argument(
+        "--epochs",
+        type=int,
+        default=_default(ann, "epochs"),
+        help="fine-tuning epochs (default: the preset's)",
+    )
+    a.add_argument(
+        "--head",
+        choices=("wide_and_deep", "deep", "wide"),
+        default=_default(ann, "head"),
+        help="classifier: linear path beside the Transformer, the paper's deep "
+        "classifier, or the linear path alone (default: the preset's)",
+    )
+    a.add_argument(
+        "--n-genes",
+        type=int,
+        default=_default(ann, "n_genes"),
+        help="highly unique genes per cell (default: %(default)s, as the paper)",
+    )
+    a.add_argument(
+        "--class-weight",
+        choices=["balanced", "none"],
+        default=_default(ann, "class_weight"),
+        help="cross-entropy class weights in fine-tuning (default: %(default)s)",
+    )
+    a.add_argument(
+        "--key-added", default=_default(ann, "key_added"), help="obs key (default: %(default)s)"
+    )
     _common(a, ann)
     a.set_defaults(func=cmd_scrobust_annotate)
 
@@ -510,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sctorch",
         description="Deep learning on gene-gene relationships for sparse single-cell and "
-                    "spatial data (TCER, stImpute, scRobust).")
+        "spatial data (TCER, stImpute, scRobust).",
+    )
     parser.add_argument("--version", action="version", version=f"sctorch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -523,8 +756,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sctorch`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
@@ -534,8 +769,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sctorch {args.command}: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # a pipeline needs a clear message and a status
-        print(f"sctorch {args.command}: failed: {type(err).__name__}: {err} "
-              "(run with -v for the log)", file=sys.stderr)
+        print(
+            f"sctorch {args.command}: failed: {type(err).__name__}: {err} "
+            "(run with -v for the log)",
+            file=sys.stderr,
+        )
         if args.verbose:
             raise
         return 1

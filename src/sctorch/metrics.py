@@ -37,35 +37,46 @@ __all__ = [
 def _n_non_finite(X, name: str, batch_size: int = 4096) -> int:
     """Number of NaN/inf values in a dense or sparse matrix (dense scanned in row blocks)."""
     if X.dtype.kind not in "biufc":
-        raise ValueError(f"{name} has dtype {X.dtype}, not a number; pass a numeric matrix "
-                         "(e.g. the .X or a layer of an AnnData).")
+        raise ValueError(
+            f"{name} has dtype {X.dtype}, not a number; pass a numeric matrix "
+            "(e.g. the .X or a layer of an AnnData)."
+        )
     if X.dtype.kind in "biu":
         return 0
     if sparse.issparse(X):
         return int(np.count_nonzero(~np.isfinite(X.data)))
-    return sum(int(np.count_nonzero(~np.isfinite(np.asarray(X[sl]))))
-               for sl in iter_batches(X.shape[0], batch_size))
+    return sum(
+        int(np.count_nonzero(~np.isfinite(np.asarray(X[sl]))))
+        for sl in iter_batches(X.shape[0], batch_size)
+    )
 
 
 def _check_pair(a, b) -> None:
     """Same 2-D shape, non-empty, numeric and finite; ``ValueError`` saying what to do."""
     if a.shape != b.shape:
-        raise ValueError(f"The two matrices differ in shape: {a.shape} vs {b.shape}. "
-                         "Align cells and genes first.")
+        raise ValueError(
+            f"The two matrices differ in shape: {a.shape} vs {b.shape}. "
+            "Align cells and genes first."
+        )
     if len(a.shape) != 2:
         raise ValueError(f"Expected 2-D matrices (cells × genes), got shape {a.shape}.")
     if 0 in a.shape:
         what = "cells (rows)" if a.shape[0] == 0 else "genes (columns)"
-        raise ValueError(f"a and b have 0 {what} (shape {a.shape}): there is nothing to score. "
-                         "Pass matrices with at least one cell and one gene.")
+        raise ValueError(
+            f"a and b have 0 {what} (shape {a.shape}): there is nothing to score. "
+            "Pass matrices with at least one cell and one gene."
+        )
     bad = {name: _n_non_finite(X, name) for name, X in (("a", a), ("b", b))}
     if any(bad.values()):
-        found = " and ".join(f"{name} holds {n} non-finite value(s) (NaN or inf)"
-                             for name, n in bad.items() if n)
-        raise ValueError(f"{found}, out of {a.shape[0]} × {a.shape[1]}; the scores of the "
-                         "affected genes/cells would be NaN. Remove or impute them first (drop "
-                         "those cells or genes, or replace them, e.g. numpy.nan_to_num) and "
-                         "score again.")
+        found = " and ".join(
+            f"{name} holds {n} non-finite value(s) (NaN or inf)" for name, n in bad.items() if n
+        )
+        raise ValueError(
+            f"{found}, out of {a.shape[0]} × {a.shape[1]}; the scores of the "
+            "affected genes/cells would be NaN. Remove or impute them first (drop "
+            "those cells or genes, or replace them, e.g. numpy.nan_to_num) and "
+            "score again."
+        )
 
 
 def _block(X, sl):
@@ -127,8 +138,16 @@ def pairwise_scores(a, b, *, axis: Axis = "gene", batch_size: int = 2048) -> pd.
         parts = []
         for sl in iter_batches(n_rows, batch_size):
             x, y = _block(A, sl), _block(B, sl)
-            parts.append(_from_sums(float(n_cols), x.sum(1), y.sum(1), (x * x).sum(1),
-                                    (y * y).sum(1), (x * y).sum(1)))
+            parts.append(
+                _from_sums(
+                    float(n_cols),
+                    x.sum(1),
+                    y.sum(1),
+                    (x * x).sum(1),
+                    (y * y).sum(1),
+                    (x * y).sum(1),
+                )
+            )
         out = {k: np.concatenate([p[k] for p in parts]) for k in ("pearson", "cosine", "mse")}
     return pd.DataFrame(out)
 
@@ -144,8 +163,11 @@ def _from_sums(n, sx, sy, sxx, syy, sxy) -> dict[str, np.ndarray]:
         norm = np.sqrt(sxx * syy)
         cosine = np.where(norm > 0, sxy / norm, np.nan)
     mse = (sxx - 2 * sxy + syy) / n
-    return {"pearson": np.clip(pearson, -1.0, 1.0), "cosine": np.clip(cosine, -1.0, 1.0),
-            "mse": np.maximum(mse, 0.0)}
+    return {
+        "pearson": np.clip(pearson, -1.0, 1.0),
+        "cosine": np.clip(cosine, -1.0, 1.0),
+        "mse": np.maximum(mse, 0.0),
+    }
 
 
 _WHAT = {
@@ -158,8 +180,9 @@ _WHAT = {
 def _one_score(axis: Axis, column: str):
     """Make the function that returns one column of :func:`pairwise_scores`."""
     what, nan = _WHAT[column]
-    unit, other, n = (("gene", "cells", "n_genes") if axis == "gene"
-                      else ("cell", "genes", "n_cells"))
+    unit, other, n = (
+        ("gene", "cells", "n_genes") if axis == "gene" else ("cell", "genes", "n_cells")
+    )
 
     def score(a, b, *, batch_size: int = 2048) -> np.ndarray:
         return pairwise_scores(a, b, axis=axis, batch_size=batch_size)[column].to_numpy()
@@ -199,8 +222,10 @@ cell_mse = _one_score("cell", "mse")
 
 def _labels(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
     """Validated labels as two string arrays (see :func:`clustering_scores`)."""
-    arrays = {"labels_true": np.asarray(labels_true, dtype=object),
-              "labels_pred": np.asarray(labels_pred, dtype=object)}
+    arrays = {
+        "labels_true": np.asarray(labels_true, dtype=object),
+        "labels_pred": np.asarray(labels_pred, dtype=object),
+    }
     for name, v in arrays.items():
         if v.ndim != 1:
             raise ValueError(f"{name} must be 1-D (one label per cell), got shape {v.shape}.")
@@ -208,8 +233,10 @@ def _labels(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
     if len(t) != len(p):
         raise ValueError(f"labels_true has {len(t)} entries but labels_pred has {len(p)}.")
     if len(t) == 0:
-        raise ValueError("labels_true and labels_pred are empty (0 cells): there is nothing to "
-                         "score. Pass one label per cell.")
+        raise ValueError(
+            "labels_true and labels_pred are empty (0 cells): there is nothing to "
+            "score. Pass one label per cell."
+        )
 
     def n_bad(x: pd.Series) -> int:
         inf = x.map(lambda v: isinstance(v, float | np.floating) and np.isinf(v))
@@ -217,8 +244,10 @@ def _labels(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
 
     bt, bp = n_bad(t), n_bad(p)
     if bt or bp:
-        raise ValueError(f"Labels contain missing or non-finite values (NaN, None or inf: {bt} in "
-                         f"labels_true, {bp} in labels_pred); drop those cells first.")
+        raise ValueError(
+            f"Labels contain missing or non-finite values (NaN, None or inf: {bt} in "
+            f"labels_true, {bp} in labels_pred); drop those cells first."
+        )
     return t.astype(str).to_numpy(), p.astype(str).to_numpy()
 
 
@@ -300,17 +329,22 @@ def cluster_and_score(
     import scanpy as sc
 
     if labels_key not in adata.obs:
-        raise KeyError(f"labels_key {labels_key!r} not found in adata.obs "
-                       f"(columns: {list(adata.obs.columns)}).")
+        raise KeyError(
+            f"labels_key {labels_key!r} not found in adata.obs "
+            f"(columns: {list(adata.obs.columns)})."
+        )
     if adata.n_obs < 2:
-        raise ValueError(f"adata has {adata.n_obs} cell(s); clustering needs at least 2. Pass "
-                         "the full data set, not a subset this small.")
+        raise ValueError(
+            f"adata has {adata.n_obs} cell(s); clustering needs at least 2. Pass "
+            "the full data set, not a subset this small."
+        )
     labels = adata.obs[labels_key].to_numpy()
     _labels(labels, labels)  # missing labels fail here, before the clustering
     if use_rep is not None:
         if use_rep not in adata.obsm:
-            raise KeyError(f"use_rep {use_rep!r} not found in adata.obsm "
-                           f"(keys: {list(adata.obsm.keys())}).")
+            raise KeyError(
+                f"use_rep {use_rep!r} not found in adata.obsm (keys: {list(adata.obsm.keys())})."
+            )
         R = np.asarray(adata.obsm[use_rep], dtype=np.float32).reshape(adata.n_obs, -1)
         what = f"adata.obsm[{use_rep!r}]"
     else:
@@ -318,8 +352,10 @@ def cluster_and_score(
         what = describe_source(layer)
         R = X
     if R.shape[1] == 0:
-        raise ValueError(f"{what} has 0 columns: nothing to cluster. Pass a layer or use_rep "
-                         "with at least one gene or dimension.")
+        raise ValueError(
+            f"{what} has 0 columns: nothing to cluster. Pass a layer or use_rep "
+            "with at least one gene or dimension."
+        )
     check_finite(R, what=what)
     tmp = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names))
     n_comp = int(min(n_pcs, min(R.shape) - 1))
@@ -331,8 +367,14 @@ def cluster_and_score(
         sc.pp.pca(tmp, n_comps=n_comp, random_state=random_state)
         rep = "X_pca"
     sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep=rep, random_state=random_state)
-    sc.tl.leiden(tmp, resolution=resolution, random_state=random_state, flavor="igraph",
-                 n_iterations=2, directed=False)
+    sc.tl.leiden(
+        tmp,
+        resolution=resolution,
+        random_state=random_state,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+    )
     scores = clustering_scores(labels, tmp.obs["leiden"].to_numpy())
     scores["n_clusters"] = int(tmp.obs["leiden"].nunique())
     return scores

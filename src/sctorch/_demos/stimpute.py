@@ -23,10 +23,21 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     genes = np.asarray(insitu.var_names)
     held = sorted(rng.choice(genes, round(HOLD_OUT * len(genes)), replace=False).tolist())
     measured = insitu[:, [g for g in genes if g not in set(held)]].copy()
-    settings = (dict(epochs=2, ae_epochs=10, reliability_folds=0) if quick
-                else dict(epochs=3, reliability_folds=3))
-    res = tl.stimpute(measured, scrna, genes=held, device=device, rng=0, return_adata=True,
-                      progress=False, **settings)
+    settings = (
+        dict(epochs=2, ae_epochs=10, reliability_folds=0)
+        if quick
+        else dict(epochs=3, reliability_folds=3)
+    )
+    res = tl.stimpute(
+        measured,
+        scrna,
+        genes=held,
+        device=device,
+        rng=0,
+        return_adata=True,
+        progress=False,
+        **settings,
+    )
     truth = np.asarray(insitu[:, held].X, dtype=np.float32)
     r = metrics.gene_pearson(truth, res.X)
     res.layers["measured"] = truth
@@ -49,18 +60,28 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     fig.savefig(out / "stimpute_heldout.png", dpi=110)
     plt.close(fig)
     rel = res.var["reliability"].to_numpy()
-    lines = ["## stImpute, bundled Drosophila embryo (BDTNP in situ + Karaiskos 2017 Drop-seq)",
-             f"{measured.n_vars} in situ genes measured, {len(held)} held out (20 %, seed 0) "
-             f"and imputed at {insitu.n_obs} locations from {scrna.n_obs} scRNA-seq cells "
-             "(default method: k-NN + ridge transfer in PCA space"
-             + (", k = 50 and weight 0.5 without the inner gene CV" if quick else
-                ", k and weight chosen by inner gene CV on the measured genes") + ")"
-             + (" — quick settings" if quick else ""), "",
-             "| held-out genes | Pearson mean | Pearson median |", "|---|---|---|",
-             f"| {len(held)} | {np.nanmean(r):.3f} | {np.nanmedian(r):.3f} |", ""]
+    lines = [
+        "## stImpute, bundled Drosophila embryo (BDTNP in situ + Karaiskos 2017 Drop-seq)",
+        f"{measured.n_vars} in situ genes measured, {len(held)} held out (20 %, seed 0) "
+        f"and imputed at {insitu.n_obs} locations from {scrna.n_obs} scRNA-seq cells "
+        "(default method: k-NN + ridge transfer in PCA space"
+        + (
+            ", k = 50 and weight 0.5 without the inner gene CV"
+            if quick
+            else ", k and weight chosen by inner gene CV on the measured genes"
+        )
+        + ")"
+        + (" — quick settings" if quick else ""),
+        "",
+        "| held-out genes | Pearson mean | Pearson median |",
+        "|---|---|---|",
+        f"| {len(held)} | {np.nanmean(r):.3f} | {np.nanmedian(r):.3f} |",
+        "",
+    ]
     if np.isfinite(rel).all():
         top = np.argsort(-rel)[: len(rel) // 2]
-        lines.append(f"Median Pearson of the top-50 % genes by reliability: "
-                     f"{np.nanmedian(r[top]):.3f}.")
+        lines.append(
+            f"Median Pearson of the top-50 % genes by reliability: {np.nanmedian(r[top]):.3f}."
+        )
     lines.append("Figures: `stimpute_heldout.png`; data: `stimpute_drosophila.h5ad`.")
     return lines

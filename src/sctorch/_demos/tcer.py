@@ -28,13 +28,13 @@ def _umaps(mats: dict[str, np.ndarray], labels, path: Path) -> None:
         sc.pp.neighbors(tmp, random_state=0)
         sc.tl.umap(tmp, random_state=0)
         emb = tmp.obsm["X_umap"]
-        ax.scatter(emb[:, 0], emb[:, 1], c=code, cmap=cmap, vmin=-0.5,
-                   vmax=len(cats) - 0.5, s=3)
+        ax.scatter(emb[:, 0], emb[:, 1], c=code, cmap=cmap, vmin=-0.5, vmax=len(cats) - 0.5, s=3)
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=c)
-               for i, c in enumerate(cats)]
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=c) for i, c in enumerate(cats)
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(cats), 7), fontsize=7)
     fig.subplots_adjust(bottom=0.2)
     fig.savefig(path, dpi=110)
@@ -51,10 +51,14 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     adata = datasets.ifnb_pbmc(bundled=True)
     ref = pp.select_reference(adata)
     ref_log = log_normalize(ref.X)
-    lines = ["## TCER on the bundled ifnb PBMCs (SAVER/TCER down-sampling protocol)",
-             f"reference: {ref.n_obs} cells × {ref.n_vars} genes "
-             "(select_reference quantile 0.25, detection 0.25)", "",
-             "| efficiency | mean gene Pearson observed vs reference |", "|---|---|"]
+    lines = [
+        "## TCER on the bundled ifnb PBMCs (SAVER/TCER down-sampling protocol)",
+        f"reference: {ref.n_obs} cells × {ref.n_vars} genes "
+        "(select_reference quantile 0.25, detection 0.25)",
+        "",
+        "| efficiency | mean gene Pearson observed vs reference |",
+        "|---|---|",
+    ]
     levels = dict(list(EFFICIENCY_LEVELS.items())[1:2]) if quick else EFFICIENCY_LEVELS
     for label, shape in levels.items():
         pp.simulate_efficiency_loss(ref, efficiency_shape=shape, efficiency_rate=2000, rng=0)
@@ -64,8 +68,11 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     # the imputers at the medium level (0.5 %)
     pp.simulate_efficiency_loss(ref, efficiency_shape=10.0, efficiency_rate=2000, rng=0)
     keep = np.asarray(ref.layers[_keys.OBSERVED_LAYER].sum(1)).ravel() > 0
-    obs = ad.AnnData(ref.layers[_keys.OBSERVED_LAYER][keep].copy(), obs=ref.obs[keep].copy(),
-                     var=ref.var[[]].copy())
+    obs = ad.AnnData(
+        ref.layers[_keys.OBSERVED_LAYER][keep].copy(),
+        obs=ref.obs[keep].copy(),
+        var=ref.var[[]].copy(),
+    )
     truth = ref_log[keep]
     obs_log = log_normalize(obs.X).toarray()
     mats = {"observed": obs_log}
@@ -80,24 +87,39 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     tl.genomap(obs, rng=0, progress=False)
     tl.tcer_impute(obs, epochs=1 if quick else None, device=device, rng=0, progress=False)
     mats["TCER"] = obs.layers[_keys.TCER]
-    lines += ["", f"Imputation at 0.5 % efficiency ({obs.n_obs} cells; TCER "
-              f"{'1 epoch, quick' if quick else 'defaults'}); ARI: Leiden clusters of each "
-              "matrix against the cell types (reference: "
-              f"{_ari(truth, obs.obs['cell_type'], metrics):.3f}):", "",
-              "| data | mean gene Pearson | median gene Pearson | ARI |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Imputation at 0.5 % efficiency ({obs.n_obs} cells; TCER "
+        f"{'1 epoch, quick' if quick else 'defaults'}); ARI: Leiden clusters of each "
+        "matrix against the cell types (reference: "
+        f"{_ari(truth, obs.obs['cell_type'], metrics):.3f}):",
+        "",
+        "| data | mean gene Pearson | median gene Pearson | ARI |",
+        "|---|---|---|---|",
+    ]
     for name, m in mats.items():
         r = metrics.gene_pearson(m, truth)
-        lines.append(f"| {name} | {np.nanmean(r):.3f} | {np.nanmedian(r):.3f} | "
-                     f"{_ari(m, obs.obs['cell_type'], metrics):.3f} |")
+        lines.append(
+            f"| {name} | {np.nanmean(r):.3f} | {np.nanmedian(r):.3f} | "
+            f"{_ari(m, obs.obs['cell_type'], metrics):.3f} |"
+        )
     from .. import pl
 
-    pl.genomap(obs, groupby="cell_type", n_per_group=4, layer=_keys.TCER, show=False,
-               save=str(out / "tcer_genomap_by_cell_type.png"))
-    _umaps({"reference": truth.toarray(), **mats}, obs.obs["cell_type"],
-           out / "tcer_umap.png")
+    pl.genomap(
+        obs,
+        groupby="cell_type",
+        n_per_group=4,
+        layer=_keys.TCER,
+        show=False,
+        save=str(out / "tcer_genomap_by_cell_type.png"),
+    )
+    _umaps({"reference": truth.toarray(), **mats}, obs.obs["cell_type"], out / "tcer_umap.png")
     obs.write_h5ad(out / "tcer_ifnb.h5ad", compression="gzip")
-    lines += ["", "figures: tcer_genomap_by_cell_type.png, tcer_umap.png; data: tcer_ifnb.h5ad",
-              "(full benchmark on four data sets: benchmarks/results/tcer.md)"]
+    lines += [
+        "",
+        "figures: tcer_genomap_by_cell_type.png, tcer_umap.png; data: tcer_ifnb.h5ad",
+        "(full benchmark on four data sets: benchmarks/results/tcer.md)",
+    ]
     return lines
 
 

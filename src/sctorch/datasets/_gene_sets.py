@@ -50,28 +50,35 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
                 raise ValueError(f"{path}: line {i} is not GMT (name<TAB>description<TAB>genes…).")
             name = fields[0].strip()
             if not name:
-                raise ValueError(f"{path}: line {i} has an empty gene-set name; give every set "
-                                 "a name in the first field.")
+                raise ValueError(
+                    f"{path}: line {i} has an empty gene-set name; give every set "
+                    "a name in the first field."
+                )
             lines.setdefault(name, []).append(i)
             genes = [g.strip() for g in fields[2:] if g.strip()]
             out[name] = list(dict.fromkeys(genes))
     dups = {k: v for k, v in lines.items() if len(v) > 1}
     if dups:
         listed = "; ".join(f"{k!r} on lines {', '.join(map(str, v))}" for k, v in dups.items())
-        raise ValueError(f"{path}: {len(dups)} gene-set name(s) occur more than once ({listed}). "
-                         "Set names must be unique: rename or merge the duplicate lines in the "
-                         "file.")
+        raise ValueError(
+            f"{path}: {len(dups)} gene-set name(s) occur more than once ({listed}). "
+            "Set names must be unique: rename or merge the duplicate lines in the "
+            "file."
+        )
     return out
 
 
 def _pegasus_sets(node: dict, out: dict[str, list[str]], path: Path) -> None:
     for ct in node.get("cell_types", []):
-        genes = [g[:-1] for m in ct.get("markers", []) for g in m.get("genes", [])
-                 if g.endswith("+")]
+        genes = [
+            g[:-1] for m in ct.get("markers", []) for g in m.get("genes", []) if g.endswith("+")
+        ]
         if ct["name"] in out:
-            raise ValueError(f"{path}: cell type {ct['name']!r} is defined more than once "
-                             "(set names must be unique); rename or merge the entries in the "
-                             "file.")
+            raise ValueError(
+                f"{path}: cell type {ct['name']!r} is defined more than once "
+                "(set names must be unique); rename or merge the entries in the "
+                "file."
+            )
         out[ct["name"]] = list(dict.fromkeys(genes))
         if ct.get("subtypes"):
             _pegasus_sets(ct["subtypes"], out, path)
@@ -81,8 +88,10 @@ def _read_json(path: Path, tissue: str | None) -> dict[str, list[str]]:
     def unique_keys(pairs):  # json.load would silently keep the last of two equal keys
         dup = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
         if dup:
-            raise ValueError(f"{path}: key(s) {dup} occur more than once in one JSON object "
-                             "(set names must be unique); rename or merge them in the file.")
+            raise ValueError(
+                f"{path}: key(s) {dup} occur more than once in one JSON object "
+                "(set names must be unique); rename or merge them in the file."
+            )
         return dict(pairs)
 
     with open(path, encoding="utf-8") as fh:
@@ -95,8 +104,9 @@ def _read_json(path: Path, tissue: str | None) -> dict[str, list[str]]:
         return {k: list(dict.fromkeys(map(str, v))) for k, v in d.items()}
     if isinstance(d, dict) and d and all(isinstance(v, dict) for v in d.values()):  # sc-type
         if tissue is None or tissue not in d:
-            raise ValueError(f"{path.name} holds markers per tissue; pass tissue= one of "
-                             f"{sorted(d)}.")
+            raise ValueError(
+                f"{path.name} holds markers per tissue; pass tissue= one of {sorted(d)}."
+            )
         return {ct: list(dict.fromkeys(v.get("positive", []))) for ct, v in d[tissue].items()}
     raise ValueError(f"{path}: unrecognised gene-set JSON layout.")
 

@@ -37,12 +37,14 @@ def _path(relative: str) -> Path:
     if base is None:
         raise FileNotFoundError(
             f"Data file {relative!r} not found: no data directory. Set the environment variable "
-            f"{_ENV} to the folder that holds it (e.g. export {_ENV}=/path/to/shared/data).")
+            f"{_ENV} to the folder that holds it (e.g. export {_ENV}=/path/to/shared/data)."
+        )
     p = base / relative
     if not p.exists():
         raise FileNotFoundError(
             f"Data file {str(p)!r} not found. Set the environment variable {_ENV} to the folder "
-            f"that holds {relative!r} (currently {_ENV}={os.environ.get(_ENV)!r}).")
+            f"that holds {relative!r} (currently {_ENV}={os.environ.get(_ENV)!r})."
+        )
     return p
 
 
@@ -248,8 +250,10 @@ def zeisel2015(subset: str = "descend") -> ad.AnnData:
     FileNotFoundError
         If the data directory lacks the file.
     """
-    files = {"descend": "zeisel2015_subsets/descend_zeisel_1464cells_1000genes.h5ad",
-             "saver": "zeisel2015_subsets/saver_linnarsson_200cells_3529genes.h5ad"}
+    files = {
+        "descend": "zeisel2015_subsets/descend_zeisel_1464cells_1000genes.h5ad",
+        "saver": "zeisel2015_subsets/saver_linnarsson_200cells_3529genes.h5ad",
+    }
     if subset not in files:
         raise ValueError(f"subset must be one of {sorted(files)}, got {subset!r}.")
     a = _read(files[subset])
@@ -258,8 +262,11 @@ def zeisel2015(subset: str = "descend") -> ad.AnnData:
     return a
 
 
-_ESM_FILES = {"osmfish": "osmFISH_emb.h5ad", "merfish": "MERFISH_emb.h5ad",
-              "mouse_brain": "Mouse_brain_emb.h5ad"}
+_ESM_FILES = {
+    "osmfish": "osmFISH_emb.h5ad",
+    "merfish": "MERFISH_emb.h5ad",
+    "mouse_brain": "Mouse_brain_emb.h5ad",
+}
 
 
 def esm2_gene_embeddings(name: str = "osmFISH") -> pd.DataFrame:
@@ -301,9 +308,13 @@ def esm2_gene_embeddings(name: str = "osmFISH") -> pd.DataFrame:
     genes = a.obs_names.astype(str)
     if not genes.is_unique:
         dup = genes[genes.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"{rel} holds duplicate gene names, e.g. {dup}; the file is damaged. "
-                         "Replace it with the copy described in its SOURCE.txt.")
+        raise ValueError(
+            f"{rel} holds duplicate gene names, e.g. {dup}; the file is damaged. "
+            "Replace it with the copy described in its SOURCE.txt."
+        )
     if not np.isfinite(X).all():
-        raise ValueError(f"{rel} holds {int((~np.isfinite(X)).sum())} non-finite value(s); the "
-                         "file is damaged. Replace it with the copy described in its SOURCE.txt.")
+        raise ValueError(
+            f"{rel} holds {int((~np.isfinite(X)).sum())} non-finite value(s); the "
+            "file is damaged. Replace it with the copy described in its SOURCE.txt."
+        )
     return pd.DataFrame(X, index=pd.Index(genes, name=None), columns=pd.RangeIndex(X.shape[1]))

@@ -23,8 +23,10 @@ def select_genes(adata: ad.AnnData, genes) -> np.ndarray:
     arr = np.asarray(genes)
     if arr.dtype == bool:
         if arr.shape != (adata.n_vars,):
-            raise ValueError(f"A boolean genes= mask must have length n_vars={adata.n_vars}, "
-                             f"got shape {arr.shape}.")
+            raise ValueError(
+                f"A boolean genes= mask must have length n_vars={adata.n_vars}, "
+                f"got shape {arr.shape}."
+            )
         return np.flatnonzero(arr)
     if arr.ndim != 1:
         raise ValueError("genes= must be a 1-D list of gene names or a boolean mask.")
@@ -34,11 +36,10 @@ def select_genes(adata: ad.AnnData, genes) -> np.ndarray:
     idx = adata.var_names.get_indexer(names)
     if (idx < 0).any():
         bad = names[idx < 0][:5].tolist()
-        raise KeyError(f"{int((idx < 0).sum())} gene(s) of genes= are not in adata.var_names, "
-                       f"e.g. {bad}.")
+        raise KeyError(
+            f"{int((idx < 0).sum())} gene(s) of genes= are not in adata.var_names, e.g. {bad}."
+        )
     return np.sort(idx)
-
-
 
 
 def _log_block(X, sl, gidx, counts: bool) -> np.ndarray:
@@ -52,9 +53,15 @@ def _log_block(X, sl, gidx, counts: bool) -> np.ndarray:
     return np.asarray(block, dtype=np.float64)
 
 
-def interaction_distance(adata: ad.AnnData, *, layer: str | None = None, genes=None,
-                         metric: Metric = "correlation", batch_size: int = 2048,
-                         var_names: Sequence[str] | None = None) -> np.ndarray:
+def interaction_distance(
+    adata: ad.AnnData,
+    *,
+    layer: str | None = None,
+    genes=None,
+    metric: Metric = "correlation",
+    batch_size: int = 2048,
+    var_names: Sequence[str] | None = None,
+) -> np.ndarray:
     """Gene–gene interaction distance from log-normalised expression (TCER eqs. 1–2).
 
     ``1 - Pearson correlation`` (``metric="correlation"``) or ``1 - cosine similarity``
@@ -97,12 +104,16 @@ def interaction_distance(adata: ad.AnnData, *, layer: str | None = None, genes=N
         raise ValueError(f"metric must be 'correlation' or 'cosine', got {metric!r}.")
     X = get_matrix(adata, layer)
     counts = resolve_input_scale(X, "auto", what=describe_source(layer)) == "counts"
-    gidx = (adata.var_names.get_indexer(list(var_names)) if var_names is not None
-            else select_genes(adata, genes))
+    gidx = (
+        adata.var_names.get_indexer(list(var_names))
+        if var_names is not None
+        else select_genes(adata, genes)
+    )
     if (gidx < 0).any():
         raise KeyError("Some var_names are not in adata.var_names.")
-    return distance_from_matrix(X, gidx, metric=metric, counts=counts,
-                                batch_size=batch_size, names=adata.var_names[gidx])
+    return distance_from_matrix(
+        X, gidx, metric=metric, counts=counts, batch_size=batch_size, names=adata.var_names[gidx]
+    )
 
 
 def distance_from_matrix(X, gidx, *, metric, counts, batch_size, names) -> np.ndarray:
@@ -120,8 +131,9 @@ def distance_from_matrix(X, gidx, *, metric, counts, batch_size, names) -> np.nd
     n_cells = X.shape[0]
     n = gidx.size
     if n_cells < 2:
-        raise ValueError(f"At least 2 cells are needed to compute gene interactions, "
-                         f"got {n_cells}.")
+        raise ValueError(
+            f"At least 2 cells are needed to compute gene interactions, got {n_cells}."
+        )
     s = np.zeros(n)
     gram = np.zeros((n, n))
     Xr = sparse.csr_matrix(X) if sparse.issparse(X) and not sparse.isspmatrix_csr(X) else X
@@ -140,15 +152,15 @@ def distance_from_matrix(X, gidx, *, metric, counts, batch_size, names) -> np.nd
         bad = var <= 0
     if bad.any():
         ex = list(np.asarray(names)[bad][:5])
-        raise ValueError(f"{int(bad.sum())} gene(s) are constant across cells (e.g. {ex}); their "
-                         f"{metric} with other genes is undefined. Remove them (e.g. "
-                         "scanpy.pp.filter_genes(adata, min_cells=2)) or leave them out "
-                         "via genes=.")
+        raise ValueError(
+            f"{int(bad.sum())} gene(s) are constant across cells (e.g. {ex}); their "
+            f"{metric} with other genes is undefined. Remove them (e.g. "
+            "scanpy.pp.filter_genes(adata, min_cells=2)) or leave them out "
+            "via genes=."
+        )
     sd = np.sqrt(var)
     sim = cov / np.outer(sd, sd)
     np.clip(sim, -1.0, 1.0, out=sim)
     dist = 1.0 - sim
     np.fill_diagonal(dist, 0.0)
     return (dist + dist.T) / 2.0
-
-

@@ -39,8 +39,9 @@ def grid_shape(n_genes: int) -> tuple[int, int]:
     return h, w
 
 
-def check_placement(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], *,
-                    what: str = "The placement") -> None:
+def check_placement(
+    rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], *, what: str = "The placement"
+) -> None:
     """Raise ``ValueError`` unless ``rows``/``cols`` are a one-to-one placement on ``shape``.
 
     ``rows``, ``cols``: integer arrays of one length (``-1``: gene not placed, in both);
@@ -49,21 +50,29 @@ def check_placement(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], 
     """
     rows, cols = np.asarray(rows), np.asarray(cols)
     if rows.shape != cols.shape or rows.ndim != 1:
-        raise ValueError(f"{what} has {rows.shape} row and {cols.shape} column indices; "
-                         "they must be two 1-D arrays of one length.")
+        raise ValueError(
+            f"{what} has {rows.shape} row and {cols.shape} column indices; "
+            "they must be two 1-D arrays of one length."
+        )
     placed = rows >= 0
     if not np.array_equal(placed, cols >= 0):
-        raise ValueError(f"{what}: rows and cols disagree on which genes are placed (-1 in "
-                         "one coordinate only).")
+        raise ValueError(
+            f"{what}: rows and cols disagree on which genes are placed (-1 in one coordinate only)."
+        )
     h, w = shape
-    if (rows[placed] >= h).any() or (cols[placed] >= w).any() or (rows < -1).any() \
-            or (cols < -1).any():
+    if (
+        (rows[placed] >= h).any()
+        or (cols[placed] >= w).any()
+        or (rows < -1).any()
+        or (cols < -1).any()
+    ):
         raise ValueError(f"{what} has pixels outside the {h} × {w} grid.")
     flat = rows[placed] * w + cols[placed]
     n_dup = flat.size - np.unique(flat).size
     if n_dup:
-        raise ValueError(f"{what} puts {n_dup} gene(s) on an already used pixel; it is not "
-                         "one-to-one.")
+        raise ValueError(
+            f"{what} puts {n_dup} gene(s) on an already used pixel; it is not one-to-one."
+        )
     if not placed.any():
         raise ValueError(f"{what} places no gene.")
 
@@ -74,13 +83,15 @@ def _stored_shape(adata: ad.AnnData, key: str) -> tuple[int, int]:
         raise KeyError(f"adata.uns[{key!r}] has no 'shape' entry; run sctorch.tl.genomap again.")
     shape = tuple(int(s) for s in np.asarray(rec["shape"]).ravel())
     if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"adata.uns[{key!r}]['shape'] must be (H, W) with H, W >= 1, "
-                         f"got {rec['shape']!r}.")
+        raise ValueError(
+            f"adata.uns[{key!r}]['shape'] must be (H, W) with H, W >= 1, got {rec['shape']!r}."
+        )
     return shape
 
 
-def placement_index(adata: ad.AnnData, key: str = _keys.GENOMAP
-                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def placement_index(
+    adata: ad.AnnData, key: str = _keys.GENOMAP
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Read and validate the GenoMap placement stored under ``key``.
 
     Parameters
@@ -111,20 +122,26 @@ def placement_index(adata: ad.AnnData, key: str = _keys.GENOMAP
     """
     rk, ck = f"{key}_row", f"{key}_col"
     if key not in adata.uns:
-        raise KeyError(f"adata.uns[{key!r}] not found: run sctorch.tl.genomap(adata, "
-                       f"key_added={key!r}) first (uns keys: {list(adata.uns.keys())}).")
+        raise KeyError(
+            f"adata.uns[{key!r}] not found: run sctorch.tl.genomap(adata, "
+            f"key_added={key!r}) first (uns keys: {list(adata.uns.keys())})."
+        )
     missing = [c for c in (rk, ck) if c not in adata.var.columns]
     if missing:
-        raise KeyError(f"adata.var lacks {missing}: the GenoMap placement {key!r} is "
-                       "incomplete. Run sctorch.tl.genomap again on this AnnData.")
+        raise KeyError(
+            f"adata.var lacks {missing}: the GenoMap placement {key!r} is "
+            "incomplete. Run sctorch.tl.genomap again on this AnnData."
+        )
     shape = _stored_shape(adata, key)
     rows = adata.var[rk].to_numpy()
     cols = adata.var[ck].to_numpy()
     for name, v in ((rk, rows), (ck, cols)):
         vf = np.asarray(v, dtype=np.float64)
         if not np.isfinite(vf).all() or not np.array_equal(vf, np.round(vf)):
-            raise ValueError(f"adata.var[{name!r}] must hold integer pixel indices (-1 for "
-                             "unplaced genes); it holds non-integer or missing values.")
+            raise ValueError(
+                f"adata.var[{name!r}] must hold integer pixel indices (-1 for "
+                "unplaced genes); it holds non-integer or missing values."
+            )
     rows = rows.astype(np.int64)
     cols = cols.astype(np.int64)
     check_placement(rows, cols, shape, what=f"The placement {key!r}")
@@ -174,8 +191,7 @@ class Placement:
         m[self.flat] = True
         return m.reshape(self.shape)
 
-    def images(self, X, *, cells: np.ndarray | None = None, batch_size: int = 4096
-               ) -> np.ndarray:
+    def images(self, X, *, cells: np.ndarray | None = None, batch_size: int = 4096) -> np.ndarray:
         """GenoMap images of rows of ``X``: each gene's value on its pixel.
 
         Parameters
@@ -226,8 +242,9 @@ class Placement:
         if arr.ndim == 4 and arr.shape[1] == 1:
             arr = arr[:, 0]
         if arr.ndim != 3 or arr.shape[1:] != (h, w):
-            raise ValueError(f"images must have shape (n_cells, {h}, {w}) for {what}, "
-                             f"got {arr.shape}.")
+            raise ValueError(
+                f"images must have shape (n_cells, {h}, {w}) for {what}, got {arr.shape}."
+            )
         out = np.full((arr.shape[0], self.rows.size), np.nan, dtype=np.float32)
         out[:, self.placed] = arr.reshape(arr.shape[0], -1)[:, self.flat]
         return out
@@ -256,6 +273,8 @@ def select_cells(adata: ad.AnnData, cells) -> np.ndarray:
         return arr.astype(np.int64) % max(adata.n_obs, 1)
     idx = adata.obs_names.get_indexer(arr.astype(str))
     if (idx < 0).any():
-        raise KeyError(f"{int((idx < 0).sum())} name(s) of cells= are not in adata.obs_names, "
-                       f"e.g. {arr[idx < 0][:5].tolist()}.")
+        raise KeyError(
+            f"{int((idx < 0).sum())} name(s) of cells= are not in adata.obs_names, "
+            f"e.g. {arr[idx < 0][:5].tolist()}."
+        )
     return idx

@@ -74,13 +74,15 @@ def genomap_quality(
     metric = str(params.get("metric", "correlation"))
     metric = metric if metric in ("correlation", "cosine") else "correlation"
     names = adata.var_names[gidx]
-    C1 = distance_from_matrix(X, gidx, metric=metric, counts=counts, batch_size=batch_size,
-                               names=names)
+    C1 = distance_from_matrix(
+        X, gidx, metric=metric, counts=counts, batch_size=batch_size, names=names
+    )
     if metric == "correlation":
         R = 1.0 - C1
     else:
-        R = 1.0 - distance_from_matrix(X, gidx, metric="correlation", counts=counts,
-                                        batch_size=batch_size, names=names)
+        R = 1.0 - distance_from_matrix(
+            X, gidx, metric="correlation", counts=counts, batch_size=batch_size, names=names
+        )
     pos = np.stack([rows[gidx], cols[gidx]], axis=1)
     n = gidx.size
 

@@ -35,8 +35,10 @@ class GridConv:
         dy = np.arange(-(self.h - 1), self.h)
         dx = np.arange(-(self.w - 1), self.w)
         kernel = np.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)
-        self.fs = (sfft.next_fast_len(2 * self.h - 1, real=True),
-                   sfft.next_fast_len(2 * self.w - 1, real=True))
+        self.fs = (
+            sfft.next_fast_len(2 * self.h - 1, real=True),
+            sfft.next_fast_len(2 * self.w - 1, real=True),
+        )
         self.kf = sfft.rfft2(kernel.astype(np.float32), s=self.fs)
         self._fft = sfft
 
@@ -50,7 +52,7 @@ class GridConv:
             block = A[sl]
             img[:, : self.n] = block if columns is None else block[:, columns]
             f = self._fft.rfft2(img.reshape(-1, h, w), s=fs) * self.kf
-            full = self._fft.irfft2(f, s=fs)[:, h - 1: 2 * h - 1, w - 1: 2 * w - 1]
+            full = self._fft.irfft2(f, s=fs)[:, h - 1 : 2 * h - 1, w - 1 : 2 * w - 1]
             out[sl] = full.reshape(full.shape[0], -1)[:, : self.n]
         return out
 
@@ -61,8 +63,9 @@ def positions(shape: tuple[int, int], n: int) -> np.ndarray:
     return np.stack([r, c], axis=1)
 
 
-def grid_distance_rows(pos: np.ndarray, rows: slice | np.ndarray,
-                        others: np.ndarray | None = None) -> np.ndarray:
+def grid_distance_rows(
+    pos: np.ndarray, rows: slice | np.ndarray, others: np.ndarray | None = None
+) -> np.ndarray:
     """Euclidean distances between the pixels ``pos[rows]`` and ``others`` (or ``pos``)."""
     others = pos if others is None else others
     d = (pos[rows, None, :] - others[None, :, :]).astype(np.float64)
@@ -94,7 +97,7 @@ def spectral_init(C1: np.ndarray, shape: tuple[int, int], seed: int) -> np.ndarr
     perm = np.empty(n, dtype=np.int64)
     order = np.argsort(y1, kind="stable")
     for start in range(0, n, w):
-        idx = order[start: start + w]
+        idx = order[start : start + w]
         idx = idx[np.argsort(y2[idx], kind="stable")]
         perm[idx] = start + np.arange(idx.size)
     return perm
@@ -107,8 +110,9 @@ def _gradient(C1: np.ndarray, perm: np.ndarray, conv: GridConv) -> np.ndarray:
     return conv.apply(C1, columns=inv)
 
 
-def _swap_pairs(pos: np.ndarray, shape: tuple[int, int], radius: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _swap_pairs(
+    pos: np.ndarray, shape: tuple[int, int], radius: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel pairs ``(a, b)`` at Chebyshev distance ``<= radius`` (each pair once)."""
     h, w = shape
     n = pos.shape[0]
@@ -147,9 +151,16 @@ def _disjoint_swaps(order: np.ndarray, pa: np.ndarray, pb: np.ndarray, n: int) -
     return np.asarray(sel, dtype=np.int64)
 
 
-def exchange_search(C1: np.ndarray, shape: tuple[int, int], perm0: np.ndarray, *,
-                     max_iter: int, tol: float, radius: int, progress: bool
-                     ) -> tuple[np.ndarray, int, bool]:
+def exchange_search(
+    C1: np.ndarray,
+    shape: tuple[int, int],
+    perm0: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+    radius: int,
+    progress: bool,
+) -> tuple[np.ndarray, int, bool]:
     r"""Exact square-loss GW over one-to-one couplings, by pairwise exchanges.
 
     For a permutation coupling :math:`T = P/n` the square-loss GW objective is, up to
@@ -196,8 +207,9 @@ def exchange_search(C1: np.ndarray, shape: tuple[int, int], perm0: np.ndarray, *
             if 4 * sel.size < n and it % 25:
                 # few genes moved: update G = C1 P D by their columns only
                 moved = np.concatenate([gi[sel], gk[sel]])
-                Gn = G + C1[:, moved] @ (_dist_to_all(ktab, pos, new[moved])
-                                         - _dist_to_all(ktab, pos, perm[moved]))
+                Gn = G + C1[:, moved] @ (
+                    _dist_to_all(ktab, pos, new[moved]) - _dist_to_all(ktab, pos, perm[moved])
+                )
             else:
                 Gn = _gradient(C1, new, conv)
             fn = float(Gn[ar, new].sum())
@@ -217,8 +229,9 @@ def exchange_search(C1: np.ndarray, shape: tuple[int, int], perm0: np.ndarray, *
     return perm, it, converged
 
 
-def pot_exact(C1: np.ndarray, pos: np.ndarray, perm0: np.ndarray, *, max_iter: int,
-               tol: float) -> np.ndarray:
+def pot_exact(
+    C1: np.ndarray, pos: np.ndarray, perm0: np.ndarray, *, max_iter: int, tol: float
+) -> np.ndarray:
     """POT's conditional-gradient exact GW (dense, O(n³) per iteration), rounded."""
     import ot
     from scipy.optimize import linear_sum_assignment
@@ -228,15 +241,26 @@ def pot_exact(C1: np.ndarray, pos: np.ndarray, perm0: np.ndarray, *, max_iter: i
     p = np.full(n, 1.0 / n)
     G0 = np.zeros((n, n))
     G0[np.arange(n), perm0] = 1.0 / n
-    T = np.asarray(ot.gromov.gromov_wasserstein(C1, D, p, p, loss_fun="square_loss", G0=G0,
-                                                 max_iter=max(int(max_iter), 1),
-                                                 tol_rel=tol, tol_abs=0.0))
+    T = np.asarray(
+        ot.gromov.gromov_wasserstein(
+            C1,
+            D,
+            p,
+            p,
+            loss_fun="square_loss",
+            G0=G0,
+            max_iter=max(int(max_iter), 1),
+            tol_rel=tol,
+            tol_abs=0.0,
+        )
+    )
     _, cols = linear_sum_assignment(T - T.mean(1, keepdims=True), maximize=True)
     return cols.astype(np.int64)
 
 
-def entropic(C1: np.ndarray, pos: np.ndarray, perm0: np.ndarray, *, epsilon: float,
-              max_iter: int, tol: float) -> np.ndarray:
+def entropic(
+    C1: np.ndarray, pos: np.ndarray, perm0: np.ndarray, *, epsilon: float, max_iter: int, tol: float
+) -> np.ndarray:
     """Entropic GW with POT (dense, O(n³) per iteration) rounded to a permutation."""
     import ot
     from scipy.optimize import linear_sum_assignment
@@ -248,13 +272,15 @@ def entropic(C1: np.ndarray, pos: np.ndarray, perm0: np.ndarray, *, epsilon: flo
     p = np.full(n, 1.0 / n)
     G0 = np.zeros((n, n))
     G0[np.arange(n), perm0] = 1.0 / n
-    T = ot.gromov.entropic_gromov_wasserstein(C1s, Ds, p, p, loss_fun="square_loss",
-                                              epsilon=epsilon, G0=G0, max_iter=max_iter,
-                                              tol=tol)
+    T = ot.gromov.entropic_gromov_wasserstein(
+        C1s, Ds, p, p, loss_fun="square_loss", epsilon=epsilon, G0=G0, max_iter=max_iter, tol=tol
+    )
     T = np.asarray(T)
     if not np.isfinite(T).all():
-        raise ValueError(f"Entropic GW diverged with epsilon={epsilon}; use a larger epsilon "
-                         "(e.g. 1e-2) or epsilon=0 for the exact solver.")
+        raise ValueError(
+            f"Entropic GW diverged with epsilon={epsilon}; use a larger epsilon "
+            "(e.g. 1e-2) or epsilon=0 for the exact solver."
+        )
     _, cols = linear_sum_assignment(T - T.mean(1, keepdims=True), maximize=True)
     return cols.astype(np.int64)
 
@@ -279,11 +305,18 @@ def gw_objective(C1: np.ndarray, pos: np.ndarray, *, batch_size: int = 1024) -> 
     return total / (n * n)
 
 
-
-
-def solve(C1: np.ndarray, shape: tuple[int, int], *, seed: int, epsilon: float = 0.0,
-          solver: str = "exchange", max_iter: int = 100, tol: float = 1e-6, radius: int = 2,
-          progress: bool = True) -> tuple[np.ndarray, int, bool]:
+def solve(
+    C1: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    seed: int,
+    epsilon: float = 0.0,
+    solver: str = "exchange",
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    radius: int = 2,
+    progress: bool = True,
+) -> tuple[np.ndarray, int, bool]:
     """One-to-one placement of ``n`` genes on the first ``n`` pixels of the ``shape`` grid.
 
     Starts from :func:`spectral_init` (seeded by ``seed``) and runs the entropic solver
@@ -309,12 +342,17 @@ def solve(C1: np.ndarray, shape: tuple[int, int], *, seed: int, epsilon: float =
     perm0 = spectral_init(C1, shape, seed)
     n_iter, converged = 0, True
     if epsilon > 0:
-        perm = entropic(C1, pos_all, perm0, epsilon=float(epsilon), max_iter=int(max_iter),
-                        tol=tol)
+        perm = entropic(C1, pos_all, perm0, epsilon=float(epsilon), max_iter=int(max_iter), tol=tol)
     elif solver == "pot":
         perm = pot_exact(C1, pos_all, perm0, max_iter=int(max_iter), tol=float(tol))
     else:
         perm, n_iter, converged = exchange_search(
-            C1, shape, perm0, max_iter=int(max_iter), tol=float(tol), radius=int(radius),
-            progress=progress)
+            C1,
+            shape,
+            perm0,
+            max_iter=int(max_iter),
+            tol=float(tol),
+            radius=int(radius),
+            progress=progress,
+        )
     return pos_all[perm], n_iter, converged

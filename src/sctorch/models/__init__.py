@@ -16,8 +16,15 @@ _METHOD_MODELS = {
     "ScRobustModel": "sctorch.scrobust._model",
 }
 
-__all__ = ["BaseModel", "ModelFileError", "ScRobustModel", "StImputeModel", "TCERModel",
-           "fit", "load"]
+__all__ = [
+    "BaseModel",
+    "ModelFileError",
+    "ScRobustModel",
+    "StImputeModel",
+    "TCERModel",
+    "fit",
+    "load",
+]
 
 
 def __getattr__(name: str):

@@ -67,8 +67,9 @@ def check_save_path(path: str | Path, *, overwrite: bool, what: str = "") -> Pat
     path = Path(path)
     name = f"{what} {path}" if what else str(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{name} is a folder; pass a file path such as "
-                                f"{path / 'model.safetensors'}.")
+        raise IsADirectoryError(
+            f"{name} is a folder; pass a file path such as {path / 'model.safetensors'}."
+        )
     if path.exists() and not overwrite:
         hint = "--overwrite" if what.startswith("--") else "overwrite=True"
         raise FileExistsError(f"{name} already exists; pass {hint} to replace it.")
@@ -94,8 +95,10 @@ def _read_header(path: Path) -> dict[str, str]:
         raise ModelFileError(f"{path} is not a sctorch model file (unreadable header).") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a sctorch model file (no {FORMAT!r} tag in its "
-                             "header). Models are written by Model.save().")
+        raise ModelFileError(
+            f"{path} is not a sctorch model file (no {FORMAT!r} tag in its "
+            "header). Models are written by Model.save()."
+        )
     return meta
 
 
@@ -103,8 +106,10 @@ def _json_field(meta: dict[str, str], key: str, path: Path):
     try:
         return json.loads(meta[key])
     except (KeyError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: sctorch model file lacks a readable {key!r} "
-                             "field; it is corrupted or was not written by sctorch.") from None
+        raise ModelFileError(
+            f"{path}: sctorch model file lacks a readable {key!r} "
+            "field; it is corrupted or was not written by sctorch."
+        ) from None
 
 
 class BaseModel:
@@ -134,15 +139,22 @@ class BaseModel:
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
 
-    def __init__(self, module=None, *, config: Any = None, genes: Sequence[str] = (),
-                 history: dict[str, list[float]] | None = None):
+    def __init__(
+        self,
+        module=None,
+        *,
+        config: Any = None,
+        genes: Sequence[str] = (),
+        history: dict[str, list[float]] | None = None,
+    ):
         self.module = module
         if config is None and self.config_cls is not None:
             config = self.config_cls()
         self.config = config if config is not None else {}
         self.genes = [str(g) for g in genes]
-        self.history: dict[str, list[float]] = {k: [float(x) for x in v]
-                                                 for k, v in (history or {}).items()}
+        self.history: dict[str, list[float]] = {
+            k: [float(x) for x in v] for k, v in (history or {}).items()
+        }
 
     # ------------------------------------------------------------------ subclass hooks
     @classmethod
@@ -173,8 +185,10 @@ class BaseModel:
         fields = {f.name: f for f in dataclasses.fields(cls.config_cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise ModelFileError(f"unknown configuration field(s) {unknown} for "
-                                 f"{cls.__name__}; the file is from another sctorch version.")
+            raise ModelFileError(
+                f"unknown configuration field(s) {unknown} for "
+                f"{cls.__name__}; the file is from another sctorch version."
+            )
         kw = {}
         for k, v in d.items():
             if isinstance(v, list) and str(fields[k].type).startswith("tuple"):
@@ -217,14 +231,19 @@ class BaseModel:
         pos = pd.Index(var_names).get_indexer(self.genes)
         n_shared = int((pos >= 0).sum())
         if n_shared < min_shared:
-            raise ValueError(f"{what} shares {n_shared} of the model's {len(self.genes)} genes "
-                             f"(matched exactly on var_names); at least {min_shared} are needed. "
-                             "Check that var_names use the same gene symbols (and case) as "
-                             "the training data.")
+            raise ValueError(
+                f"{what} shares {n_shared} of the model's {len(self.genes)} genes "
+                f"(matched exactly on var_names); at least {min_shared} are needed. "
+                "Check that var_names use the same gene symbols (and case) as "
+                "the training data."
+            )
         if n_shared < len(self.genes):
-            warnings.warn(f"{len(self.genes) - n_shared} of the model's {len(self.genes)} genes "
-                          f"are missing from {what}; they are treated as not detected.",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"{len(self.genes) - n_shared} of the model's {len(self.genes)} genes "
+                f"are missing from {what}; they are treated as not detected.",
+                UserWarning,
+                stacklevel=3,
+            )
         return pos
 
     # ------------------------------------------------------------------ persistence
@@ -256,16 +275,19 @@ class BaseModel:
 
         path = Path(path)
         if self.module is None:
-            raise ValueError(f"This {type(self).__name__} has not been trained; call fit() "
-                             "before save().")
+            raise ValueError(
+                f"This {type(self).__name__} has not been trained; call fit() before save()."
+            )
         check_save_path(path, overwrite=overwrite)
         from ._distributed import is_main_process
 
         if not is_main_process():  # under torchrun only rank 0 writes (all ranks agree)
             return
         extra, arrays = self._extra_state()
-        tensors = {f"module.{k}": v.detach().cpu().contiguous()
-                   for k, v in self.module.state_dict().items()}
+        tensors = {
+            f"module.{k}": v.detach().cpu().contiguous()
+            for k, v in self.module.state_dict().items()
+        }
         for k, a in arrays.items():
             tensors[f"array.{k}"] = torch.as_tensor(np.ascontiguousarray(a))
         meta = {
@@ -318,44 +340,60 @@ class BaseModel:
         if not path.exists():
             raise FileNotFoundError(f"Model file {path} not found.")
         if path.is_dir():
-            raise ModelFileError(f"{path} is a folder, not a sctorch model file (models are "
-                                 "single .safetensors files written by Model.save()).")
+            raise ModelFileError(
+                f"{path} is a folder, not a sctorch model file (models are "
+                "single .safetensors files written by Model.save())."
+            )
         meta = _read_header(path)
         name = meta.get("model_class")
         klass = _REGISTRY.get(name) if cls is BaseModel else cls
         if klass is None:
             raise ModelFileError(f"{path} holds a model of unknown class {name!r}.")
         if name != klass.__name__:
-            raise ModelFileError(f"{path} holds a {name}, not a {klass.__name__}; load it with "
-                                 f"sctorch.models.{name}.load().")
+            raise ModelFileError(
+                f"{path} holds a {name}, not a {klass.__name__}; load it with "
+                f"sctorch.models.{name}.load()."
+            )
         try:
             version = int(meta.get("format_version", ""))
         except ValueError:
             version = -1
         if version != FORMAT_VERSION:
-            raise ModelFileError(f"{path} has model format version {meta.get('format_version')!r};"
-                                 f" this sctorch reads version {FORMAT_VERSION}.")
+            raise ModelFileError(
+                f"{path} has model format version {meta.get('format_version')!r};"
+                f" this sctorch reads version {FORMAT_VERSION}."
+            )
         try:
             tensors = load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
-            raise ModelFileError(f"{path}: the weights of this sctorch model file cannot be "
-                                 f"read ({type(err).__name__}: {err}).") from None
+            raise ModelFileError(
+                f"{path}: the weights of this sctorch model file cannot be "
+                f"read ({type(err).__name__}: {err})."
+            ) from None
         if _checksum(tensors) != meta.get("checksum"):
-            raise ModelFileError(f"{path}: the weights do not match the checksum stored at save;"
-                                 " the file is corrupted. Re-train or restore the file.")
+            raise ModelFileError(
+                f"{path}: the weights do not match the checksum stored at save;"
+                " the file is corrupted. Re-train or restore the file."
+            )
         config = klass._config_from_dict(_json_field(meta, "config", path))
         extra = _json_field(meta, "extra", path)
-        model = klass(None, config=config, genes=_json_field(meta, "genes", path),
-                      history=_json_field(meta, "history", path))
+        model = klass(
+            None,
+            config=config,
+            genes=_json_field(meta, "genes", path),
+            history=_json_field(meta, "history", path),
+        )
         arrays = {k[6:]: v.numpy() for k, v in tensors.items() if k.startswith("array.")}
         try:
             model._set_extra_state(extra, arrays)
             module = klass._build_module(config, extra)
-            module.load_state_dict({k[7:]: v for k, v in tensors.items()
-                                    if k.startswith("module.")}, strict=True)
+            module.load_state_dict(
+                {k[7:]: v for k, v in tensors.items() if k.startswith("module.")}, strict=True
+            )
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
-            raise ModelFileError(f"{path}: the stored parts do not fit together "
-                                 f"({type(err).__name__}: {err}).") from None
+            raise ModelFileError(
+                f"{path}: the stored parts do not fit together ({type(err).__name__}: {err})."
+            ) from None
         module.eval()
         model.module = module
         try:

@@ -73,8 +73,10 @@ def setup(device=None) -> bool:
         return False
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
-            raise RuntimeError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with "
-                               "torchrun (e.g. torchrun --nproc_per_node 2 -m sctorch ...).")
+            raise RuntimeError(
+                "WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with "
+                "torchrun (e.g. torchrun --nproc_per_node 2 -m sctorch ...)."
+            )
         use_nccl = device is not None and str(device).startswith("cuda")
         dist.init_process_group(backend="nccl" if use_nccl else "gloo")
     return is_active()

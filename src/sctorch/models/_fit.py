@@ -116,8 +116,12 @@ def fit(
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
     if optimizer is None:
-        optimizer = torch.optim.Adam(module.parameters() if params is None else params,
-                                     lr=lr, betas=betas, weight_decay=weight_decay)
+        optimizer = torch.optim.Adam(
+            module.parameters() if params is None else params,
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+        )
     sched = scheduler(optimizer) if scheduler is not None else None
     step = _Stepper(module, loss_fn, optimizer)
     history = {} if history is None else history
@@ -129,8 +133,10 @@ def fit(
         for epoch in range(int(epochs)):
             means = step.epoch(batches(epoch))
             if "loss" in means and not np.isfinite(means["loss"]):
-                raise ValueError(f"{desc}: the training loss became non-finite in epoch "
-                                 f"{epoch + 1}; lower the learning rate or check the input.")
+                raise ValueError(
+                    f"{desc}: the training loss became non-finite in epoch "
+                    f"{epoch + 1}; lower the learning rate or check the input."
+                )
             for k, v in means.items():
                 history.setdefault(f"{prefix}_{k}", []).append(v)
             if sched is not None:
@@ -144,8 +150,9 @@ def fit(
                 history.setdefault(val_key, []).append(score)
                 post[val_key] = f"{score:.4f}"
                 stop = best.update(score)
-            logger.info("%s epoch %d: %s", desc, epoch + 1,
-                        ", ".join(f"{k} {v}" for k, v in post.items()))
+            logger.info(
+                "%s epoch %d: %s", desc, epoch + 1, ", ".join(f"{k} {v}" for k, v in post.items())
+            )
             bar.set_postfix(post) if own_bar else None
             bar.update(1)
             if stop:

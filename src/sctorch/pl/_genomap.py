@@ -94,18 +94,26 @@ def genomap(
         groups = [("all cells", pool)]
     else:
         if groupby not in adata.obs.columns:
-            raise KeyError(f"groupby {groupby!r} not found in adata.obs "
-                           f"(columns: {list(adata.obs.columns)}).")
+            raise KeyError(
+                f"groupby {groupby!r} not found in adata.obs (columns: {list(adata.obs.columns)})."
+            )
         lab = adata.obs[groupby].iloc[pool]
         if lab.isna().any():
-            raise ValueError(f"adata.obs[{groupby!r}] has {int(lab.isna().sum())} missing label(s) "
-                             "among the chosen cells; drop those cells via cells=.")
-        cats = (list(lab.cat.categories) if hasattr(lab, "cat")
-                else sorted(lab.unique().tolist(), key=str))
+            raise ValueError(
+                f"adata.obs[{groupby!r}] has {int(lab.isna().sum())} missing label(s) "
+                "among the chosen cells; drop those cells via cells=."
+            )
+        cats = (
+            list(lab.cat.categories)
+            if hasattr(lab, "cat")
+            else sorted(lab.unique().tolist(), key=str)
+        )
         groups = [(str(c), pool[(lab == c).to_numpy()]) for c in cats]
         groups = [(c, idx) for c, idx in groups if idx.size]
-    chosen = [(name, np.sort(gen.choice(idx, size=min(n_per_group, idx.size), replace=False)))
-              for name, idx in groups]
+    chosen = [
+        (name, np.sort(gen.choice(idx, size=min(n_per_group, idx.size), replace=False)))
+        for name, idx in groups
+    ]
     X = get_matrix(adata, layer)
     check_finite(X, what=describe_source(layer))
     images = placement.images(X, cells=np.concatenate([idx for _, idx in chosen]))
@@ -120,8 +128,12 @@ def genomap(
     top = top if top > 0 else (float(images.max()) or 1.0)
 
     n_rows = len(chosen)
-    fig, axes = plt.subplots(n_rows, n_per_group, squeeze=False,
-                             figsize=(panel_size * n_per_group + 1.0, panel_size * n_rows + 0.4))
+    fig, axes = plt.subplots(
+        n_rows,
+        n_per_group,
+        squeeze=False,
+        figsize=(panel_size * n_per_group + 1.0, panel_size * n_rows + 0.4),
+    )
     k = 0
     im = None
     for r, (name, idx) in enumerate(chosen):

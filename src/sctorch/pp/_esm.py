@@ -56,9 +56,11 @@ def _clean(seq: str, gene: str) -> str:
     s = "".join(str(seq).split()).upper().rstrip("*")
     bad = set(s) - _VALID
     if not s or bad:
-        raise ValueError(f"The protein sequence of {gene!r} is empty or holds characters that "
-                         f"are not amino-acid letters ({sorted(bad)[:5]}); pass one-letter "
-                         "amino-acid sequences.")
+        raise ValueError(
+            f"The protein sequence of {gene!r} is empty or holds characters that "
+            f"are not amino-acid letters ({sorted(bad)[:5]}); pass one-letter "
+            "amino-acid sequences."
+        )
     return s
 
 
@@ -83,11 +85,16 @@ def _load_model(model: str):
         if path.is_file():
             data = torch.load(str(path), map_location="cpu", weights_only=True)
             if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
-                raise ValueError(f"{str(path)!r} is not a fair-esm checkpoint (a dict with "
-                                 "'model' and 'cfg' entries).")
+                raise ValueError(
+                    f"{str(path)!r} is not a fair-esm checkpoint (a dict with "
+                    "'model' and 'cfg' entries)."
+                )
             reg_path = Path(str(path.with_suffix("")) + "-contact-regression.pt")
-            reg = (torch.load(str(reg_path), map_location="cpu", weights_only=True)
-                   if reg_path.is_file() else None)
+            reg = (
+                torch.load(str(reg_path), map_location="cpu", weights_only=True)
+                if reg_path.is_file()
+                else None
+            )
             net, alphabet = esm.pretrained.load_model_and_alphabet_core(path.stem, data, reg)
             st = path.stat()
             ident = f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
@@ -95,8 +102,10 @@ def _load_model(model: str):
             if os.sep in str(model) or str(model).endswith(".pt"):
                 raise FileNotFoundError(f"ESM checkpoint {str(path)!r} not found.")
             if not hasattr(esm.pretrained, str(model)):
-                raise ValueError(f"Unknown fair-esm model {model!r}; pass a name such as "
-                                 "'esm2_t33_650M_UR50D' or the path of a local checkpoint.")
+                raise ValueError(
+                    f"Unknown fair-esm model {model!r}; pass a name such as "
+                    "'esm2_t33_650M_UR50D' or the path of a local checkpoint."
+                )
             net, alphabet = esm.pretrained.load_model_and_alphabet(str(model))
             ident = f"name:{model}"
     net.eval()
@@ -214,12 +223,15 @@ def esm_gene_embeddings(
             chosen[g] = max(cleaned, key=len)  # max keeps the first of equal lengths
     missing = [g for g in names if g not in chosen]
     if not chosen:
-        raise ValueError(f"None of the {len(names)} genes has a protein sequence in "
-                         f"`sequences` (it names e.g. {list(sequences)[:5]}); check that "
-                         "both use the same gene names.")
+        raise ValueError(
+            f"None of the {len(names)} genes has a protein sequence in "
+            f"`sequences` (it names e.g. {list(sequences)[:5]}); check that "
+            "both use the same gene names."
+        )
     if missing:
-        logger.info("esm_gene_embeddings: %d gene(s) without a sequence, e.g. %s",
-                    len(missing), missing[:5])
+        logger.info(
+            "esm_gene_embeddings: %d gene(s) without a sequence, e.g. %s", len(missing), missing[:5]
+        )
 
     cache_dir = Path(cache) if cache is not None else None
     ident = _model_ident(model)
@@ -247,8 +259,12 @@ def esm_gene_embeddings(
         net = net.to(dev)
         convert = alphabet.get_batch_converter()
         # windows of every sequence; sums and counts of residue representations per gene
-        windows = [(g, s[i:i + max_length]) for g in todo for s in [chosen[g]]
-                   for i in range(0, len(s), max_length)]
+        windows = [
+            (g, s[i : i + max_length])
+            for g in todo
+            for s in [chosen[g]]
+            for i in range(0, len(s), max_length)
+        ]
         windows.sort(key=lambda w: len(w[1]))
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
@@ -260,7 +276,7 @@ def esm_gene_embeddings(
                 reps = net(tokens.to(dev), repr_layers=[use_layer])["representations"][use_layer]
                 reps = reps.float().cpu().numpy()
                 for i, (g, w) in enumerate(batch):
-                    r = reps[i, 1:len(w) + 1].astype(np.float64).sum(0)
+                    r = reps[i, 1 : len(w) + 1].astype(np.float64).sum(0)
                     sums[g] = sums.get(g, 0.0) + r
                     counts[g] = counts.get(g, 0) + len(w)
                 bar.update(len(batch))
@@ -272,8 +288,7 @@ def esm_gene_embeddings(
                 cache_dir.mkdir(parents=True, exist_ok=True)
                 np.save(cache_dir / f"{key(chosen[g], lay_key)}.npy", vec, allow_pickle=False)
     order = [g for g in names if g in result]
-    df = pd.DataFrame(np.stack([result[g] for g in order]), index=pd.Index(order),
-                      dtype=np.float32)
+    df = pd.DataFrame(np.stack([result[g] for g in order]), index=pd.Index(order), dtype=np.float32)
     if adata is None:
         return df
     full = np.full((adata.n_vars, df.shape[1]), np.nan, np.float32)

@@ -108,8 +108,7 @@ def simulate_efficiency_loss(
         If ``rng`` is not an int, a :class:`numpy.random.Generator` or ``None``.
     """
     check_copy(adata, copy)
-    check_positive(efficiency_shape=efficiency_shape, efficiency_rate=efficiency_rate,
-                   scale=scale)
+    check_positive(efficiency_shape=efficiency_shape, efficiency_rate=efficiency_rate, scale=scale)
     check_not_empty(adata)
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
@@ -125,8 +124,13 @@ def simulate_efficiency_loss(
         # CSR blocks of rows (one block in memory; 8,192 rows at a time from a backed file),
         # drawn in row-major order: the same stream whatever the blocks
         blocks = [b for _, b in iter_row_blocks(X, 8192)] if is_backed(X) else [X]
-        Xc = sparse.vstack([sparse.csr_matrix(b).sorted_indices()  # a copy: X is left as it was
-                            for b in blocks], format="csr")
+        Xc = sparse.vstack(
+            [
+                sparse.csr_matrix(b).sorted_indices()  # a copy: X is left as it was
+                for b in blocks
+            ],
+            format="csr",
+        )
         rows = np.repeat(np.arange(Xc.shape[0]), np.diff(Xc.indptr))
         lam = Xc.data.astype(np.float64) * mult[rows]
         y = gen.poisson(lam)  # int64: no overflow whatever the input dtype
@@ -146,9 +150,15 @@ def simulate_efficiency_loss(
     target = adata.copy() if copy else adata
     target.layers[key_added] = Y
     target.obs[_keys.EFFICIENCY_OBS] = tau
-    target.uns[key_added] = {"params": make_params(
-        efficiency_shape=efficiency_shape, efficiency_rate=efficiency_rate, scale=scale,
-        layer=layer, rng=rng if not isinstance(rng, np.random.Generator) else "Generator")}
+    target.uns[key_added] = {
+        "params": make_params(
+            efficiency_shape=efficiency_shape,
+            efficiency_rate=efficiency_rate,
+            scale=scale,
+            layer=layer,
+            rng=rng if not isinstance(rng, np.random.Generator) else "Generator",
+        )
+    }
     return target if copy else None
 
 
@@ -202,8 +212,10 @@ def select_reference(
     KeyError
         If ``layer`` does not exist.
     """
-    for name, val in (("min_library_quantile", min_library_quantile),
-                      ("min_detection", min_detection)):
+    for name, val in (
+        ("min_library_quantile", min_library_quantile),
+        ("min_detection", min_detection),
+    ):
         if not 0.0 <= val <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {val!r}.")
     if detection_among not in ("all", "kept"):
@@ -226,10 +238,14 @@ def select_reference(
         raise ValueError(
             f"select_reference kept {n_cells} cell(s) and {int(genes.sum())} gene(s) "
             f"(min_library_quantile={min_library_quantile}, min_detection={min_detection}). "
-            "Lower the thresholds or check that the input holds raw counts.")
+            "Lower the thresholds or check that the input holds raw counts."
+        )
     sub = adata[cells, genes]
     out = sub.to_memory() if adata.isbacked else sub.copy()
-    out.uns["reference"] = {"min_library_quantile": min_library_quantile,
-                            "min_detection": min_detection, "detection_among": detection_among,
-                            "min_library": cutoff}
+    out.uns["reference"] = {
+        "min_library_quantile": min_library_quantile,
+        "min_detection": min_detection,
+        "detection_among": detection_among,
+        "min_library": cutoff,
+    }
     return out

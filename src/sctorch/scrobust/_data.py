@@ -47,8 +47,10 @@ def _read_vocab_file(path: Path) -> list[str]:
     """Tokens of an ``ID,SYMBOL`` CSV such as scRobust's ``whole_human_vocab.csv``."""
     df = pd.read_csv(path)
     if not {"ID", "SYMBOL"} <= set(df.columns):
-        raise ValueError(f"{path}: a vocabulary file needs the columns 'ID' and 'SYMBOL' "
-                         f"(found {list(df.columns)}).")
+        raise ValueError(
+            f"{path}: a vocabulary file needs the columns 'ID' and 'SYMBOL' "
+            f"(found {list(df.columns)})."
+        )
     df = df.sort_values("ID")
     ids = df["ID"].to_numpy()
     if not np.array_equal(ids, np.arange(len(ids))):
@@ -56,8 +58,10 @@ def _read_vocab_file(path: Path) -> list[str]:
     tokens = df["SYMBOL"].astype(str).tolist()
     head = [t.upper() for t in tokens[:4]]
     if head[0] != "PAD" or head[3] != "CLS":
-        raise ValueError(f"{path}: IDs 0–3 must be the special tokens PAD, SEP, UNKNOWN, CLS "
-                         f"(found {tokens[:4]}).")
+        raise ValueError(
+            f"{path}: IDs 0–3 must be the special tokens PAD, SEP, UNKNOWN, CLS "
+            f"(found {tokens[:4]})."
+        )
     return tokens
 
 
@@ -76,8 +80,10 @@ def _build_vocab(vocab, var_names: pd.Index) -> list[str]:
     if isinstance(vocab, str | Path):
         p = Path(vocab)
         if not p.exists():
-            raise FileNotFoundError(f"Vocabulary file {p} not found. Pass vocab=None to build "
-                                    "the vocabulary from adata.var_names.")
+            raise FileNotFoundError(
+                f"Vocabulary file {p} not found. Pass vocab=None to build "
+                "the vocabulary from adata.var_names."
+            )
         return _read_vocab_file(p)
     genes = [str(g) for g in vocab]
     if len(set(genes)) != len(genes):
@@ -96,9 +102,11 @@ def check_special_tokens(vocab: Sequence[str]) -> None:
     for tok, i in SPECIAL_IDS.items():
         at = [j for j, t in enumerate(upper) if t == tok]
         if at != [i]:
-            raise ValueError(f"the vocabulary has the special token {tok} at id(s) {at[:5]}, "
-                             f"expected exactly at id {i}; the vocabulary does not match the "
-                             "trained token embeddings (was it reordered?).")
+            raise ValueError(
+                f"the vocabulary has the special token {tok} at id(s) {at[:5]}, "
+                f"expected exactly at id {i}; the vocabulary does not match the "
+                "trained token embeddings (was it reordered?)."
+            )
 
 
 # ============================================================================ data → tokens
@@ -112,8 +120,14 @@ class _Tokens:
     :meth:`values` gives the token values of a mode (``"log1p"`` or ``"rank"``).
     """
 
-    def __init__(self, X: sparse.csr_matrix, var_ids: np.ndarray, n_missing: int,
-                 input_scale: str = "counts", counts: np.ndarray | None = None):
+    def __init__(
+        self,
+        X: sparse.csr_matrix,
+        var_ids: np.ndarray,
+        n_missing: int,
+        input_scale: str = "counts",
+        counts: np.ndarray | None = None,
+    ):
         self.X = X
         self.var_ids = var_ids
         self.n_missing = n_missing
@@ -158,8 +172,7 @@ class _Tokens:
     def concat(parts: Sequence[_Tokens]) -> _Tokens:
         """Row blocks prepared alike (same genes, scale) stacked into one."""
         X = sparse.vstack([t.X for t in parts], format="csr")
-        counts = (None if parts[0].counts is None
-                  else np.concatenate([t.counts for t in parts]))
+        counts = None if parts[0].counts is None else np.concatenate([t.counts for t in parts])
         first = parts[0]
         return _Tokens(X, first.var_ids, first.n_missing, first.input_scale, counts)
 
@@ -198,8 +211,12 @@ def rank_values(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
     return out
 
 
-def thin_counts(counts: np.ndarray, indptr: np.ndarray, rate_range: tuple[float, float],
-                rng: np.random.Generator) -> np.ndarray:
+def thin_counts(
+    counts: np.ndarray,
+    indptr: np.ndarray,
+    rate_range: tuple[float, float],
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Binomially thinned counts: each cell keeps each molecule with its own random rate.
 
     The rate of each cell is uniform in ``rate_range``; a cell left without molecules keeps
@@ -211,17 +228,20 @@ def thin_counts(counts: np.ndarray, indptr: np.ndarray, rate_range: tuple[float,
     lib = np.add.reduceat(out, indptr[:-1]) if out.size else out
     empty = np.flatnonzero((lib <= 0) & (n > 0))
     for i in empty:
-        out[indptr[i]:indptr[i + 1]] = counts[indptr[i]:indptr[i + 1]]
+        out[indptr[i] : indptr[i + 1]] = counts[indptr[i] : indptr[i + 1]]
     return out
 
 
-def thinned_tokens(tok: _Tokens, rate_range: tuple[float, float],
-                   rng: np.random.Generator) -> _Tokens:
+def thinned_tokens(
+    tok: _Tokens, rate_range: tuple[float, float], rng: np.random.Generator
+) -> _Tokens:
     """A binomially thinned copy of ``tok`` (counts input only), re-log-normalised."""
     if tok.counts is None:
         raise ValueError("thinning needs raw counts (input_scale='counts').")
-    c = sparse.csr_matrix((thin_counts(tok.counts, tok.indptr, rate_range, rng),
-                           tok.X.indices, tok.X.indptr), shape=tok.X.shape)
+    c = sparse.csr_matrix(
+        (thin_counts(tok.counts, tok.indptr, rate_range, rng), tok.X.indices, tok.X.indptr),
+        shape=tok.X.shape,
+    )
     c.eliminate_zeros()
     L = sparse.csr_matrix(log_normalize(c, target_sum=1e4)).astype(np.float32)
     L.sort_indices()
@@ -232,8 +252,15 @@ def thinned_tokens(tok: _Tokens, rate_range: tuple[float, float],
 BLOCK_ROWS = 2048
 
 
-def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: str,
-             min_shared_genes: int, what: str = "adata") -> _Tokens:
+def _prepare(
+    adata: ad.AnnData,
+    model_ids,
+    *,
+    layer: str | None,
+    input_scale: str,
+    min_shared_genes: int,
+    what: str = "adata",
+) -> _Tokens:
     """Validate an AnnData and map it to vocabulary tokens (nothing is written).
 
     The input scale is decided by :func:`sctorch._utils.resolve_input_scale`: ``"counts"``
@@ -252,10 +279,15 @@ def _prepare(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: st
         declared scale, fewer than ``min_shared_genes`` vocabulary genes, cells with zero
         counts or without a non-zero vocabulary gene.
     """
-    X, shared = _validate(adata, model_ids, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes, what=what)
-    blocks = (iter_row_blocks(X, BLOCK_ROWS) if is_backed(X)
-              else [(slice(0, adata.n_obs), X)])
+    X, shared = _validate(
+        adata,
+        model_ids,
+        layer=layer,
+        input_scale=input_scale,
+        min_shared_genes=min_shared_genes,
+        what=what,
+    )
+    blocks = iter_row_blocks(X, BLOCK_ROWS) if is_backed(X) else [(slice(0, adata.n_obs), X)]
     parts = [block_tokens(b, sl, shared) for sl, b in blocks]
     return parts[0] if len(parts) == 1 else _Tokens.concat(parts)
 
@@ -269,8 +301,15 @@ class _Shared:
         self.src, self.what = src, what
 
 
-def _validate(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: str,
-              min_shared_genes: int, what: str = "adata"):
+def _validate(
+    adata: ad.AnnData,
+    model_ids,
+    *,
+    layer: str | None,
+    input_scale: str,
+    min_shared_genes: int,
+    what: str = "adata",
+):
     """``(matrix, shared)``: the checks of :func:`_prepare` that need no pass over cells."""
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
@@ -280,14 +319,20 @@ def _validate(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: s
     var_ids = model_ids(adata.var_names)
     keep = np.flatnonzero(var_ids >= 0)
     if keep.size < min_shared_genes:
-        raise ValueError(f"{what} shares only {keep.size} of its {adata.n_vars} genes "
-                         f"(matched on var_names) with the model vocabulary; at least "
-                         f"{min_shared_genes} are needed. Use gene symbols as var_names, or a "
-                         "model trained on these genes.")
+        raise ValueError(
+            f"{what} shares only {keep.size} of its {adata.n_vars} genes "
+            f"(matched on var_names) with the model vocabulary; at least "
+            f"{min_shared_genes} are needed. Use gene symbols as var_names, or a "
+            "model trained on these genes."
+        )
     shared = _Shared(adata, keep, var_ids, scale, src, what)
     if shared.n_missing:
-        warnings.warn(f"{shared.n_missing} of {adata.n_vars} genes of {what} are not in the "
-                      "model vocabulary and are skipped.", UserWarning, stacklevel=4)
+        warnings.warn(
+            f"{shared.n_missing} of {adata.n_vars} genes of {what} are not in the "
+            "model vocabulary and are skipped.",
+            UserWarning,
+            stacklevel=4,
+        )
     return X, shared
 
 
@@ -298,9 +343,11 @@ def block_tokens(block, rows: slice | np.ndarray, shared: _Shared) -> _Tokens:
     if shared.scale == "counts":
         lib = np.asarray(Xs.sum(axis=1)).ravel()
         if (lib <= 0).any():
-            raise ValueError(f"{int((lib <= 0).sum())} cell(s) of {shared.src} have zero total"
-                             " counts; remove them first (scanpy.pp.filter_cells(adata, "
-                             "min_counts=1)).")
+            raise ValueError(
+                f"{int((lib <= 0).sum())} cell(s) of {shared.src} have zero total"
+                " counts; remove them first (scanpy.pp.filter_cells(adata, "
+                "min_counts=1))."
+            )
         C = Xs[:, shared.keep].tocsr()
         C.eliminate_zeros()
         C.sort_indices()
@@ -312,17 +359,21 @@ def block_tokens(block, rows: slice | np.ndarray, shared: _Shared) -> _Tokens:
     empty = np.flatnonzero(np.diff(Xs.indptr) == 0)
     if empty.size:
         ex = shared.obs_names[rows][empty[:3]].tolist()
-        raise ValueError(f"{empty.size} cell(s) of {shared.what} (e.g. {ex}) have no non-zero "
-                         "expression in genes of the model vocabulary; remove them first "
-                         "(scanpy.pp.filter_cells(adata, min_genes=1)).")
-    return _Tokens(Xs.astype(np.float32), shared.var_ids, shared.n_missing, shared.scale,
-                   counts)
+        raise ValueError(
+            f"{empty.size} cell(s) of {shared.what} (e.g. {ex}) have no non-zero "
+            "expression in genes of the model vocabulary; remove them first "
+            "(scanpy.pp.filter_cells(adata, min_genes=1))."
+        )
+    return _Tokens(Xs.astype(np.float32), shared.var_ids, shared.n_missing, shared.scale, counts)
 
 
 def is_backed_input(adata, layer: str | None) -> bool:
     """Whether ``adata`` (an AnnData, not tokens) holds its matrix on disk (backed mode)."""
-    return not isinstance(adata, _Tokens) and hasattr(adata, "isbacked") and is_backed(
-        get_matrix(adata, layer))
+    return (
+        not isinstance(adata, _Tokens)
+        and hasattr(adata, "isbacked")
+        and is_backed(get_matrix(adata, layer))
+    )
 
 
 class _Batcher:
@@ -331,8 +382,7 @@ class _Batcher:
     ``values`` is the token-value mode (``"log1p"`` or ``"rank"``, see :meth:`_Tokens.values`).
     """
 
-    def __init__(self, tok: _Tokens, *, pad_id: int, cls_id: int, device,
-                 values: str = "log1p"):
+    def __init__(self, tok: _Tokens, *, pad_id: int, cls_id: int, device, values: str = "log1p"):
         import torch
 
         self.indptr = torch.from_numpy(tok.indptr)
@@ -378,8 +428,9 @@ class _Batcher:
         # numpy's binomial, seeded from the torch generator (torch.binomial gave weights that
         # differed in the last bits between runs of the same seed)
         nrng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
-        t = torch.from_numpy(nrng.binomial(c.numpy().astype(np.int64),
-                                           rate.expand_as(c).numpy()).astype(np.float32))
+        t = torch.from_numpy(
+            nrng.binomial(c.numpy().astype(np.int64), rate.expand_as(c).numpy()).astype(np.float32)
+        )
         none = t.sum(1) <= 0
         t = torch.where(none[:, None], c, t)
         ok = t > 0
@@ -459,8 +510,7 @@ def pretrain_batches(batcher: _Batcher, k: int, thin, bs: int, gen):
     return batches
 
 
-def finetune_batches(batcher: _Batcher, rank, y_all, n_genes: int, bs: int, gen, dev,
-                     oof=None):
+def finetune_batches(batcher: _Batcher, rank, y_all, n_genes: int, bs: int, gen, dev, oof=None):
     """``epoch -> batches`` of (ids, scales, pad, None, wide logits or None, labels)."""
     import torch
 
@@ -470,8 +520,12 @@ def finetune_batches(batcher: _Batcher, rank, y_all, n_genes: int, bs: int, gen,
         perm = torch.randperm(n, generator=gen)
         for sl in iter_batches(n, bs):
             rows = perm[sl]
-            yield (*batcher.select(rows, n_genes, rank=rank), None,
-                   None if oof is None else oof[rows].to(dev), y_all[rows].to(dev))
+            yield (
+                *batcher.select(rows, n_genes, rank=rank),
+                None,
+                None if oof is None else oof[rows].to(dev),
+                y_all[rows].to(dev),
+            )
 
     return batches
 
@@ -502,22 +556,30 @@ def _unique_rank(detection: np.ndarray):
 def _check_labels(adata: ad.AnnData, labels_key: str | None) -> pd.Series:
     """The reference labels as strings; refuses a missing key, NaN or a single class."""
     if labels_key is None:
-        raise ValueError("labels_key= is required with adata_ref: name the obs column that "
-                         "holds the reference cell types.")
+        raise ValueError(
+            "labels_key= is required with adata_ref: name the obs column that "
+            "holds the reference cell types."
+        )
     if labels_key not in adata.obs:
-        raise KeyError(f"labels_key {labels_key!r} not found in adata_ref.obs (columns: "
-                       f"{list(adata.obs.columns)}).")
+        raise KeyError(
+            f"labels_key {labels_key!r} not found in adata_ref.obs (columns: "
+            f"{list(adata.obs.columns)})."
+        )
     return _label_series(adata.obs[labels_key], f"adata_ref.obs[{labels_key!r}]")
 
 
 def _label_series(labels, what: str = "labels") -> pd.Series:
     labels = pd.Series(labels).reset_index(drop=True)
     if labels.isna().any():
-        raise ValueError(f"{what} has {int(labels.isna().sum())} missing "
-                         "(NaN) label(s); remove those cells or fill the labels.")
+        raise ValueError(
+            f"{what} has {int(labels.isna().sum())} missing "
+            "(NaN) label(s); remove those cells or fill the labels."
+        )
     if labels.astype(str).nunique() < 2:
-        raise ValueError(f"{what} has a single class "
-                         f"({labels.astype(str).iloc[0]!r}); a classifier needs at least 2.")
+        raise ValueError(
+            f"{what} has a single class "
+            f"({labels.astype(str).iloc[0]!r}); a classifier needs at least 2."
+        )
     return labels.astype(str)
 
 
@@ -532,20 +594,22 @@ def _class_weights(labels: pd.Series, class_weight) -> np.ndarray | None:
     classes = sorted(labels.unique())
     if isinstance(class_weight, str):
         if class_weight != "balanced":
-            raise ValueError(f"class_weight must be 'balanced', a mapping or None, got "
-                             f"{class_weight!r}.")
+            raise ValueError(
+                f"class_weight must be 'balanced', a mapping or None, got {class_weight!r}."
+            )
         counts = labels.value_counts().reindex(classes).to_numpy(dtype=np.float64)
         return len(labels) / (len(classes) * counts)
     if not isinstance(class_weight, Mapping):
-        raise ValueError(f"class_weight must be 'balanced', a mapping or None, got "
-                         f"{class_weight!r}.")
+        raise ValueError(
+            f"class_weight must be 'balanced', a mapping or None, got {class_weight!r}."
+        )
     missing = [c for c in classes if c not in class_weight]
     if missing:
-        raise ValueError(f"class_weight has no weight for {len(missing)} reference label(s), "
-                         f"e.g. {missing[:3]}; give one for every label.")
+        raise ValueError(
+            f"class_weight has no weight for {len(missing)} reference label(s), "
+            f"e.g. {missing[:3]}; give one for every label."
+        )
     w = np.array([float(class_weight[c]) for c in classes])
     if not np.all(np.isfinite(w)) or np.any(w <= 0):
         raise ValueError("class_weight values must be finite and > 0.")
     return w
-
-

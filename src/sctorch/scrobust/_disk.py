@@ -31,8 +31,7 @@ class DiskTokens:
     values. :meth:`load` reads cells into in-memory :class:`._data._Tokens`.
     """
 
-    def __init__(self, X, shared: _Shared, rows: np.ndarray, lengths: np.ndarray,
-                 nnz: np.ndarray):
+    def __init__(self, X, shared: _Shared, rows: np.ndarray, lengths: np.ndarray, nnz: np.ndarray):
         self.X, self.shared, self.rows = X, shared, rows
         self.lengths, self.nnz = lengths, nnz
         self.indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -59,15 +58,17 @@ class DiskTokens:
         :meth:`load` (only the full pass knows it).
         """
         rows = np.asarray(rows)
-        return DiskTokens(self.X, self.shared, self.rows[rows], self.lengths[rows],
-                          np.full(self.nnz.size, np.nan))
+        return DiskTokens(
+            self.X, self.shared, self.rows[rows], self.lengths[rows], np.full(self.nnz.size, np.nan)
+        )
 
     def load(self, rows: np.ndarray | None = None) -> _Tokens:
         """In-memory tokens of the covered cells (or of ``rows`` among them, in that order)."""
         file_rows = self.rows if rows is None else self.rows[np.asarray(rows)]
-        parts = [block_tokens(read_rows(self.X, _as_slice(file_rows[sl])), file_rows[sl],
-                              self.shared)
-                 for sl in iter_batches(file_rows.size, BLOCK_ROWS)]
+        parts = [
+            block_tokens(read_rows(self.X, _as_slice(file_rows[sl])), file_rows[sl], self.shared)
+            for sl in iter_batches(file_rows.size, BLOCK_ROWS)
+        ]
         return parts[0] if len(parts) == 1 else _Tokens.concat(parts)
 
     def apply(self, fn, block_size: int) -> np.ndarray:
@@ -91,15 +92,28 @@ def _as_slice(rows: np.ndarray):
     return rows
 
 
-def disk_tokens(adata: ad.AnnData, model_ids, *, layer: str | None, input_scale: str,
-                min_shared_genes: int, what: str = "adata") -> DiskTokens:
+def disk_tokens(
+    adata: ad.AnnData,
+    model_ids,
+    *,
+    layer: str | None,
+    input_scale: str,
+    min_shared_genes: int,
+    what: str = "adata",
+) -> DiskTokens:
     """Validate a backed AnnData in one pass over row blocks; keep per-cell summaries only.
 
     The same checks and errors as :func:`._data._prepare` (which loads the tokens into
     memory); memory grows by three integers per cell.
     """
-    X, shared = _validate(adata, model_ids, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes, what=what)
+    X, shared = _validate(
+        adata,
+        model_ids,
+        layer=layer,
+        input_scale=input_scale,
+        min_shared_genes=min_shared_genes,
+        what=what,
+    )
     lengths = np.empty(adata.n_obs, dtype=np.int64)
     nnz = np.zeros(shared.keep.size)
     for sl, block in iter_row_blocks(X, BLOCK_ROWS):
@@ -118,8 +132,7 @@ class DiskBatcher:
     in-memory batcher draws.
     """
 
-    def __init__(self, tok: DiskTokens, *, pad_id: int, cls_id: int, device,
-                 values: str = "log1p"):
+    def __init__(self, tok: DiskTokens, *, pad_id: int, cls_id: int, device, values: str = "log1p"):
         self.tok, self.values = tok, values
         self.pad_id, self.cls_id, self.device = pad_id, cls_id, device
         self._rows, self._local = None, None
@@ -132,8 +145,13 @@ class DiskBatcher:
         import torch
 
         if rows is not self._rows:
-            b = _Batcher(self.tok.load(rows.numpy()), pad_id=self.pad_id, cls_id=self.cls_id,
-                         device=self.device, values=self.values)
+            b = _Batcher(
+                self.tok.load(rows.numpy()),
+                pad_id=self.pad_id,
+                cls_id=self.cls_id,
+                device=self.device,
+                values=self.values,
+            )
             self._rows, self._local = rows, (b, torch.arange(len(rows)))
         return self._local
 

@@ -18,8 +18,9 @@ def check_groups(adata, groupby: str):
     """``(groups as str Series, sorted group names)``; refuses a missing key, NaN, one group."""
     check_not_empty(adata)
     if groupby not in adata.obs:
-        raise KeyError(f"groupby {groupby!r} not found in adata.obs (columns: "
-                       f"{list(adata.obs.columns)}).")
+        raise KeyError(
+            f"groupby {groupby!r} not found in adata.obs (columns: {list(adata.obs.columns)})."
+        )
     groups = adata.obs[groupby]
     if groups.isna().any():
         raise ValueError(f"adata.obs[{groupby!r}] has {int(groups.isna().sum())} NaN value(s).")
@@ -30,8 +31,17 @@ def check_groups(adata, groupby: str):
     return groups, names
 
 
-def group_attention(model, tok: _Tokens, code, n_groups: int, *, n_tokens: int,
-                    batch_size: int, device, progress: bool):
+def group_attention(
+    model,
+    tok: _Tokens,
+    code,
+    n_groups: int,
+    *,
+    n_tokens: int,
+    batch_size: int,
+    device,
+    progress: bool,
+):
     """Summed CLS attention per group and token, ``(n_groups, len(vocab))`` float64 tensor.
 
     Every cell is encoded from its ``n_tokens`` highly unique genes (rarest detected in
@@ -48,8 +58,9 @@ def group_attention(model, tok: _Tokens, code, n_groups: int, *, n_tokens: int,
     rank = _unique_rank(tok.detection(V))
     batcher = model._batcher(tok, device)
     with torch.inference_mode():
-        for sl in progress_bar(list(iter_batches(tok.n_obs, batch_size)), desc="attention",
-                               progress=progress):
+        for sl in progress_bar(
+            list(iter_batches(tok.n_obs, batch_size)), desc="attention", progress=progress
+        ):
             rows = torch.arange(sl.start, sl.stop)
             ids, vals, pad = batcher.select(rows, n_tokens, rank=rank)
             w = net.encoder.cls_attention(ids, vals, pad).double().cpu()
@@ -60,8 +71,16 @@ def group_attention(model, tok: _Tokens, code, n_groups: int, *, n_tokens: int,
     return acc
 
 
-def marker_record(acc, code, tok: _Tokens, vocab: Sequence[str], names: Sequence[str], *,
-                  n_genes: int, method: str) -> dict[str, np.ndarray]:
+def marker_record(
+    acc,
+    code,
+    tok: _Tokens,
+    vocab: Sequence[str],
+    names: Sequence[str],
+    *,
+    n_genes: int,
+    method: str,
+) -> dict[str, np.ndarray]:
     """``rank_genes_groups``-like record arrays from the summed attention ``acc``.
 
     ``"specific"``: score = group mean minus the mean over all other cells; ``"mean"``:
@@ -84,8 +103,9 @@ def marker_record(acc, code, tok: _Tokens, vocab: Sequence[str], names: Sequence
         top = np.argsort(-s, kind="stable")[:k]
         rec["names"].append(gene_names[top].astype(str))
         rec["scores"].append(s[top].astype(np.float32))
-        rec["logfoldchanges"].append(np.log2((mean_in[g, gene_ids[top]] + eps)
-                                             / (mean_out[g, gene_ids[top]] + eps)))
+        rec["logfoldchanges"].append(
+            np.log2((mean_in[g, gene_ids[top]] + eps) / (mean_out[g, gene_ids[top]] + eps))
+        )
     result = {f: np.rec.fromarrays(v, names=list(names)) for f, v in rec.items()}
     nan = np.full(k, np.nan)
     result["pvals"] = np.rec.fromarrays([nan] * len(names), names=list(names))
@@ -93,9 +113,20 @@ def marker_record(acc, code, tok: _Tokens, vocab: Sequence[str], names: Sequence
     return result
 
 
-def attention_markers(adata, groupby: str, model, *, n_genes: int, n_tokens: int, layer,
-                      input_scale: str, method: str, batch_size: int, device,
-                      progress: bool) -> dict:
+def attention_markers(
+    adata,
+    groupby: str,
+    model,
+    *,
+    n_genes: int,
+    n_tokens: int,
+    layer,
+    input_scale: str,
+    method: str,
+    batch_size: int,
+    device,
+    progress: bool,
+) -> dict:
     """The ``rank_genes_groups``-like record of :func:`sctorch.tl.scrobust_marker_genes`."""
     import pandas as pd
     import torch
@@ -104,14 +135,27 @@ def attention_markers(adata, groupby: str, model, *, n_genes: int, n_tokens: int
     tok = model.tokens(adata, layer=layer, input_scale=input_scale, min_shared_genes=1)
     dev = resolve_device(device)
     model.to(dev)
-    code = torch.as_tensor(np.array(pd.Categorical(groups, categories=names).codes),
-                           dtype=torch.long)
-    acc = group_attention(model, tok, code, len(names), n_tokens=n_tokens,
-                          batch_size=batch_size, device=dev, progress=progress)
+    code = torch.as_tensor(
+        np.array(pd.Categorical(groups, categories=names).codes), dtype=torch.long
+    )
+    acc = group_attention(
+        model,
+        tok,
+        code,
+        len(names),
+        n_tokens=n_tokens,
+        batch_size=batch_size,
+        device=dev,
+        progress=progress,
+    )
     result = marker_record(acc, code, tok, model.vocab, names, n_genes=n_genes, method=method)
-    result["params"] = {"groupby": groupby, "reference": "rest", "method": "scrobust_attention",
-                        "use_raw": False, "layer": "None" if layer is None else layer,
-                        "corr_method": "none", **make_params(n_tokens=n_tokens,
-                                                             aggregation=method,
-                                                             device=str(dev))}
+    result["params"] = {
+        "groupby": groupby,
+        "reference": "rest",
+        "method": "scrobust_attention",
+        "use_raw": False,
+        "layer": "None" if layer is None else layer,
+        "corr_method": "none",
+        **make_params(n_tokens=n_tokens, aggregation=method, device=str(dev)),
+    }
     return result

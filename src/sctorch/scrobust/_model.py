@@ -84,18 +84,26 @@ class ScRobustModel(BaseModel):
 
     config_cls = ScRobustConfig
 
-    def __init__(self, module=None, vocab: Sequence[str] | None = None, config: Any = None, *,
-                 genes: Sequence[str] | None = None, classes: Sequence[str] | None = None,
-                 gene_detection: np.ndarray | None = None,
-                 history: dict[str, list[float]] | None = None,
-                 wide_ids: np.ndarray | None = None):
+    def __init__(
+        self,
+        module=None,
+        vocab: Sequence[str] | None = None,
+        config: Any = None,
+        *,
+        genes: Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+        gene_detection: np.ndarray | None = None,
+        history: dict[str, list[float]] | None = None,
+        wide_ids: np.ndarray | None = None,
+    ):
         tokens = list(vocab if vocab is not None else (genes or ()))
         if isinstance(config, Mapping):
             config = ScRobustConfig(**{"vocab_size": len(tokens), **config})
         super().__init__(module, config=config, genes=tokens, history=history)
         self.classes = None if classes is None else [str(c) for c in classes]
-        self.gene_detection = (None if gene_detection is None
-                               else np.asarray(gene_detection, dtype=np.float64))
+        self.gene_detection = (
+            None if gene_detection is None else np.asarray(gene_detection, dtype=np.float64)
+        )
         self.wide_ids = None if wide_ids is None else np.asarray(wide_ids, dtype=np.int64)
         self._digest = vocab_digest(self.genes)  # the vocabulary the weights were made for
         self._index_of: tuple[int, dict[str, int]] | None = None
@@ -136,30 +144,44 @@ class ScRobustModel(BaseModel):
         n_special = 5 if "MASK" in self.genes[:5] else 4
         special = set(self.genes[:n_special])
         index = self._index()
-        return np.array([-1 if g in special else index.get(g, -1) for g in map(str, genes)],
-                        dtype=np.int64)
+        return np.array(
+            [-1 if g in special else index.get(g, -1) for g in map(str, genes)], dtype=np.int64
+        )
 
     @property
     def is_fine_tuned(self) -> bool:
         """Whether the network carries a trained classifier."""
-        return (self.classes is not None and self.module is not None
-                and self.module.classifier is not None)
+        return (
+            self.classes is not None
+            and self.module is not None
+            and self.module.classifier is not None
+        )
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"ScRobustModel(vocab={len(self.genes)} tokens, d_model={c.d_model}, "
-                f"n_heads={c.n_heads}, n_layers={c.n_layers}, "
-                f"classes={None if self.classes is None else len(self.classes)})")
+        return (
+            f"ScRobustModel(vocab={len(self.genes)} tokens, d_model={c.d_model}, "
+            f"n_heads={c.n_heads}, n_layers={c.n_layers}, "
+            f"classes={None if self.classes is None else len(self.classes)})"
+        )
 
     # ---------------------------------------------------------------- BaseModel hooks
     @classmethod
     def _build_module(cls, config: ScRobustConfig, extra: dict[str, Any]):
         from ._module import ScRobustNetwork
 
-        return ScRobustNetwork(config.vocab_size, config.d_model, config.n_heads,
-                               config.n_layers, config.dim_feedforward, config.dropout,
-                               config.head_dropout, n_classes=config.n_classes,
-                               n_wide=config.n_wide, head=config.head)
+        return ScRobustNetwork(
+            config.vocab_size,
+            config.d_model,
+            config.n_heads,
+            config.n_layers,
+            config.dim_feedforward,
+            config.dropout,
+            config.head_dropout,
+            n_classes=config.n_classes,
+            n_wide=config.n_wide,
+            head=config.head,
+        )
 
     def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays = {} if self.gene_detection is None else {"gene_detection": self.gene_detection}
@@ -179,31 +201,48 @@ class ScRobustModel(BaseModel):
         """Vocabulary, embedding rows, special tokens, classes and detection fit together."""
         rows = self.module.encoder.tokens.weight.shape[0]
         if len(self.genes) != rows or self.config.vocab_size != rows:
-            raise ValueError(f"the vocabulary has {len(self.genes)} tokens but the token "
-                             f"embedding has {rows} rows.")
+            raise ValueError(
+                f"the vocabulary has {len(self.genes)} tokens but the token "
+                f"embedding has {rows} rows."
+            )
         check_special_tokens(self.genes)
         if self._digest != vocab_digest(self.genes):
-            raise ValueError("the vocabulary is not the one the model was trained with (it "
-                             "was reordered or edited).")
+            raise ValueError(
+                "the vocabulary is not the one the model was trained with (it "
+                "was reordered or edited)."
+            )
         head = self.module.classifier
         n_out = 0 if head is None else head.net[-1].out_features
         if (len(self.classes) if self.classes is not None else 0) != n_out:
-            raise ValueError(f"the model lists {len(self.classes or [])} classes but its "
-                             f"classifier has {n_out} outputs.")
+            raise ValueError(
+                f"the model lists {len(self.classes or [])} classes but its "
+                f"classifier has {n_out} outputs."
+            )
         if self.classes is not None and self.gene_detection is None:
             raise ValueError("a fine-tuned model needs its reference gene detection.")
-        if self.config.n_wide and (self.wide_ids is None
-                                   or len(self.wide_ids) != self.config.n_wide):
-            raise ValueError("the model's wide path lists a different number of genes than "
-                             "its weights expect.")
+        if self.config.n_wide and (
+            self.wide_ids is None or len(self.wide_ids) != self.config.n_wide
+        ):
+            raise ValueError(
+                "the model's wide path lists a different number of genes than its weights expect."
+            )
         if self.gene_detection is not None and len(self.gene_detection) != len(self.genes):
-            raise ValueError(f"gene_detection has {len(self.gene_detection)} values for "
-                             f"{len(self.genes)} vocabulary tokens.")
+            raise ValueError(
+                f"gene_detection has {len(self.gene_detection)} values for "
+                f"{len(self.genes)} vocabulary tokens."
+            )
 
     # ---------------------------------------------------------------- data
-    def tokens(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
-               input_scale: str = "counts", min_shared_genes: int = 1,
-               what: str = "adata", on_disk: bool = False) -> _Tokens | DiskTokens:
+    def tokens(
+        self,
+        adata: ad.AnnData | _Tokens,
+        *,
+        layer: str | None = None,
+        input_scale: str = "counts",
+        min_shared_genes: int = 1,
+        what: str = "adata",
+        on_disk: bool = False,
+    ) -> _Tokens | DiskTokens:
         """Validate ``adata`` and map it to this vocabulary (see :func:`._data._prepare`).
 
         Already prepared tokens are returned as they are, so that callers can validate
@@ -214,8 +253,13 @@ class ScRobustModel(BaseModel):
         if isinstance(adata, _Tokens | DiskTokens):
             return adata
         return (disk_tokens if on_disk and is_backed_input(adata, layer) else _prepare)(
-            adata, self.token_ids, layer=layer, input_scale=input_scale,
-            min_shared_genes=min_shared_genes, what=what)
+            adata,
+            self.token_ids,
+            layer=layer,
+            input_scale=input_scale,
+            min_shared_genes=min_shared_genes,
+            what=what,
+        )
 
     def _resolve_config(self, tok: _Tokens) -> None:
         c = self.config
@@ -224,17 +268,34 @@ class ScRobustModel(BaseModel):
             n_genes = max(8, round(0.1 * float(np.diff(tok.indptr).mean())))
         n_layers = c.n_layers if c.n_layers is not None else (2 if tok.n_obs >= 20_000 else 1)
         self.config = dataclasses.replace(
-            c, vocab_size=len(self.genes), n_layers=int(n_layers), n_classes=0,
-            n_genes_per_view=int(n_genes), input_scale=tok.input_scale,
-            dim_feedforward=int(c.dim_feedforward or 4 * c.d_model))
+            c,
+            vocab_size=len(self.genes),
+            n_layers=int(n_layers),
+            n_classes=0,
+            n_genes_per_view=int(n_genes),
+            input_scale=tok.input_scale,
+            dim_feedforward=int(c.dim_feedforward or 4 * c.d_model),
+        )
 
     # ---------------------------------------------------------------- pre-training
-    def fit(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
-            input_scale: str = "counts", epochs: int = 10, batch_size: int = 64,
-            lr: float = 5e-5, min_shared_genes: int = 10, device: str | None = None,
-            rng: RandomState = 0, progress: bool = True, select: str | None = None,
-            patience: int | None = None, val_cells: int = 1000,
-            embed_genes: int = 400) -> ScRobustModel:
+    def fit(
+        self,
+        adata: ad.AnnData | _Tokens,
+        *,
+        layer: str | None = None,
+        input_scale: str = "counts",
+        epochs: int = 10,
+        batch_size: int = 64,
+        lr: float = 5e-5,
+        min_shared_genes: int = 10,
+        device: str | None = None,
+        rng: RandomState = 0,
+        progress: bool = True,
+        select: str | None = None,
+        patience: int | None = None,
+        val_cells: int = 1000,
+        embed_genes: int = 400,
+    ) -> ScRobustModel:
         """Pre-train a fresh network on ``adata`` by cell augmentation (eqs. 1–11).
 
         Per step and cell, two random subsets of its non-zero genes
@@ -279,16 +340,27 @@ class ScRobustModel(BaseModel):
         import torch
 
         check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
-        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes, on_disk=True)
+        tok = self.tokens(
+            adata,
+            layer=layer,
+            input_scale=input_scale,
+            min_shared_genes=min_shared_genes,
+            on_disk=True,
+        )
         if tok.n_obs < 2 or batch_size < 2:
-            raise ValueError("Contrastive pre-training needs at least 2 cells and batch_size "
-                             f">= 2, got {tok.n_obs} cells and batch_size={batch_size}.")
+            raise ValueError(
+                "Contrastive pre-training needs at least 2 cells and batch_size "
+                f">= 2, got {tok.n_obs} cells and batch_size={batch_size}."
+            )
         if select not in (None, "knn", "contrastive"):
             raise ValueError(f"select must be 'knn', 'contrastive' or None, got {select!r}.")
         if select == "knn" and not tok.has_counts:  # thinning needs molecules
-            warnings.warn("select='knn' needs raw counts; with log1p input the held-out "
-                          "contrastive loss selects the epoch.", UserWarning, stacklevel=2)
+            warnings.warn(
+                "select='knn' needs raw counts; with log1p input the held-out "
+                "contrastive loss selects the epoch.",
+                UserWarning,
+                stacklevel=2,
+            )
             select = "contrastive"
         self._resolve_config(tok)
         self._digest = vocab_digest(self.genes)
@@ -301,20 +373,29 @@ class ScRobustModel(BaseModel):
             if select == "knn":
                 validate, key = knn_validator(self, tok, val_cells, embed_genes, seed, dev)
             elif select == "contrastive":
-                train_tok, validate, key = contrastive_validator(self, tok, batch_size,
-                                                                 seed, dev)
-            batches = self._pretrain_batches(train_tok, min(batch_size, train_tok.n_obs),
-                                             gen, dev)
+                train_tok, validate, key = contrastive_validator(self, tok, batch_size, seed, dev)
+            batches = self._pretrain_batches(train_tok, min(batch_size, train_tok.n_obs), gen, dev)
             temperature = self.config.temperature
 
             def loss_fn(batch):
                 loss, cl, mse = self.module.pretrain_loss(*batch, temperature)
                 return loss, {"contrastive": cl.detach(), "mse": mse.detach()}
 
-            fit(self.module, loss_fn, batches, epochs=epochs, lr=lr, history=self.history,
-                prefix="pretrain", desc="scRobust pre-training", progress=progress,
-                validate=validate, val_key=key or "val_loss",
-                mode="max" if select == "knn" else "min", patience=patience)
+            fit(
+                self.module,
+                loss_fn,
+                batches,
+                epochs=epochs,
+                lr=lr,
+                history=self.history,
+                prefix="pretrain",
+                desc="scRobust pre-training",
+                progress=progress,
+                validate=validate,
+                val_key=key or "val_loss",
+                mode="max" if select == "knn" else "min",
+                patience=patience,
+            )
         self.module.eval()
         return self
 
@@ -322,23 +403,39 @@ class ScRobustModel(BaseModel):
 
     def _batcher(self, tok: _Tokens | DiskTokens, dev) -> _Batcher | DiskBatcher:
         kind = DiskBatcher if isinstance(tok, DiskTokens) else _Batcher
-        return kind(tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev,
-                    values=self.config.token_values)
+        return kind(
+            tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev, values=self.config.token_values
+        )
 
     def _pretrain_batches(self, tok: _Tokens, bs: int, gen, dev):
         """``epoch -> batches`` of (view 1, view 2, target), cells shuffled by ``gen``."""
         thin = self.config.view_thinning if tok.has_counts else None
-        return pretrain_batches(self._batcher(tok, dev), self.config.n_genes_per_view, thin,
-                                bs, gen)
+        return pretrain_batches(
+            self._batcher(tok, dev), self.config.n_genes_per_view, thin, bs, gen
+        )
 
     # ---------------------------------------------------------------- fine-tuning
-    def finetune(self, adata_ref: ad.AnnData | _Tokens, labels, *, layer: str | None = None,
-                 input_scale: str = "counts", n_genes: int = 800, epochs: int = 20,
-                 batch_size: int = 32, lr: float = 5e-5,
-                 class_weight: str | Mapping[str, float] | None = "balanced",
-                 min_shared_genes: int = 10, device: str | None = None, rng: RandomState = 0,
-                 progress: bool = True, head: str = "deep", n_wide_genes: int = 2000,
-                 val_fraction: float = 0.0, patience: int | None = None) -> ScRobustModel:
+    def finetune(
+        self,
+        adata_ref: ad.AnnData | _Tokens,
+        labels,
+        *,
+        layer: str | None = None,
+        input_scale: str = "counts",
+        n_genes: int = 800,
+        epochs: int = 20,
+        batch_size: int = 32,
+        lr: float = 5e-5,
+        class_weight: str | Mapping[str, float] | None = "balanced",
+        min_shared_genes: int = 10,
+        device: str | None = None,
+        rng: RandomState = 0,
+        progress: bool = True,
+        head: str = "deep",
+        n_wide_genes: int = 2000,
+        val_fraction: float = 0.0,
+        patience: int | None = None,
+    ) -> ScRobustModel:
         """A fine-tuned copy: encoder plus a new two-layer classifier (eqs. 12–15).
 
         Each reference cell is encoded from its ``n_genes`` "highly unique genes" (rarest
@@ -386,27 +483,35 @@ class ScRobustModel(BaseModel):
         check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr)
         labels = _label_series(labels)
         weights = _class_weights(labels, class_weight)
-        rtok = self.tokens(adata_ref, layer=layer, input_scale=input_scale,
-                           min_shared_genes=min_shared_genes, what="adata_ref")
+        rtok = self.tokens(
+            adata_ref,
+            layer=layer,
+            input_scale=input_scale,
+            min_shared_genes=min_shared_genes,
+            what="adata_ref",
+        )
         if len(labels) != rtok.n_obs:
             raise ValueError(f"{len(labels)} labels for {rtok.n_obs} reference cells.")
         dev, seed = resolve_device(device), seed_int(rng)
         classes = sorted(labels.unique())
-        w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32,
-                                                         device=dev)
-        y_all = torch.as_tensor(np.array(pd.Categorical(labels, categories=classes).codes),
-                                dtype=torch.long)
+        w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)
+        y_all = torch.as_tensor(
+            np.array(pd.Categorical(labels, categories=classes).codes), dtype=torch.long
+        )
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
         from ._select import gate_deep_path, held_out_scores, holdout, select_wide_genes
 
         wide_ids = None if head == "deep" else select_wide_genes(rtok, int(n_wide_genes))
         n_wide = 0 if wide_ids is None else len(wide_ids)
-        ft = ScRobustModel(_copy.deepcopy(self.module).to(dev), self.genes,
-                           dataclasses.replace(self.config, n_classes=len(classes),
-                                               head=head, n_wide=n_wide),
-                           classes=classes, history=_copy.deepcopy(self.history),
-                           wide_ids=wide_ids)
+        ft = ScRobustModel(
+            _copy.deepcopy(self.module).to(dev),
+            self.genes,
+            dataclasses.replace(self.config, n_classes=len(classes), head=head, n_wide=n_wide),
+            classes=classes,
+            history=_copy.deepcopy(self.history),
+            wide_ids=wide_ids,
+        )
         ft._digest = self._digest
         with seeded(seed):
             gen = torch.Generator().manual_seed(seed)
@@ -414,15 +519,20 @@ class ScRobustModel(BaseModel):
             ft.module.to(dev)
             ft.gene_detection = rtok.detection(len(ft.genes))
             codes = y_all.numpy()
-            tr, va = (holdout(codes, val_fraction, seed) if val_fraction > 0
-                      else (np.arange(rtok.n_obs), np.array([], dtype=np.int64)))
+            tr, va = (
+                holdout(codes, val_fraction, seed)
+                if val_fraction > 0
+                else (np.arange(rtok.n_obs), np.array([], dtype=np.int64))
+            )
             ttok = rtok if va.size == 0 else rtok.subset(tr)
             oof = None
             if head != "deep":
                 oof = fit_wide_path(ft, ttok, codes[tr], weights, seed)
-            val_scores = (None if va.size == 0 else
-                          held_out_scores(ft, rtok.subset(va), codes[va], dev, n_genes,
-                                          batch_size))
+            val_scores = (
+                None
+                if va.size == 0
+                else held_out_scores(ft, rtok.subset(va), codes[va], dev, n_genes, batch_size)
+            )
             validate = None if val_scores is None else (lambda: val_scores()[0])
 
             if head == "wide":  # the linear path alone: nothing to train by gradient
@@ -431,8 +541,7 @@ class ScRobustModel(BaseModel):
                 return ft
             gate = head == "wide_and_deep" and val_scores is not None
             base = val_scores() if gate else None
-            batches = ft._finetune_batches(ttok, y_all[tr], n_genes, batch_size, gen, dev,
-                                           oof)
+            batches = ft._finetune_batches(ttok, y_all[tr], n_genes, batch_size, gen, dev, oof)
 
             def loss_fn(batch):
                 *x, y = batch
@@ -440,12 +549,27 @@ class ScRobustModel(BaseModel):
                 acc = (out.detach().argmax(1) == y).float().mean()
                 return torch.nn.functional.cross_entropy(out, y, weight=w), {"accuracy": acc}
 
-            params = [p for name, p in ft.module.named_parameters()
-                      if not name.startswith(("cl_head", "ge_head", "wide"))]
-            fit(ft.module, loss_fn, batches, epochs=epochs, lr=lr, params=params,
-                history=ft.history, prefix="finetune", desc="scRobust fine-tuning",
-                progress=progress, validate=validate, val_key="finetune_val_macro_f1",
-                mode="max", patience=patience)
+            params = [
+                p
+                for name, p in ft.module.named_parameters()
+                if not name.startswith(("cl_head", "ge_head", "wide"))
+            ]
+            fit(
+                ft.module,
+                loss_fn,
+                batches,
+                epochs=epochs,
+                lr=lr,
+                params=params,
+                history=ft.history,
+                prefix="finetune",
+                desc="scRobust fine-tuning",
+                progress=progress,
+                validate=validate,
+                val_key="finetune_val_macro_f1",
+                mode="max",
+                patience=patience,
+            )
             if gate:
                 gate_deep_path(ft, base, val_scores)
             if head != "deep" and va.size:  # epoch chosen: the linear path sees every cell
@@ -453,17 +577,34 @@ class ScRobustModel(BaseModel):
         ft.module.eval()
         return ft
 
-    def _finetune_batches(self, tok: _Tokens, y_all, n_genes: int, bs: int, gen, dev,
-                          oof=None):
+    def _finetune_batches(self, tok: _Tokens, y_all, n_genes: int, bs: int, gen, dev, oof=None):
         """``epoch -> batches`` of (ids, scales, pad, None, wide logits, labels), shuffled."""
-        return finetune_batches(self._batcher(tok, dev), _unique_rank(self.gene_detection),
-                                y_all, n_genes, bs, gen, dev, oof)
+        return finetune_batches(
+            self._batcher(tok, dev),
+            _unique_rank(self.gene_detection),
+            y_all,
+            n_genes,
+            bs,
+            gen,
+            dev,
+            oof,
+        )
 
     # ---------------------------------------------------------------- apply
-    def embed(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
-              input_scale: str = "counts", n_genes: int = 400, gene_order: str = "unique",
-              batch_size: int = 64, min_shared_genes: int = 10, device: str | None = None,
-              rng: RandomState = 0, progress: bool = True) -> np.ndarray:
+    def embed(
+        self,
+        adata: ad.AnnData | _Tokens,
+        *,
+        layer: str | None = None,
+        input_scale: str = "counts",
+        n_genes: int = 400,
+        gene_order: str = "unique",
+        batch_size: int = 64,
+        min_shared_genes: int = 10,
+        device: str | None = None,
+        rng: RandomState = 0,
+        progress: bool = True,
+    ) -> np.ndarray:
         """Cell embeddings: the CLS output from up to ``n_genes`` genes per cell.
 
         ``gene_order="unique"`` takes each cell's rarest-detected genes (in ``adata``)
@@ -493,20 +634,34 @@ class ScRobustModel(BaseModel):
 
         def encode(tok: _Tokens, det: np.ndarray, bar: bool = False) -> np.ndarray:
             rank = _unique_rank(det) if gene_order == "unique" else None
-            return self._encode(tok, dev, n_genes, batch_size, rank=rank, generator=gen,
-                                progress=bar)
+            return self._encode(
+                tok, dev, n_genes, batch_size, rank=rank, generator=gen, progress=bar
+            )
 
-        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes, on_disk=True)
+        tok = self.tokens(
+            adata,
+            layer=layer,
+            input_scale=input_scale,
+            min_shared_genes=min_shared_genes,
+            on_disk=True,
+        )
         det = tok.detection(len(self.genes))
         if isinstance(tok, DiskTokens):
             return tok.apply(lambda t: encode(t, det), batch_size)
         return encode(tok, det, progress)
 
-    def predict_proba(self, adata: ad.AnnData | _Tokens, *, layer: str | None = None,
-                      input_scale: str = "counts", n_genes: int = 800, batch_size: int = 32,
-                      min_shared_genes: int = 10, device: str | None = None,
-                      progress: bool = True) -> np.ndarray:
+    def predict_proba(
+        self,
+        adata: ad.AnnData | _Tokens,
+        *,
+        layer: str | None = None,
+        input_scale: str = "counts",
+        n_genes: int = 800,
+        batch_size: int = 32,
+        min_shared_genes: int = 10,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
         """Class probabilities ``(n_obs, len(classes))`` of a fine-tuned model.
 
         Cells are encoded from their ``n_genes`` highly unique genes in the reference's
@@ -522,16 +677,26 @@ class ScRobustModel(BaseModel):
         import torch
 
         if not self.is_fine_tuned or self.gene_detection is None:
-            raise ValueError("This ScRobustModel has no classifier; fine-tune it first "
-                             "(finetune() or scrobust_annotate(..., return_model=True)).")
+            raise ValueError(
+                "This ScRobustModel has no classifier; fine-tune it first "
+                "(finetune() or scrobust_annotate(..., return_model=True))."
+            )
         dev = resolve_device(device)
         self.to(dev)
-        tok = self.tokens(adata, layer=layer, input_scale=input_scale,
-                          min_shared_genes=min_shared_genes, what="adata_query", on_disk=True)
+        tok = self.tokens(
+            adata,
+            layer=layer,
+            input_scale=input_scale,
+            min_shared_genes=min_shared_genes,
+            what="adata_query",
+            on_disk=True,
+        )
         if isinstance(tok, DiskTokens):  # batch_size cells at a time, detection of the file
             det = tok.detection(len(self.genes))
-            logits = tok.apply(lambda t: self._logits(t, dev, n_genes, batch_size,
-                                                      progress=False, det=det), batch_size)
+            logits = tok.apply(
+                lambda t: self._logits(t, dev, n_genes, batch_size, progress=False, det=det),
+                batch_size,
+            )
         else:
             logits = self._logits(tok, dev, n_genes, batch_size, progress=progress)
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
@@ -540,8 +705,16 @@ class ScRobustModel(BaseModel):
         """Most probable class of each cell (keywords as :meth:`predict_proba`)."""
         return np.asarray(self.classes)[self.predict_proba(adata, **kwargs).argmax(1)]
 
-    def _logits(self, tok: _Tokens, dev, n_genes: int, batch_size: int, *,
-                progress: bool, det: np.ndarray | None = None) -> np.ndarray:
+    def _logits(
+        self,
+        tok: _Tokens,
+        dev,
+        n_genes: int,
+        batch_size: int,
+        *,
+        progress: bool,
+        det: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Class logits of every cell, genes in the reference's detection order.
 
         Genes the reference lacks fall back to their detection ``det`` in the query
@@ -549,11 +722,29 @@ class ScRobustModel(BaseModel):
         """
         det = tok.detection(len(self.genes)) if det is None else det
         det = np.where(np.isnan(self.gene_detection), det, self.gene_detection)
-        return self._encode(tok, dev, n_genes, batch_size, rank=_unique_rank(det),
-                            generator=None, progress=progress, logits=True)
+        return self._encode(
+            tok,
+            dev,
+            n_genes,
+            batch_size,
+            rank=_unique_rank(det),
+            generator=None,
+            progress=progress,
+            logits=True,
+        )
 
-    def _encode(self, tok: _Tokens, dev, n_genes: int, batch_size: int, *, rank, generator,
-                progress: bool, logits: bool = False) -> np.ndarray:
+    def _encode(
+        self,
+        tok: _Tokens,
+        dev,
+        n_genes: int,
+        batch_size: int,
+        *,
+        rank,
+        generator,
+        progress: bool,
+        logits: bool = False,
+    ) -> np.ndarray:
         """CLS outputs (or class logits) of every cell, batched by similar token count."""
         import torch
 
@@ -565,12 +756,16 @@ class ScRobustModel(BaseModel):
         order = torch.from_numpy(np.argsort(np.diff(tok.indptr), kind="stable"))
         out = None
         with torch.inference_mode():
-            for sl in progress_bar(list(iter_batches(tok.n_obs, batch_size)), desc="scRobust",
-                                   progress=progress):
+            for sl in progress_bar(
+                list(iter_batches(tok.n_obs, batch_size)), desc="scRobust", progress=progress
+            ):
                 rows = order[sl]
                 ids, vals, pad = batcher.select(rows, n_genes, rank=rank, generator=generator)
-                y = (net.classify(ids, vals, pad, wide(rows, dev)) if logits
-                     else net.embed(ids, vals, pad))
+                y = (
+                    net.classify(ids, vals, pad, wide(rows, dev))
+                    if logits
+                    else net.embed(ids, vals, pad)
+                )
                 y = y.float().cpu().numpy()
                 if out is None:
                     out = np.empty((tok.n_obs, y.shape[1]), dtype=np.float32)

@@ -47,7 +47,7 @@ class GeneTokenEmbedding(nn.Module):
         self.embedding = nn.Embedding(vocab_size, d_model)
         # raw vectors of norm ≈ 1, so that their dot products with the expression head's
         # output (eqs. 9–10) start on the scale of log-normalised expression
-        nn.init.normal_(self.embedding.weight, std=d_model ** -0.5)
+        nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -81,8 +81,15 @@ class ScRobustEncoder(nn.Module):
         Dropout inside the encoder layers.
     """
 
-    def __init__(self, vocab_size: int, d_model: int = 512, n_heads: int = 8, n_layers: int = 1,
-                 dim_feedforward: int | None = None, dropout: float = 0.1):
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 512,
+        n_heads: int = 8,
+        n_layers: int = 1,
+        dim_feedforward: int | None = None,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
@@ -91,18 +98,26 @@ class ScRobustEncoder(nn.Module):
         # pre-LayerNorm, LN(s·e) = LN(e) would erase the expression scale s of eq. 2 before
         # the CLS token attends to the genes.
         layer = nn.TransformerEncoderLayer(
-            d_model, n_heads, dim_feedforward=dim_feedforward or 4 * d_model, dropout=dropout,
-            activation="gelu", batch_first=True, norm_first=False)
+            d_model,
+            n_heads,
+            dim_feedforward=dim_feedforward or 4 * d_model,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=False,
+        )
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
 
-    def forward(self, ids: torch.Tensor, scales: torch.Tensor,
-                pad: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, scales: torch.Tensor, pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Hidden states ``(batch, length, d_model)``; ``[:, 0]`` is the cell embedding."""
         x = self.tokens(ids, scales)
         return self.transformer(x, src_key_padding_mask=pad)
 
-    def cls_output(self, ids: torch.Tensor, scales: torch.Tensor,
-                   pad: torch.Tensor | None = None) -> torch.Tensor:
+    def cls_output(
+        self, ids: torch.Tensor, scales: torch.Tensor, pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The cell embedding ``(batch, d_model)``: ``forward(...)[:, 0]``, computed cheaply.
 
         The last layer's output at position 0 depends on the other positions only through
@@ -119,19 +134,25 @@ class ScRobustEncoder(nn.Module):
         q = x[:, :1]
         if last.norm_first:
             h = last.norm1(x)
-            q = q + last.dropout1(last.self_attn(h[:, :1], h, h, key_padding_mask=pad,
-                                                 need_weights=False)[0])
+            q = q + last.dropout1(
+                last.self_attn(h[:, :1], h, h, key_padding_mask=pad, need_weights=False)[0]
+            )
             q = q + last._ff_block(last.norm2(q))
         else:
-            q = last.norm1(q + last.dropout1(last.self_attn(q, x, x, key_padding_mask=pad,
-                                                            need_weights=False)[0]))
+            q = last.norm1(
+                q
+                + last.dropout1(
+                    last.self_attn(q, x, x, key_padding_mask=pad, need_weights=False)[0]
+                )
+            )
             q = last.norm2(q + last._ff_block(q))
         if self.transformer.norm is not None:
             q = self.transformer.norm(q)
         return q[:, 0]
 
-    def cls_attention(self, ids: torch.Tensor, scales: torch.Tensor,
-                      pad: torch.Tensor | None = None) -> torch.Tensor:
+    def cls_attention(
+        self, ids: torch.Tensor, scales: torch.Tensor, pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attention of the CLS query over all tokens in the last layer, head-averaged.
 
         Returns
@@ -144,8 +165,9 @@ class ScRobustEncoder(nn.Module):
             x = layer(x, src_key_padding_mask=pad)
         last = layers[-1]
         h = last.norm1(x) if last.norm_first else x
-        _, w = last.self_attn(h[:, :1], h, h, key_padding_mask=pad, need_weights=True,
-                              average_attn_weights=True)
+        _, w = last.self_attn(
+            h[:, :1], h, h, key_padding_mask=pad, need_weights=True, average_attn_weights=True
+        )
         return w[:, 0]
 
 
@@ -154,8 +176,9 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, dropout: float = 0.3):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, d_in), nn.ELU(), nn.Dropout(dropout),
-                                 nn.Linear(d_in, d_out))
+        self.net = nn.Sequential(
+            nn.Linear(d_in, d_in), nn.ELU(), nn.Dropout(dropout), nn.Linear(d_in, d_out)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the head to ``(…, d_in)``."""
@@ -198,13 +221,23 @@ class ScRobustNetwork(nn.Module):
         Classes of the fine-tuning classifier (``0``: none).
     """
 
-    def __init__(self, vocab_size: int, d_model: int = 512, n_heads: int = 8, n_layers: int = 1,
-                 dim_feedforward: int | None = None, dropout: float = 0.1,
-                 head_dropout: float = 0.3, n_classes: int = 0, n_wide: int = 0,
-                 head: str = "deep"):
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 512,
+        n_heads: int = 8,
+        n_layers: int = 1,
+        dim_feedforward: int | None = None,
+        dropout: float = 0.1,
+        head_dropout: float = 0.3,
+        n_classes: int = 0,
+        n_wide: int = 0,
+        head: str = "deep",
+    ):
         super().__init__()
-        self.encoder = ScRobustEncoder(vocab_size, d_model, n_heads, n_layers, dim_feedforward,
-                                       dropout)
+        self.encoder = ScRobustEncoder(
+            vocab_size, d_model, n_heads, n_layers, dim_feedforward, dropout
+        )
         self.cl_head = ProjectionHead(d_model, d_model, head_dropout)
         self.ge_head = ProjectionHead(d_model, d_model, head_dropout)
         self.head_dropout = head_dropout

@@ -31,12 +31,15 @@ def load_gene_sets(gene_sets) -> dict[str, list[str]]:
         from ..datasets import gene_sets as _gs
 
         return _gs(gene_sets)
-    raise ValueError("gene_sets must be a dict {name: [genes]} or the path/alias of a .gmt or "
-                     f".json file, got {type(gene_sets).__name__}.")
+    raise ValueError(
+        "gene_sets must be a dict {name: [genes]} or the path/alias of a .gmt or "
+        f".json file, got {type(gene_sets).__name__}."
+    )
 
 
-def usable_gene_sets(model, tok: _Tokens, sets: Mapping[str, Sequence[str]],
-                     min_genes: int) -> tuple[dict[str, list[int]], list[str]]:
+def usable_gene_sets(
+    model, tok: _Tokens, sets: Mapping[str, Sequence[str]], min_genes: int
+) -> tuple[dict[str, list[int]], list[str]]:
     """Vocabulary ids of each set's genes present in the data; sets below ``min_genes`` dropped.
 
     Returns
@@ -58,12 +61,18 @@ def usable_gene_sets(model, tok: _Tokens, sets: Mapping[str, Sequence[str]],
         else:
             dropped.append(name)
     if not kept:
-        raise ValueError(f"None of the {len(sets)} gene sets has {min_genes} or more genes in "
-                         "both adata.var_names and the model vocabulary; check the gene "
-                         "symbols (human vs mouse) or lower min_genes.")
+        raise ValueError(
+            f"None of the {len(sets)} gene sets has {min_genes} or more genes in "
+            "both adata.var_names and the model vocabulary; check the gene "
+            "symbols (human vs mouse) or lower min_genes."
+        )
     if dropped:
-        warnings.warn(f"{len(dropped)} gene set(s) with fewer than {min_genes} usable genes "
-                      f"were dropped, e.g. {dropped[:3]}.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(dropped)} gene set(s) with fewer than {min_genes} usable genes "
+            f"were dropped, e.g. {dropped[:3]}.",
+            UserWarning,
+            stacklevel=3,
+        )
     return kept, dropped
 
 
@@ -82,8 +91,9 @@ def gene_set_scores(model, tok: _Tokens, kept: Mapping[str, Sequence[int]]) -> n
 
     col_of = {int(v): j for j, v in enumerate(tok.var_ids)}
     with torch.no_grad():
-        W = torch.nn.functional.normalize(model.module.encoder.tokens.weight.detach().cpu()
-                                          .double(), dim=1).numpy()
+        W = torch.nn.functional.normalize(
+            model.module.encoder.tokens.weight.detach().cpu().double(), dim=1
+        ).numpy()
     Xc = tok.X.tocsc()
     scores = np.zeros((tok.n_obs, len(kept)), dtype=np.float32)
     for j, ids in enumerate(kept.values()):

@@ -55,6 +55,7 @@ class ScRobustConfig:
             raise KeyError(key)
         return getattr(self, key)
 
+
 #: pre-training length of the default preset, in cells encoded (each step encodes
 #: ``batch_size`` cells): ``epochs = ceil(PRETRAIN_CELLS / n_obs)``, at most
 #: ``MAX_PRETRAIN_EPOCHS``; about 5,000 steps of 64 cells whatever the number of cells
@@ -71,13 +72,27 @@ def budget_epochs(n_obs: int) -> int:
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
-        "pretrain": {"token_values": "log1p", "view_thinning": None, "select": "contrastive",
-                     "n_genes_per_view": None, "d_model": 512, "lr": 5e-5, "epochs": 10},
+        "pretrain": {
+            "token_values": "log1p",
+            "view_thinning": None,
+            "select": "contrastive",
+            "n_genes_per_view": None,
+            "d_model": 512,
+            "lr": 5e-5,
+            "epochs": 10,
+        },
         "finetune": {"head": "deep", "val_fraction": 0.1, "lr": 5e-5, "epochs": 20},
     },
     "default": {
-        "pretrain": {"token_values": "log1p", "view_thinning": (0.1, 1.0), "select": "none",
-                     "n_genes_per_view": 50, "d_model": 64, "lr": 1e-3, "epochs": "budget"},
+        "pretrain": {
+            "token_values": "log1p",
+            "view_thinning": (0.1, 1.0),
+            "select": "none",
+            "n_genes_per_view": 50,
+            "d_model": 64,
+            "lr": 1e-3,
+            "epochs": "budget",
+        },
         "finetune": {"head": "wide_and_deep", "val_fraction": 0.1, "lr": 1e-3, "epochs": 10},
     },
 }
@@ -116,14 +131,36 @@ def pretrain_config(preset: str, vocab: list[str], *, n_obs: int, **kw):
         by ``n_heads`` or fewer than 2 cells.
     """
     from .._utils import check_positive
-    keys = ("token_values", "view_thinning", "select", "d_model", "lr", "epochs",
-            "n_genes_per_view")
+
+    keys = (
+        "token_values",
+        "view_thinning",
+        "select",
+        "d_model",
+        "lr",
+        "epochs",
+        "n_genes_per_view",
+    )
     p = kw | preset_values(preset, "pretrain", {k: kw[k] for k in keys})
     if p["epochs"] == "budget":
         p["epochs"] = budget_epochs(n_obs)
-    check_positive(**{k: p[k] for k in ("d_model", "n_heads", "epochs", "batch_size", "lr",
-                                         "temperature", "n_genes_per_view", "n_layers",
-                                         "dim_feedforward", "patience")})
+    check_positive(
+        **{
+            k: p[k]
+            for k in (
+                "d_model",
+                "n_heads",
+                "epochs",
+                "batch_size",
+                "lr",
+                "temperature",
+                "n_genes_per_view",
+                "n_layers",
+                "dim_feedforward",
+                "patience",
+            )
+        }
+    )
     if p["token_values"] not in ("rank", "log1p"):
         raise ValueError(f"token_values must be 'rank' or 'log1p', got {p['token_values']!r}.")
     if p["select"] not in (None, "knn", "contrastive"):
@@ -132,19 +169,35 @@ def pretrain_config(preset: str, vocab: list[str], *, n_obs: int, **kw):
     if thin is not None:
         thin = tuple(float(x) for x in thin)
         if len(thin) != 2 or not 0 < thin[0] <= thin[1] <= 1:
-            raise ValueError("view_thinning must be (low, high) with 0 < low <= high <= 1, "
-                             f"or False; got {kw['view_thinning']!r}.")
+            raise ValueError(
+                "view_thinning must be (low, high) with 0 < low <= high <= 1, "
+                f"or False; got {kw['view_thinning']!r}."
+            )
     if p["d_model"] % p["n_heads"]:
         raise ValueError(f"d_model={p['d_model']} must be divisible by n_heads={p['n_heads']}.")
     if n_obs < 2:
         raise ValueError(f"Contrastive pre-training needs at least 2 cells, got {n_obs}.")
-    opt = {k: (None if p[k] is None else int(p[k]))
-           for k in ("n_layers", "dim_feedforward", "n_genes_per_view")}
+    opt = {
+        k: (None if p[k] is None else int(p[k]))
+        for k in ("n_layers", "dim_feedforward", "n_genes_per_view")
+    }
     config = ScRobustConfig(
-        vocab_size=len(vocab), d_model=int(p["d_model"]), n_heads=int(p["n_heads"]),
-        dropout=float(p["dropout"]), head_dropout=float(p["head_dropout"]),
-        temperature=float(p["temperature"]), input_scale=p["input_scale"],
-        token_values=p["token_values"], view_thinning=thin, **opt)
-    return config, {"vocab": vocab, "epochs": int(p["epochs"]), "lr": float(p["lr"]),
-                    "batch_size": int(p["batch_size"]), "select": p["select"],
-                    "patience": p["patience"]}
+        vocab_size=len(vocab),
+        d_model=int(p["d_model"]),
+        n_heads=int(p["n_heads"]),
+        dropout=float(p["dropout"]),
+        head_dropout=float(p["head_dropout"]),
+        temperature=float(p["temperature"]),
+        input_scale=p["input_scale"],
+        token_values=p["token_values"],
+        view_thinning=thin,
+        **opt,
+    )
+    return config, {
+        "vocab": vocab,
+        "epochs": int(p["epochs"]),
+        "lr": float(p["lr"]),
+        "batch_size": int(p["batch_size"]),
+        "select": p["select"],
+        "patience": p["patience"],
+    }

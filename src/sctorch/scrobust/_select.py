@@ -38,8 +38,9 @@ def knn_agreement(emb_a: np.ndarray, emb_b: np.ndarray, k: int = 15) -> float:
     return float(np.mean([np.intersect1d(x, y).size / k for x, y in zip(a, b, strict=True)]))
 
 
-def thinned_pair(tok: _Tokens, n_cells: int, rate_range: tuple[float, float],
-                 seed: int) -> tuple[_Tokens, _Tokens]:
+def thinned_pair(
+    tok: _Tokens, n_cells: int, rate_range: tuple[float, float], seed: int
+) -> tuple[_Tokens, _Tokens]:
     """Two independently thinned copies of (up to ``n_cells`` random) cells of ``tok``."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(tok.n_obs, size=min(n_cells, tok.n_obs), replace=False))
@@ -81,13 +82,16 @@ def wide_matrix(tok: _Tokens, wide_ids: np.ndarray) -> sparse.csr_matrix:
     col_of = {int(v): j for j, v in enumerate(tok.var_ids)}
     src = np.array([col_of.get(int(w), -1) for w in wide_ids])
     have = np.flatnonzero(src >= 0)
-    sel = sparse.csr_matrix((np.ones(have.size, dtype=np.float32), (src[have], have)),
-                            shape=(tok.X.shape[1], len(wide_ids)))
+    sel = sparse.csr_matrix(
+        (np.ones(have.size, dtype=np.float32), (src[have], have)),
+        shape=(tok.X.shape[1], len(wide_ids)),
+    )
     return sparse.csr_matrix(tok.X @ sel, dtype=np.float32)
 
 
-def fit_wide(W: sparse.csr_matrix, y: np.ndarray, n_classes: int, class_weight,
-             seed: int, oof: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def fit_wide(
+    W: sparse.csr_matrix, y: np.ndarray, n_classes: int, class_weight, seed: int, oof: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The wide path: a logistic regression on ``W`` (cells × HVGs) and out-of-fold logits.
 
     :class:`sklearn.linear_model.LogisticRegression` (L2, ``C=1``, lbfgs; ``class_weight``
@@ -113,8 +117,13 @@ def fit_wide(W: sparse.csr_matrix, y: np.ndarray, n_classes: int, class_weight,
     k = int(min(5, counts[counts > 0].min()))
     if k >= 2:
         cv = StratifiedKFold(k, shuffle=True, random_state=seed)
-        oof = cross_val_predict(LogisticRegression(max_iter=1000, class_weight=class_weight),
-                                W, y, cv=cv, method="decision_function")
+        oof = cross_val_predict(
+            LogisticRegression(max_iter=1000, class_weight=class_weight),
+            W,
+            y,
+            cv=cv,
+            method="decision_function",
+        )
         if n_classes == 2:
             oof = np.stack([np.zeros_like(oof), oof], 1)
     else:  # a class with a single cell: in-sample logits
@@ -133,8 +142,10 @@ def knn_validator(model, tok: _Tokens, val_cells: int, embed_genes: int, seed: i
     ranks = [_unique_rank(t.detection(len(model.genes))) for t in (ta, tb)]
 
     def validate() -> float:
-        ea, eb = (model._encode(t, dev, embed_genes, 128, rank=r, generator=None,
-                               progress=False) for t, r in ((ta, ranks[0]), (tb, ranks[1])))
+        ea, eb = (
+            model._encode(t, dev, embed_genes, 128, rank=r, generator=None, progress=False)
+            for t, r in ((ta, ranks[0]), (tb, ranks[1]))
+        )
         return knn_agreement(ea, eb)
 
     return validate, "pretrain_knn_agreement"
@@ -158,15 +169,15 @@ def contrastive_validator(model, tok: _Tokens, batch_size: int, seed: int, dev):
     def validate() -> float:
         vgen.manual_seed(seed + 3)  # the same views every epoch
         batches = model._pretrain_batches(vtok, min(batch_size, vtok.n_obs), vgen, dev)
-        losses = [float(model.module.pretrain_loss(*b, model.config.temperature)[1])
-                  for b in batches(0)]
+        losses = [
+            float(model.module.pretrain_loss(*b, model.config.temperature)[1]) for b in batches(0)
+        ]
         return float(np.mean(losses))
 
     return ttok, validate, "pretrain_val_contrastive"
 
 
-def fit_wide_path(model, tok: _Tokens, codes: np.ndarray, weights, seed: int,
-                  oof: bool = True):
+def fit_wide_path(model, tok: _Tokens, codes: np.ndarray, weights, seed: int, oof: bool = True):
     """Fit ``model``'s wide path (a frozen logistic regression) on ``tok``.
 
     Returns the out-of-fold logits ``(n_obs, n_classes)`` tensor (``None`` with
@@ -175,8 +186,9 @@ def fit_wide_path(model, tok: _Tokens, codes: np.ndarray, weights, seed: int,
     import torch
 
     cw = None if weights is None else dict(enumerate(map(float, weights)))
-    coef, bias, logits = fit_wide(wide_matrix(tok, model.wide_ids), codes,
-                                  len(model.classes), cw, seed, oof=oof)
+    coef, bias, logits = fit_wide(
+        wide_matrix(tok, model.wide_ids), codes, len(model.classes), cw, seed, oof=oof
+    )
     wide = model.module.wide
     with torch.no_grad():
         wide.weight.copy_(torch.from_numpy(coef))
@@ -205,8 +217,7 @@ def held_out_scores(ft, vtok: _Tokens, yv: np.ndarray, dev, n_genes: int, batch_
 
     def scores() -> tuple[float, float]:
         logit = ft._logits(vtok, dev, n_genes, batch_size, progress=False)
-        ce = torch.nn.functional.cross_entropy(torch.from_numpy(logit),
-                                               torch.from_numpy(yv).long())
+        ce = torch.nn.functional.cross_entropy(torch.from_numpy(logit), torch.from_numpy(yv).long())
         return float(f1_score(yv, logit.argmax(1), average="macro")), float(ce)
 
     return scores

@@ -52,17 +52,29 @@ class StImputeConfig:
     def __post_init__(self):
         cap = self.max_cells_per_epoch
         if cap is not None and (not isinstance(cap, int | np.integer) or cap < 1):
-            raise ValueError("max_cells_per_epoch must be a positive integer or None, got "
-                             f"{cap!r}.")
-        for name in ("epochs", "ae_epochs", "n_rounds", "batch_size", "hidden_dim",
-                     "latent_dim", "gnn_dim", "gnn_layers", "reliability_epochs", "n_pcs"):
+            raise ValueError(
+                f"max_cells_per_epoch must be a positive integer or None, got {cap!r}."
+            )
+        for name in (
+            "epochs",
+            "ae_epochs",
+            "n_rounds",
+            "batch_size",
+            "hidden_dim",
+            "latent_dim",
+            "gnn_dim",
+            "gnn_layers",
+            "reliability_epochs",
+            "n_pcs",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}.")
         gn = self.graph_neighbors
         if not isinstance(gn, int | np.integer) or gn < 0:
-            raise ValueError(f"graph_neighbors must be 0 (no graph) or a positive integer, "
-                             f"got {gn!r}.")
+            raise ValueError(
+                f"graph_neighbors must be 0 (no graph) or a positive integer, got {gn!r}."
+            )
         rf = self.reliability_folds
         if not isinstance(rf, int | np.integer) or rf == 1 or rf < 0:
             raise ValueError(f"reliability_folds must be 0 (off) or >= 2, got {rf!r}.")
@@ -74,16 +86,22 @@ class StImputeConfig:
         w = self.ridge_weight
         if w is not None and not (0.0 <= float(w) <= 1.0):
             raise ValueError(f"ridge_weight must lie in [0, 1] or be None, got {w!r}.")
-        for name, allowed in (("method", ("transfer", "gnn")), ("latent", ("pca", "autoencoder")),
-                              ("preset", ("default", "paper"))):
+        for name, allowed in (
+            ("method", ("transfer", "gnn")),
+            ("latent", ("pca", "autoencoder")),
+            ("preset", ("default", "paper")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.method == "transfer" and self.alpha is not None:
-            raise ValueError("alpha is the GNN's weight (method='gnn'); the default transfer "
-                             "blends with ridge_weight.")
+            raise ValueError(
+                "alpha is the GNN's weight (method='gnn'); the default transfer "
+                "blends with ridge_weight."
+            )
         if self.method == "gnn" and self.ridge_weight is not None:
-            raise ValueError("ridge_weight applies to method='transfer'; the GNN blends with "
-                             "alpha.")
+            raise ValueError(
+                "ridge_weight applies to method='transfer'; the GNN blends with alpha."
+            )
         if self.preset == "paper" and self.method != "gnn":
             raise ValueError("preset='paper' is the paper's GNN; it needs method='gnn'.")
 
@@ -105,9 +123,15 @@ def paper_config(n_sp: int, n_genes: int, **hyper) -> StImputeConfig:
     Explicit keywords in ``hyper`` win.
     """
     small = n_sp < 10_000 and n_genes < 500
-    base = dict(method="gnn", preset="paper", n_neighbors=50 if small else 20,
-                alpha=0.7 if small else 0.5, hidden_dim=256 if small else 32, lr=1e-2,
-                weight_decay=1e-2)
+    base = dict(
+        method="gnn",
+        preset="paper",
+        n_neighbors=50 if small else 20,
+        alpha=0.7 if small else 0.5,
+        hidden_dim=256 if small else 32,
+        lr=1e-2,
+        weight_decay=1e-2,
+    )
     base.update({k: v for k, v in hyper.items() if v is not None})
     return StImputeConfig(**base)
 

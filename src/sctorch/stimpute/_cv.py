@@ -17,15 +17,30 @@ from ._data import check_anndata, columns, match_genes, normalised, select_genes
 from ._graph import embedding_table
 
 
-def cross_validate(cls, adata_sp, adata_ref, *, n_folds, layer_sp, layer_ref,
-                    gene_embeddings, device, rng, progress, config=None, **hyper):
+def cross_validate(
+    cls,
+    adata_sp,
+    adata_ref,
+    *,
+    n_folds,
+    layer_sp,
+    layer_ref,
+    gene_embeddings,
+    device,
+    rng,
+    progress,
+    config=None,
+    **hyper,
+):
     """``(per-gene scores, held-out layer, info)``; see :func:`sctorch.tl.stimpute_cv`."""
     from ..metrics import pairwise_scores
 
     proto, m, seed, folds = cv_plan(cls, adata_sp, adata_ref, n_folds, rng, config, hyper)
     cfg = proto.config
-    norm = (normalised(adata_sp, layer_sp, "adata_sp"),
-            normalised(adata_ref, layer_ref, "adata_ref"))
+    norm = (
+        normalised(adata_sp, layer_sp, "adata_sp"),
+        normalised(adata_ref, layer_ref, "adata_ref"),
+    )
     if gene_embeddings is not None:
         embedding_table(gene_embeddings)  # refuse bad embeddings before any training
     held = [[m.shared[i] for i in te] for _, te in folds]
@@ -40,13 +55,27 @@ def cross_validate(cls, adata_sp, adata_ref, *, n_folds, layer_sp, layer_ref,
     for f, h in enumerate(progress_bar(held, desc="stImpute CV", progress=progress)):
         model = cls(config=cfg)
         inputs, sim = model._inputs(
-            adata_sp, adata_ref, genes=[m.ref_name(g) for g in h], layer_sp=layer_sp,
-            layer_ref=layer_ref, gene_embeddings=gene_embeddings, matched=m, norm=norm)
-        layer[:, [sp_pos[g] for g in h]] = model._fit(inputs, sim, seed=seed, device=dev,
-                                                       progress=False)
+            adata_sp,
+            adata_ref,
+            genes=[m.ref_name(g) for g in h],
+            layer_sp=layer_sp,
+            layer_ref=layer_ref,
+            gene_embeddings=gene_embeddings,
+            matched=m,
+            norm=norm,
+        )
+        layer[:, [sp_pos[g] for g in h]] = model._fit(
+            inputs, sim, seed=seed, device=dev, progress=False
+        )
         rel_all[h], fold_of[h] = model.reliability, f
-        info = info or {**inputs.info, "alpha": model.alpha, "seed": seed, "device": dev,
-                        "k": [], "weight": []}
+        info = info or {
+            **inputs.info,
+            "alpha": model.alpha,
+            "seed": seed,
+            "device": dev,
+            "k": [],
+            "weight": [],
+        }
         info["k"].append(model.k)
         info["weight"].append(model.alpha)
     cols = np.array([sp_pos[g] for g in m.shared])
@@ -66,18 +95,21 @@ def cv_plan(cls, adata_sp, adata_ref, n_folds, rng, config, hyper):
     check_anndata(adata_sp, "adata_sp")
     check_anndata(adata_ref, "adata_ref")
     if adata_sp.n_obs < 2:
-        raise ValueError(f"adata_sp has {adata_sp.n_obs} cell; the cross-validation scores "
-                         "genes by their correlation across spatial cells, which needs at "
-                         "least 2 cells.")
+        raise ValueError(
+            f"adata_sp has {adata_sp.n_obs} cell; the cross-validation scores "
+            "genes by their correlation across spatial cells, which needs at "
+            "least 2 cells."
+        )
     proto = cls(config=config, **hyper)
     m = match_genes(adata_sp, adata_ref, proto.config.case_sensitive)
     if len(m.shared) < n_folds:
         how = "exactly" if m.case_sensitive else "ignoring case"
-        raise ValueError(f"Found {len(m.shared)} gene(s) shared by adata_sp and adata_ref "
-                         f"(matched {how}); {n_folds}-fold cross-validation needs at least "
-                         f"{n_folds}. " + m.case_hint)
+        raise ValueError(
+            f"Found {len(m.shared)} gene(s) shared by adata_sp and adata_ref "
+            f"(matched {how}); {n_folds}-fold cross-validation needs at least "
+            f"{n_folds}. " + m.case_hint
+        )
     warn_case(m)
     seed = seed_int(rng)
     kf = KFold(n_splits=n_folds, shuffle=True, random_state=seed % (2**31))
     return proto, m, seed, list(kf.split(np.arange(len(m.shared))))
-

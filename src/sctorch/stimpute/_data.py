@@ -55,9 +55,11 @@ def name_index(names: Sequence[str], case_sensitive: bool, what: str) -> dict[st
     for i, n in enumerate(names):
         k = fold(str(n), case_sensitive)
         if k in out:
-            raise ValueError(f"{what} has two names that match {k!r} when compared "
-                             f"{'exactly' if case_sensitive else 'case-insensitively'} "
-                             f"({names[out[k]]!r} and {n!r}); make them unique first.")
+            raise ValueError(
+                f"{what} has two names that match {k!r} when compared "
+                f"{'exactly' if case_sensitive else 'case-insensitively'} "
+                f"({names[out[k]]!r} and {n!r}); make them unique first."
+            )
         out[k] = i
     return out
 
@@ -94,11 +96,12 @@ def _case_hint(sp_names: list[str], ref_names: list[str], n_exact: int) -> str:
         return ""
     ref_exact = set(ref_names)
     by_up = {n.upper(): n for n in ref_names}
-    ex = next((g, by_up[g.upper()]) for g in sp_names
-              if g not in ref_exact and g.upper() in by_up)
-    return (f"Only {n_exact} of the {len(sp_names)} spatial genes match the reference's "
-            f"var_names exactly, but {n_fold} match ignoring case (e.g. {ex[0]!r} vs "
-            f"{ex[1]!r}); pass case_sensitive=False to match them.")
+    ex = next((g, by_up[g.upper()]) for g in sp_names if g not in ref_exact and g.upper() in by_up)
+    return (
+        f"Only {n_exact} of the {len(sp_names)} spatial genes match the reference's "
+        f"var_names exactly, but {n_fold} match ignoring case (e.g. {ex[0]!r} vs "
+        f"{ex[1]!r}); pass case_sensitive=False to match them."
+    )
 
 
 def match_genes(adata_sp: ad.AnnData, adata_ref: ad.AnnData, case_sensitive: bool) -> Matched:
@@ -143,23 +146,29 @@ def select_genes(m: Matched, genes, min_train: int) -> tuple[list[str], list[str
         genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
         unknown = [g for g in genes if m.key(g) not in m.ref_idx]
         if unknown:
-            raise KeyError(f"{len(unknown)} of the {len(genes)} requested gene(s) are not in "
-                           f"adata_ref.var_names (matched {how}), e.g. {unknown[:5]}. "
-                           "Pass genes measured by the reference.")
+            raise KeyError(
+                f"{len(unknown)} of the {len(genes)} requested gene(s) are not in "
+                f"adata_ref.var_names (matched {how}), e.g. {unknown[:5]}. "
+                "Pass genes measured by the reference."
+            )
         if len({m.key(g) for g in genes}) != len(genes):
             raise ValueError("`genes` has duplicates.")
         targets = [m.ref_name(g) for g in genes]
         held = {m.key(g) for g in genes}
     train = [g for g in m.shared if m.key(g) not in held]
     if len(train) < min_train:
-        raise ValueError(f"Found {len(m.shared)} gene(s) shared by adata_sp.var_names and "
-                         f"adata_ref.var_names (matched {how}); after holding out the requested "
-                         f"genes {len(train)} remain to train on, but at least {min_train} are "
-                         "needed. Check that both use the same gene naming (symbols vs ids, "
-                         "case: try case_sensitive=False). " + m.case_hint)
+        raise ValueError(
+            f"Found {len(m.shared)} gene(s) shared by adata_sp.var_names and "
+            f"adata_ref.var_names (matched {how}); after holding out the requested "
+            f"genes {len(train)} remain to train on, but at least {min_train} are "
+            "needed. Check that both use the same gene naming (symbols vs ids, "
+            "case: try case_sensitive=False). " + m.case_hint
+        )
     if not targets:
-        raise ValueError("No genes to predict: every reference gene is measured in adata_sp. "
-                         "Pass genes=[...] naming reference genes to predict.")
+        raise ValueError(
+            "No genes to predict: every reference gene is measured in adata_sp. "
+            "Pass genes=[...] naming reference genes to predict."
+        )
     return train, targets
 
 
@@ -194,8 +203,11 @@ def normalised(adata: ad.AnnData, layer: str | None, what: str):
     """
     X = get_matrix(adata, layer)
     scale = resolve_input_scale(X, "auto", what=f"{what} ({describe_source(layer)})")
-    desc = ("raw counts, normalised here (median total, log1p)" if scale == "counts"
-            else "non-integer, used as given (assumed normalised and log1p-transformed)")
+    desc = (
+        "raw counts, normalised here (median total, log1p)"
+        if scale == "counts"
+        else "non-integer, used as given (assumed normalised and log1p-transformed)"
+    )
     if is_backed(X):
         lib = row_sums(X) if scale == "counts" else None
         return (lambda pos: _backed_columns(X, pos, lib)), desc
@@ -284,9 +296,11 @@ def check_neighbors(n_neighbors, n_ref: int, alpha) -> None:
     elif not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
         raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}.")
     elif n_ref < n_neighbors:
-        raise ValueError(f"adata_ref has {n_ref} cells but n_neighbors={n_neighbors} "
-                         "reference neighbours are needed per spatial cell; pass a smaller "
-                         "n_neighbors or a larger reference.")
+        raise ValueError(
+            f"adata_ref has {n_ref} cells but n_neighbors={n_neighbors} "
+            "reference neighbours are needed per spatial cell; pass a smaller "
+            "n_neighbors or a larger reference."
+        )
     if alpha is not None and not (0.0 <= float(alpha) <= 1.0):
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}.")
 
@@ -300,11 +314,16 @@ def prepare(m: Matched, train: list[str], targets: list[str], norm_sp, norm_ref)
     sp_cols = np.array([m.sp_idx[m.key(g)] for g in train])
     ref_train = np.array([m.ref_idx[m.key(g)] for g in train])
     ref_target = np.array([m.ref_idx[m.key(g)] for g in targets])
-    info = {"spatial_scale": sp_scale, "reference_scale": ref_scale,
-            "n_shared": len(m.shared), "n_train": len(train)}
+    info = {
+        "spatial_scale": sp_scale,
+        "reference_scale": ref_scale,
+        "n_shared": len(m.shared),
+        "n_train": len(train),
+    }
     ref = columns(Xref, np.concatenate([ref_train, ref_target]))  # backed: read by blocks
-    return Inputs(columns(Xsp, sp_cols), ref, train, [m.ref_names[i] for i in ref_train],
-                  targets, info)
+    return Inputs(
+        columns(Xsp, sp_cols), ref, train, [m.ref_names[i] for i in ref_train], targets, info
+    )
 
 
 # ----------------------------------------------------------------------------- batches
@@ -335,9 +354,20 @@ class CellData:
         graph, summed); otherwise unit weights (mean over neighbours).
     """
 
-    def __init__(self, sp, ref, n_train: int, graph: Callable[[np.ndarray], Any], *,
-                 n_neighbors: int, batch_size: int, max_cells_per_epoch: int | None,
-                 device, seed: int = 0, weighted: bool = False):
+    def __init__(
+        self,
+        sp,
+        ref,
+        n_train: int,
+        graph: Callable[[np.ndarray], Any],
+        *,
+        n_neighbors: int,
+        batch_size: int,
+        max_cells_per_epoch: int | None,
+        device,
+        seed: int = 0,
+        weighted: bool = False,
+    ):
         import torch
 
         self.torch = torch
@@ -412,22 +442,27 @@ class CellData:
             adj = torch.sparse_csr_tensor(
                 torch.as_tensor(A.indptr, dtype=torch.int64),
                 torch.as_tensor(A.indices, dtype=torch.int64),
-                torch.as_tensor(A.data, dtype=torch.float32) if self.weighted
-                else torch.ones(len(A.indices), dtype=torch.float32), size=A.shape)
+                torch.as_tensor(A.data, dtype=torch.float32)
+                if self.weighted
+                else torch.ones(len(A.indices), dtype=torch.float32),
+                size=A.shape,
+            )
         return adj.to(self.device)
 
     def epoch_cells(self) -> np.ndarray:
         """The cells of one training epoch: all (shuffled) or a random subset (the cap)."""
         perm = self.rng.permutation(self.n_sp)
-        return perm if self.cap is None or self.cap >= self.n_sp else perm[:self.cap]
+        return perm if self.cap is None or self.cap >= self.n_sp else perm[: self.cap]
 
     def epoch_batches(self, size: int):
         """``epoch -> iterator of cell-index arrays of at most size`` for :func:`~.models.fit`.
 
         Each epoch draws its cells (:meth:`epoch_cells`) when it starts.
         """
+
         def batches(_epoch: int):
             perm = self.epoch_cells()
             for sl in iter_batches(len(perm), size):
                 yield perm[sl]
+
         return batches

@@ -44,17 +44,22 @@ def embedding_table(embeddings) -> tuple[list[str], np.ndarray]:
             for n, v in zip(names, vecs, strict=True):
                 by_dim.setdefault(v.shape[0], []).append(n)
             desc = ", ".join(f"{d} dims: {len(g)} gene(s) e.g. {g[:3]}" for d, g in by_dim.items())
-            raise ValueError(f"gene_embeddings have different dimensions per gene ({desc}); "
-                             "all embeddings must come from the same model and layer.")
+            raise ValueError(
+                f"gene_embeddings have different dimensions per gene ({desc}); "
+                "all embeddings must come from the same model and layer."
+            )
         M = np.stack(vecs) if vecs else np.zeros((0, 0), np.float32)
     else:
-        raise TypeError("gene_embeddings must be a pandas DataFrame (genes × dimensions) or a "
-                        f"mapping gene → vector, got {type(embeddings).__name__}.")
+        raise TypeError(
+            "gene_embeddings must be a pandas DataFrame (genes × dimensions) or a "
+            f"mapping gene → vector, got {type(embeddings).__name__}."
+        )
     if len(set(names)) != len(names):
         raise ValueError("gene_embeddings has duplicate gene names.")
     if M.size and not np.isfinite(M).all():
-        raise ValueError(f"gene_embeddings contains {int((~np.isfinite(M)).sum())} non-finite "
-                         "value(s).")
+        raise ValueError(
+            f"gene_embeddings contains {int((~np.isfinite(M)).sum())} non-finite value(s)."
+        )
     return names, M
 
 
@@ -91,8 +96,7 @@ class GeneSimilarity:
         lacks an embedding.
     """
 
-    def __init__(self, n_genes: int, emb: np.ndarray | None, has_emb: np.ndarray,
-                 expression=None):
+    def __init__(self, n_genes: int, emb: np.ndarray | None, has_emb: np.ndarray, expression=None):
         self.n = n_genes
         self.has_emb = has_emb
         self.emb = None
@@ -104,8 +108,10 @@ class GeneSimilarity:
         self.expr = None
         if not has_emb.all():
             if expression is None:
-                raise ValueError(f"{int((~has_emb).sum())} gene(s) have no embedding and no "
-                                 "reference expression was given to build their edges (eq. 5).")
+                raise ValueError(
+                    f"{int((~has_emb).sum())} gene(s) have no embedding and no "
+                    "reference expression was given to build their edges (eq. 5)."
+                )
             self.expr = _unit_columns(expression)
 
     def block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -140,15 +146,21 @@ class GeneSimilarity:
             rows_l.append(np.repeat(r, k))
             cols_l.append(nb.ravel())
             vals_l.append(np.take_along_axis(S, nb, axis=1).ravel())
-        A = sparse.csr_matrix((np.concatenate(vals_l).astype(np.float32),
-                               (np.concatenate(rows_l), np.concatenate(cols_l))),
-                              shape=(m, m), dtype=np.float32)
+        A = sparse.csr_matrix(
+            (
+                np.concatenate(vals_l).astype(np.float32),
+                (np.concatenate(rows_l), np.concatenate(cols_l)),
+            ),
+            shape=(m, m),
+            dtype=np.float32,
+        )
         # union of the two directions; similarity is symmetric so the values agree
         return A.maximum(A.T).tocsr()
 
 
-def similarity_for(genes: list[str], embeddings, expression, case_sensitive: bool
-                   ) -> tuple[GeneSimilarity, int]:
+def similarity_for(
+    genes: list[str], embeddings, expression, case_sensitive: bool
+) -> tuple[GeneSimilarity, int]:
     """The similarity over ``genes`` and how many of them have an embedding."""
     has = np.zeros(len(genes), bool)
     emb = None
@@ -161,8 +173,14 @@ def similarity_for(genes: list[str], embeddings, expression, case_sensitive: boo
     return GeneSimilarity(len(genes), emb, has, expression), int(has.sum())
 
 
-def gene_graph(genes: Sequence[str], *, gene_embeddings=None, expression=None,
-               n_neighbors: int = 10, case_sensitive: bool = True) -> sparse.csr_matrix:
+def gene_graph(
+    genes: Sequence[str],
+    *,
+    gene_embeddings=None,
+    expression=None,
+    n_neighbors: int = 10,
+    case_sensitive: bool = True,
+) -> sparse.csr_matrix:
     """The symmetric top-``n_neighbors`` gene graph; see :func:`sctorch.tl.stimpute_gene_graph`.
 
     Raises
@@ -178,14 +196,18 @@ def gene_graph(genes: Sequence[str], *, gene_embeddings=None, expression=None,
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}.")
     if expression is not None:
         if expression.shape[1] != len(genes):
-            raise ValueError(f"expression has {expression.shape[1]} columns but {len(genes)} "
-                             "genes were given; pass the reference columns in the order of "
-                             "`genes`.")
+            raise ValueError(
+                f"expression has {expression.shape[1]} columns but {len(genes)} "
+                "genes were given; pass the reference columns in the order of "
+                "`genes`."
+            )
         # a NaN would spread into every similarity of its gene (NaN edges)
         check_finite(expression, what="expression")
         if expression.shape[0] < 2:
-            raise ValueError(f"expression has {expression.shape[0]} cell(s); gene similarity "
-                             "from co-expression needs at least 2 cells.")
+            raise ValueError(
+                f"expression has {expression.shape[0]} cell(s); gene similarity "
+                "from co-expression needs at least 2 cells."
+            )
     if len(genes) < 2:
         raise ValueError(f"A gene graph needs at least 2 genes, got {len(genes)}.")
     sim, _ = similarity_for(genes, gene_embeddings, expression, case_sensitive)

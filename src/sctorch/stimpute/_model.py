@@ -95,8 +95,9 @@ class StImputeModel(BaseModel):
 
     config_cls = StImputeConfig
 
-    def __init__(self, module=None, *, config: StImputeConfig | None = None,
-                 genes=(), history=None, **hyper):
+    def __init__(
+        self, module=None, *, config: StImputeConfig | None = None, genes=(), history=None, **hyper
+    ):
         if hyper:
             config = dataclasses.replace(config or StImputeConfig(), **hyper)
         super().__init__(module, config=config, genes=genes, history=history)
@@ -120,25 +121,36 @@ class StImputeModel(BaseModel):
         parts = {}
         with torch.random.fork_rng(devices=[]):  # building must not move the user's stream
             if config.method == "gnn" or config.latent == "autoencoder":
-                parts["autoencoder"] = mods.CellAutoEncoder(int(extra["n_train"]),
-                                                            config.latent_dim)
+                parts["autoencoder"] = mods.CellAutoEncoder(
+                    int(extra["n_train"]), config.latent_dim
+                )
             if config.method == "gnn":
                 parts["gnn"] = T.gnn_module(config, int(extra["k"]))
         return torch.nn.ModuleDict(parts)
 
     def _extra_state(self):
         ref = sparse.csr_matrix(self._ref, dtype=np.float32)
-        extra = {"n_train": len(self.genes), "targets": self.targets, "alpha": self.alpha,
-                 "k": int(self.k), "paper_scale": float(self._paper_scale),
-                 "ref_shape": list(ref.shape), "info": self.info}
-        arrays = {"ref_data": ref.data.astype(np.float32),
-                  "ref_indices": ref.indices.astype(np.int32),
-                  "ref_indptr": ref.indptr.astype(np.int64),
-                  "reliability": np.asarray(self.reliability, np.float32)}
+        extra = {
+            "n_train": len(self.genes),
+            "targets": self.targets,
+            "alpha": self.alpha,
+            "k": int(self.k),
+            "paper_scale": float(self._paper_scale),
+            "ref_shape": list(ref.shape),
+            "info": self.info,
+        }
+        arrays = {
+            "ref_data": ref.data.astype(np.float32),
+            "ref_indices": ref.indices.astype(np.int32),
+            "ref_indptr": ref.indptr.astype(np.int64),
+            "reliability": np.asarray(self.reliability, np.float32),
+        }
         if self._graph is not None:
-            arrays.update(graph_indices=self._graph.indices.astype(np.int64),
-                          graph_indptr=self._graph.indptr.astype(np.int64),
-                          graph_data=self._graph.data.astype(np.float32))
+            arrays.update(
+                graph_indices=self._graph.indices.astype(np.int64),
+                graph_indptr=self._graph.indptr.astype(np.int64),
+                graph_data=self._graph.data.astype(np.float32),
+            )
         for part in (self._pca, self._ridge):
             if part is not None:
                 arrays.update(part.arrays())
@@ -151,12 +163,15 @@ class StImputeModel(BaseModel):
         self.info = dict(extra["info"])
         self.reliability = arrays["reliability"]
         n_ref, n_all = (int(v) for v in extra["ref_shape"])
-        self._ref = sparse.csr_matrix((arrays["ref_data"], arrays["ref_indices"],
-                                       arrays["ref_indptr"]), shape=(n_ref, n_all))
+        self._ref = sparse.csr_matrix(
+            (arrays["ref_data"], arrays["ref_indices"], arrays["ref_indptr"]), shape=(n_ref, n_all)
+        )
         self._ref.check_format(full_check=True)  # index bounds, lengths: raises ValueError
         if "graph_indptr" in arrays:
-            self._graph = sparse.csr_matrix((arrays["graph_data"], arrays["graph_indices"],
-                                             arrays["graph_indptr"]), shape=(n_all, n_all))
+            self._graph = sparse.csr_matrix(
+                (arrays["graph_data"], arrays["graph_indices"], arrays["graph_indptr"]),
+                shape=(n_all, n_all),
+            )
             self._graph.check_format(full_check=True)
         if "pca_components" in arrays:
             self._pca = X.PcaSpace.from_arrays(arrays)
@@ -165,35 +180,55 @@ class StImputeModel(BaseModel):
 
     def _check_integrity(self):
         n_train = len(self.genes)
-        if "autoencoder" in self.module and \
-                self.module["autoencoder"].encoder.in_features != n_train:
-            raise ValueError(f"the autoencoder reads "
-                             f"{self.module['autoencoder'].encoder.in_features} genes but "
-                             f"{n_train} training genes are stored.")
+        if (
+            "autoencoder" in self.module
+            and self.module["autoencoder"].encoder.in_features != n_train
+        ):
+            raise ValueError(
+                f"the autoencoder reads "
+                f"{self.module['autoencoder'].encoder.in_features} genes but "
+                f"{n_train} training genes are stored."
+            )
         n_all = n_train + len(self.targets)
-        if self._ref.shape[1] != n_all or (self._graph is not None
-                                           and self._graph.shape != (n_all, n_all)):
-            raise ValueError(f"the reference ({self._ref.shape}) or gene graph do not fit "
-                             f"{n_train} training + {len(self.targets)} target genes.")
+        if self._ref.shape[1] != n_all or (
+            self._graph is not None and self._graph.shape != (n_all, n_all)
+        ):
+            raise ValueError(
+                f"the reference ({self._ref.shape}) or gene graph do not fit "
+                f"{n_train} training + {len(self.targets)} target genes."
+            )
         if len(self.reliability) != len(self.targets):
-            raise ValueError(f"{len(self.reliability)} reliability scores for "
-                             f"{len(self.targets)} target genes.")
+            raise ValueError(
+                f"{len(self.reliability)} reliability scores for {len(self.targets)} target genes."
+            )
         if self._ridge is not None and self._ridge.coef.shape[1] != len(self.targets):
             raise ValueError("the ridge coefficients do not fit the target genes.")
         if self._pca is not None and self._pca.components.shape[1] != n_train:
             raise ValueError("the PCA components do not fit the training genes.")
         if not 1 <= self.k <= self._ref.shape[0]:
-            raise ValueError(f"the stored reference has {self._ref.shape[0]} cells, fewer "
-                             f"than k={self.k} neighbours.")
+            raise ValueError(
+                f"the stored reference has {self._ref.shape[0]} cells, fewer "
+                f"than k={self.k} neighbours."
+            )
 
     def _require_fitted(self):
         if self.module is None or self._ref is None:
             raise ValueError("This StImputeModel has not been trained; call fit() first.")
 
     # ------------------------------------------------------------------ fit
-    def _inputs(self, adata_sp, adata_ref, *, genes, layer_sp, layer_ref, gene_embeddings,
-                min_train: int | None = None, matched: Matched | None = None,
-                norm: tuple | None = None):
+    def _inputs(
+        self,
+        adata_sp,
+        adata_ref,
+        *,
+        genes,
+        layer_sp,
+        layer_ref,
+        gene_embeddings,
+        min_train: int | None = None,
+        matched: Matched | None = None,
+        norm: tuple | None = None,
+    ):
         """Validate both AnnData and build :class:`Inputs` + the gene similarity."""
         cfg = self.config
         check_anndata(adata_sp, "adata_sp")
@@ -204,23 +239,35 @@ class StImputeModel(BaseModel):
         train, targets = select_genes(m, genes, min_train)
         if matched is None:
             warn_case(m)
-        norm = norm or (normalised(adata_sp, layer_sp, "adata_sp"),
-                        normalised(adata_ref, layer_ref, "adata_ref"))
+        norm = norm or (
+            normalised(adata_sp, layer_sp, "adata_sp"),
+            normalised(adata_ref, layer_ref, "adata_ref"),
+        )
         inputs = prepare(m, train, targets, *norm)
         sim = None
         if cfg.method == "gnn":
-            sim, n_emb = similarity_for(inputs.train_ref + inputs.targets, gene_embeddings,
-                                        inputs.ref, cfg.case_sensitive)
+            sim, n_emb = similarity_for(
+                inputs.train_ref + inputs.targets, gene_embeddings, inputs.ref, cfg.case_sensitive
+            )
             inputs.info["n_with_embedding"] = n_emb
         elif gene_embeddings is not None:
             embedding_table(gene_embeddings)  # validated, unused: the transfer has no graph
             inputs.info["n_with_embedding"] = 0
         return inputs, sim
 
-    def fit(self, adata_sp: ad.AnnData, adata_ref: ad.AnnData, *, genes=None,
-            layer_sp: str | None = None, layer_ref: str | None = None, gene_embeddings=None,
-            device: str | None = None, rng: RandomState = 0, progress: bool = True
-            ) -> StImputeModel:
+    def fit(
+        self,
+        adata_sp: ad.AnnData,
+        adata_ref: ad.AnnData,
+        *,
+        genes=None,
+        layer_sp: str | None = None,
+        layer_ref: str | None = None,
+        gene_embeddings=None,
+        device: str | None = None,
+        rng: RandomState = 0,
+        progress: bool = True,
+    ) -> StImputeModel:
         """Train on the genes ``adata_sp`` shares with ``adata_ref``; predictable: ``genes``.
 
         Parameters are those of :func:`sctorch.tl.stimpute` (same input scales: raw counts
@@ -228,10 +275,15 @@ class StImputeModel(BaseModel):
         measured in ``adata_sp`` predictable. Returns ``self``; raises what
         :func:`sctorch.tl.stimpute` raises.
         """
-        inputs, sim = self._inputs(adata_sp, adata_ref, genes=genes, layer_sp=layer_sp,
-                                   layer_ref=layer_ref, gene_embeddings=gene_embeddings)
-        self._fit(inputs, sim, seed=seed_int(rng), device=resolve_device(device),
-                  progress=progress)
+        inputs, sim = self._inputs(
+            adata_sp,
+            adata_ref,
+            genes=genes,
+            layer_sp=layer_sp,
+            layer_ref=layer_ref,
+            gene_embeddings=gene_embeddings,
+        )
+        self._fit(inputs, sim, seed=seed_int(rng), device=resolve_device(device), progress=progress)
         return self
 
     def _fit(self, inputs: Inputs, sim, *, seed: int, device, progress: bool) -> np.ndarray:
@@ -247,8 +299,7 @@ class StImputeModel(BaseModel):
         self.info = {**inputs.info, "seed": seed, "train_genes_reference": inputs.train_ref}
         self._ref = inputs.ref
 
-    def _fit_transfer(self, inputs: Inputs, *, seed: int, device, progress: bool
-                      ) -> np.ndarray:
+    def _fit_transfer(self, inputs: Inputs, *, seed: int, device, progress: bool) -> np.ndarray:
         """k-NN + ridge transfer (:mod:`._transfer`): select ``k``/weight, fit, score."""
         import torch
 
@@ -260,25 +311,46 @@ class StImputeModel(BaseModel):
         ks = X.K_GRID if cfg.n_neighbors is None else (cfg.n_neighbors,)
         ws = X.W_GRID if cfg.ridge_weight is None else (float(cfg.ridge_weight),)
         n_ae = (cfg.reliability_folds + 1) * cfg.ae_epochs if cfg.latent == "autoencoder" else 0
-        with progress_bar(total=n_ae, desc="stImpute", progress=progress and n_ae > 0) as bar, \
-                seeded(seed):
+        with (
+            progress_bar(total=n_ae, desc="stImpute", progress=progress and n_ae > 0) as bar,
+            seeded(seed),
+        ):
+
             def make_space(cols, rows):
                 if cfg.latent == "pca":
                     pca = X.PcaSpace.fit(columns(ref, cols), cfg.n_pcs, seed)
-                    return pca.embed_ref(columns(ref, cols)), pca.embed_section(
-                        columns(sp, cols)[rows]), pca
-                data = CellData(columns(sp, cols), columns(ref, cols), len(cols), None,
-                                n_neighbors=1, batch_size=cfg.batch_size,
-                                max_cells_per_epoch=cfg.max_cells_per_epoch, device=device,
-                                seed=seed)
+                    return (
+                        pca.embed_ref(columns(ref, cols)),
+                        pca.embed_section(columns(sp, cols)[rows]),
+                        pca,
+                    )
+                data = CellData(
+                    columns(sp, cols),
+                    columns(ref, cols),
+                    len(cols),
+                    None,
+                    n_neighbors=1,
+                    batch_size=cfg.batch_size,
+                    max_cells_per_epoch=cfg.max_cells_per_epoch,
+                    device=device,
+                    seed=seed,
+                )
                 ae, _ = T.train_autoencoder(data, cfg, hist, bar)
                 emb_sp = T.embed(data, ae, reference=False)
                 return T.embed(data, ae, reference=True), emb_sp[rows], ae
 
             sel = None
             if cfg.reliability_folds:
-                sel = X.select(sp, ref, n_train, lambda c, r: make_space(c, r)[:2], ks=ks,
-                               ws=ws, n_folds=cfg.reliability_folds, seed=seed)
+                sel = X.select(
+                    sp,
+                    ref,
+                    n_train,
+                    lambda c, r: make_space(c, r)[:2],
+                    ks=ks,
+                    ws=ws,
+                    n_folds=cfg.reliability_folds,
+                    seed=seed,
+                )
                 k, w = sel.k, sel.w
             else:
                 k = min(cfg.n_neighbors or 50, ref.shape[0])
@@ -290,9 +362,13 @@ class StImputeModel(BaseModel):
             Y = columns(ref, np.arange(n_train, ref.shape[1]))
             self._ridge = X.Ridge.fit(emb_ref, Y)
             pred = X.transfer(emb_sp, emb_ref, Y, self._ridge, k, w)
-            rel = np.full(Y.shape[1], np.nan, np.float32) if sel is None else \
-                X.reliability_score(X.self_prediction(
-                    emb_ref, Y, k, _self_cells(ref.shape[0], seed)), sel.calib)
+            rel = (
+                np.full(Y.shape[1], np.nan, np.float32)
+                if sel is None
+                else X.reliability_score(
+                    X.self_prediction(emb_ref, Y, k, _self_cells(ref.shape[0], seed)), sel.calib
+                )
+            )
         self.k, self.alpha = int(k), float(w)
         self._finish(inputs, torch.nn.ModuleDict(parts), hist, rel, seed)
         if sel is not None:
@@ -314,17 +390,37 @@ class StImputeModel(BaseModel):
         n_train, n_all = len(inputs.train), inputs.ref.shape[1]
         alpha = cfg.resolved_alpha(inputs.sp.shape[0])
         k = min(cfg.n_neighbors or 50, inputs.ref.shape[0])
-        graph_fn = ((lambda cols: distance_graph(sim, cols)) if paper
-                    else (lambda cols: sim.knn_graph(cols, cfg.graph_neighbors)))
-        data = CellData(inputs.sp, inputs.ref, n_train, graph_fn, n_neighbors=k,
-                        batch_size=cfg.batch_size, max_cells_per_epoch=cfg.max_cells_per_epoch,
-                        device=device, seed=seed, weighted=paper)
+        graph_fn = (
+            (lambda cols: distance_graph(sim, cols))
+            if paper
+            else (lambda cols: sim.knn_graph(cols, cfg.graph_neighbors))
+        )
+        data = CellData(
+            inputs.sp,
+            inputs.ref,
+            n_train,
+            graph_fn,
+            n_neighbors=k,
+            batch_size=cfg.batch_size,
+            max_cells_per_epoch=cfg.max_cells_per_epoch,
+            device=device,
+            seed=seed,
+            weighted=paper,
+        )
         hist: dict[str, list[float]] = {}
         n_rel = 0 if paper else cfg.reliability_folds
-        total = (cfg.ae_epochs + (2 * cfg.n_rounds - 1) * cfg.epochs + n_rel * cfg.epochs
-                 + (cfg.reliability_epochs if paper and cfg.reliability_folds else 0))
-        logger.info("stImpute: %d spatial cells, %d training genes, %d genes to predict",
-                    data.n_sp, n_train, n_all - n_train)
+        total = (
+            cfg.ae_epochs
+            + (2 * cfg.n_rounds - 1) * cfg.epochs
+            + n_rel * cfg.epochs
+            + (cfg.reliability_epochs if paper and cfg.reliability_folds else 0)
+        )
+        logger.info(
+            "stImpute: %d spatial cells, %d training genes, %d genes to predict",
+            data.n_sp,
+            n_train,
+            n_all - n_train,
+        )
         with progress_bar(total=total, desc="stImpute", progress=progress) as bar, seeded(seed):
             ae, ae_opt = T.train_autoencoder(data, cfg, hist, bar)
             gnn, opt = T.new_gnn(cfg, k, device)
@@ -335,8 +431,9 @@ class StImputeModel(BaseModel):
                     if r < cfg.n_rounds - 1:
                         T.refit_autoencoder(data, ae, ae_opt, gnn, nbr, cfg, hist, bar)
             scale = T.network_max(data, gnn, nbr) if paper else None
-            pred = T.blend(data, gnn, nbr, np.arange(n_all), np.arange(n_train, n_all), alpha,
-                           scale)
+            pred = T.blend(
+                data, gnn, nbr, np.arange(n_all), np.arange(n_train, n_all), alpha, scale
+            )
             if not cfg.reliability_folds:
                 rel = np.full(pred.shape[1], np.nan, np.float32)
             elif paper:
@@ -344,12 +441,10 @@ class StImputeModel(BaseModel):
             else:
                 emb_ref = T.embed(data, ae, reference=True)
                 cells = _self_cells(data.n_ref, seed)
-                rel = T.reliability_heldout(data, nbr, cfg, alpha, seed, hist, bar, emb_ref,
-                                            cells)
+                rel = T.reliability_heldout(data, nbr, cfg, alpha, seed, hist, bar, emb_ref, cells)
         self.k, self.alpha = k, alpha
         self._paper_scale = np.nan if scale is None else float(scale)
-        self._finish(inputs, torch.nn.ModuleDict({"autoencoder": ae, "gnn": gnn}), hist, rel,
-                     seed)
+        self._finish(inputs, torch.nn.ModuleDict({"autoencoder": ae, "gnn": gnn}), hist, rel, seed)
         self._graph = data.graph(np.arange(n_all))
         return pred
 
@@ -362,10 +457,12 @@ class StImputeModel(BaseModel):
         pos = {fold(g, cs): i for i, g in enumerate(self.targets)}
         unknown = [g for g in genes if fold(g, cs) not in pos]
         if unknown:
-            raise KeyError(f"{len(unknown)} of the {len(genes)} requested gene(s) are not among "
-                           f"the model's {len(self.targets)} predictable genes, e.g. "
-                           f"{unknown[:5]}. Fit the model with genes=[...] naming them (genes "
-                           "measured in the fit section are training genes, not predicted).")
+            raise KeyError(
+                f"{len(unknown)} of the {len(genes)} requested gene(s) are not among "
+                f"the model's {len(self.targets)} predictable genes, e.g. "
+                f"{unknown[:5]}. Fit the model with genes=[...] naming them (genes "
+                "measured in the fit section are training genes, not predicted)."
+            )
         return np.array([pos[fold(g, cs)] for g in genes], dtype=np.int64)
 
     def _gene_positions(self, var_names) -> np.ndarray:
@@ -378,18 +475,25 @@ class StImputeModel(BaseModel):
         n = int((pos >= 0).sum())
         how = "exactly" if cs else "ignoring case"
         if n < 2:
-            raise ValueError(f"adata_sp measures {n} of the model's {len(self.genes)} training "
-                             f"genes (matched {how}); at least 2 are needed to embed its cells.")
+            raise ValueError(
+                f"adata_sp measures {n} of the model's {len(self.genes)} training "
+                f"genes (matched {how}); at least 2 are needed to embed its cells."
+            )
         if n < len(pos):
             import warnings
 
-            warnings.warn(f"{len(pos) - n} of the model's {len(pos)} training genes are missing "
-                          "from adata_sp; they are treated as not detected (zero), which makes "
-                          "the cells' neighbours less reliable.", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"{len(pos) - n} of the model's {len(pos)} training genes are missing "
+                "from adata_sp; they are treated as not detected (zero), which makes "
+                "the cells' neighbours less reliable.",
+                UserWarning,
+                stacklevel=3,
+            )
         return pos
 
-    def predict(self, adata_sp: ad.AnnData, genes=None, *, layer: str | None = None
-                ) -> pd.DataFrame:
+    def predict(
+        self, adata_sp: ad.AnnData, genes=None, *, layer: str | None = None
+    ) -> pd.DataFrame:
         """Predict reference genes for the cells of a spatial section.
 
         Parameters
@@ -424,8 +528,7 @@ class StImputeModel(BaseModel):
         self._require_fitted()
         check_anndata(adata_sp, "adata_sp")
         out = self._target_positions(genes)
-        sp = section_columns(adata_sp, layer, self._gene_positions(adata_sp.var_names),
-                             "adata_sp")
+        sp = section_columns(adata_sp, layer, self._gene_positions(adata_sp.var_names), "adata_sp")
         cfg, n_train = self.config, len(self.genes)
         n_all = n_train + len(self.targets)
         if cfg.method == "transfer":
@@ -434,29 +537,48 @@ class StImputeModel(BaseModel):
                 ref_train = columns(self._ref, train)
                 emb_ref, emb_sp = self._pca.embed_ref(ref_train), self._pca.embed_section(sp)
             else:
-                data = CellData(sp, self._ref, n_train, None, n_neighbors=self.k,
-                                batch_size=cfg.batch_size, max_cells_per_epoch=None,
-                                device=self.device)
+                data = CellData(
+                    sp,
+                    self._ref,
+                    n_train,
+                    None,
+                    n_neighbors=self.k,
+                    batch_size=cfg.batch_size,
+                    max_cells_per_epoch=None,
+                    device=self.device,
+                )
                 ae = self.module["autoencoder"]
-                emb_ref, emb_sp = T.embed(data, ae, reference=True), T.embed(data, ae,
-                                                                             reference=False)
+                emb_ref, emb_sp = (
+                    T.embed(data, ae, reference=True),
+                    T.embed(data, ae, reference=False),
+                )
             w = self.alpha
             ridge = None
             if w > 0:
-                ridge = dataclasses.replace(self._ridge, coef=self._ridge.coef[:, out],
-                                            intercept=self._ridge.intercept[out])
-            pred = X.transfer(emb_sp, emb_ref, columns(self._ref, n_train + out), ridge,
-                              self.k, w)
+                ridge = dataclasses.replace(
+                    self._ridge, coef=self._ridge.coef[:, out], intercept=self._ridge.intercept[out]
+                )
+            pred = X.transfer(emb_sp, emb_ref, columns(self._ref, n_train + out), ridge, self.k, w)
         else:
-            data = CellData(sp, self._ref, n_train, self._stored_graph, n_neighbors=self.k,
-                            batch_size=cfg.batch_size, max_cells_per_epoch=None,
-                            device=self.device, weighted=cfg.preset == "paper")
+            data = CellData(
+                sp,
+                self._ref,
+                n_train,
+                self._stored_graph,
+                n_neighbors=self.k,
+                batch_size=cfg.batch_size,
+                max_cells_per_epoch=None,
+                device=self.device,
+                weighted=cfg.preset == "paper",
+            )
             nbr = T.cell_neighbours(data, self.module["autoencoder"])
             scale = None if np.isnan(self._paper_scale) else self._paper_scale
-            pred = T.blend(data, self.module["gnn"], nbr, np.arange(n_all), n_train + out,
-                           self.alpha, scale)
-        return pd.DataFrame(pred, index=adata_sp.obs_names.copy(),
-                            columns=pd.Index([self.targets[i] for i in out]))
+            pred = T.blend(
+                data, self.module["gnn"], nbr, np.arange(n_all), n_train + out, self.alpha, scale
+            )
+        return pd.DataFrame(
+            pred, index=adata_sp.obs_names.copy(), columns=pd.Index([self.targets[i] for i in out])
+        )
 
     def _stored_graph(self, cols: np.ndarray):
         if not np.array_equal(cols, np.arange(self._graph.shape[0])):
@@ -465,11 +587,21 @@ class StImputeModel(BaseModel):
 
     # ------------------------------------------------------------------ cross-validation
     @classmethod
-    def cross_validate(cls, adata_sp: ad.AnnData, adata_ref: ad.AnnData, *, n_folds: int = 5,
-                       layer_sp: str | None = None, layer_ref: str | None = None,
-                       gene_embeddings=None, device: str | None = None, rng: RandomState = 0,
-                       progress: bool = True, config: StImputeConfig | None = None, **hyper
-                       ) -> tuple[pd.DataFrame, np.ndarray]:
+    def cross_validate(
+        cls,
+        adata_sp: ad.AnnData,
+        adata_ref: ad.AnnData,
+        *,
+        n_folds: int = 5,
+        layer_sp: str | None = None,
+        layer_ref: str | None = None,
+        gene_embeddings=None,
+        device: str | None = None,
+        rng: RandomState = 0,
+        progress: bool = True,
+        config: StImputeConfig | None = None,
+        **hyper,
+    ) -> tuple[pd.DataFrame, np.ndarray]:
         """The paper's k-fold CV over the shared genes; see :func:`sctorch.tl.stimpute_cv`.
 
         Returns
@@ -478,9 +610,18 @@ class StImputeModel(BaseModel):
         the ``(n_obs, n_vars)`` float32 held-out predictions (NaN for genes not shared).
         """
         scores, layer, _ = cls._cross_validate(
-            adata_sp, adata_ref, n_folds=n_folds, layer_sp=layer_sp, layer_ref=layer_ref,
-            gene_embeddings=gene_embeddings, device=device, rng=rng, progress=progress,
-            config=config, **hyper)
+            adata_sp,
+            adata_ref,
+            n_folds=n_folds,
+            layer_sp=layer_sp,
+            layer_ref=layer_ref,
+            gene_embeddings=gene_embeddings,
+            device=device,
+            rng=rng,
+            progress=progress,
+            config=config,
+            **hyper,
+        )
         return scores, layer
 
     @classmethod

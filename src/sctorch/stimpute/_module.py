@@ -95,17 +95,27 @@ class GeneSAGE(nn.Module):
         edge weights (the authors' row-normalised distance graph, ``preset="paper"``).
     """
 
-    def __init__(self, n_neighbors: int, dim: int = 50, n_layers: int = 2, hidden_dim: int = 64,
-                 normalize: bool = True, aggr: str = "mean"):
+    def __init__(
+        self,
+        n_neighbors: int,
+        dim: int = 50,
+        n_layers: int = 2,
+        hidden_dim: int = 64,
+        normalize: bool = True,
+        aggr: str = "mean",
+    ):
         super().__init__()
         self.normalize = normalize
         self.convs = nn.ModuleList(
-            BatchedSAGEConv(n_neighbors if i == 0 else dim, dim, aggr=aggr)
-            for i in range(n_layers))
+            BatchedSAGEConv(n_neighbors if i == 0 else dim, dim, aggr=aggr) for i in range(n_layers)
+        )
         self.head = nn.Sequential(
-            nn.Linear(dim, 2 * hidden_dim), nn.ReLU(),
-            nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, 1))
+            nn.Linear(dim, 2 * hidden_dim),
+            nn.ReLU(),
+            nn.Linear(2 * hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, 1),
+        )
 
     def forward(self, x: torch.Tensor, adj_t) -> torch.Tensor:
         """Predict one value per gene and cell from neighbour features ``x``."""
@@ -131,17 +141,21 @@ class ReliabilityMLP(nn.Module):
     def __init__(self, n_inputs: int, hidden_dim: int = 256):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(n_inputs, 2 * hidden_dim), nn.ReLU(),
-            nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, 1))
+            nn.Linear(n_inputs, 2 * hidden_dim),
+            nn.ReLU(),
+            nn.Linear(2 * hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, 1),
+        )
 
     def forward(self, profiles: torch.Tensor) -> torch.Tensor:
         """``(n_genes, n_inputs)`` → ``(n_genes,)`` reliability scores."""
         return self.net(profiles).squeeze(-1)
 
 
-def imputation_loss(pred: torch.Tensor, target: torch.Tensor,
-                    cosine_weight: float = 2.0) -> torch.Tensor:
+def imputation_loss(
+    pred: torch.Tensor, target: torch.Tensor, cosine_weight: float = 2.0
+) -> torch.Tensor:
     """Eq. 10: MSE + ``cosine_weight`` × (cell-level + gene-level cosine loss).
 
     Both cosine terms are ``1 − mean cosine similarity`` of the batch centred by its

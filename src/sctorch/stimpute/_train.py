@@ -18,8 +18,10 @@ from ..models import fit
 from . import _transfer as X
 from ._data import CellData
 
-_TG_HINT = ("stImpute needs torch-geometric (torch_geometric.nn.SAGEConv). Install it with "
-            "`pip install torch-geometric`.")
+_TG_HINT = (
+    "stImpute needs torch-geometric (torch_geometric.nn.SAGEConv). Install it with "
+    "`pip install torch-geometric`."
+)
 RELIABILITY_MAX_CELLS = 4096
 _EMBED_BATCH = 8192
 
@@ -65,8 +67,17 @@ def train_autoencoder(data: CellData, cfg, history: dict, bar):
         _, rec = ae(x)
         return _mse(rec, x)
 
-    fit(ae, loss, data.epoch_batches(cfg.batch_size), epochs=cfg.ae_epochs, optimizer=opt,
-        history=history, prefix="autoencoder", desc="stImpute autoencoder", bar=bar)
+    fit(
+        ae,
+        loss,
+        data.epoch_batches(cfg.batch_size),
+        epochs=cfg.ae_epochs,
+        optimizer=opt,
+        history=history,
+        prefix="autoencoder",
+        desc="stImpute autoencoder",
+        bar=bar,
+    )
     return ae, opt
 
 
@@ -78,10 +89,19 @@ def embed(data: CellData, ae, *, reference: bool):
     tr = np.arange(data.n_train)
     ae.eval()
     with torch.no_grad():
-        return np.concatenate([
-            ae.encode(data.ref_rows(np.arange(sl.start, sl.stop), tr) if reference
-                      else data.sp_rows(np.arange(sl.start, sl.stop))).float().cpu().numpy()
-            for sl in iter_batches(n, _EMBED_BATCH)])
+        return np.concatenate(
+            [
+                ae.encode(
+                    data.ref_rows(np.arange(sl.start, sl.stop), tr)
+                    if reference
+                    else data.sp_rows(np.arange(sl.start, sl.stop))
+                )
+                .float()
+                .cpu()
+                .numpy()
+                for sl in iter_batches(n, _EMBED_BATCH)
+            ]
+        )
 
 
 def cell_neighbours(data: CellData, ae) -> np.ndarray:
@@ -109,17 +129,29 @@ def refit_autoencoder(data: CellData, ae, opt, gnn, nbr, cfg, history: dict, bar
         _, rec = ae(y)
         return _mse((rec + g) / 2, y)
 
-    fit(ae, loss, data.epoch_batches(data.batch_size(data.n_train)), epochs=cfg.epochs,
-        optimizer=opt, history=history, prefix="autoencoder_refit",
-        desc="stImpute autoencoder refit", bar=bar)
+    fit(
+        ae,
+        loss,
+        data.epoch_batches(data.batch_size(data.n_train)),
+        epochs=cfg.epochs,
+        optimizer=opt,
+        history=history,
+        prefix="autoencoder_refit",
+        desc="stImpute autoencoder refit",
+        bar=bar,
+    )
 
 
 # ----------------------------------------------------------------------------- GNN
 def gnn_module(cfg, k: int):
     """An untrained :class:`GeneSAGE` for ``k`` neighbours (sum aggregation for the paper)."""
-    return torch_modules().GeneSAGE(k, dim=cfg.gnn_dim, n_layers=cfg.gnn_layers,
-                                    hidden_dim=cfg.hidden_dim,
-                                    aggr="sum" if cfg.preset == "paper" else "mean")
+    return torch_modules().GeneSAGE(
+        k,
+        dim=cfg.gnn_dim,
+        n_layers=cfg.gnn_layers,
+        hidden_dim=cfg.hidden_dim,
+        aggr="sum" if cfg.preset == "paper" else "mean",
+    )
 
 
 def new_gnn(cfg, k: int, device):
@@ -130,8 +162,9 @@ def new_gnn(cfg, k: int, device):
     return gnn, torch.optim.Adam(gnn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_gnn(data: CellData, gnn, opt, cols: np.ndarray, nbr, cfg, history: dict, bar,
-              prefix: str = "gnn") -> None:
+def train_gnn(
+    data: CellData, gnn, opt, cols: np.ndarray, nbr, cfg, history: dict, bar, prefix: str = "gnn"
+) -> None:
     """E-step: fit the GNN to the measured spatial values of training genes ``cols`` (eq. 10)."""
     mods = torch_modules()
     adj = data.adjacency(cols)
@@ -141,12 +174,28 @@ def train_gnn(data: CellData, gnn, opt, cols: np.ndarray, nbr, cfg, history: dic
         y = data.sp_rows(cells)[:, cols]
         return mods.imputation_loss(gnn(x, adj), y, cfg.cosine_weight)
 
-    fit(gnn, loss, data.epoch_batches(data.batch_size(len(cols))), epochs=cfg.epochs,
-        optimizer=opt, history=history, prefix=prefix, desc="stImpute GNN", bar=bar)
+    fit(
+        gnn,
+        loss,
+        data.epoch_batches(data.batch_size(len(cols))),
+        epochs=cfg.epochs,
+        optimizer=opt,
+        history=history,
+        prefix=prefix,
+        desc="stImpute GNN",
+        bar=bar,
+    )
 
 
-def blend(data: CellData, gnn, nbr, cols: np.ndarray, out: np.ndarray, alpha: float,
-          paper_scale: float | None = None) -> np.ndarray:
+def blend(
+    data: CellData,
+    gnn,
+    nbr,
+    cols: np.ndarray,
+    out: np.ndarray,
+    alpha: float,
+    paper_scale: float | None = None,
+) -> np.ndarray:
     """Eq. 12 for genes ``cols[out]``, graph over all ``cols``: ``(n_sp, len(out))`` float32.
 
     ``alpha`` · GNN + (1 − ``alpha``) · mean of the k neighbours' expression. With
@@ -189,8 +238,9 @@ def network_max(data: CellData, gnn, nbr) -> float:
 
 
 # ----------------------------------------------------------------------------- reliability
-def _out_of_fold(data: CellData, nbr, cfg, alpha: float, seed: int, history: dict, bar
-                 ) -> np.ndarray:
+def _out_of_fold(
+    data: CellData, nbr, cfg, alpha: float, seed: int, history: dict, bar
+) -> np.ndarray:
     """``(n_sp, n_train)``: each training gene predicted by a GNN trained without its fold."""
     from sklearn.model_selection import KFold
 
@@ -221,8 +271,17 @@ def _reference(data: CellData):
     return data.ref if data.ref is not None else data.ref_t.cpu().numpy()
 
 
-def reliability_heldout(data: CellData, nbr, cfg, alpha: float, seed: int, history: dict,
-                        bar, emb_ref: np.ndarray, cells: np.ndarray) -> np.ndarray:
+def reliability_heldout(
+    data: CellData,
+    nbr,
+    cfg,
+    alpha: float,
+    seed: int,
+    history: dict,
+    bar,
+    emb_ref: np.ndarray,
+    cells: np.ndarray,
+) -> np.ndarray:
     """Reliability of the targets, calibrated on the training genes' held-out Pearson.
 
     Each of ``cfg.reliability_folds`` folds trains a fresh GNN on the other training genes
@@ -235,12 +294,13 @@ def reliability_heldout(data: CellData, nbr, cfg, alpha: float, seed: int, histo
     oof = _out_of_fold(data, nbr, cfg, alpha, seed, history, bar)
     held = X.gene_pearson(oof, _measured(data))
     feat = X.self_prediction(emb_ref, _reference(data), data.k, cells)
-    calib = X.calibrate(feat[:data.n_train], held)
-    return X.reliability_score(feat[data.n_train:], calib)
+    calib = X.calibrate(feat[: data.n_train], held)
+    return X.reliability_score(feat[data.n_train :], calib)
 
 
-def reliability_in_sample(data: CellData, gnn, nbr, cfg, seed: int, history: dict, bar
-                          ) -> np.ndarray:
+def reliability_in_sample(
+    data: CellData, gnn, nbr, cfg, seed: int, history: dict, bar
+) -> np.ndarray:
     """Eq. 13 as in the authors' code (``preset="paper"``): an MLP on in-sample accuracy.
 
     The trained network predicts every gene; the cosine similarity of its (in-sample)
@@ -254,18 +314,28 @@ def reliability_in_sample(data: CellData, gnn, nbr, cfg, seed: int, history: dic
 
     n_all = data.n_all
     net = blend(data, gnn, nbr, np.arange(n_all), np.arange(n_all), 1.0)
-    cos = _cosine_per_gene(net[:, :data.n_train], _measured(data))
+    cos = _cosine_per_gene(net[:, : data.n_train], _measured(data))
     cells = np.arange(data.n_sp)
     if data.n_sp > RELIABILITY_MAX_CELLS:
-        cells = np.sort(np.random.default_rng(seed).choice(data.n_sp, RELIABILITY_MAX_CELLS,
-                                                           replace=False))
+        cells = np.sort(
+            np.random.default_rng(seed).choice(data.n_sp, RELIABILITY_MAX_CELLS, replace=False)
+        )
     torch.manual_seed(seed)  # inside the caller's seeded() block: restored on exit
     mlp = torch_modules().ReliabilityMLP(len(cells)).to(data.device)
-    Xt = torch.as_tensor(net[cells][:, :data.n_train].T.copy(), device=data.device)
+    Xt = torch.as_tensor(net[cells][:, : data.n_train].T.copy(), device=data.device)
     y = torch.as_tensor(cos, device=data.device)
-    fit(mlp, lambda batch: _mse(mlp(batch[0]), batch[1]), lambda _epoch: [(Xt, y)],
-        epochs=cfg.reliability_epochs, lr=1e-3, weight_decay=1e-2, history=history,
-        prefix="reliability", desc="stImpute reliability", bar=bar)
+    fit(
+        mlp,
+        lambda batch: _mse(mlp(batch[0]), batch[1]),
+        lambda _epoch: [(Xt, y)],
+        epochs=cfg.reliability_epochs,
+        lr=1e-3,
+        weight_decay=1e-2,
+        history=history,
+        prefix="reliability",
+        desc="stImpute reliability",
+        bar=bar,
+    )
     with torch.no_grad():
-        rel = mlp(torch.as_tensor(net[cells][:, data.n_train:].T.copy(), device=data.device))
+        rel = mlp(torch.as_tensor(net[cells][:, data.n_train :].T.copy(), device=data.device))
     return rel.clamp(-1.0, 1.0).float().cpu().numpy().astype(np.float32)

@@ -68,15 +68,21 @@ def neighbours(emb_ref: np.ndarray, emb_q: np.ndarray | None, k: int) -> np.ndar
         return knn.kneighbors(return_distance=False).astype(np.int64)
     if len(emb_q) == 0:
         return np.zeros((0, k), np.int64)
-    return np.concatenate([knn.kneighbors(emb_q[sl], return_distance=False)
-                           for sl in iter_batches(len(emb_q), _BLOCK)]).astype(np.int64)
+    return np.concatenate(
+        [
+            knn.kneighbors(emb_q[sl], return_distance=False)
+            for sl in iter_batches(len(emb_q), _BLOCK)
+        ]
+    ).astype(np.int64)
 
 
 def neighbour_mean(nbr: np.ndarray, Y) -> np.ndarray:
     """``(n, m)`` float32 mean of the rows ``nbr`` (``(n, k)``) of ``Y`` (dense or CSR)."""
     n, k = nbr.shape
-    W = sparse.csr_matrix((np.full(n * k, 1.0 / k, np.float32),
-                           (np.repeat(np.arange(n), k), nbr.ravel())), shape=(n, Y.shape[0]))
+    W = sparse.csr_matrix(
+        (np.full(n * k, 1.0 / k, np.float32), (np.repeat(np.arange(n), k), nbr.ravel())),
+        shape=(n, Y.shape[0]),
+    )
     out = W @ Y
     return to_dense(out) if sparse.issparse(out) else np.asarray(out, np.float32)
 
@@ -133,8 +139,12 @@ class PcaSpace:
 
     @classmethod
     def from_arrays(cls, arrays) -> PcaSpace:
-        return cls(**{f.name: np.asarray(arrays[f"pca_{f.name}"], np.float64)
-                      for f in dataclasses.fields(cls)})
+        return cls(
+            **{
+                f.name: np.asarray(arrays[f"pca_{f.name}"], np.float64)
+                for f in dataclasses.fields(cls)
+            }
+        )
 
 
 # ----------------------------------------------------------------------------- ridge
@@ -165,24 +175,26 @@ class Ridge:
         else:
             Y = np.asarray(Y, np.float64)
             XtY, ybar = Xs.T @ Y, Y.mean(0)
-        return cls(mu, sd, np.linalg.solve(gram, XtY).astype(np.float32),
-                   ybar.astype(np.float32))
+        return cls(mu, sd, np.linalg.solve(gram, XtY).astype(np.float32), ybar.astype(np.float32))
 
     def predict(self, E: np.ndarray) -> np.ndarray:
-        return (((E - self.x_mean) / self.x_sd).astype(np.float32) @ self.coef
-                + self.intercept).astype(np.float32)
+        return (
+            ((E - self.x_mean) / self.x_sd).astype(np.float32) @ self.coef + self.intercept
+        ).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f"ridge_{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_arrays(cls, arrays) -> Ridge:
-        return cls(**{f.name: np.asarray(arrays[f"ridge_{f.name}"]) for f in
-                      dataclasses.fields(cls)})
+        return cls(
+            **{f.name: np.asarray(arrays[f"ridge_{f.name}"]) for f in dataclasses.fields(cls)}
+        )
 
 
-def transfer(emb_sp: np.ndarray, emb_ref: np.ndarray, Y, ridge: Ridge | None, k: int,
-             w: float) -> np.ndarray:
+def transfer(
+    emb_sp: np.ndarray, emb_ref: np.ndarray, Y, ridge: Ridge | None, k: int, w: float
+) -> np.ndarray:
     """``w · ridge + (1 − w) · k-NN mean`` of reference genes ``Y`` for the spatial cells."""
     out = np.empty((len(emb_sp), Y.shape[1]), np.float32)
     for sl in iter_batches(max(len(emb_sp), 1), _BLOCK):
@@ -198,8 +210,9 @@ def transfer(emb_sp: np.ndarray, emb_ref: np.ndarray, Y, ridge: Ridge | None, k:
 
 
 # ----------------------------------------------------------------------------- reliability
-def self_prediction(emb_ref: np.ndarray, Y, k: int, cells: np.ndarray,
-                    nbr: np.ndarray | None = None) -> np.ndarray:
+def self_prediction(
+    emb_ref: np.ndarray, Y, k: int, cells: np.ndarray, nbr: np.ndarray | None = None
+) -> np.ndarray:
     """Per column of ``Y``: Pearson of its leave-one-out k-NN mean within reference ``cells``.
 
     ``nbr``: the cells' leave-one-out neighbours (positions in ``cells``, nearest first),
@@ -249,8 +262,9 @@ class Selection:
     calib: tuple[float, float]
 
 
-def select(sp, ref, n_train: int, make_space: Callable, *, ks, ws, n_folds: int, seed: int
-           ) -> Selection:
+def select(
+    sp, ref, n_train: int, make_space: Callable, *, ks, ws, n_folds: int, seed: int
+) -> Selection:
     """Choose ``k`` and ``w`` by ``n_folds``-fold CV over the training genes; calibrate.
 
     ``make_space(cols, sp_rows)`` returns ``(emb_ref, emb_sp_rows)``: the reference and the
@@ -260,10 +274,14 @@ def select(sp, ref, n_train: int, make_space: Callable, *, ks, ws, n_folds: int,
 
     rng = np.random.default_rng(seed)
     n_sp, n_ref = sp.shape[0], ref.shape[0]
-    rows = np.sort(rng.choice(n_sp, CV_CELLS, replace=False)) if n_sp > CV_CELLS \
-        else np.arange(n_sp)
-    cells = np.sort(rng.choice(n_ref, SELF_CELLS, replace=False)) if n_ref > SELF_CELLS \
+    rows = (
+        np.sort(rng.choice(n_sp, CV_CELLS, replace=False)) if n_sp > CV_CELLS else np.arange(n_sp)
+    )
+    cells = (
+        np.sort(rng.choice(n_ref, SELF_CELLS, replace=False))
+        if n_ref > SELF_CELLS
         else np.arange(n_ref)
+    )
     ks = [k for k in ks if k <= n_ref] or [n_ref]
     kmax = max(ks)
     held = {(k, w): np.zeros(n_train) for k in ks for w in ws}
@@ -286,5 +304,6 @@ def select(sp, ref, n_train: int, make_space: Callable, *, ks, ws, n_folds: int,
             feat[k][te] = self_prediction(emb_ref, Y, k, cells, self_nbr)
     scores = {kw: float(np.median(v)) for kw, v in held.items()}
     k, w = max(scores, key=lambda kw: (round(scores[kw], 12), -kw[1], kw[0]))
-    return Selection(int(k), float(w), scores, held[(k, w)], feat[k],
-                     calibrate(feat[k], held[(k, w)]))
+    return Selection(
+        int(k), float(w), scores, held[(k, w)], feat[k], calibrate(feat[k], held[(k, w)])
+    )

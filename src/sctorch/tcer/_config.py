@@ -13,14 +13,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     # sctorch's default: cross-cell context channel, Poisson blind-spot objective, count-scale
     # posterior output; k and beta by molecular cross-validation, early stopping on a
     # held-out masked loss; narrow network for a laptop CPU
-    "fast": {"n_features": 16, "epochs": 20, "lr": 1e-3, "lr_step": 10, "patience": 3,
-             "objective": "poisson", "observed_weight": 1.0, "n_neighbors": None,
-             "output": "posterior"},
+    "fast": {
+        "n_features": 16,
+        "epochs": 20,
+        "lr": 1e-3,
+        "lr_step": 10,
+        "patience": 3,
+        "objective": "poisson",
+        "observed_weight": 1.0,
+        "n_neighbors": None,
+        "output": "posterior",
+    },
     # the paper's settings: F = 64, 100 epochs, lr halved every 40 epochs, its masking
     # scheme, measured non-zeros kept, each cell from its own GenoMap only
-    "paper": {"n_features": 64, "epochs": 100, "lr": 1e-3, "lr_step": 40, "patience": None,
-              "objective": "dropout", "observed_weight": 1.0, "n_neighbors": 0,
-              "output": "observed"},
+    "paper": {
+        "n_features": 64,
+        "epochs": 100,
+        "lr": 1e-3,
+        "lr_step": 40,
+        "patience": None,
+        "objective": "dropout",
+        "observed_weight": 1.0,
+        "n_neighbors": 0,
+        "output": "observed",
+    },
 }
 
 
@@ -59,28 +75,39 @@ class TCERParams:
         """Raise ``ValueError`` naming the first out-of-range setting."""
         lo, hi = (float(v) for v in self.mask_ratio)
         if not 0.0 < lo <= hi < 1.0:
-            raise ValueError(f"mask_ratio must satisfy 0 < low <= high < 1, "
-                             f"got {self.mask_ratio!r}.")
+            raise ValueError(
+                f"mask_ratio must satisfy 0 < low <= high < 1, got {self.mask_ratio!r}."
+            )
         if not 0.0 <= self.validation_fraction < 0.5:
-            raise ValueError(f"validation_fraction must lie in [0, 0.5), "
-                             f"got {self.validation_fraction}.")
+            raise ValueError(
+                f"validation_fraction must lie in [0, 0.5), got {self.validation_fraction}."
+            )
         if self.objective not in ("poisson", "blind_spot", "dropout"):
-            raise ValueError(f"objective must be 'poisson', 'blind_spot' or 'dropout', "
-                             f"got {self.objective!r}.")
+            raise ValueError(
+                f"objective must be 'poisson', 'blind_spot' or 'dropout', got {self.objective!r}."
+            )
         if self.output not in ("posterior", "observed"):
             raise ValueError(f"output must be 'posterior' or 'observed', got {self.output!r}.")
-        if self.n_neighbors is not None and (isinstance(self.n_neighbors, bool)
-                                             or int(self.n_neighbors) != self.n_neighbors
-                                             or self.n_neighbors < 0):
-            raise ValueError(f"n_neighbors must be None (chosen by molecular cross-validation)"
-                             f" or an integer >= 0, got {self.n_neighbors!r}.")
+        if self.n_neighbors is not None and (
+            isinstance(self.n_neighbors, bool)
+            or int(self.n_neighbors) != self.n_neighbors
+            or self.n_neighbors < 0
+        ):
+            raise ValueError(
+                f"n_neighbors must be None (chosen by molecular cross-validation)"
+                f" or an integer >= 0, got {self.n_neighbors!r}."
+            )
         if self.beta is not None and not (np.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be None (chosen by molecular cross-validation) or a "
-                             f"finite number >= 0, got {self.beta!r}.")
+            raise ValueError(
+                f"beta must be None (chosen by molecular cross-validation) or a "
+                f"finite number >= 0, got {self.beta!r}."
+            )
         if not 0.0 <= self.observed_weight <= 1.0:
             raise ValueError(f"observed_weight must lie in [0, 1], got {self.observed_weight!r}.")
         if min(self.epochs, self.batch_size, self.n_features, self.n_dfa, self.lr_step) < 1:
-            raise ValueError(f"epochs, batch_size, n_features, n_dfa and lr_step must be >= 1; "
-                             f"got {self.epochs}, {self.batch_size}, {self.n_features}, "
-                             f"{self.n_dfa}, {self.lr_step}.")
+            raise ValueError(
+                f"epochs, batch_size, n_features, n_dfa and lr_step must be >= 1; "
+                f"got {self.epochs}, {self.batch_size}, {self.n_features}, "
+                f"{self.n_dfa}, {self.lr_step}."
+            )
         check_positive(lr=self.lr)

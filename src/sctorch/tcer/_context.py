@@ -32,8 +32,24 @@ from scipy import sparse
 from .._utils import get_rng, is_backed, iter_batches, read_rows, row_sums
 
 #: relative β grid (× the median ``s``) searched by :func:`choose_beta`
-BETA_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0,
-                                5.0, 10.0, 20.0, 50.0, 100.0)
+BETA_GRID: tuple[float, ...] = (
+    0.0,
+    0.05,
+    0.1,
+    0.2,
+    0.35,
+    0.5,
+    0.7,
+    1.0,
+    1.4,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+)
 #: neighbour counts searched by :func:`choose_neighbours`
 K_GRID: tuple[int, ...] = (5, 10, 20, 40, 80)
 
@@ -97,8 +113,9 @@ class Rates:
         return to_rates(*self.counts(rows))
 
 
-def _embedding(rates: Rates, n_pcs: int, seed: int,
-               rates_in: sparse.csr_matrix | None = None) -> np.ndarray:
+def _embedding(
+    rates: Rates, n_pcs: int, seed: int, rates_in: sparse.csr_matrix | None = None
+) -> np.ndarray:
     """PCA scores ``(n, n_pcs)`` of ``log1p(rates)`` (IncrementalPCA in blocks when backed).
 
     ``rates_in``: in-memory rates to embed instead of those of ``rates``.
@@ -109,8 +126,9 @@ def _embedding(rates: Rates, n_pcs: int, seed: int,
     n_comp = int(max(1, min(n_pcs, rates.n - 1, n_genes)))
     if not rates.backed:
         L = (rates.rates(slice(None)) if rates_in is None else rates_in).log1p().toarray()
-        return PCA(n_comp, random_state=seed, svd_solver="full" if n_genes <= 500
-                   else "randomized").fit_transform(L)
+        return PCA(
+            n_comp, random_state=seed, svd_solver="full" if n_genes <= 500 else "randomized"
+        ).fit_transform(L)
     block = max(4096, n_comp)
     ipca = IncrementalPCA(n_comp, batch_size=block)
     blocks = list(iter_batches(rates.n, block))
@@ -128,8 +146,14 @@ def _without_self(idx: np.ndarray, k: int) -> np.ndarray:
     return idx[~own].reshape(idx.shape[0], idx.shape[1] - 1)[:, :k]
 
 
-def neighbour_index(rates: Rates, k: int, *, n_pcs: int = 30, seed: int = 0,
-                    rates_in: sparse.csr_matrix | None = None) -> np.ndarray:
+def neighbour_index(
+    rates: Rates,
+    k: int,
+    *,
+    n_pcs: int = 30,
+    seed: int = 0,
+    rates_in: sparse.csr_matrix | None = None,
+) -> np.ndarray:
     """The ``k`` nearest *other* cells of every cell: int64 ``(n, min(k, n − 1))``.
 
     Euclidean distance between PCA scores (``n_pcs`` components, scikit-learn; fitted in
@@ -159,9 +183,11 @@ def neighbour_index(rates: Rates, k: int, *, n_pcs: int = 30, seed: int = 0,
     from sklearn.neighbors import NearestNeighbors
 
     if rates.n < 2:
-        raise ValueError(f"TCER's cross-cell context needs at least 2 cells, got {rates.n}; "
-                         "impute more cells at once or use a model trained with "
-                         "n_neighbors=0.")
+        raise ValueError(
+            f"TCER's cross-cell context needs at least 2 cells, got {rates.n}; "
+            "impute more cells at once or use a model trained with "
+            "n_neighbors=0."
+        )
     k = int(min(k, rates.n - 1))
     Z = _embedding(rates, n_pcs, seed, rates_in)
     _, idx = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z)
@@ -182,8 +208,10 @@ def neighbour_mean(rates: Rates, idx: np.ndarray, cells) -> np.ndarray:
         source, cols = rates.rates(uniq), pos
     else:
         source, cols = rates.rates(slice(None)), nb.ravel()
-    W = sparse.csr_matrix((np.full(b * k, 1.0 / k, dtype=np.float32),
-                           (np.repeat(np.arange(b), k), cols)), shape=(b, source.shape[0]))
+    W = sparse.csr_matrix(
+        (np.full(b * k, 1.0 / k, dtype=np.float32), (np.repeat(np.arange(b), k), cols)),
+        shape=(b, source.shape[0]),
+    )
     return np.asarray((W @ source).toarray(), dtype=np.float32)
 
 
@@ -241,8 +269,9 @@ def _mean_gene_pearson(A: np.ndarray, B: np.ndarray) -> float:
     return float(((A * B).sum(0)[ok] / den[ok]).mean()) if ok.any() else float("nan")
 
 
-def mcv_scores(half_a, half_b, mu: np.ndarray, grid: Sequence[float] = BETA_GRID
-               ) -> dict[float, float]:
+def mcv_scores(
+    half_a, half_b, mu: np.ndarray, grid: Sequence[float] = BETA_GRID
+) -> dict[float, float]:
     """Molecular cross-validation score of every relative β in ``grid``.
 
     ``half_a`` and ``half_b`` are ``(counts, size)`` of :func:`split_molecules`; ``mu``
@@ -255,12 +284,14 @@ def mcv_scores(half_a, half_b, mu: np.ndarray, grid: Sequence[float] = BETA_GRID
     ca, sa, cb, sb, mu = ca[ok], sa[ok], cb[ok], sb[ok], np.asarray(mu)[ok]
     target = np.log1p(posterior(cb, sb, mu, 0.0))
     ms = float(np.median(sa))
-    return {float(g): _mean_gene_pearson(np.log1p(posterior(ca, sa, mu, g * ms)), target)
-            for g in grid}
+    return {
+        float(g): _mean_gene_pearson(np.log1p(posterior(ca, sa, mu, g * ms)), target) for g in grid
+    }
 
 
-def choose_beta(half_a, half_b, mu: np.ndarray, *, grid: Sequence[float] = BETA_GRID
-                ) -> tuple[float, dict[float, float]]:
+def choose_beta(
+    half_a, half_b, mu: np.ndarray, *, grid: Sequence[float] = BETA_GRID
+) -> tuple[float, dict[float, float]]:
     """The prior weight β of :func:`posterior`, by molecular cross-validation.
 
     ``half_a``, ``half_b`` and ``mu`` as for :func:`mcv_scores` (``mu`` from half A and
@@ -274,8 +305,9 @@ def choose_beta(half_a, half_b, mu: np.ndarray, *, grid: Sequence[float] = BETA_
     return best * float(np.median(half_a[1])), scores
 
 
-def choose_beta_on(rates: Rates, cells: np.ndarray, prior_of: Callable, *, seed: int,
-                   batch_size: int = 256) -> tuple[float, dict[float, float]]:
+def choose_beta_on(
+    rates: Rates, cells: np.ndarray, prior_of: Callable, *, seed: int, batch_size: int = 256
+) -> tuple[float, dict[float, float]]:
     """:func:`choose_beta` for a prior computed by ``prior_of`` on the cells ``cells``.
 
     The cells' counts are split (:func:`split_molecules`); ``prior_of(own_rates,
@@ -287,14 +319,15 @@ def choose_beta_on(rates: Rates, cells: np.ndarray, prior_of: Callable, *, seed:
     cells = np.asarray(cells)
     half_a, half_b = split_molecules(*rates.counts(cells), seed)
     own = to_rates(*half_a)
-    mu = np.concatenate([prior_of(own[sl].toarray(), cells[sl])
-                         for sl in iter_batches(cells.size, batch_size)])
+    mu = np.concatenate(
+        [prior_of(own[sl].toarray(), cells[sl]) for sl in iter_batches(cells.size, batch_size)]
+    )
     return choose_beta(half_a, half_b, mu)
 
 
-def choose_neighbours(rates: Rates, *, seed: int, cells: np.ndarray,
-                      grid: Sequence[int] = K_GRID, n_pcs: int = 30
-                      ) -> tuple[int, dict[int, float]]:
+def choose_neighbours(
+    rates: Rates, *, seed: int, cells: np.ndarray, grid: Sequence[int] = K_GRID, n_pcs: int = 30
+) -> tuple[int, dict[int, float]]:
     """Neighbour count ``k`` of the context, by molecular cross-validation of its mean.
 
     Among the cells ``cells`` (all cells, or a random subset of a large data set), the

@@ -61,9 +61,20 @@ class MaskedBatches:
         The images' scale (``log1p`` rate = image × ``scale``), for the Poisson error.
     """
 
-    def __init__(self, images_of: Callable[[np.ndarray], np.ndarray], train_idx: np.ndarray,
-                 val_idx: np.ndarray, *, gene_px: np.ndarray, mask_ratio: tuple[float, float],
-                 objective: str, batch_size: int, seed: int, device, scale: float = 1.0):
+    def __init__(
+        self,
+        images_of: Callable[[np.ndarray], np.ndarray],
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        *,
+        gene_px: np.ndarray,
+        mask_ratio: tuple[float, float],
+        objective: str,
+        batch_size: int,
+        seed: int,
+        device,
+        scale: float = 1.0,
+    ):
         self.images_of = images_of
         self.train_idx = train_idx
         self.gene_px = torch.as_tensor(gene_px)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sctorch")
 
+
 def check_counts_input(adata: ad.AnnData, layer: str | None):
     """The raw-count matrix of ``adata`` (``layer``), validated; TCER's input rule.
 
@@ -98,10 +99,18 @@ class TCERModel(BaseModel):
 
     config_cls = TCERParams
 
-    def __init__(self, module=None, *, config: TCERParams | None = None, genes=(),
-                 history: dict[str, list[float]] | None = None,
-                 placement: Placement | None = None, scale: float = 1.0,
-                 n_neighbors: int = 0, beta: float | None = None):
+    def __init__(
+        self,
+        module=None,
+        *,
+        config: TCERParams | None = None,
+        genes=(),
+        history: dict[str, list[float]] | None = None,
+        placement: Placement | None = None,
+        scale: float = 1.0,
+        n_neighbors: int = 0,
+        beta: float | None = None,
+    ):
         super().__init__(module, config=config, genes=genes, history=history)
         self.placement = placement
         self.scale = float(scale)
@@ -115,8 +124,13 @@ class TCERModel(BaseModel):
         return self.config
 
     @classmethod
-    def from_genomap(cls, adata: ad.AnnData, config: TCERParams | None = None, *,
-                     genomap_key: str = _keys.GENOMAP) -> TCERModel:
+    def from_genomap(
+        cls,
+        adata: ad.AnnData,
+        config: TCERParams | None = None,
+        *,
+        genomap_key: str = _keys.GENOMAP,
+    ) -> TCERModel:
         """An untrained model on the GenoMap ``genomap_key`` of ``adata`` (all genes placed).
 
         Raises
@@ -128,9 +142,11 @@ class TCERModel(BaseModel):
         """
         placement = Placement.from_adata(adata, genomap_key)
         if (placement.rows < 0).any():
-            raise ValueError(f"GenoMap {genomap_key!r} leaves {int((placement.rows < 0).sum())} "
-                             "gene(s) of adata unplaced; TCER needs every gene on the map. Subset "
-                             "adata to the placed genes or rebuild the GenoMap on all genes.")
+            raise ValueError(
+                f"GenoMap {genomap_key!r} leaves {int((placement.rows < 0).sum())} "
+                "gene(s) of adata unplaced; TCER needs every gene on the map. Subset "
+                "adata to the placed genes or rebuild the GenoMap on all genes."
+            )
         return cls(config=config, genes=list(map(str, adata.var_names)), placement=placement)
 
     # ------------------------------------------------------------------ BaseModel hooks
@@ -139,21 +155,34 @@ class TCERModel(BaseModel):
         """ER-Net of ``config`` (``n_features``, ``n_dfa``): the one constructor."""
         from ._module import ERNet
 
-        return ERNet(config.n_features, config.n_dfa,
-                     in_channels=1 if config.n_neighbors == 0 else 2,
-                     deformable=config.deformable)
+        return ERNet(
+            config.n_features,
+            config.n_dfa,
+            in_channels=1 if config.n_neighbors == 0 else 2,
+            deformable=config.deformable,
+        )
 
     def _extra_state(self):
         p = self.placement
-        return ({"shape": [int(s) for s in p.shape], "scale": self.scale,
-                 "n_neighbors": self.n_neighbors, "beta": self.beta},
-                {"placement_rows": np.asarray(p.rows, dtype=np.int64),
-                 "placement_cols": np.asarray(p.cols, dtype=np.int64)})
+        return (
+            {
+                "shape": [int(s) for s in p.shape],
+                "scale": self.scale,
+                "n_neighbors": self.n_neighbors,
+                "beta": self.beta,
+            },
+            {
+                "placement_rows": np.asarray(p.rows, dtype=np.int64),
+                "placement_cols": np.asarray(p.cols, dtype=np.int64),
+            },
+        )
 
     def _set_extra_state(self, extra, arrays) -> None:
-        self.placement = Placement(arrays["placement_rows"].astype(np.int64),
-                                   arrays["placement_cols"].astype(np.int64),
-                                   tuple(int(s) for s in extra["shape"]))
+        self.placement = Placement(
+            arrays["placement_rows"].astype(np.int64),
+            arrays["placement_cols"].astype(np.int64),
+            tuple(int(s) for s in extra["shape"]),
+        )
         self.scale = float(extra["scale"])
         self.n_neighbors = int(extra.get("n_neighbors", 0))
         beta = extra.get("beta")
@@ -166,12 +195,16 @@ class TCERModel(BaseModel):
             raise ValueError("the model has no GenoMap placement.")
         n_r, n_c = len(np.ravel(p.rows)), len(np.ravel(p.cols))
         if not n_r == n_c == len(self.genes):
-            raise ValueError(f"the gene list has {len(self.genes)} genes but the placement has "
-                             f"{n_r} rows and {n_c} columns; they must have one length.")
+            raise ValueError(
+                f"the gene list has {len(self.genes)} genes but the placement has "
+                f"{n_r} rows and {n_c} columns; they must have one length."
+            )
         p.check(what="The model's GenoMap placement")
         if (p.rows < 0).any():
-            raise ValueError(f"the model's GenoMap placement leaves {int((p.rows < 0).sum())} "
-                             "gene(s) unplaced; TCER needs every gene on the map.")
+            raise ValueError(
+                f"the model's GenoMap placement leaves {int((p.rows < 0).sum())} "
+                "gene(s) unplaced; TCER needs every gene on the map."
+            )
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"the input scale must be a positive number, got {self.scale!r}.")
 
@@ -184,21 +217,26 @@ class TCERModel(BaseModel):
         genes ``adata`` holds (the columns of ``rates``), ``pos`` the position in ``adata``
         of every model gene (-1: missing).
         """
-        pos = self.gene_indexer(adata.var_names, what=what, min_shared=len(self.genes)
-                                if all_genes else int(np.ceil(0.5 * len(self.genes))))
+        pos = self.gene_indexer(
+            adata.var_names,
+            what=what,
+            min_shared=len(self.genes) if all_genes else int(np.ceil(0.5 * len(self.genes))),
+        )
         X = check_counts_input(adata, layer)
         shared = np.flatnonzero(pos >= 0)
         cols = None if np.array_equal(pos, np.arange(adata.n_vars)) else pos[shared]
         return Rates(X, cols, self.config.target_sum), shared, pos
 
-    def _images(self, own: np.ndarray, context: np.ndarray | None,
-                shared: np.ndarray) -> np.ndarray:
+    def _images(
+        self, own: np.ndarray, context: np.ndarray | None, shared: np.ndarray
+    ) -> np.ndarray:
         """Scaled network input ``(n, C, H, W)`` from rates of the shared genes.
 
         ``own``: the cells' rates ``(n, n_shared)``; ``context``: their neighbours' mean
         rates (``None``: no context channel); ``shared``: the model positions of their
         columns. Model genes not in the data are 0.
         """
+
         def image(values):
             block = np.zeros((values.shape[0], len(self.genes)), dtype=np.float32)
             block[:, shared] = np.log1p(values) / self.scale
@@ -207,8 +245,9 @@ class TCERModel(BaseModel):
         imgs = [image(own)] + ([] if context is None else [image(context)])
         return np.stack(imgs, axis=1)
 
-    def _cell_images(self, rates, own, cells, idx: np.ndarray | None,
-                     shared: np.ndarray) -> np.ndarray:
+    def _cell_images(
+        self, rates, own, cells, idx: np.ndarray | None, shared: np.ndarray
+    ) -> np.ndarray:
         """:meth:`_images` of ``cells`` with rates ``own`` (context from the neighbours ``idx``)."""
         ctx = None if idx is None else neighbour_mean(rates, idx, cells)
         return self._images(own, ctx, shared)
@@ -219,8 +258,15 @@ class TCERModel(BaseModel):
             return None
         return neighbour_index(rates, self.n_neighbors, seed=seed)
 
-    def fit(self, adata: ad.AnnData, *, layer: str | None = None, rng: RandomState = 0,
-            device: str | None = None, progress: bool = True) -> TCERModel:
+    def fit(
+        self,
+        adata: ad.AnnData,
+        *,
+        layer: str | None = None,
+        rng: RandomState = 0,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> TCERModel:
         """Train ER-Net on the observed data only (TCER eqs. 12–16), then choose the output.
 
         The cells' log-normalised expression (``log1p(counts / library × target_sum)``),
@@ -286,8 +332,13 @@ class TCERModel(BaseModel):
         seed = seed_int(rng)
         dev = resolve_device(device)
         train_idx, val_idx = split_cells(adata.n_obs, p.validation_fraction, seed)
-        top = max((_max_log_normalised(read_rows(rates.X, sl), rates.cols, p.target_sum)
-                   for sl in iter_batches(rates.n, 8192)), default=0.0)
+        top = max(
+            (
+                _max_log_normalised(read_rows(rates.X, sl), rates.cols, p.target_sum)
+                for sl in iter_batches(rates.n, 8192)
+            ),
+            default=0.0,
+        )
         self.scale = top if top > 0 else 1.0
         self.selection = {}
         if p.n_neighbors is None:
@@ -295,7 +346,8 @@ class TCERModel(BaseModel):
             if rates.n > 3000:
                 cells = np.sort(get_rng(seed).choice(rates.n, 3000, replace=False))
             self.n_neighbors, self.selection["n_neighbors"] = choose_neighbours(
-                rates, seed=seed, cells=cells)
+                rates, seed=seed, cells=cells
+            )
         else:
             self.n_neighbors = int(p.n_neighbors)
         idx = self._neighbours(rates, seed)
@@ -305,11 +357,20 @@ class TCERModel(BaseModel):
             if p.objective == "poisson":  # start from the context itself (a zero log-ratio)
                 torch.nn.init.zeros_(module.out.weight)
                 torch.nn.init.zeros_(module.out.bias)
-            data = MaskedBatches(lambda cells: self._cell_images(
-                                     rates, rates.rates(cells).toarray(), cells, idx, shared),
-                                 train_idx, val_idx, gene_px=self.placement.pixel_mask(),
-                                 mask_ratio=p.mask_ratio, objective=p.objective,
-                                 batch_size=p.batch_size, seed=seed, device=dev, scale=scale)
+            data = MaskedBatches(
+                lambda cells: self._cell_images(
+                    rates, rates.rates(cells).toarray(), cells, idx, shared
+                ),
+                train_idx,
+                val_idx,
+                gene_px=self.placement.pixel_mask(),
+                mask_ratio=p.mask_ratio,
+                objective=p.objective,
+                batch_size=p.batch_size,
+                seed=seed,
+                device=dev,
+                scale=scale,
+            )
 
             def loss_fn(batch):
                 x, inp, known = batch
@@ -320,12 +381,23 @@ class TCERModel(BaseModel):
                 return tcer_loss(pred, x, known, p.fft_weight, squared=blind)
 
             self.history = {"train_loss": [], "val_loss": []}
-            fit_loop(module, loss_fn, data, epochs=p.epochs, lr=p.lr, betas=(0.9, 0.999),
-                     scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(
-                         opt, step_size=max(p.lr_step, 1), gamma=0.5),
-                     validate=(lambda: data.val_loss(module)) if data.val else None,
-                     patience=p.patience, min_delta=1e-5, history=self.history,
-                     desc="TCER train", progress=progress)
+            fit_loop(
+                module,
+                loss_fn,
+                data,
+                epochs=p.epochs,
+                lr=p.lr,
+                betas=(0.9, 0.999),
+                scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(
+                    opt, step_size=max(p.lr_step, 1), gamma=0.5
+                ),
+                validate=(lambda: data.val_loss(module)) if data.val else None,
+                patience=p.patience,
+                min_delta=1e-5,
+                history=self.history,
+                desc="TCER train",
+                progress=progress,
+            )
         self.beta = p.beta
         if p.output == "posterior" and p.beta is None:
             self._choose_beta(rates, idx, shared, val_idx, seed, dev)
@@ -383,8 +455,10 @@ class TCERModel(BaseModel):
         with torch.no_grad():
             if p.objective != "dropout":
                 k = int(np.ceil(2.0 / sum(p.mask_ratio)))
-                group = torch.as_tensor(np.random.default_rng(0).integers(
-                    0, k, size=self.placement.shape), device=device)
+                group = torch.as_tensor(
+                    np.random.default_rng(0).integers(0, k, size=self.placement.shape),
+                    device=device,
+                )
                 pred = torch.zeros_like(x)
                 for g in range(k):
                     hide = gene_px & (group == g)
@@ -396,9 +470,17 @@ class TCERModel(BaseModel):
         pred = torch.where(gene_px, pred, torch.zeros_like(pred))
         return pred.float().cpu().numpy()
 
-    def predict(self, adata: ad.AnnData, *, layer: str | None = None, genes=None,
-                batch_size: int = 256, device: str | None = None, progress: bool = True,
-                out=None) -> np.ndarray:
+    def predict(
+        self,
+        adata: ad.AnnData,
+        *,
+        layer: str | None = None,
+        genes=None,
+        batch_size: int = 256,
+        device: str | None = None,
+        progress: bool = True,
+        out=None,
+    ) -> np.ndarray:
         """Imputed expression of ``adata``: float32 ``n_obs × n_genes``, **log1p-normalised**.
 
         The values :meth:`impute` writes (see there for inputs and errors); ``adata`` is
@@ -435,16 +517,19 @@ class TCERModel(BaseModel):
         if self.module is None:
             raise ValueError("This TCERModel has not been trained; call fit() first.")
         if self.config.output == "posterior" and self.beta is None:
-            raise ValueError("This TCERModel has output='posterior' but no fitted beta; "
-                             "call fit() first or set config.beta.")
+            raise ValueError(
+                "This TCERModel has output='posterior' but no fitted beta; "
+                "call fit() first or set config.beta."
+            )
         check_unique_var_names(adata)
         rates, shared, pos = self._rates(adata, layer, "adata", all_genes=False)
         cols = np.arange(adata.n_vars) if genes is None else _columns_of(adata, genes)
         if out is None:
             out = np.empty((adata.n_obs, cols.size), dtype=np.float32)
         elif tuple(out.shape) != (adata.n_obs, cols.size):
-            raise ValueError(f"out has shape {tuple(out.shape)}, expected "
-                             f"{(adata.n_obs, cols.size)}.")
+            raise ValueError(
+                f"out has shape {tuple(out.shape)}, expected {(adata.n_obs, cols.size)}."
+            )
         dev = resolve_device(device)
         self.to(dev)
         idx = self._neighbours(rates, seed=0)
@@ -453,8 +538,9 @@ class TCERModel(BaseModel):
         where = np.full(adata.n_vars, -1)
         where[cols] = np.arange(cols.size)
         keep = where[src_cols] >= 0
-        for sl in progress_bar(list(iter_batches(adata.n_obs, batch_size)), desc="TCER impute",
-                               progress=progress):
+        for sl in progress_bar(
+            list(iter_batches(adata.n_obs, batch_size)), desc="TCER impute", progress=progress
+        ):
             block = read_rows(rates.X, sl)  # read once: output, input images and posterior
             Xlog = sparse.csr_matrix(log_normalize(block, target_sum=self.config.target_sum))
             res = Xlog[:, cols].toarray().astype(np.float32)  # unknown genes keep observed
@@ -466,8 +552,7 @@ class TCERModel(BaseModel):
             out[sl] = res
         return out
 
-    def _output(self, counts, size, imgs: np.ndarray, device, shared: np.ndarray
-                ) -> np.ndarray:
+    def _output(self, counts, size, imgs: np.ndarray, device, shared: np.ndarray) -> np.ndarray:
         """The output rule on the shared genes, log1p-normalised ``(n, n_shared)``.
 
         ``counts`` and ``size``: the cells' counts of the shared genes and library /
@@ -486,9 +571,17 @@ class TCERModel(BaseModel):
         w = self.config.observed_weight
         return (np.where(x > 0, w * x + (1.0 - w) * pred, pred) * self.scale).astype(np.float32)
 
-    def impute(self, adata: ad.AnnData, *, layer: str | None = None, batch_size: int = 256,
-               device: str | None = None, key_added: str = _keys.TCER, progress: bool = True,
-               copy: bool = False) -> ad.AnnData | None:
+    def impute(
+        self,
+        adata: ad.AnnData,
+        *,
+        layer: str | None = None,
+        batch_size: int = 256,
+        device: str | None = None,
+        key_added: str = _keys.TCER,
+        progress: bool = True,
+        copy: bool = False,
+    ) -> ad.AnnData | None:
         """Impute cells (seen in training or new) with this model.
 
         Parameters
@@ -528,8 +621,9 @@ class TCERModel(BaseModel):
             counts, ``adata`` shares fewer than half of the model's genes (says how many),
             or the model uses the cross-cell context and ``adata`` has fewer than 2 cells.
         """
-        out = self.predict(adata, layer=layer, batch_size=batch_size, device=device,
-                           progress=progress)
+        out = self.predict(
+            adata, layer=layer, batch_size=batch_size, device=device, progress=progress
+        )
         target = adata.copy() if copy else adata
         target.layers[key_added] = out
         return target if copy else None
@@ -558,6 +652,7 @@ def _columns_of(adata: ad.AnnData, genes) -> np.ndarray:
     idx = adata.var_names.get_indexer(names)
     if (idx < 0).any():
         missing = [g for g, i in zip(names, idx, strict=True) if i < 0]
-        raise KeyError(f"{len(missing)} of the requested genes are not in adata.var_names, "
-                       f"e.g. {missing[:5]}.")
+        raise KeyError(
+            f"{len(missing)} of the requested genes are not in adata.var_names, e.g. {missing[:5]}."
+        )
     return idx

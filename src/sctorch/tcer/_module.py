@@ -37,8 +37,18 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
-__all__ = ["CBAM", "PLACEHOLDER", "BatchParallelDeformConv2d", "DFAModule", "ERNet",
-           "mask_blind_spot", "mask_nonzero", "pixel_error", "poisson_rate", "tcer_loss"]
+__all__ = [
+    "CBAM",
+    "PLACEHOLDER",
+    "BatchParallelDeformConv2d",
+    "DFAModule",
+    "ERNet",
+    "mask_blind_spot",
+    "mask_nonzero",
+    "pixel_error",
+    "poisson_rate",
+    "tcer_loss",
+]
 
 PLACEHOLDER = -1.0  # δ: below every (non-negative, scaled) expression value
 
@@ -82,8 +92,12 @@ class _ChunkedDeformConv(torch.autograd.Function):
     def forward(ctx, x, offset, weight, bias, n, stride, padding, dilation):
         def run(xo):
             with torch.enable_grad():
-                leaves = (xo[0].detach().requires_grad_(), xo[1].detach().requires_grad_(),
-                          weight.detach().requires_grad_(), bias.detach().requires_grad_())
+                leaves = (
+                    xo[0].detach().requires_grad_(),
+                    xo[1].detach().requires_grad_(),
+                    weight.detach().requires_grad_(),
+                    bias.detach().requires_grad_(),
+                )
                 y = deform_conv2d(*leaves, stride=stride, padding=padding, dilation=dilation)
             return y, leaves
 
@@ -95,13 +109,23 @@ class _ChunkedDeformConv(torch.autograd.Function):
     def backward(ctx, grad):
         parts, ctx.parts = ctx.parts, None
         gs = grad.split([y.shape[0] for y, _ in parts])
-        grads = _in_threads(lambda pg: torch.autograd.grad(pg[0][0], pg[0][1], pg[1]),
-                            list(zip(parts, gs, strict=True)))
+        grads = _in_threads(
+            lambda pg: torch.autograd.grad(pg[0][0], pg[0][1], pg[1]),
+            list(zip(parts, gs, strict=True)),
+        )
         gw, gb = grads[0][2], grads[0][3]
         for g in grads[1:]:
             gw, gb = gw + g[2], gb + g[3]
-        return (torch.cat([g[0] for g in grads]), torch.cat([g[1] for g in grads]), gw, gb,
-                None, None, None, None)
+        return (
+            torch.cat([g[0] for g in grads]),
+            torch.cat([g[1] for g in grads]),
+            gw,
+            gb,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class BatchParallelDeformConv2d(DeformConv2d):
@@ -122,21 +146,35 @@ class BatchParallelDeformConv2d(DeformConv2d):
     ``benchmarks/results/tcer_speed.md``).
     """
 
-    def forward(self, x: torch.Tensor, offset: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         n = min(torch.get_num_threads(), x.shape[0])
-        if (mask is not None or x.device.type != "cpu" or n < 2 or self.bias is None
-                or torch.is_autocast_enabled("cpu")):  # autocast state is thread-local
+        if (
+            mask is not None
+            or x.device.type != "cpu"
+            or n < 2
+            or self.bias is None
+            or torch.is_autocast_enabled("cpu")
+        ):  # autocast state is thread-local
             return super().forward(x, offset, mask)
-        if torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad
-                                        or self.weight.requires_grad):
-            return _ChunkedDeformConv.apply(x, offset, self.weight, self.bias, n, self.stride,
-                                            self.padding, self.dilation)
+        if torch.is_grad_enabled() and (
+            x.requires_grad or offset.requires_grad or self.weight.requires_grad
+        ):
+            return _ChunkedDeformConv.apply(
+                x, offset, self.weight, self.bias, n, self.stride, self.padding, self.dilation
+            )
 
         def run(xo):  # grad mode is thread-local: switch it off in the worker too
             with torch.no_grad():
-                return deform_conv2d(*xo, self.weight, self.bias, stride=self.stride,
-                                     padding=self.padding, dilation=self.dilation)
+                return deform_conv2d(
+                    *xo,
+                    self.weight,
+                    self.bias,
+                    stride=self.stride,
+                    padding=self.padding,
+                    dilation=self.dilation,
+                )
 
         return torch.cat(_in_threads(run, list(zip(x.chunk(n), offset.chunk(n), strict=True))))
 
@@ -189,8 +227,9 @@ class DFAModule(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
         if deformable:
-            self.offset = nn.Conv2d(channels, 2 * kernel_size * kernel_size, kernel_size,
-                                    padding=pad)
+            self.offset = nn.Conv2d(
+                channels, 2 * kernel_size * kernel_size, kernel_size, padding=pad
+            )
             nn.init.zeros_(self.offset.weight)  # start as a regular convolution
             nn.init.zeros_(self.offset.bias)
             self.deform = BatchParallelDeformConv2d(channels, channels, kernel_size, padding=pad)
@@ -212,8 +251,9 @@ class CBAM(nn.Module):
     def __init__(self, channels: int, reduction: int = 8, kernel_size: int = 7):
         super().__init__()
         hidden = max(channels // reduction, 4)
-        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
-                                 nn.Conv2d(hidden, channels, 1))
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)
+        )
         self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,20 +300,22 @@ class ERNet(nn.Module):
     input is zero-padded on the bottom/right to multiples of 4 and the output cropped back.
     """
 
-    def __init__(self, n_features: int = 64, n_dfa: int = 3, in_channels: int = 1,
-                 deformable: bool = True):
+    def __init__(
+        self, n_features: int = 64, n_dfa: int = 3, in_channels: int = 1, deformable: bool = True
+    ):
         super().__init__()
         f = n_features
         self.n_features = n_features
         self.n_dfa = n_dfa
         self.in_channels = in_channels
         self.enc1 = nn.Sequential(nn.Conv2d(in_channels, f, 3, padding=1), nn.ReLU(inplace=True))
-        self.enc2 = nn.Sequential(nn.Conv2d(f, 2 * f, 3, stride=2, padding=1),
-                                  nn.ReLU(inplace=True))
-        self.enc3 = nn.Sequential(nn.Conv2d(2 * f, 4 * f, 3, stride=2, padding=1),
-                                  nn.ReLU(inplace=True))
-        self.dfa = nn.Sequential(*[DFAModule(4 * f, deformable=deformable)
-                                   for _ in range(n_dfa)])
+        self.enc2 = nn.Sequential(
+            nn.Conv2d(f, 2 * f, 3, stride=2, padding=1), nn.ReLU(inplace=True)
+        )
+        self.enc3 = nn.Sequential(
+            nn.Conv2d(2 * f, 4 * f, 3, stride=2, padding=1), nn.ReLU(inplace=True)
+        )
+        self.dfa = nn.Sequential(*[DFAModule(4 * f, deformable=deformable) for _ in range(n_dfa)])
         self.up1 = nn.ConvTranspose2d(4 * f, 2 * f, 4, stride=2, padding=1)
         self.fuse1 = SkipFusion(2 * f)
         self.up2 = nn.ConvTranspose2d(2 * f, f, 4, stride=2, padding=1)
@@ -282,8 +324,10 @@ class ERNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"ERNet expects input of shape (batch, {self.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}.")
+            raise ValueError(
+                f"ERNet expects input of shape (batch, {self.in_channels}, H, W), "
+                f"got {tuple(x.shape)}."
+            )
         h, w = x.shape[-2:]
         ph, pw = (-h) % 4, (-w) % 4
         if ph or pw:
@@ -324,8 +368,7 @@ def mask_nonzero(x, ratio_low: float, ratio_high: float, gene_px, generator):
     """
     B = x.shape[0]
     nonzero = (x > 0) & gene_px
-    r = ratio_low + (ratio_high - ratio_low) * torch.rand(B, generator=generator,
-                                                            device=x.device)
+    r = ratio_low + (ratio_high - ratio_low) * torch.rand(B, generator=generator, device=x.device)
     k = torch.round(r * nonzero.flatten(1).sum(1)).long()  # (B,)
     scores = torch.rand(x.shape, generator=generator, device=x.device)
     scores = torch.where(nonzero, scores, torch.full_like(scores, 2.0)).flatten(1)
@@ -349,8 +392,7 @@ def mask_blind_spot(x, ratio_low: float, ratio_high: float, gene_px, generator):
     ``(inputs, hidden)`` as for :func:`mask_nonzero`.
     """
     B = x.shape[0]
-    r = ratio_low + (ratio_high - ratio_low) * torch.rand(B, generator=generator,
-                                                            device=x.device)
+    r = ratio_low + (ratio_high - ratio_low) * torch.rand(B, generator=generator, device=x.device)
     u = torch.rand(x.shape, generator=generator, device=x.device)
     hidden = (u < r[:, None, None]) & gene_px
     inputs = torch.where(hidden, torch.full_like(x, PLACEHOLDER), x)

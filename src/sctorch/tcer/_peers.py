@@ -10,8 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 
-def knn_smoothing(counts: np.ndarray, k: int = 15, n_pcs: int = 10, seed: int = 0
-                  ) -> np.ndarray:
+def knn_smoothing(counts: np.ndarray, k: int = 15, n_pcs: int = 10, seed: int = 0) -> np.ndarray:
     """kNN-smoothing 2 (Wagner, Yan & Yanai 2017, bioRxiv 217737): summed neighbour counts.
 
     In ``ceil(log2(k + 1))`` steps with ``k_t = min(2^t − 1, k)`` (1, 3, 7, 15 for
@@ -41,24 +40,26 @@ def knn_smoothing(counts: np.ndarray, k: int = 15, n_pcs: int = 10, seed: int = 
 
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 2 or not 0 < k < counts.shape[0]:
-        raise ValueError(f"knn_smoothing needs a 2-D counts matrix with more than k = {k} "
-                         f"cells, got shape {counts.shape}.")
+        raise ValueError(
+            f"knn_smoothing needs a 2-D counts matrix with more than k = {k} "
+            f"cells, got shape {counts.shape}."
+        )
     smoothed = counts
     for step in range(1, int(np.ceil(np.log2(k + 1))) + 1):
-        k_step = min(2 ** step - 1, k)
+        k_step = min(2**step - 1, k)
         lib = np.maximum(smoothed.sum(1, keepdims=True), 1e-12)
         norm = smoothed / lib * np.median(lib)
         ft = np.sqrt(norm) + np.sqrt(norm + 1)
         n_comp = max(1, min(n_pcs, ft.shape[1] - 1, ft.shape[0] - 1))
         Z = PCA(n_comp, random_state=seed).fit_transform(ft - ft.mean(0))
-        idx = NearestNeighbors(n_neighbors=k_step + 1).fit(Z).kneighbors(
-            Z, return_distance=False)
+        idx = NearestNeighbors(n_neighbors=k_step + 1).fit(Z).kneighbors(Z, return_distance=False)
         smoothed = counts[idx].sum(1)
     return smoothed
 
 
-def ridge_blind_spot(log_expr: np.ndarray, lam: float = 1000.0
-                     ) -> Callable[[np.ndarray], np.ndarray]:
+def ridge_blind_spot(
+    log_expr: np.ndarray, lam: float = 1000.0
+) -> Callable[[np.ndarray], np.ndarray]:
     """A ridge prediction of every gene from the *other* genes of the same cell.
 
     The linear counterpart of TCER's blind-spot network: fitted on ``log_expr`` (dense

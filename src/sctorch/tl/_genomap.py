@@ -56,9 +56,11 @@ def _check_shape(shape, n: int) -> tuple[int, int]:
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"shape must be (H, W) with positive integers, got {shape!r}.")
     if shape[0] * shape[1] < n:
-        raise ValueError(f"The grid {shape[0]} × {shape[1]} has {shape[0] * shape[1]} pixels, "
-                         f"fewer than the {n} genes to place. Pass a larger shape= or "
-                         f"shape=None (default {grid_shape(n)}).")
+        raise ValueError(
+            f"The grid {shape[0]} × {shape[1]} has {shape[0] * shape[1]} pixels, "
+            f"fewer than the {n} genes to place. Pass a larger shape= or "
+            f"shape=None (default {grid_shape(n)})."
+        )
     return shape
 
 
@@ -182,10 +184,21 @@ def genomap(
         ``radius``. Nothing is written to ``adata`` when an error is raised.
     """
     check_copy(adata, copy)
-    rows, cols, record = _place(adata, layer=layer, genes=genes, shape=shape, metric=metric,
-                                epsilon=epsilon, max_iter=max_iter, tol=tol, solver=solver,
-                                radius=radius, batch_size=batch_size, rng=rng,
-                                progress=progress)
+    rows, cols, record = _place(
+        adata,
+        layer=layer,
+        genes=genes,
+        shape=shape,
+        metric=metric,
+        epsilon=epsilon,
+        max_iter=max_iter,
+        tol=tol,
+        solver=solver,
+        radius=radius,
+        batch_size=batch_size,
+        rng=rng,
+        progress=progress,
+    )
     target = adata.copy() if copy else adata
     target.var[f"{key_added}_row"] = rows
     target.var[f"{key_added}_col"] = cols
@@ -193,10 +206,22 @@ def genomap(
     return target if copy else None
 
 
-def _place(adata: ad.AnnData, *, layer: str | None = None, genes=None, shape=None,
-           metric: Metric = "correlation", epsilon: float = 0.0, max_iter: int = 100,
-           tol: float = 1e-6, solver: str = "exchange", radius: int = 2,
-           batch_size: int = 2048, rng: RandomState = 0, progress: bool = True):
+def _place(
+    adata: ad.AnnData,
+    *,
+    layer: str | None = None,
+    genes=None,
+    shape=None,
+    metric: Metric = "correlation",
+    epsilon: float = 0.0,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    solver: str = "exchange",
+    radius: int = 2,
+    batch_size: int = 2048,
+    rng: RandomState = 0,
+    progress: bool = True,
+):
     """``(rows, cols, record)`` of :func:`genomap` (validated, computed, nothing written).
 
     ``rows``/``cols``: int64 ``(n_vars,)`` pixel of each gene (-1: not placed); ``record``
@@ -209,28 +234,51 @@ def _place(adata: ad.AnnData, *, layer: str | None = None, genes=None, shape=Non
     shape = _check_shape(shape, n)
     X = get_matrix(adata, layer)
     counts = resolve_input_scale(X, "auto", what=describe_source(layer)) == "counts"
-    C1 = distance_from_matrix(X, gidx, metric=metric, counts=counts, batch_size=batch_size,
-                              names=adata.var_names[gidx])
+    C1 = distance_from_matrix(
+        X, gidx, metric=metric, counts=counts, batch_size=batch_size, names=adata.var_names[gidx]
+    )
     seed = seed_int(get_rng(rng) if isinstance(rng, np.random.Generator) else rng)
-    pos, n_iter, converged = solve(C1, shape, seed=seed, epsilon=epsilon, solver=solver,
-                                   max_iter=max_iter, tol=tol, radius=radius, progress=progress)
+    pos, n_iter, converged = solve(
+        C1,
+        shape,
+        seed=seed,
+        epsilon=epsilon,
+        solver=solver,
+        max_iter=max_iter,
+        tol=tol,
+        radius=radius,
+        progress=progress,
+    )
     objective = gw_objective(C1, pos)
 
     rows = np.full(adata.n_vars, -1, dtype=np.int64)
     cols = np.full(adata.n_vars, -1, dtype=np.int64)
     rows[gidx] = pos[:, 0]
     cols[gidx] = pos[:, 1]
-    return rows, cols, {
-        "shape": np.asarray(shape, dtype=np.int64),  # (H, W); an array so h5ad can store it
-        "objective": float(objective),
-        "n_iter": int(n_iter),
-        "converged": bool(converged),
-        "params": make_params(layer=layer, n_genes=int(n), shape=shape, metric=metric,
-                              epsilon=float(epsilon), max_iter=int(max_iter), tol=float(tol),
-                              solver=solver, radius=int(radius), counts_input=bool(counts),
-                              rng=rng if not isinstance(rng, np.random.Generator) else
-                              "Generator", seed=int(seed)),
-    }
+    return (
+        rows,
+        cols,
+        {
+            "shape": np.asarray(shape, dtype=np.int64),  # (H, W); an array so h5ad can store it
+            "objective": float(objective),
+            "n_iter": int(n_iter),
+            "converged": bool(converged),
+            "params": make_params(
+                layer=layer,
+                n_genes=int(n),
+                shape=shape,
+                metric=metric,
+                epsilon=float(epsilon),
+                max_iter=int(max_iter),
+                tol=float(tol),
+                solver=solver,
+                radius=int(radius),
+                counts_input=bool(counts),
+                rng=rng if not isinstance(rng, np.random.Generator) else "Generator",
+                seed=int(seed),
+            ),
+        },
+    )
 
 
 def genomap_images(
@@ -277,8 +325,7 @@ def genomap_images(
     return placement.images(X, cells=select_cells(adata, cells), batch_size=batch_size)
 
 
-def genomap_to_genes(images: np.ndarray, adata: ad.AnnData, key: str = _keys.GENOMAP
-                     ) -> np.ndarray:
+def genomap_to_genes(images: np.ndarray, adata: ad.AnnData, key: str = _keys.GENOMAP) -> np.ndarray:
     """Read genes back off GenoMap images: the exact inverse of :func:`genomap_images`.
 
     Parameters

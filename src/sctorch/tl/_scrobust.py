@@ -23,8 +23,14 @@ from ..scrobust._model import ScRobustModel
 if TYPE_CHECKING:
     import anndata as ad
 
-__all__ = ["ScRobustModel", "scrobust_annotate", "scrobust_embed", "scrobust_marker_genes",
-           "scrobust_pathway_scores", "scrobust_pretrain"]
+__all__ = [
+    "ScRobustModel",
+    "scrobust_annotate",
+    "scrobust_embed",
+    "scrobust_marker_genes",
+    "scrobust_pathway_scores",
+    "scrobust_pretrain",
+]
 
 InputScale = Literal["counts", "log1p", "auto"]
 
@@ -154,15 +160,36 @@ def scrobust_pretrain(
     from ..scrobust._presets import pretrain_config
 
     config, fit_kw = pretrain_config(
-        preset, _build_vocab(vocab, adata.var_names), n_obs=adata.n_obs,
-        token_values=token_values, view_thinning=view_thinning, select=select,
-        patience=patience, n_genes_per_view=n_genes_per_view, d_model=d_model,
-        n_layers=n_layers, n_heads=n_heads, dim_feedforward=dim_feedforward, dropout=dropout,
-        head_dropout=head_dropout, temperature=temperature, epochs=epochs,
-        batch_size=batch_size, lr=lr, input_scale=input_scale)
+        preset,
+        _build_vocab(vocab, adata.var_names),
+        n_obs=adata.n_obs,
+        token_values=token_values,
+        view_thinning=view_thinning,
+        select=select,
+        patience=patience,
+        n_genes_per_view=n_genes_per_view,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        dim_feedforward=dim_feedforward,
+        dropout=dropout,
+        head_dropout=head_dropout,
+        temperature=temperature,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        input_scale=input_scale,
+    )
     return ScRobustModel(None, config=config, genes=None, vocab=fit_kw.pop("vocab")).fit(
-        adata, layer=layer, input_scale=input_scale, min_shared_genes=min_shared_genes,
-        device=device, rng=rng, progress=progress, **fit_kw)
+        adata,
+        layer=layer,
+        input_scale=input_scale,
+        min_shared_genes=min_shared_genes,
+        device=device,
+        rng=rng,
+        progress=progress,
+        **fit_kw,
+    )
 
 
 # ============================================================================ embedding
@@ -238,18 +265,33 @@ def scrobust_embed(
     if gene_order not in ("unique", "random"):
         raise ValueError(f"gene_order must be 'unique' or 'random', got {gene_order!r}.")
     if model is None:
-        kw = dict(layer=layer, input_scale=input_scale, device=device, rng=rng,
-                  progress=progress)
+        kw = dict(layer=layer, input_scale=input_scale, device=device, rng=rng, progress=progress)
         model = scrobust_pretrain(adata, **{**kw, **dict(pretrain_kwargs or {})})
-    emb = model.embed(adata, layer=layer, input_scale=input_scale, n_genes=n_genes,
-                      gene_order=gene_order, batch_size=batch_size,
-                      min_shared_genes=min_shared_genes, device=device, rng=rng,
-                      progress=progress)
+    emb = model.embed(
+        adata,
+        layer=layer,
+        input_scale=input_scale,
+        n_genes=n_genes,
+        gene_order=gene_order,
+        batch_size=batch_size,
+        min_shared_genes=min_shared_genes,
+        device=device,
+        rng=rng,
+        progress=progress,
+    )
     target = adata.copy() if copy else adata
     target.obsm[key_added] = emb
-    target.uns[key_added] = {"params": make_params(
-        n_genes=n_genes, gene_order=gene_order, layer=layer, input_scale=input_scale,
-        model=repr(model), device=str(resolve_device(device)), rng=rng)}
+    target.uns[key_added] = {
+        "params": make_params(
+            n_genes=n_genes,
+            gene_order=gene_order,
+            layer=layer,
+            input_scale=input_scale,
+            model=repr(model),
+            device=str(resolve_device(device)),
+            rng=rng,
+        )
+    }
     return target if copy else None
 
 
@@ -368,52 +410,107 @@ def scrobust_annotate(
     """
     from ..scrobust._presets import preset_values
 
-    p = preset_values(preset, "finetune", dict(head=head, val_fraction=val_fraction,
-                                                lr=lr, epochs=epochs))
+    p = preset_values(
+        preset, "finetune", dict(head=head, val_fraction=val_fraction, lr=lr, epochs=epochs)
+    )
     epochs, lr = p["epochs"], p["lr"]
     check_copy(adata_query, copy)
-    check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
-                    n_wide_genes=n_wide_genes, patience=patience)
+    check_positive(
+        n_genes=n_genes,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        n_wide_genes=n_wide_genes,
+        patience=patience,
+    )
     # ---- validate everything before training or writing
     if adata_ref is None:
         if model is None or not model.is_fine_tuned:
-            raise ValueError("Give adata_ref= and labels_key= to train a classifier, or a "
-                             "model fine-tuned by scrobust_annotate(..., return_model=True).")
+            raise ValueError(
+                "Give adata_ref= and labels_key= to train a classifier, or a "
+                "model fine-tuned by scrobust_annotate(..., return_model=True)."
+            )
         labels = None
     else:
         labels = _check_labels(adata_ref, labels_key)
         _class_weights(labels, class_weight)
-    vocab_of = model if model is not None else ScRobustModel(
-        None, _build_vocab(None, adata_ref.var_names), {})
-    qtok = vocab_of.tokens(adata_query, layer=layer, input_scale=input_scale, on_disk=True,
-                           min_shared_genes=min_shared_genes, what="adata_query")
+    vocab_of = (
+        model
+        if model is not None
+        else ScRobustModel(None, _build_vocab(None, adata_ref.var_names), {})
+    )
+    qtok = vocab_of.tokens(
+        adata_query,
+        layer=layer,
+        input_scale=input_scale,
+        on_disk=True,
+        min_shared_genes=min_shared_genes,
+        what="adata_query",
+    )
     seed = seed_int(rng)
     if adata_ref is not None:
         if model is None:
-            kw = dict(layer=ref_layer, input_scale=input_scale, device=device, rng=seed,
-                      progress=progress, preset=preset)
+            kw = dict(
+                layer=ref_layer,
+                input_scale=input_scale,
+                device=device,
+                rng=seed,
+                progress=progress,
+                preset=preset,
+            )
             model = scrobust_pretrain(adata_ref, **{**kw, **dict(pretrain_kwargs or {})})
-        model = model.finetune(adata_ref, labels, layer=ref_layer, input_scale=input_scale,
-                               n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
-                               class_weight=class_weight, min_shared_genes=min_shared_genes,
-                               device=device, rng=seed, progress=progress, head=p["head"],
-                               n_wide_genes=n_wide_genes, val_fraction=p["val_fraction"],
-                               patience=patience)
-    prob = model.predict_proba(qtok, n_genes=n_genes, batch_size=batch_size, device=device,
-                               progress=progress)
+        model = model.finetune(
+            adata_ref,
+            labels,
+            layer=ref_layer,
+            input_scale=input_scale,
+            n_genes=n_genes,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            class_weight=class_weight,
+            min_shared_genes=min_shared_genes,
+            device=device,
+            rng=seed,
+            progress=progress,
+            head=p["head"],
+            n_wide_genes=n_wide_genes,
+            val_fraction=p["val_fraction"],
+            patience=patience,
+        )
+    prob = model.predict_proba(
+        qtok, n_genes=n_genes, batch_size=batch_size, device=device, progress=progress
+    )
     target = adata_query.copy() if copy else adata_query
     pred = np.asarray(model.classes)[prob.argmax(1)]
     target.obs[key_added] = pd.Categorical(pred, categories=model.classes)
     target.obs[confidence_key] = prob.max(1).astype(np.float32)
-    target.uns[key_added] = {"params": make_params(
-        labels_key=labels_key, n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr,
-        preset=preset, head=model.config.head, val_fraction=p["val_fraction"],
-        class_weight=None if adata_ref is None or class_weight is None else (
-            class_weight if isinstance(class_weight, str)
-            else {str(k): float(v) for k, v in class_weight.items()}),
-        layer=layer, ref_layer=ref_layer, input_scale=input_scale,
-        n_query_genes_skipped=qtok.n_missing, model=repr(model),
-        device=str(resolve_device(device)), rng=rng)}
+    target.uns[key_added] = {
+        "params": make_params(
+            labels_key=labels_key,
+            n_genes=n_genes,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            preset=preset,
+            head=model.config.head,
+            val_fraction=p["val_fraction"],
+            class_weight=None
+            if adata_ref is None or class_weight is None
+            else (
+                class_weight
+                if isinstance(class_weight, str)
+                else {str(k): float(v) for k, v in class_weight.items()}
+            ),
+            layer=layer,
+            ref_layer=ref_layer,
+            input_scale=input_scale,
+            n_query_genes_skipped=qtok.n_missing,
+            model=repr(model),
+            device=str(resolve_device(device)),
+            rng=rng,
+        )
+    }
     out = target if copy else None
     if return_model:
         return (out, model) if copy else model
@@ -509,15 +606,23 @@ def scrobust_pathway_scores(
     names = list(kept)
     columns = h5ad_safe_names(names)
     target = adata.copy() if copy else adata
-    target.obsm[key_added] = pd.DataFrame(scores, index=adata.obs_names.copy(),
-                                          columns=pd.Index(columns))
+    target.obsm[key_added] = pd.DataFrame(
+        scores, index=adata.obs_names.copy(), columns=pd.Index(columns)
+    )
     target.obs[label_key] = pd.Categorical(np.asarray(names)[scores.argmax(1)], categories=names)
     target.uns[key_added] = {
         "names": np.asarray(names, dtype=object),
-        "genes_used": {c: [model.vocab[i] for i in v]
-                       for c, v in zip(columns, kept.values(), strict=True)},
-        "params": make_params(min_genes=min_genes, layer=layer, input_scale=input_scale,
-                              n_sets_dropped=len(dropped), model=repr(model))}
+        "genes_used": {
+            c: [model.vocab[i] for i in v] for c, v in zip(columns, kept.values(), strict=True)
+        },
+        "params": make_params(
+            min_genes=min_genes,
+            layer=layer,
+            input_scale=input_scale,
+            n_sets_dropped=len(dropped),
+            model=repr(model),
+        ),
+    }
     return target if copy else None
 
 
@@ -591,9 +696,19 @@ def scrobust_marker_genes(
     check_copy(adata, copy)
     if method not in ("specific", "mean"):
         raise ValueError(f"method must be 'specific' or 'mean', got {method!r}.")
-    result = attention_markers(adata, groupby, model, n_genes=n_genes, n_tokens=n_tokens,
-                               layer=layer, input_scale=input_scale, method=method,
-                               batch_size=batch_size, device=device, progress=progress)
+    result = attention_markers(
+        adata,
+        groupby,
+        model,
+        n_genes=n_genes,
+        n_tokens=n_tokens,
+        layer=layer,
+        input_scale=input_scale,
+        method=method,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     target = adata.copy() if copy else adata
     target.uns[key_added] = result
     return target if copy else None

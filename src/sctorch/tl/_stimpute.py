@@ -25,8 +25,12 @@ from .._utils import RandomState, make_params, resolve_device, seed_int
 def _warn_overwrite(places: list[str]) -> None:
     """Scanpy overwrites existing keys; so do we, but not silently."""
     if places:
-        warnings.warn(f"Overwriting the existing {' and '.join(places)}; pass another "
-                      "key_added= to keep them.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"Overwriting the existing {' and '.join(places)}; pass another "
+            "key_added= to keep them.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def stimpute_gene_graph(
@@ -78,13 +82,34 @@ def stimpute_gene_graph(
     """
     from ..stimpute._graph import gene_graph
 
-    return gene_graph(genes, gene_embeddings=gene_embeddings, expression=expression,
-                      n_neighbors=n_neighbors, case_sensitive=case_sensitive)
+    return gene_graph(
+        genes,
+        gene_embeddings=gene_embeddings,
+        expression=expression,
+        n_neighbors=n_neighbors,
+        case_sensitive=case_sensitive,
+    )
 
 
-_HYPER = ("n_neighbors", "alpha", "epochs", "ae_epochs", "n_rounds", "batch_size", "hidden_dim",
-          "graph_neighbors", "reliability_folds", "lr", "weight_decay", "max_cells_per_epoch",
-          "case_sensitive", "method", "latent", "ridge_weight", "n_pcs")
+_HYPER = (
+    "n_neighbors",
+    "alpha",
+    "epochs",
+    "ae_epochs",
+    "n_rounds",
+    "batch_size",
+    "hidden_dim",
+    "graph_neighbors",
+    "reliability_folds",
+    "lr",
+    "weight_decay",
+    "max_cells_per_epoch",
+    "case_sensitive",
+    "method",
+    "latent",
+    "ridge_weight",
+    "n_pcs",
+)
 
 
 def stimpute(
@@ -295,36 +320,61 @@ def stimpute(
 
     loc = locals()
     hyper = {k: loc[k] for k in _HYPER}
-    model = StImputeModel(config=make_config(preset, adata_sp.n_obs, adata_sp.n_vars,
-                                             **hyper))
-    inputs, sim = model._inputs(adata_sp, adata_ref, genes=genes, layer_sp=layer_sp,
-                                layer_ref=layer_ref, gene_embeddings=gene_embeddings)
+    model = StImputeModel(config=make_config(preset, adata_sp.n_obs, adata_sp.n_vars, **hyper))
+    inputs, sim = model._inputs(
+        adata_sp,
+        adata_ref,
+        genes=genes,
+        layer_sp=layer_sp,
+        layer_ref=layer_ref,
+        gene_embeddings=gene_embeddings,
+    )
     dev = resolve_device(device)
     seed = seed_int(rng)
     pred = model._fit(inputs, sim, seed=seed, device=dev, progress=progress)
     targets, rel = inputs.targets, model.reliability
     cfg = model.config
-    params = make_params(genes="None" if genes is None else list(targets), layer_sp=layer_sp,
-                         layer_ref=layer_ref, preset=preset,
-                         **{k: getattr(cfg, k) for k in _HYPER},
-                         k=model.k, weight=model.alpha,
-                         gene_embeddings=gene_embeddings is not None, seed=seed,
-                         rng=rng, device=str(dev), train_genes=list(inputs.train),
-                         **{k: v for k, v in model.info.items()
-                            if k not in ("seed", "train_genes_reference", "k", "ridge_weight")})
+    params = make_params(
+        genes="None" if genes is None else list(targets),
+        layer_sp=layer_sp,
+        layer_ref=layer_ref,
+        preset=preset,
+        **{k: getattr(cfg, k) for k in _HYPER},
+        k=model.k,
+        weight=model.alpha,
+        gene_embeddings=gene_embeddings is not None,
+        seed=seed,
+        rng=rng,
+        device=str(dev),
+        train_genes=list(inputs.train),
+        **{
+            k: v
+            for k, v in model.info.items()
+            if k not in ("seed", "train_genes_reference", "k", "ridge_weight")
+        },
+    )
     record = {"genes": np.asarray(targets, dtype=object), "reliability": rel, "params": params}
     if return_adata:
-        out = ad.AnnData(pred, obs=adata_sp.obs.copy(),
-                         var=pd.DataFrame({"reliability": rel}, index=pd.Index(targets)))
+        out = ad.AnnData(
+            pred,
+            obs=adata_sp.obs.copy(),
+            var=pd.DataFrame({"reliability": rel}, index=pd.Index(targets)),
+        )
         if _keys.SPATIAL in adata_sp.obsm:
             out.obsm[_keys.SPATIAL] = np.array(adata_sp.obsm[_keys.SPATIAL], copy=True)
         out.uns[key_added] = record
         return (out, model) if return_model else out
     target = adata_sp.copy() if copy else adata_sp
-    _warn_overwrite([f"adata_sp.{where}[{key_added!r}]" for where, store in
-                     (("obsm", target.obsm), ("uns", target.uns)) if key_added in store])
-    target.obsm[key_added] = pd.DataFrame(pred, index=target.obs_names.copy(),
-                                          columns=pd.Index(targets))
+    _warn_overwrite(
+        [
+            f"adata_sp.{where}[{key_added!r}]"
+            for where, store in (("obsm", target.obsm), ("uns", target.uns))
+            if key_added in store
+        ]
+    )
+    target.obsm[key_added] = pd.DataFrame(
+        pred, index=target.obs_names.copy(), columns=pd.Index(targets)
+    )
     target.uns[key_added] = record
     result = target if copy else None
     return (result, model) if return_model else result
@@ -410,15 +460,34 @@ def stimpute_cv(
     loc = locals()
     cfg = make_config(preset, adata_sp.n_obs, adata_sp.n_vars, **{k: loc[k] for k in _HYPER})
     scores, layer, info = StImputeModel._cross_validate(
-        adata_sp, adata_ref, n_folds=n_folds, layer_sp=layer_sp, layer_ref=layer_ref,
-        gene_embeddings=gene_embeddings, device=device, rng=rng, progress=progress,
-        config=cfg)
+        adata_sp,
+        adata_ref,
+        n_folds=n_folds,
+        layer_sp=layer_sp,
+        layer_ref=layer_ref,
+        gene_embeddings=gene_embeddings,
+        device=device,
+        rng=rng,
+        progress=progress,
+        config=cfg,
+    )
     _warn_overwrite([f"adata_sp.layers[{key_added!r}]"] if key_added in adata_sp.layers else [])
     adata_sp.layers[key_added] = layer
-    adata_sp.uns[key_added] = {"params": make_params(
-        n_folds=n_folds, layer_sp=layer_sp, layer_ref=layer_ref, preset=preset,
-        **{k: getattr(cfg, k) for k in _HYPER}, k=info["k"], weight=info["weight"],
-        gene_embeddings=gene_embeddings is not None,
-        seed=info["seed"], rng=rng, device=str(info["device"]),
-        spatial_scale=info["spatial_scale"], reference_scale=info["reference_scale"])}
+    adata_sp.uns[key_added] = {
+        "params": make_params(
+            n_folds=n_folds,
+            layer_sp=layer_sp,
+            layer_ref=layer_ref,
+            preset=preset,
+            **{k: getattr(cfg, k) for k in _HYPER},
+            k=info["k"],
+            weight=info["weight"],
+            gene_embeddings=gene_embeddings is not None,
+            seed=info["seed"],
+            rng=rng,
+            device=str(info["device"]),
+            spatial_scale=info["spatial_scale"],
+            reference_scale=info["reference_scale"],
+        )
+    }
     return scores

@@ -21,10 +21,25 @@ logger = logging.getLogger("sctorch")
 __all__ = ["TCERModel", "TCERParams", "tcer_impute"]
 
 
-def _resolve_params(preset, *, n_features, epochs, batch_size, lr, lr_step, mask_ratio,
-                    fft_weight, patience, validation_fraction, observed_weight,
-                    objective, n_neighbors="preset", output=None, beta=None,
-                    deformable=True) -> TCERParams:
+def _resolve_params(
+    preset,
+    *,
+    n_features,
+    epochs,
+    batch_size,
+    lr,
+    lr_step,
+    mask_ratio,
+    fft_weight,
+    patience,
+    validation_fraction,
+    observed_weight,
+    objective,
+    n_neighbors="preset",
+    output=None,
+    beta=None,
+    deformable=True,
+) -> TCERParams:
     """The preset's settings overridden by the explicit arguments, validated."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}.")
@@ -39,25 +54,29 @@ def _resolve_params(preset, *, n_features, epochs, batch_size, lr, lr_step, mask
         fft_weight=float(fft_weight),
         patience=pre["patience"] if patience == "preset" else patience,
         validation_fraction=float(validation_fraction),
-        observed_weight=float(pre["observed_weight"] if observed_weight is None
-                              else observed_weight),
+        observed_weight=float(
+            pre["observed_weight"] if observed_weight is None else observed_weight
+        ),
         objective=objective or pre["objective"],
-        n_neighbors=pre["n_neighbors"] if isinstance(n_neighbors, str) and n_neighbors == "preset"
+        n_neighbors=pre["n_neighbors"]
+        if isinstance(n_neighbors, str) and n_neighbors == "preset"
         else n_neighbors,
         output=output or pre["output"],
         beta=None if beta is None else float(beta),
         deformable=bool(deformable),
     )
     if isinstance(p.n_neighbors, str):
-        raise ValueError(f"n_neighbors must be 'preset', None or an integer >= 0, "
-                         f"got {n_neighbors!r}.")
+        raise ValueError(
+            f"n_neighbors must be 'preset', None or an integer >= 0, got {n_neighbors!r}."
+        )
     p.validate()
     p.mask_ratio = tuple(float(v) for v in p.mask_ratio)
     return p
 
 
-def _build_genomap(adata: ad.AnnData, layer: str | None, key: str, rng: RandomState,
-                   progress: bool) -> ad.AnnData:
+def _build_genomap(
+    adata: ad.AnnData, layer: str | None, key: str, rng: RandomState, progress: bool
+) -> ad.AnnData:
     """A GenoMap of all genes of ``adata``, on a throw-away AnnData holding only the placement.
 
     Built from the counts, log-normalised per block of cells (a backed ``adata`` is read
@@ -241,17 +260,32 @@ def tcer_impute(
         has zero counts, ``var_names`` has duplicates, the GenoMap under ``genomap_key``
         does not match the genes, or an argument is out of range.
     """
-    p = _resolve_params(preset, n_features=n_features, epochs=epochs, batch_size=batch_size,
-                        lr=lr, lr_step=lr_step, mask_ratio=mask_ratio, fft_weight=fft_weight,
-                        patience=patience, validation_fraction=validation_fraction,
-                        observed_weight=observed_weight, objective=objective,
-                        n_neighbors=n_neighbors, output=output, beta=beta, deformable=deformable)
+    p = _resolve_params(
+        preset,
+        n_features=n_features,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_step=lr_step,
+        mask_ratio=mask_ratio,
+        fft_weight=fft_weight,
+        patience=patience,
+        validation_fraction=validation_fraction,
+        observed_weight=observed_weight,
+        objective=objective,
+        n_neighbors=n_neighbors,
+        output=output,
+        beta=beta,
+        deformable=deformable,
+    )
     check_copy(adata, copy)
     check_counts_input(adata, layer)  # validate everything before anything is written
-    built = None if genomap_key in adata.uns else _build_genomap(adata, layer, genomap_key,
-                                                                 rng, progress)
-    model = TCERModel.from_genomap(adata if built is None else built, p,
-                                   genomap_key=genomap_key)
+    built = (
+        None
+        if genomap_key in adata.uns
+        else _build_genomap(adata, layer, genomap_key, rng, progress)
+    )
+    model = TCERModel.from_genomap(adata if built is None else built, p, genomap_key=genomap_key)
     seed = seed_int(rng)
     dev = resolve_device(device)
     model.fit(adata, layer=layer, rng=seed, device=dev, progress=progress)
@@ -263,15 +297,23 @@ def tcer_impute(
             target.var[col] = built.var[col].to_numpy()
         target.uns[genomap_key] = built.uns[genomap_key]
     target.layers[key_added] = out
-    params = make_params(layer=layer, genomap_key=genomap_key, preset=preset, device=str(dev),
-                         rng=rng, n_neighbors_fitted=model.n_neighbors,
-                         beta_fitted=np.nan if model.beta is None else model.beta,
-                         **model.params_record())
+    params = make_params(
+        layer=layer,
+        genomap_key=genomap_key,
+        preset=preset,
+        device=str(dev),
+        rng=rng,
+        n_neighbors_fitted=model.n_neighbors,
+        beta_fitted=np.nan if model.beta is None else model.beta,
+        **model.params_record(),
+    )
     target.uns[key_added] = {
         "params": params,
         "history": {k: np.asarray(v) for k, v in model.history.items()},
-        "selection": {name: {str(k): float(v) for k, v in scores.items()}
-                      for name, scores in model.selection.items()},
+        "selection": {
+            name: {str(k): float(v) for k, v in scores.items()}
+            for name, scores in model.selection.items()
+        },
     }
     if copy and return_model:
         return target, model
