@@ -5,9 +5,11 @@ One concept, one place: methods use these instead of re-implementing them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -39,6 +41,50 @@ def seed_int(rng: RandomState) -> int:
     if isinstance(rng, int | np.integer):
         return int(rng)
     return int(get_rng(rng).integers(0, 2**31 - 1))
+
+
+def accepts_random_state(func: Callable) -> Callable:
+    """Decorator: accept ``random_state=`` as the alias of ``rng=``, as Scanpy now does.
+
+    Scanpy moved to ``rng`` (SPEC 7) and keeps ``random_state`` as the older spelling; a
+    Scanpy user's ``random_state=0`` works the same as ``rng=0``. The wrapped function's
+    signature shows ``random_state`` (default ``None``) right after ``rng``.
+
+    Raises
+    ------
+    TypeError
+        If both ``rng`` and ``random_state`` are given.
+    """
+    sig = inspect.signature(func)
+    if "rng" not in sig.parameters:  # pragma: no cover - a programming error
+        raise TypeError(f"{func.__qualname__} has no rng parameter")
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if "random_state" in kwargs:
+            value = kwargs.pop("random_state")
+            if "rng" in kwargs:
+                raise TypeError(
+                    f"{func.__name__}() got both rng= and its alias random_state=; "
+                    "pass one of them."
+                )
+            kwargs["rng"] = value
+        return func(*args, **kwargs)
+
+    params = []
+    for p in sig.parameters.values():
+        params.append(p)
+        if p.name == "rng":
+            params.append(
+                inspect.Parameter(
+                    "random_state",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=None,
+                    annotation="RandomState | None",
+                )
+            )
+    wrapper.__signature__ = sig.replace(parameters=params)
+    return wrapper
 
 
 @contextmanager
