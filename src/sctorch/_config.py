@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 C = TypeVar("C", bound="MethodConfig")
 
-__all__ = ["MethodConfig", "resolve_config"]
+__all__ = ["MethodConfig", "renamed", "resolve_config", "warn_unused"]
 
 
 @dataclasses.dataclass
@@ -164,3 +164,45 @@ def resolve_config(
         base = base.replace(**dict(overrides))
     base.validate()
     return base
+
+
+def renamed(kwargs: dict[str, Any], *, old: str, new: str, where: str) -> dict[str, Any]:
+    """Accept the keyword ``old`` as ``new`` for one release, with a ``FutureWarning``.
+
+    ``kwargs`` (a function's ``**kwargs``) is changed in place and returned.
+
+    Raises
+    ------
+    TypeError
+        If both ``old`` and ``new`` are given.
+    """
+    if old in kwargs:
+        import warnings
+
+        if new in kwargs:
+            raise TypeError(f"{where}() got both {old}= and its new name {new}=; pass {new}=.")
+        warnings.warn(
+            f"{where}(): {old}= is now called {new}=; the old name will be removed in "
+            "a later release.",
+            FutureWarning,
+            stacklevel=4,
+        )
+        kwargs[new] = kwargs.pop(old)
+    return kwargs
+
+
+def warn_unused(given, unused, why: str) -> None:
+    """Warn (``UserWarning``) about explicitly given settings that this call does not use.
+
+    ``given``: the names the user passed; ``unused``: the names this call ignores; ``why``:
+    the reason, e.g. ``"method='transfer' trains no network"``.
+    """
+    names = sorted(set(given) & set(unused))
+    if names:
+        import warnings
+
+        warnings.warn(
+            f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} not used: {why}.",
+            UserWarning,
+            stacklevel=4,
+        )

@@ -8,7 +8,7 @@ use, so ``import sctorch`` stays light).
 from importlib import import_module
 
 from ._base import BaseModel, ModelFileError, load
-from ._fit import fit
+from ._fit import LossOutput, fit
 
 _METHOD_MODELS = {
     "TCERModel": "sctorch.tcer._model",

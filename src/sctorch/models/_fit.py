@@ -8,6 +8,7 @@ progress bar, logging). What a method supplies is its batches and its loss.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -16,12 +17,37 @@ import numpy as np
 
 logger = logging.getLogger("sctorch")
 
-LossOut = Any  # a scalar loss tensor, or (loss tensor, {name: float or scalar tensor})
+
+@dataclasses.dataclass
+class LossOutput:
+    """What a method's loss function returns to :func:`fit` (scvi-tools' ``LossOutput``).
+
+    Attributes
+    ----------
+    loss
+        The scalar tensor to minimise (back-propagated by :func:`fit`).
+    metrics
+        Extra per-batch values to record, ``{name: float or scalar tensor}``; their epoch
+        means are stored as ``history[f"{prefix}_{name}"]``.
+    """
+
+    loss: Any
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, out) -> LossOutput:
+        """A :class:`LossOutput` from one, a scalar tensor or ``(loss, metrics)``."""
+        if isinstance(out, LossOutput):
+            return out
+        if isinstance(out, tuple):
+            loss, metrics = out
+            return cls(loss, dict(metrics))
+        return cls(out)
 
 
 def fit(
     module,
-    loss_fn: Callable[[Any], LossOut],
+    loss_fn: Callable[[Any], LossOutput],
     batches: Callable[[int], Iterable[Any]],
     *,
     epochs: int,
@@ -68,9 +94,9 @@ def fit(
         The :class:`torch.nn.Module` to train (its parameters are optimised unless
         ``params`` or ``optimizer`` says otherwise).
     loss_fn
-        ``batch -> loss`` or ``batch -> (loss, {name: value})``: the scalar loss to
-        minimise and extra per-batch values to record (their epoch means are stored as
-        ``history[f"{prefix}_{name}"]``).
+        ``batch -> LossOutput``: the scalar loss to minimise and extra per-batch values to
+        record (their epoch means are stored as ``history[f"{prefix}_{name}"]``); a bare
+        scalar tensor is read as ``LossOutput(loss)``.
     batches
         ``epoch -> iterable of batches`` (any objects ``loss_fn`` understands).
     epochs
@@ -193,8 +219,8 @@ class _Stepper:
                     self.dist.average_gradients(self.trained)
                     self.optimizer.step()
                     continue
-            out = self.loss_fn(batch)
-            loss, extra = out if isinstance(out, tuple) else (out, {})
+            out = LossOutput.of(self.loss_fn(batch))
+            loss, extra = out.loss, out.metrics
             loss.backward()
             if self.distributed:
                 self.dist.average_gradients(self.trained)
