@@ -18,6 +18,7 @@ _METHOD_MODELS = {
 
 __all__ = [
     "BaseModel",
+    "LossOutput",
     "ModelFileError",
     "ScRobustModel",
     "StImputeModel",
