@@ -3,7 +3,7 @@
 Data: the first 1,000 cells of ``pbmc3k`` (raw counts), the 2,000 most variable genes
 (Scanpy ``highly_variable_genes``, flavor ``seurat``, on the log-normalised counts).
 Steps timed: ``sct.tl.genomap`` (default solver) and ``sct.tl.tcer_impute`` (defaults:
-``preset="fast"``), against MAGIC (magic-impute defaults, on the log-normalised counts)
+``preset="default"``), against MAGIC (magic-impute defaults, on the log-normalised counts)
 run in the same process on the same matrix, so the ratio is taken side by side.
 Peak memory is the process's peak RSS after each step (it only grows).
 

@@ -143,9 +143,9 @@ def test_tcer_trains_from_a_backed_file_as_from_memory(tmp_path):
     path = tmp_path / "cells.h5ad"
     a.write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
-    from sctorch.tcer import TCERParams
+    from sctorch.tcer import TCERConfig
 
-    cfg = TCERParams(n_features=4, epochs=2)
+    cfg = TCERConfig(n_features=4, epochs=2)
     mem = sct.models.TCERModel.from_genomap(a, cfg).fit(a, rng=0, progress=False)
     disk = sct.models.TCERModel.from_genomap(backed, cfg).fit(backed, rng=0, progress=False)
     assert disk.scale == mem.scale

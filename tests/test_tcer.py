@@ -8,7 +8,7 @@ from scipy import sparse
 import sctorch as sct
 from sctorch.genomap import Placement
 from sctorch.models import ModelFileError
-from sctorch.tcer import TCERModel, TCERParams
+from sctorch.tcer import TCERModel, TCERConfig
 from sctorch.tcer._module import (
     PLACEHOLDER,
     BatchParallelDeformConv2d,
@@ -162,7 +162,7 @@ def test_training_on_planted_low_rank_genomap_beats_observed_error():
     counts = rng.poisson(20 * (u * (rows < 4) + v * (rows >= 4)) + 1).astype(np.float32)
     a = ad.AnnData(counts)
     a.var_names = [f"g{i}" for i in range(H * W)]
-    p = TCERParams(
+    p = TCERConfig(
         n_features=8,
         epochs=12,
         batch_size=32,
@@ -337,7 +337,7 @@ def test_blind_spot_output_keeps_or_blends_observed_values():
 # ---------------------------------------------------------------------- model lifecycle
 def _small_model(n_dfa=3, seed=0):
     a = _with_grid_placement(_planted_counts(n_cells=48), (6, 6))
-    p = TCERParams(n_features=4, n_dfa=n_dfa, epochs=1, batch_size=32)
+    p = TCERConfig(n_features=4, n_dfa=n_dfa, epochs=1, batch_size=32)
     model = TCERModel.from_genomap(a, p).fit(a, rng=seed, device="cpu", progress=False)
     return a, model
 

@@ -32,10 +32,67 @@ def _default(func: Callable, name: str) -> Any:
     Every option that stands for a function argument takes its default from here, so the
     command and the Python API cannot drift apart.
     """
-    param = inspect.signature(func).parameters[name]
+    params = inspect.signature(func).parameters
+    if name not in params:  # a setting of the method's config class (its "default" preset)
+        cls = inspect.signature(func).parameters["config"].annotation
+        raise TypeError(
+            f"{func.__qualname__}() has no parameter {name!r}; take the default of a config "
+            f"setting with _setting(ConfigClass, {name!r}) ({cls})."
+        )
+    param = params[name]
     if param.default is inspect.Parameter.empty:
         raise TypeError(f"{func.__qualname__}() has no default for {name!r}.")
     return param.default
+
+
+def _setting(config_cls, name: str) -> Any:
+    """The value of setting ``name`` in the ``"default"`` preset of a method's config class.
+
+    Options that stand for config settings (``--epochs``, ``--batch-size``, ...) take their
+    default from here, so the command and the Python API cannot drift apart.
+    """
+    return config_cls.preset("default")[name]
+
+
+def _set_options(values: list[str] | None, config_cls) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as config settings (VALUE read as JSON, else a string).
+
+    Raises
+    ------
+    ValueError
+        If an option is not ``KEY=VALUE`` or ``KEY`` is not a setting of ``config_cls``.
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}.")
+        if key not in config_cls.field_names():
+            raise ValueError(
+                f"--set {key}: not a setting of {config_cls.__name__}; its settings are "
+                f"{', '.join(config_cls.field_names())}."
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _add_set_option(p: argparse.ArgumentParser, config_cls) -> None:
+    """``--set KEY=VALUE`` (repeatable): any setting of the method's config class."""
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=None,
+        help=f"any setting of {config_cls.__name__} (repeatable; VALUE as JSON, e.g. "
+        "--set patience=null --set mask_ratio=[0.1,0.3]); overrides the preset and the "
+        "options above",
+    )
 
 
 def _read(path: str, backed: bool = False):
@@ -206,11 +263,12 @@ def cmd_genomap(args: argparse.Namespace) -> int:
         adata,
         layer=args.layer,
         genes=genes if mask is None else mask,
-        max_iter=args.max_iter,
-        solver=args.solver,
         key_added=args.key_added,
         rng=args.seed,
         progress=not args.quiet,
+        max_iter=args.max_iter,
+        solver=args.solver,
+        **_set_options(args.set, tl.GenoMapConfig),
     )
     _write(adata, out)
     return 0
@@ -235,20 +293,19 @@ def cmd_tcer(args: argparse.Namespace) -> int:
     else:
         kw = {
             k: getattr(args, k)
-            for k in ("n_features", "epochs", "lr")
+            for k in ("n_features", "epochs", "lr", "batch_size")
             if getattr(args, k) is not None
         }
         model = tl.tcer_impute(
             adata,
             layer=args.layer,
             preset=args.preset,
-            batch_size=args.batch_size,
             device=args.device,
             rng=args.seed,
             key_added=args.key_added,
             progress=not args.quiet,
             return_model=True,
-            **kw,
+            **(kw | _set_options(args.set, tl.TCERConfig)),
         )
     _write(adata, out)
     if args.model_out:
@@ -426,18 +483,19 @@ def _add_genomap(sub) -> None:
     p.add_argument(
         "--max-iter",
         type=int,
-        default=_default(f, "max_iter"),
+        default=_setting(tl.GenoMapConfig, "max_iter"),
         help="GW iterations (default: %(default)s)",
     )
     p.add_argument(
         "--solver",
         choices=("exchange", "pot"),
-        default=_default(f, "solver"),
+        default=_setting(tl.GenoMapConfig, "solver"),
         help="exact GW solver (default: %(default)s)",
     )
     p.add_argument(
         "--key-added", default=_default(f, "key_added"), help="output key (default: %(default)s)"
     )
+    _add_set_option(p, tl.GenoMapConfig)
     _common(p, f, device=False)
     p.set_defaults(func=cmd_genomap)
 
@@ -461,35 +519,24 @@ def _add_tcer(sub) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=("fast", "paper"),
+        choices=tuple(tl.TCERConfig.PRESETS),
         default=_default(f, "preset"),
-        help="settings: 'fast' (sctorch's default: cross-cell context, Poisson "
+        help="settings: 'default' (sctorch's: cross-cell context, Poisson "
         "blind-spot loss, posterior output) or the paper's "
         "(default: %(default)s)",
     )
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: preset)")
+    p.add_argument("--n-features", type=int, default=None, help="ER-Net width (default: preset)")
     p.add_argument(
-        "--epochs",
-        type=int,
-        default=_default(f, "epochs"),
-        help="training epochs (default: preset)",
+        "--batch-size", type=int, default=None, help="GenoMaps per batch (default: preset)"
     )
-    p.add_argument(
-        "--n-features",
-        type=int,
-        default=_default(f, "n_features"),
-        help="ER-Net width (default: preset)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=_default(f, "batch_size"), help="(default: %(default)s)"
-    )
-    p.add_argument(
-        "--lr", type=float, default=_default(f, "lr"), help="learning rate (default: preset)"
-    )
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: preset)")
     p.add_argument("--model", default=None, help="impute with this saved model (.safetensors)")
     p.add_argument("--model-out", default=None, help="save the trained model here")
     p.add_argument(
         "--key-added", default=_default(f, "key_added"), help="output layer (default: %(default)s)"
     )
+    _add_set_option(p, tl.TCERConfig)
     _common(p, f)
     p.set_defaults(func=cmd_tcer)
 

@@ -9,6 +9,7 @@ The public functions are :func:`sctorch.tl.genomap`, :func:`sctorch.tl.genomap_i
 :func:`sctorch.tl.genomap_to_genes`, :func:`sctorch.tl.genomap_quality` and
 :func:`sctorch.pl.genomap`. This package holds the method itself:
 
+- ``_config``: :class:`GenoMapConfig`, the solver's settings;
 - ``_distance``: the interaction distance (TCER eqs. 1–2);
 - ``_solver``: grid geometry, spectral start, the GW solvers (eqs. 3–9);
 - ``_placement``: grid shape, the placement read from AnnData, images <-> genes
@@ -16,12 +17,14 @@ The public functions are :func:`sctorch.tl.genomap`, :func:`sctorch.tl.genomap_i
 - ``_quality``: layout-quality scores of a placement.
 """
 
+from ._config import GenoMapConfig
 from ._distance import interaction_distance
 from ._placement import Placement, check_placement, grid_shape, placement_index, select_cells
 from ._quality import genomap_quality
 from ._solver import gw_objective, solve
 
 __all__ = [
+    "GenoMapConfig",
     "Placement",
     "check_placement",
     "genomap_quality",

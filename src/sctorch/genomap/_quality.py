@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import _keys
-from .._utils import describe_source, get_matrix, get_rng, resolve_input_scale
+from .._docs import doc_params
+from .._utils import accepts_random_state, describe_source, get_matrix, get_rng, resolve_input_scale
 from ._distance import distance_from_matrix
 from ._placement import placement_index
 from ._solver import grid_distance_rows, gw_objective
@@ -16,11 +17,13 @@ if TYPE_CHECKING:
     import anndata as ad
 
 
+@accepts_random_state
+@doc_params
 def genomap_quality(
     adata: ad.AnnData,
+    *,
     key: str = _keys.GENOMAP,
     layer: str | None = None,
-    *,
     rng: int | np.random.Generator | None = 0,
     batch_size: int = 2048,
 ) -> dict[str, float]:
@@ -38,6 +41,7 @@ def genomap_quality(
         layer the placement was built from.
     rng
         Seed or Generator of the random placement that coherence is compared with.
+    {random_state}
     batch_size
         Cells read at a time.
 

@@ -5,7 +5,7 @@
 - ``_context``: the cross-cell context (nearest neighbours and their mean), the
   count-scale posterior output and the molecular cross-validation that chooses the
   number of neighbours and the posterior's prior weight;
-- ``_config``: :class:`TCERParams` and the presets;
+- ``_config``: :class:`TCERConfig` (its presets are named instances) and the objectives;
 - ``_model``: :class:`TCERModel` (``fit``, ``impute``, ``save`` / ``load``);
 - ``_peers``: the simple imputers TCER is compared with (kNN smoothing, ridge).
 
@@ -15,7 +15,7 @@ exported here let a benchmark build TCER's output rule on another prior (the abl
 without ER-Net, the ridge peer).
 """
 
-from ._config import PRESETS, TCERParams
+from ._config import TCERConfig
 from ._context import (
     BETA_GRID,
     K_GRID,
@@ -36,10 +36,9 @@ from ._peers import knn_smoothing, ridge_blind_spot
 __all__ = [
     "BETA_GRID",
     "K_GRID",
-    "PRESETS",
     "Rates",
+    "TCERConfig",
     "TCERModel",
-    "TCERParams",
     "choose_beta",
     "choose_beta_on",
     "choose_neighbours",

@@ -1,56 +1,84 @@
-"""TCER settings: :class:`TCERParams` and the presets of :func:`sctorch.tl.tcer_impute`."""
+"""TCER settings: :class:`TCERConfig` and its presets (:func:`sctorch.tl.tcer_impute`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from .._config import MethodConfig
 from .._utils import check_positive
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # sctorch's default: cross-cell context channel, Poisson blind-spot objective, count-scale
-    # posterior output; k and beta by molecular cross-validation, early stopping on a
-    # held-out masked loss; narrow network for a laptop CPU
-    "fast": {
-        "n_features": 16,
-        "epochs": 20,
-        "lr": 1e-3,
-        "lr_step": 10,
-        "patience": 3,
-        "objective": "poisson",
-        "observed_weight": 1.0,
-        "n_neighbors": None,
-        "output": "posterior",
-    },
-    # the paper's settings: F = 64, 100 epochs, lr halved every 40 epochs, its masking
-    # scheme, measured non-zeros kept, each cell from its own GenoMap only
-    "paper": {
-        "n_features": 64,
-        "epochs": 100,
-        "lr": 1e-3,
-        "lr_step": 40,
-        "patience": None,
-        "objective": "dropout",
-        "observed_weight": 1.0,
-        "n_neighbors": 0,
-        "output": "observed",
-    },
+#: the training objectives: name -> (blind-spot masks of all gene pixels, squared error,
+#: Poisson rate); the one place that says what each objective does
+OBJECTIVES: dict[str, dict[str, bool]] = {
+    "poisson": {"blind_spot": True, "squared": False, "poisson": True},
+    "blind_spot": {"blind_spot": True, "squared": True, "poisson": False},
+    "dropout": {"blind_spot": False, "squared": False, "poisson": False},
 }
 
 
 @dataclass
-class TCERParams:
-    """Hyper-parameters of a TCER model (recorded in ``uns['tcer']['params']`` and on save).
+class TCERConfig(MethodConfig):
+    """Settings of TCER (recorded in ``uns['tcer']['params']`` and in saved models).
 
-    See :func:`sctorch.tl.tcer_impute` for their meaning; the defaults are the ``"fast"``
-    preset (:data:`PRESETS`). ``n_dfa`` is the number of DFA modules of ER-Net.
-    ``n_neighbors=None`` and ``beta=None`` mean "choose by molecular cross-validation"
-    (:mod:`sctorch.tcer._context`); the values chosen are on the fitted
-    :class:`~sctorch.tcer.TCERModel` (``n_neighbors``, ``beta``). ``fft_weight`` applies to
-    the ``"dropout"`` and ``"blind_spot"`` objectives (the Poisson loss has no FFT term).
+    The field defaults are the ``"default"`` preset; ``TCERConfig.PRESETS`` holds the named
+    instances ``"default"`` and ``"paper"`` (``TCERConfig.preset("paper")``). Give them to
+    :func:`sctorch.tl.tcer_impute` as ``preset=``, ``config=`` or one by one as keywords.
+
+    Attributes
+    ----------
+    n_features
+        ER-Net width ``F`` (the paper: 64).
+    n_dfa
+        Number of DFA modules of ER-Net (the paper: 3).
+    epochs
+        Most training epochs (the paper: 100).
+    batch_size
+        GenoMaps per training batch (the paper: 64).
+    lr, lr_step
+        Adam learning rate (β = 0.9, 0.999) and the epoch interval at which it is halved
+        (the paper: 1e-3, halved every 40 epochs).
+    mask_ratio
+        ``(r_low, r_high)``: range of the per-image fraction of pixels hidden in training.
+    fft_weight
+        λ, the weight of the frequency-domain L1 term (objectives ``"dropout"`` and
+        ``"blind_spot"``; the Poisson loss has none).
+    patience
+        Epochs without validation improvement before stopping (``None``: never stop early).
+    validation_fraction
+        Fraction of cells held out (with fixed masks) for the validation loss; 0 trains on
+        all cells and keeps the last weights.
+    target_sum
+        Library size of the log-normalisation ``log1p(counts / library × target_sum)``.
+    observed_weight
+        Weight ``w`` of an observed non-zero value against the prediction with
+        ``output="observed"`` (0–1).
+    objective
+        ``"poisson"``, ``"blind_spot"`` or ``"dropout"`` (the paper's); see
+        :func:`sctorch.tl.tcer_impute`.
+    n_neighbors
+        Cells in the cross-cell context: ``None`` chooses it by molecular
+        cross-validation (:mod:`sctorch.tcer._context`), 0 switches the context off (one
+        input channel, as the paper).
+    output
+        ``"posterior"`` or ``"observed"`` (the paper's).
+    beta
+        Prior weight β of the posterior output, in units of library size / 10⁴ (``None``:
+        chosen by molecular cross-validation on the held-out cells).
+    deformable
+        ``False`` replaces the deformable convolutions of the DFA modules by plain ones
+        (an ablation).
+    extra
+        Free-form record kept with the model (not used by training).
+
+    The values chosen for ``n_neighbors=None`` and ``beta=None`` are on the fitted
+    :class:`~sctorch.tcer.TCERModel` (``n_neighbors``, ``beta``).
     """
+
+    PRESETS: ClassVar[dict[str, TCERConfig]] = {}
+    PRESET_ALIASES: ClassVar[dict[str, str]] = {"fast": "default"}
 
     n_features: int = 16
     n_dfa: int = 3
@@ -71,8 +99,16 @@ class TCERParams:
     deformable: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        try:  # one representation of the ratio range (validated in validate())
+            self.mask_ratio = tuple(float(v) for v in self.mask_ratio)
+        except (TypeError, ValueError):
+            pass
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range setting."""
+        if len(self.mask_ratio) != 2:
+            raise ValueError(f"mask_ratio must be (low, high), got {self.mask_ratio!r}.")
         lo, hi = (float(v) for v in self.mask_ratio)
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError(
@@ -82,7 +118,7 @@ class TCERParams:
             raise ValueError(
                 f"validation_fraction must lie in [0, 0.5), got {self.validation_fraction}."
             )
-        if self.objective not in ("poisson", "blind_spot", "dropout"):
+        if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"objective must be 'poisson', 'blind_spot' or 'dropout', got {self.objective!r}."
             )
@@ -111,3 +147,37 @@ class TCERParams:
                 f"{self.n_dfa}, {self.lr_step}."
             )
         check_positive(lr=self.lr)
+
+    @property
+    def blind_spot(self) -> bool:
+        """Whether training hides any gene pixel, zeros included (not only the non-zeros)."""
+        return OBJECTIVES[self.objective]["blind_spot"]
+
+    @property
+    def poisson(self) -> bool:
+        """Whether ER-Net predicts a Poisson rate (a log-ratio to the context)."""
+        return OBJECTIVES[self.objective]["poisson"]
+
+    @property
+    def squared(self) -> bool:
+        """Whether the spatial error term is squared (``"blind_spot"``) rather than absolute."""
+        return OBJECTIVES[self.objective]["squared"]
+
+
+TCERConfig.PRESETS = {
+    # sctorch's default: cross-cell context channel, Poisson blind-spot objective, count-scale
+    # posterior output; k and beta by molecular cross-validation, early stopping on a
+    # held-out masked loss; narrow network for a laptop CPU
+    "default": TCERConfig(),
+    # the paper's settings: F = 64, 100 epochs, lr halved every 40 epochs, its masking
+    # scheme, measured non-zeros kept, each cell from its own GenoMap only
+    "paper": TCERConfig(
+        n_features=64,
+        epochs=100,
+        lr_step=40,
+        patience=None,
+        objective="dropout",
+        n_neighbors=0,
+        output="observed",
+    ),
+}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .._utils import get_rng, iter_batches
+from ._config import OBJECTIVES
 from ._module import mask_blind_spot, mask_nonzero, pixel_error
 
 
@@ -80,7 +81,7 @@ class MaskedBatches:
         self.gene_px = torch.as_tensor(gene_px)
         self.mask_ratio = mask_ratio
         self.objective, self.scale = objective, float(scale)
-        self.blind = objective != "dropout"
+        self.blind = OBJECTIVES[objective]["blind_spot"]
         self.masker = mask_blind_spot if self.blind else mask_nonzero
         self.batch_size = batch_size
         self.device = device

@@ -29,7 +29,7 @@ from .._utils import (
 )
 from ..genomap import Placement
 from ..models import BaseModel
-from ._config import TCERParams
+from ._config import TCERConfig
 from ._context import (
     Rates,
     choose_beta_on,
@@ -80,7 +80,7 @@ class TCERModel(BaseModel):
     module
         The :class:`~sctorch.tcer._module.ERNet` (``None`` before :meth:`fit`).
     config
-        :class:`TCERParams`.
+        :class:`TCERConfig`.
     genes
         The model's genes, in placement order.
     history
@@ -97,13 +97,13 @@ class TCERModel(BaseModel):
         fitted; ``None`` before :meth:`fit` or with ``output="observed"``.
     """
 
-    config_cls = TCERParams
+    config_cls = TCERConfig
 
     def __init__(
         self,
         module=None,
         *,
-        config: TCERParams | None = None,
+        config: TCERConfig | None = None,
         genes=(),
         history: dict[str, list[float]] | None = None,
         placement: Placement | None = None,
@@ -119,7 +119,7 @@ class TCERModel(BaseModel):
         self.selection: dict[str, dict] = {}
 
     @property
-    def params(self) -> TCERParams:
+    def params(self) -> TCERConfig:
         """The hyper-parameters (:attr:`config`)."""
         return self.config
 
@@ -127,7 +127,7 @@ class TCERModel(BaseModel):
     def from_genomap(
         cls,
         adata: ad.AnnData,
-        config: TCERParams | None = None,
+        config: TCERConfig | None = None,
         *,
         genomap_key: str = _keys.GENOMAP,
     ) -> TCERModel:
@@ -151,7 +151,7 @@ class TCERModel(BaseModel):
 
     # ------------------------------------------------------------------ BaseModel hooks
     @classmethod
-    def _build_module(cls, config: TCERParams, extra: dict[str, Any]):
+    def _build_module(cls, config: TCERConfig, extra: dict[str, Any]):
         """ER-Net of ``config`` (``n_features``, ``n_dfa``): the one constructor."""
         from ._module import ERNet
 
@@ -323,7 +323,7 @@ class TCERModel(BaseModel):
 
         from ..models import fit as fit_loop
         from ._data import MaskedBatches, split_cells
-        from ._module import pixel_error, tcer_loss
+        from ._module import training_loss
 
         p = self.config
         p.validate()
@@ -351,10 +351,10 @@ class TCERModel(BaseModel):
         else:
             self.n_neighbors = int(p.n_neighbors)
         idx = self._neighbours(rates, seed)
-        blind, scale = p.objective == "blind_spot", self.scale
+        scale = self.scale
         with seeded(seed):
             self.module = module = self._build_module(p, {}).to(dev)
-            if p.objective == "poisson":  # start from the context itself (a zero log-ratio)
+            if p.poisson:  # start from the context itself (a zero log-ratio)
                 torch.nn.init.zeros_(module.out.weight)
                 torch.nn.init.zeros_(module.out.bias)
             data = MaskedBatches(
@@ -373,12 +373,9 @@ class TCERModel(BaseModel):
             )
 
             def loss_fn(batch):
-                x, inp, known = batch
-                pred = module(inp).squeeze(1)
-                if p.objective == "poisson":
-                    err = pixel_error("poisson", pred, x, inp, scale)
-                    return (err * known).sum() / known.sum().clamp_min(1)
-                return tcer_loss(pred, x, known, p.fft_weight, squared=blind)
+                return training_loss(
+                    module, batch, objective=p.objective, fft_weight=p.fft_weight, scale=scale
+                )
 
             self.history = {"train_loss": [], "val_loss": []}
             fit_loop(
@@ -438,22 +435,19 @@ class TCERModel(BaseModel):
         """
         import torch
 
-        from ._module import PLACEHOLDER, poisson_rate
+        from ._module import PLACEHOLDER, predicted_image
 
         p = self.config
 
         def run(inputs):
-            out = self.module(inputs).squeeze(1)
-            if p.objective == "poisson":  # the predicted rate, as a scaled log1p image
-                return torch.log1p(poisson_rate(out, inputs, self.scale)) / self.scale
-            return out.clamp_min(0.0)
+            return predicted_image(self.module, inputs, objective=p.objective, scale=self.scale)
 
         gene_px = torch.as_tensor(self.placement.pixel_mask(), device=device)
         inp = torch.tensor(imgs, device=device)  # a copy: channel 0 is overwritten below
         x = inp[:, 0].clone()
         self.module.eval()
         with torch.no_grad():
-            if p.objective != "dropout":
+            if p.blind_spot:
                 k = int(np.ceil(2.0 / sum(p.mask_ratio)))
                 group = torch.as_tensor(
                     np.random.default_rng(0).integers(0, k, size=self.placement.shape),

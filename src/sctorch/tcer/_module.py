@@ -37,6 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
+from ..models._fit import LossOutput
+from ._config import OBJECTIVES
+
 __all__ = [
     "CBAM",
     "PLACEHOLDER",
@@ -447,7 +450,40 @@ def pixel_error(objective: str, out, x, inputs, scale: float):
     ``μ − r·log μ`` of the predicted rate μ (:func:`poisson_rate`) against the observed
     rate ``r`` (minimised by ``μ = E[r]``, the expected rate whatever the depth).
     """
-    if objective == "poisson":
+    kind = OBJECTIVES[objective]
+    if kind["poisson"]:
         mu = poisson_rate(out, inputs, scale)
         return mu - torch.expm1(x * scale) * torch.log(mu)
-    return (out - x) ** 2 if objective == "blind_spot" else torch.abs(out - x)
+    return (out - x) ** 2 if kind["squared"] else torch.abs(out - x)
+
+
+def training_loss(
+    module, batch, *, objective: str, fft_weight: float, scale: float
+) -> LossOutput:
+    """The training loss of ER-Net on one masked batch, for each objective (one place).
+
+    ``batch`` is ``(x, inputs, known)`` from :class:`sctorch.tcer._data.MaskedBatches`:
+    the cells' own scaled images ``(B, H, W)``, the network input ``(B, C, H, W)`` and the
+    pixels scored. ``"poisson"``: the mean :func:`pixel_error` over the scored pixels;
+    ``"dropout"`` and ``"blind_spot"``: :func:`tcer_loss` (TCER eqs. 14–16; squared spatial
+    error for ``"blind_spot"``).
+    """
+    x, inputs, known = batch
+    pred = module(inputs).squeeze(1)
+    kind = OBJECTIVES[objective]
+    if kind["poisson"]:
+        err = pixel_error(objective, pred, x, inputs, scale)
+        return LossOutput((err * known).sum() / known.sum().clamp_min(1))
+    return LossOutput(tcer_loss(pred, x, known, fft_weight, squared=kind["squared"]))
+
+
+def predicted_image(module, inputs, *, objective: str, scale: float):
+    """ER-Net's prediction for ``inputs`` as a scaled ``log1p`` image ``(B, H, W)``.
+
+    ``"poisson"``: the predicted rate (:func:`poisson_rate`) on the images' scale; the other
+    objectives: the output, clamped at 0.
+    """
+    out = module(inputs).squeeze(1)
+    if OBJECTIVES[objective]["poisson"]:
+        return torch.log1p(poisson_rate(out, inputs, scale)) / scale
+    return out.clamp_min(0.0)

@@ -1,5 +1,6 @@
 """Tools: the methods (GenoMap, TCER, stImpute, scRobust)."""
 
+from ..genomap import GenoMapConfig
 from ._genomap import genomap, genomap_images, genomap_quality, genomap_to_genes
 from ._scrobust import (
     ScRobustModel,
@@ -10,10 +11,12 @@ from ._scrobust import (
     scrobust_pretrain,
 )
 from ._stimpute import stimpute, stimpute_cv, stimpute_gene_graph
-from ._tcer import TCERModel, tcer_impute
+from ._tcer import TCERConfig, TCERModel, tcer_impute
 
 __all__ = [
+    "GenoMapConfig",
     "ScRobustModel",
+    "TCERConfig",
     "TCERModel",
     "genomap",
     "genomap_images",

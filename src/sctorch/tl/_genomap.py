@@ -7,14 +7,17 @@ Thin wrappers (validate -> :mod:`sctorch.genomap` -> write keys); the method its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _keys
+from .._config import resolve_config
+from .._docs import doc_params
 from .._utils import (
     RandomState,
+    accepts_random_state,
     check_copy,
     check_finite,
     check_unique_var_names,
@@ -26,25 +29,13 @@ from .._utils import (
     seed_int,
 )
 from ..genomap import Placement, genomap_quality, grid_shape, gw_objective, select_cells, solve
-from ..genomap._distance import Metric, distance_from_matrix, select_genes
+from ..genomap._config import GenoMapConfig
+from ..genomap._distance import distance_from_matrix, select_genes
 
 if TYPE_CHECKING:
     import anndata as ad
 
 __all__ = ["genomap", "genomap_images", "genomap_quality", "genomap_to_genes"]
-
-
-def _check_args(epsilon, max_iter, radius, solver, metric) -> None:
-    if not (np.isfinite(epsilon) and epsilon >= 0):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}.")
-    if int(max_iter) < 0:
-        raise ValueError(f"max_iter must be >= 0, got {max_iter}.")
-    if int(radius) < 1:
-        raise ValueError(f"radius must be >= 1, got {radius}.")
-    if solver not in ("exchange", "pot"):
-        raise ValueError(f"solver must be 'exchange' or 'pot', got {solver!r}.")
-    if metric not in ("correlation", "cosine"):
-        raise ValueError(f"metric must be 'correlation' or 'cosine', got {metric!r}.")
 
 
 def _check_shape(shape, n: int) -> tuple[int, int]:
@@ -64,23 +55,20 @@ def _check_shape(shape, n: int) -> tuple[int, int]:
     return shape
 
 
+@accepts_random_state
+@doc_params
 def genomap(
     adata: ad.AnnData,
     *,
     layer: str | None = None,
     genes: Sequence[str] | np.ndarray | None = None,
     shape: tuple[int, int] | None = None,
-    metric: Metric = "correlation",
-    epsilon: float = 0.0,
-    max_iter: int = 100,
-    tol: float = 1e-6,
-    solver: Literal["exchange", "pot"] = "exchange",
-    radius: int = 2,
-    batch_size: int = 2048,
     key_added: str = _keys.GENOMAP,
+    config: GenoMapConfig | Mapping[str, Any] | None = None,
     rng: RandomState = 0,
     progress: bool = True,
     copy: bool = False,
+    **kwargs: Any,
 ) -> ad.AnnData | None:
     r"""Place genes on a 2-D grid by Gromov–Wasserstein transport (GenoMap construction).
 
@@ -133,31 +121,21 @@ def genomap(
     shape
         Grid ``(H, W)``; default :func:`sctorch.genomap.grid_shape` (smallest near-square with
         ``H·W >= n_genes``).
-    metric
-        Interaction distance: ``"correlation"`` (1 - Pearson, the papers' choice) or
-        ``"cosine"``.
-    epsilon
-        Entropic regularisation of GW (on distances scaled to [0, 1]); ``0`` is exact.
-    max_iter
-        Maximum GW iterations.
-    tol
-        Stop when an iteration improves the GW objective by less than ``tol`` (relative).
-    solver
-        Exact solver (``epsilon=0``): ``"exchange"`` or ``"pot"`` (see above).
-    radius
-        ``solver="exchange"``: genes on pixels at most this far apart (Chebyshev
-        distance) are considered for a swap.
-    batch_size
-        Cells read at a time to compute the interaction distance.
     key_added
         Output names (see Returns).
+    config
+        A :class:`~sctorch.genomap.GenoMapConfig` or a dict of some of its settings.
     rng
         Seed or Generator for the start vector of the MDS eigen-solver; the same seed
         gives the same placement.
-    progress
-        Show a progress bar.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {random_state}
+    {progress}
+    {copy}
+    {kwargs}
+        The settings of :class:`~sctorch.genomap.GenoMapConfig`: ``metric``
+        (``"correlation"``, the papers', or ``"cosine"``), ``epsilon`` (entropic
+        regularisation; 0 is exact), ``max_iter``, ``tol``, ``solver`` (``"exchange"`` or
+        ``"pot"``, see above), ``radius`` and ``batch_size``.
 
     Returns
     -------
@@ -183,21 +161,10 @@ def genomap(
         fewer than 2 cells; a bad ``metric``, ``epsilon``, ``solver``, ``max_iter`` or
         ``radius``. Nothing is written to ``adata`` when an error is raised.
     """
+    cfg = resolve_config(GenoMapConfig, None, config, kwargs)
     check_copy(adata, copy)
     rows, cols, record = _place(
-        adata,
-        layer=layer,
-        genes=genes,
-        shape=shape,
-        metric=metric,
-        epsilon=epsilon,
-        max_iter=max_iter,
-        tol=tol,
-        solver=solver,
-        radius=radius,
-        batch_size=batch_size,
-        rng=rng,
-        progress=progress,
+        adata, layer=layer, genes=genes, shape=shape, config=cfg, rng=rng, progress=progress
     )
     target = adata.copy() if copy else adata
     target.var[f"{key_added}_row"] = rows
@@ -212,13 +179,7 @@ def _place(
     layer: str | None = None,
     genes=None,
     shape=None,
-    metric: Metric = "correlation",
-    epsilon: float = 0.0,
-    max_iter: int = 100,
-    tol: float = 1e-6,
-    solver: str = "exchange",
-    radius: int = 2,
-    batch_size: int = 2048,
+    config: GenoMapConfig | None = None,
     rng: RandomState = 0,
     progress: bool = True,
 ):
@@ -227,8 +188,11 @@ def _place(
     ``rows``/``cols``: int64 ``(n_vars,)`` pixel of each gene (-1: not placed); ``record``
     the ``uns`` entry. A backed ``adata`` is read ``batch_size`` cells at a time.
     """
+    cfg = GenoMapConfig() if config is None else config
+    cfg.validate()
+    metric, epsilon, max_iter, tol = cfg.metric, cfg.epsilon, cfg.max_iter, cfg.tol
+    solver, radius, batch_size = cfg.solver, cfg.radius, cfg.batch_size
     check_unique_var_names(adata)
-    _check_args(epsilon, max_iter, radius, solver, metric)
     gidx = select_genes(adata, genes)
     n = gidx.size
     shape = _check_shape(shape, n)
@@ -325,7 +289,9 @@ def genomap_images(
     return placement.images(X, cells=select_cells(adata, cells), batch_size=batch_size)
 
 
-def genomap_to_genes(images: np.ndarray, adata: ad.AnnData, key: str = _keys.GENOMAP) -> np.ndarray:
+def genomap_to_genes(
+    images: np.ndarray, adata: ad.AnnData, *, key: str = _keys.GENOMAP
+) -> np.ndarray:
     """Read genes back off GenoMap images: the exact inverse of :func:`genomap_images`.
 
     Parameters

@@ -7,71 +7,29 @@ A thin wrapper: validate -> read (or build) the GenoMap -> :class:`TCERModel` ``
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import anndata as ad
 import numpy as np
 
 from .. import _keys
-from .._utils import RandomState, check_copy, make_params, resolve_device, seed_int
-from ..tcer._config import PRESETS, TCERParams
+from .._config import resolve_config
+from .._docs import doc_params
+from .._utils import (
+    RandomState,
+    accepts_random_state,
+    check_copy,
+    make_params,
+    resolve_device,
+    seed_int,
+)
+from ..tcer._config import TCERConfig
 from ..tcer._model import TCERModel, check_counts_input
 
 logger = logging.getLogger("sctorch")
 
-__all__ = ["TCERModel", "TCERParams", "tcer_impute"]
-
-
-def _resolve_params(
-    preset,
-    *,
-    n_features,
-    epochs,
-    batch_size,
-    lr,
-    lr_step,
-    mask_ratio,
-    fft_weight,
-    patience,
-    validation_fraction,
-    observed_weight,
-    objective,
-    n_neighbors="preset",
-    output=None,
-    beta=None,
-    deformable=True,
-) -> TCERParams:
-    """The preset's settings overridden by the explicit arguments, validated."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}.")
-    pre = PRESETS[preset]
-    p = TCERParams(
-        n_features=int(pre["n_features"] if n_features is None else n_features),
-        epochs=int(epochs if epochs is not None else pre["epochs"]),
-        batch_size=int(batch_size),
-        lr=float(pre["lr"] if lr is None else lr),
-        lr_step=int(pre["lr_step"] if lr_step is None else lr_step),
-        mask_ratio=tuple(mask_ratio),
-        fft_weight=float(fft_weight),
-        patience=pre["patience"] if patience == "preset" else patience,
-        validation_fraction=float(validation_fraction),
-        observed_weight=float(
-            pre["observed_weight"] if observed_weight is None else observed_weight
-        ),
-        objective=objective or pre["objective"],
-        n_neighbors=pre["n_neighbors"]
-        if isinstance(n_neighbors, str) and n_neighbors == "preset"
-        else n_neighbors,
-        output=output or pre["output"],
-        beta=None if beta is None else float(beta),
-        deformable=bool(deformable),
-    )
-    if isinstance(p.n_neighbors, str):
-        raise ValueError(
-            f"n_neighbors must be 'preset', None or an integer >= 0, got {n_neighbors!r}."
-        )
-    p.validate()
-    p.mask_ratio = tuple(float(v) for v in p.mask_ratio)
-    return p
+__all__ = ["TCERConfig", "TCERModel", "tcer_impute"]
 
 
 def _build_genomap(
@@ -91,34 +49,23 @@ def _build_genomap(
     return tmp
 
 
+@accepts_random_state
+@doc_params
 def tcer_impute(
     adata: ad.AnnData,
     *,
     layer: str | None = None,
     genomap_key: str = _keys.GENOMAP,
-    preset: str = "fast",
-    n_features: int | None = None,
-    epochs: int | None = None,
-    batch_size: int = 64,
-    lr: float | None = None,
-    lr_step: int | None = None,
-    mask_ratio: tuple[float, float] = (0.1, 0.5),
-    fft_weight: float = 0.1,
-    patience: int | str | None = "preset",
-    validation_fraction: float = 0.1,
-    observed_weight: float | None = None,
-    objective: str | None = None,
-    n_neighbors: int | str | None = "preset",
-    output: str | None = None,
-    beta: float | None = None,
-    deformable: bool = True,
+    preset: str = "default",
+    config: TCERConfig | Mapping[str, Any] | None = None,
     device: str | None = None,
     rng: RandomState = 0,
     key_added: str = _keys.TCER,
     progress: bool = True,
     return_model: bool = False,
     copy: bool = False,
-):
+    **kwargs: Any,
+) -> ad.AnnData | TCERModel | tuple[ad.AnnData, TCERModel] | None:
     """Impute dropouts with TCER: a self-supervised ER-Net on GenoMap images.
 
     Wei et al. 2024, Brief Bioinform 25(2):bbae031. The cells' log-normalised
@@ -130,7 +77,7 @@ def tcer_impute(
     used for early stopping and to keep the best weights. The reference (ground truth)
     is never used, for training or for any choice.
 
-    **The default departs from the paper** (``preset="fast"``), because the paper's
+    **The default departs from the paper** (``preset="default"``), because the paper's
     design scores below simple imputers on real data (``benchmarks/results/tcer.md``);
     ``preset="paper"`` keeps the paper's design:
 
@@ -187,58 +134,32 @@ def tcer_impute(
         ``genomap_key + "_row"`` / ``"_col"``). If absent, a GenoMap of all genes is
         built from the log-normalised data and stored under this key.
     preset
-        ``"fast"`` (default; laptop CPU: ``n_features=16``, up to 20 epochs, lr 1e-3
-        halved every 10 epochs, early stopping with patience 3, cross-cell context with
-        ``k`` chosen by molecular cross-validation, Poisson blind-spot objective,
-        posterior output) or ``"paper"`` (``n_features=64``, 100 epochs, lr halved every
-        40 epochs, no early stopping, no context, dropout objective, measured values
-        kept). Explicit arguments override the preset.
-    n_features, epochs, lr, lr_step
-        Network width ``F``, training epochs, Adam learning rate (β = 0.9, 0.999) and the
-        epoch interval at which it is halved.
-    batch_size
-        GenoMaps per training batch (64 in the paper).
-    mask_ratio
-        ``(r_low, r_high)``: range of the per-image fraction of pixels hidden in training.
-    fft_weight
-        λ, the weight of the frequency-domain L1 term.
-    patience
-        Epochs without validation improvement before stopping (``None``: never stop
-        early; ``"preset"``: the preset's value).
-    validation_fraction
-        Fraction of cells held out (with fixed masks) for the validation loss; 0 trains
-        on all cells and keeps the last weights.
-    observed_weight
-        Weight ``w`` of an observed non-zero value against the prediction (0–1;
-        ``None``: the preset's).
-    objective
-        ``"poisson"``, ``"blind_spot"`` or ``"dropout"`` (see above; ``None``: the
-        preset's).
-    n_neighbors
-        Cells in the cross-cell context: ``None`` chooses it by molecular
-        cross-validation, 0 switches the context off (one input channel, as the paper),
-        ``"preset"``: the preset's.
-    output
-        ``"posterior"`` or ``"observed"`` (see above; ``None``: the preset's).
-    beta
-        Prior weight β of the posterior output, in units of library size / 10⁴
-        (``None``: chosen by molecular cross-validation on the held-out cells).
-    deformable
-        ``False`` replaces the deformable convolutions of the DFA modules by plain ones
-        (an ablation).
-    device
-        Torch device (``None``: CUDA, then MPS, else CPU).
-    rng
-        Seed; the same seed on the same device gives the same result.
+        ``"default"`` (laptop CPU: ``n_features=16``, up to 20 epochs, lr 1e-3 halved every
+        10 epochs, early stopping with patience 3, cross-cell context with ``k`` chosen by
+        molecular cross-validation, Poisson blind-spot objective, posterior output) or
+        ``"paper"`` (``n_features=64``, 100 epochs, lr halved every 40 epochs, no early
+        stopping, no context, dropout objective, measured values kept): the named
+        instances ``TCERConfig.PRESETS``. ``"fast"``, the former name of ``"default"``,
+        is still accepted with a ``FutureWarning``.
+    {config}
+    {device}
+    {rng}
+    {random_state}
     key_added
         Output layer and ``uns`` key.
-    progress
-        Show progress bars.
+    {progress}
     return_model
         Also return the trained :class:`TCERModel` (its ``save`` refuses to replace an
         existing file unless ``overwrite=True``).
-    copy
-        Work on and return a copy of ``adata``.
+    {copy}
+    {kwargs}
+        The settings of :class:`~sctorch.tcer.TCERConfig` (each documented there):
+        ``n_features``, ``n_dfa``, ``epochs``, ``batch_size``, ``lr``, ``lr_step``,
+        ``mask_ratio``, ``fft_weight``, ``patience`` (``None``: never stop early),
+        ``validation_fraction``, ``target_sum``, ``observed_weight``, ``objective``,
+        ``n_neighbors`` (``None``: chosen by molecular cross-validation; 0: no context),
+        ``output``, ``beta`` (``None``: chosen by molecular cross-validation) and
+        ``deformable``.
 
     Returns
     -------
@@ -260,24 +181,7 @@ def tcer_impute(
         has zero counts, ``var_names`` has duplicates, the GenoMap under ``genomap_key``
         does not match the genes, or an argument is out of range.
     """
-    p = _resolve_params(
-        preset,
-        n_features=n_features,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        lr_step=lr_step,
-        mask_ratio=mask_ratio,
-        fft_weight=fft_weight,
-        patience=patience,
-        validation_fraction=validation_fraction,
-        observed_weight=observed_weight,
-        objective=objective,
-        n_neighbors=n_neighbors,
-        output=output,
-        beta=beta,
-        deformable=deformable,
-    )
+    p = resolve_config(TCERConfig, preset, config, kwargs)
     check_copy(adata, copy)
     check_counts_input(adata, layer)  # validate everything before anything is written
     built = (
