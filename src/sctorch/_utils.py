@@ -342,6 +342,38 @@ def check_positive(**kwargs) -> None:
             raise ValueError(f"{name} must be a positive number, got {val!r}.")
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can give now (``MemAvailable``), or ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(nbytes: float, *, what: str, advice: str) -> None:
+    """Refuse, before allocating, work whose estimated memory exceeds what is available.
+
+    Raises
+    ------
+    MemoryError
+        If ``nbytes`` is larger than :func:`available_memory`; the message gives both sizes,
+        ``what`` needs the memory and ``advice`` says what to do instead.
+    """
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise MemoryError(
+            f"{what} needs about {nbytes / 2**30:.1f} GiB of memory, more than the "
+            f"{free / 2**30:.1f} GiB available; {advice}"
+        )
+
+
 def check_unique_var_names(adata: ad.AnnData) -> None:
     """Raise ``ValueError`` if ``adata.var_names`` has duplicates."""
     if not adata.var_names.is_unique:

@@ -20,6 +20,7 @@ from .._utils import (
     accepts_random_state,
     check_copy,
     check_finite,
+    check_fits_in_memory,
     check_unique_var_names,
     describe_source,
     get_matrix,
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
     import anndata as ad
 
 __all__ = ["genomap", "genomap_images", "genomap_quality", "genomap_to_genes"]
+
+#: peak bytes per gene pair of the GenoMap construction: about four dense float64
+#: ``n × n`` matrices live at once (the Gram matrix, the distance and its symmetrised
+#: copy, then the distance and the solver's gradient)
+GENOMAP_BYTES_PER_PAIR = 32
 
 
 def _check_shape(shape, n: int) -> tuple[int, int]:
@@ -160,6 +166,12 @@ def genomap(
         or negative values; a gene constant across cells; duplicate ``var_names``;
         fewer than 2 cells; a bad ``metric``, ``epsilon``, ``solver``, ``max_iter`` or
         ``radius``. Nothing is written to ``adata`` when an error is raised.
+    TypeError
+        If a keyword is not a setting of :class:`~sctorch.genomap.GenoMapConfig`.
+    MemoryError
+        Before any allocation, if the gene × gene matrices of the construction (about
+        ``32 · n_genes²`` bytes) would not fit in the memory available; the message gives
+        the estimate and advises selecting highly variable genes.
     """
     cfg = resolve_config(GenoMapConfig, None, config, kwargs)
     check_copy(adata, copy)
@@ -196,6 +208,12 @@ def _place(
     gidx = select_genes(adata, genes)
     n = gidx.size
     shape = _check_shape(shape, n)
+    check_fits_in_memory(
+        GENOMAP_BYTES_PER_PAIR * float(max(n, shape[0] * shape[1])) ** 2,
+        what=f"A GenoMap of {n} genes on a {shape[0]} × {shape[1]} grid (gene × gene matrices)",
+        advice="select highly variable genes first (e.g. scanpy.pp.highly_variable_genes "
+        "with n_top_genes=2000) and pass genes=adata.var['highly_variable'].",
+    )
     X = get_matrix(adata, layer)
     counts = resolve_input_scale(X, "auto", what=describe_source(layer)) == "counts"
     C1 = distance_from_matrix(

@@ -180,6 +180,12 @@ def tcer_impute(
         If the input is not raw counts (e.g. log-normalised data passed as counts), a cell
         has zero counts, ``var_names`` has duplicates, the GenoMap under ``genomap_key``
         does not match the genes, or an argument is out of range.
+    TypeError
+        If a keyword is not a setting of :class:`~sctorch.tcer.TCERConfig`.
+    MemoryError
+        Before any allocation, if ``adata`` has no GenoMap and the one to build over all
+        its genes would not fit in memory (see :func:`sctorch.tl.genomap`): select highly
+        variable genes first.
     """
     p = resolve_config(TCERConfig, preset, config, kwargs)
     check_copy(adata, copy)

@@ -1,0 +1,139 @@
+"""The one preset mechanism (sctorch._config) and the TCER / GenoMap surface built on it."""
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import sctorch as sct
+from sctorch._config import renamed, resolve_config, warn_unused
+from sctorch.tcer import TCERConfig
+
+
+def test_presets_are_named_instances_and_fresh_copies():
+    paper = TCERConfig.preset("paper")
+    assert isinstance(paper, TCERConfig)
+    assert (paper.n_features, paper.epochs, paper.objective, paper.n_neighbors) == (
+        64,
+        100,
+        "dropout",
+        0,
+    )
+    assert paper.patience is None and paper.output == "observed"
+    assert TCERConfig.preset("default") == TCERConfig()
+    paper.epochs = 1  # a copy: the registry is not changed
+    assert TCERConfig.PRESETS["paper"].epochs == 100
+
+
+def test_precedence_preset_then_config_then_keywords():
+    # a dict updates the preset; keywords win over both
+    cfg = resolve_config(TCERConfig, "paper", {"epochs": 7, "lr": 2e-3}, {"epochs": 3})
+    assert (cfg.epochs, cfg.lr, cfg.n_features, cfg.objective) == (3, 2e-3, 64, "dropout")
+    # an instance replaces the preset
+    mine = TCERConfig(n_features=8, epochs=5)
+    cfg = resolve_config(TCERConfig, None, mine, {"lr": 5e-4})
+    assert (cfg.n_features, cfg.epochs, cfg.lr) == (8, 5, 5e-4)
+    assert mine.lr == 1e-3  # the caller's instance is not modified
+    # an explicit None is a value, not "use the preset"
+    assert resolve_config(TCERConfig, None, None, {"patience": None}).patience is None
+
+
+def test_bad_config_input_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="either preset='paper' or a TCERConfig"):
+        resolve_config(TCERConfig, "paper", TCERConfig(), None)
+    with pytest.raises(
+        TypeError, match=r"'epoch' is not a setting of TCERConfig\. Did you mean 'epochs'"
+    ):
+        resolve_config(TCERConfig, None, None, {"epoch": 3})
+    with pytest.raises(TypeError, match="config must be a TCERConfig, a dict"):
+        resolve_config(TCERConfig, None, [("epochs", 3)], None)
+    with pytest.raises(ValueError, match="preset must be one of \\['default', 'paper'\\]"):
+        resolve_config(TCERConfig, "best", None, None)
+    with pytest.raises(ValueError, match="mask_ratio must satisfy"):
+        resolve_config(TCERConfig, None, {"mask_ratio": (0.6, 0.2)}, None)
+
+
+def test_old_preset_name_still_works_with_a_future_warning():
+    with pytest.warns(FutureWarning, match="preset='fast' is now called preset='default'"):
+        cfg = resolve_config(TCERConfig, "fast", None, None)
+    assert cfg == TCERConfig()
+
+
+def test_renamed_keyword_and_unused_setting_helpers():
+    kw = {"layer_sp": "counts"}
+    with pytest.warns(FutureWarning, match="layer_sp= is now called layer="):
+        assert renamed(kw, old="layer_sp", new="layer", where="f") == {"layer": "counts"}
+    with pytest.raises(TypeError, match="both layer_sp= and its new name layer="):
+        renamed({"layer_sp": 1, "layer": 2}, old="layer_sp", new="layer", where="f")
+    with pytest.warns(UserWarning, match="epochs is not used: no network"):
+        warn_unused({"epochs", "genes"}, {"epochs", "lr"}, "no network")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unused({"genes"}, {"epochs"}, "never shown")
+
+
+def _tiny_counts(n=48, g=16, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.poisson(rng.gamma(2.0, 1.0, (n, 1)) * rng.uniform(0.5, 3, (1, g))).astype(np.float32)
+    X[X.sum(1) == 0, 0] = 1
+    a = ad.AnnData(sparse.csr_matrix(X))
+    a.obs_names = [f"c{i}" for i in range(n)]
+    a.var_names = [f"g{j}" for j in range(g)]
+    return a
+
+
+TINY = dict(n_features=4, epochs=1, n_neighbors=0, beta=1.0, validation_fraction=0.0)
+
+
+def test_tcer_impute_takes_settings_by_config_or_keyword_with_the_same_result():
+    a = _tiny_counts()
+    sct.tl.genomap(a, rng=0, progress=False)
+    by_kw = sct.tl.tcer_impute(a, rng=0, progress=False, copy=True, **TINY)
+    by_cfg = sct.tl.tcer_impute(a, config=TCERConfig(**TINY), rng=0, progress=False, copy=True)
+    by_dict = sct.tl.tcer_impute(a, config=TINY, random_state=0, progress=False, copy=True)
+    np.testing.assert_array_equal(by_kw.layers["tcer"], by_cfg.layers["tcer"])
+    np.testing.assert_array_equal(by_kw.layers["tcer"], by_dict.layers["tcer"])
+    assert by_kw.uns["tcer"]["params"]["n_features"] == 4
+    assert "tcer" not in a.layers  # copy=True left the input alone
+
+
+def test_tcer_impute_return_rule_and_random_state_alias():
+    a = _tiny_counts()
+    sct.tl.genomap(a, rng=0, progress=False)
+    assert sct.tl.tcer_impute(a, rng=0, progress=False, **TINY) is None
+    model = sct.tl.tcer_impute(a, rng=0, progress=False, return_model=True, **TINY)
+    assert isinstance(model, sct.models.TCERModel)
+    out, model2 = sct.tl.tcer_impute(a, rng=0, progress=False, copy=True, return_model=True, **TINY)
+    assert isinstance(out, ad.AnnData) and isinstance(model2, sct.models.TCERModel)
+    with pytest.raises(TypeError, match="both rng= and its alias random_state="):
+        sct.tl.tcer_impute(a, rng=0, random_state=0, progress=False, **TINY)
+    with pytest.raises(TypeError, match="Did you mean 'n_features'"):
+        sct.tl.tcer_impute(a, n_feature=4)
+
+
+def test_genomap_settings_by_keyword_or_config():
+    a = _tiny_counts()
+    b = a.copy()
+    sct.tl.genomap(a, rng=0, progress=False, max_iter=5, radius=1)
+    sct.tl.genomap(
+        b, random_state=0, progress=False, config=sct.tl.GenoMapConfig(max_iter=5, radius=1)
+    )
+    np.testing.assert_array_equal(a.var["genomap_row"], b.var["genomap_row"])
+    np.testing.assert_array_equal(a.var["genomap_col"], b.var["genomap_col"])
+    with pytest.raises(ValueError, match="solver must be 'exchange' or 'pot'"):
+        sct.tl.genomap(a, solver="sinkhorn")
+
+
+def test_genomap_too_large_for_memory_is_refused_before_allocation(monkeypatch):
+    import sctorch._utils as utils
+
+    a = _tiny_counts()
+    monkeypatch.setattr(utils, "available_memory", lambda: 1000)  # bytes
+    with pytest.raises(MemoryError, match=r"16 genes.*select highly variable genes"):
+        sct.tl.genomap(a, progress=False)
+    assert "genomap" not in a.uns
+    with pytest.raises(MemoryError, match="highly variable"):
+        sct.tl.tcer_impute(a, progress=False, **TINY)
+    assert "tcer" not in a.layers and "genomap" not in a.uns
