@@ -208,3 +208,127 @@ def test_method_models_refuse_pickles_other_classes_and_untrained_saves(tmp_path
         klass.load(other)
     with pytest.raises(ValueError, match="has not been trained"):
         klass().save(tmp_path / "untrained.safetensors")
+
+
+# ----------------------------------------------------------------------------- issue 24
+def _rewrite(src, dst, *, forge=False, drop=(), **fields):
+    """Copy a model file with header ``fields`` replaced (``forge``: recompute the digest)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sctorch.models import _base
+
+    with safe_open(str(src), "pt") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    for k, v in fields.items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    for k in drop:
+        meta.pop(k)
+    if forge:
+        meta.update(_base._header_digests(meta, tensors))
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def test_an_edited_header_is_refused_naming_the_file_and_field(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _toy().save(path)
+    bad = _rewrite(path, tmp_path / "edited.safetensors", genes=["c", "b", "a"])
+    with pytest.raises(ModelFileError, match=r"edited\.safetensors.*'genes'"):
+        load(bad)
+    bad = _rewrite(path, tmp_path / "cfg.safetensors", config={"d": 3, "ratio": [0.2, 0.2]})
+    with pytest.raises(ModelFileError, match=r"cfg\.safetensors.*'config'"):
+        load(bad)
+
+
+def test_a_changed_model_class_is_blamed_on_the_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _toy().save(path)
+    bad = _rewrite(path, tmp_path / "cls.safetensors", forge=True, model_class="_Nope")
+    with pytest.raises(ModelFileError, match=r"cls\.safetensors.*model_class.*'_Nope'") as err:
+        load(bad)
+    assert "version" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("history", [1.0, 2.0], r"'history'.*dict"),
+        ("history", {"loss": "x"}, r"'history'.*list of numbers"),
+        ("genes", ["a", "a", "c"], r"'genes'.*duplicate.*'a'"),
+        ("genes", ["a", 2, "c"], r"'genes'.*str"),
+        ("genes", {"a": 1}, r"'genes'.*list"),
+        ("config", [3], r"'config'.*dict"),
+        ("config", {"d": 3, "ratio": [0.1, 0.2], "zzz": 1}, r"'config'.*zzz"),
+        ("extra", ["x"], r"'extra'.*dict"),
+    ],
+)
+def test_header_values_are_validated_before_use(tmp_path, field, value, match):
+    path = tmp_path / "m.safetensors"
+    _toy().save(path)
+    bad = _rewrite(path, tmp_path / "forged.safetensors", forge=True, **{field: value})
+    with pytest.raises(ModelFileError, match=r"forged\.safetensors.*" + match):
+        load(bad)
+
+
+@dataclasses.dataclass
+class _CheckedCfg:
+    d: int = 3
+
+    def validate(self):
+        if self.d < 1:
+            raise ValueError(f"d must be >= 1, got {self.d}.")
+
+
+class _Checked(BaseModel):
+    config_cls = _CheckedCfg
+    built = 0
+
+    @classmethod
+    def _build_module(cls, config, extra):
+        if torch.empty(0).device.type != "meta":  # count real builds, not the dry one
+            cls.built += 1
+        return torch.nn.Linear(config.d, 1)
+
+
+def test_config_validation_and_tensor_shapes_run_before_the_module_is_built(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _Checked(torch.nn.Linear(3, 1), config=_CheckedCfg(), genes=["a", "b", "c"]).save(path)
+    _Checked.built = 0
+    bad = _rewrite(path, tmp_path / "neg.safetensors", forge=True, config={"d": -5})
+    with pytest.raises(ModelFileError, match=r"neg\.safetensors.*'config'.*d must be >= 1"):
+        load(bad)
+    assert _Checked.built == 0
+    bad = _rewrite(path, tmp_path / "big.safetensors", forge=True, config={"d": 10**7})
+    with pytest.raises(ModelFileError, match=r"big\.safetensors.*(size|shape)"):
+        load(bad)
+    assert _Checked.built == 0  # refused from a dry build on torch's meta device
+    assert isinstance(load(path), _Checked) and _Checked.built == 1
+
+
+def test_old_format_files_load_with_a_warning(tmp_path):
+    from safetensors import safe_open
+
+    from sctorch.models import _base
+
+    path = tmp_path / "m.safetensors"
+    _toy().save(path)
+    with safe_open(str(path), "pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    old = _rewrite(
+        path,
+        tmp_path / "v1.safetensors",
+        drop=("digest", "sha256_parts"),
+        format_version="1",
+        checksum=_base._checksum(tensors),
+    )
+    with pytest.warns(UserWarning, match="format version 1.*re-save"):
+        m = load(old)
+    assert m.genes == ["a", "b", "c"]
+    # a version-2 file relabelled as version 1 (to skip the header digest) is refused
+    relabelled = _rewrite(path, tmp_path / "v2as1.safetensors", format_version="1")
+    with pytest.raises(ModelFileError, match=r"v2as1\.safetensors.*format_version"):
+        load(relabelled)

@@ -8,12 +8,28 @@ apply methods. Every model is stored in the same format, one ``.safetensors`` fi
   arrays of the model, e.g. a GenoMap placement);
 - header metadata (JSON strings, never unpickled): ``format`` = ``"sctorch.model"``,
   ``format_version``, ``model_class``, ``sctorch_version``, ``config``, ``genes``,
-  ``history``, ``extra`` and ``checksum`` (SHA-256 of every tensor's name, dtype, shape
-  and bytes), verified on load.
+  ``history``, ``extra``, ``sha256_parts`` (the SHA-256 of each header field and of the
+  tensors, used to name what changed) and ``digest``.
+
+**Integrity rule (format version 2).** ``digest`` is the SHA-256 of the canonical JSON of
+every other header field (``json.dumps(fields, sort_keys=True, separators=(",", ":"))``)
+followed by the SHA-256 of every tensor's name, dtype, shape and bytes: an edit of any
+header value (class names, gene order, configuration, ``model_class``) or any weight makes
+the file fail to load, with one :class:`ModelFileError` naming the file and the field.
+The digest protects against corruption and careless edits; it does not protect against a
+deliberate forger, who can recompute it (it is not a signature). Whatever the digest says,
+every header value is then validated (type, range, agreement with the tensors' shapes, the
+method's own checks in :meth:`BaseModel.validate_header`) before anything is built from
+it, so even a forged file fails with a message instead of allocating without bound.
+
+Files of format version 1 (sctorch before the header digest: ``checksum`` covers the
+tensors only) are still read, with a :class:`UserWarning` that their header is not
+protected; re-save them to upgrade. A file that claims version 1 but carries a version-2
+``digest`` is refused (relabelling must not switch the header check off).
 
 Loading never executes code from the file; a file that is not a sctorch model, that is
-corrupted, or whose weights do not fit its configuration gets one :class:`ValueError`
-saying so.
+corrupted, or whose weights do not fit its configuration gets one :class:`ModelFileError`
+(a :class:`ValueError`) saying so.
 """
 
 from __future__ import annotations
@@ -32,7 +48,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 FORMAT = "sctorch.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_OLD_VERSIONS = (1,)  # read with a warning: their header is not covered by a digest
+_JSON_FIELDS = ("config", "genes", "history", "extra")
 _MAX_HEADER = 256 * 2**20  # a larger safetensors header is not a sctorch model
 
 _REGISTRY: dict[str, type[BaseModel]] = {}
@@ -54,6 +72,143 @@ def _checksum(tensors: dict[str, Any]) -> str:
         h.update(repr(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _canonical(fields: dict[str, str]) -> bytes:
+    """Canonical JSON of header fields (sorted keys, no whitespace), as UTF-8 bytes."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _header_digests(meta: dict[str, str], tensors: dict[str, Any]) -> dict[str, str]:
+    """The ``sha256_parts`` and ``digest`` fields of a header (see the module docstring).
+
+    ``digest`` covers every field of ``meta`` but ``digest`` itself (``sha256_parts``
+    included) and every tensor.
+    """
+    tensor_sha = _checksum(tensors)
+    fields = {k: str(v) for k, v in meta.items() if k not in ("digest", "sha256_parts")}
+    parts = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in fields.items()}
+    parts["tensors"] = tensor_sha
+    fields["sha256_parts"] = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    h = hashlib.sha256(_canonical(fields))
+    h.update(tensor_sha.encode())
+    return {"sha256_parts": fields["sha256_parts"], "digest": h.hexdigest()}
+
+
+def _verify(meta: dict[str, str], tensors: dict[str, Any], path: Path) -> None:
+    """Raise :class:`ModelFileError` unless the file's digest matches its header and tensors."""
+    want = _header_digests(meta, tensors)
+    if meta.get("digest") == want["digest"]:
+        return
+    changed: list[str] = []
+    try:
+        stored = json.loads(meta.get("sha256_parts", ""))
+        now = json.loads(want["sha256_parts"])
+        changed = sorted(k for k in set(now) | set(stored) if stored.get(k) != now.get(k))
+    except (json.JSONDecodeError, AttributeError):
+        changed = ["sha256_parts"]
+    what = (
+        "its weights (tensors)"
+        if changed == ["tensors"]
+        else "header field(s) "
+        + ", ".join(repr(c) for c in changed if c != "tensors")
+        + (" and its weights" if "tensors" in changed else "")
+        if changed
+        else "the 'digest' field"
+    )
+    raise ModelFileError(
+        f"{path}: the file does not match the digest (checksum) stored at save: {what} "
+        "changed since it was written; the file was edited or is corrupted. Re-train "
+        "the model or restore the file (models are written only by Model.save())."
+    )
+
+
+def _bad_field(path: Path, key: str, why: str) -> ModelFileError:
+    return ModelFileError(
+        f"{path}: header field {key!r} {why}; the file was edited or is corrupted "
+        "(models are written only by Model.save())."
+    )
+
+
+def _check_generic_header(values: dict[str, Any], path: Path) -> None:
+    """Types of the header values every model has (before anything is built from them)."""
+    genes = values["genes"]
+    if not isinstance(genes, list):
+        raise _bad_field(path, "genes", f"must be a list of gene names, got {type(genes).__name__}")
+    bad = next((g for g in genes if not isinstance(g, str)), None)
+    if bad is not None:
+        raise _bad_field(path, "genes", f"must hold str names only, got {bad!r}")
+    if len(set(genes)) != len(genes):
+        seen: set[str] = set()
+        dup = next(g for g in genes if g in seen or seen.add(g))
+        raise _bad_field(path, "genes", f"has duplicate name(s), e.g. {dup!r}")
+    hist = values["history"]
+    if not isinstance(hist, dict):
+        raise _bad_field(
+            path,
+            "history",
+            f"must be a dict {{name: [value per epoch]}}, got {type(hist).__name__}",
+        )
+    for k, v in hist.items():
+        ok = isinstance(v, list) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in v
+        )
+        if not ok:
+            raise _bad_field(
+                path, "history", f"entry {k!r} must be a list of numbers, got {v!r:.60}"
+            )
+    for key in ("config", "extra"):
+        if not isinstance(values[key], dict):
+            raise _bad_field(path, key, f"must be a dict, got {type(values[key]).__name__}")
+
+
+def _dry_build(klass, config, extra, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Build the module on torch's meta device (nothing allocated) and compare its shapes.
+
+    The build is stopped as soon as it creates more tensor elements than the file holds
+    (with slack for temporaries), so a forged size (e.g. ``n_layers=100000``) is refused
+    in time proportional to the file, not to the forged size.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    budget = 4 * sum(int(np.prod(s)) for s in shapes.values()) + 2**20
+
+    class _TooBig(Exception):
+        pass
+
+    class _Count(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.device.type == "meta":
+                _Count.n += out.numel()
+                if _Count.n > budget:
+                    raise _TooBig
+            return out
+
+    try:
+        with torch.device("meta"), _Count():
+            module = klass._build_module(config, extra)
+        got = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    except _TooBig:
+        raise ModelFileError(
+            f"{path}: the header's configuration describes a module of more than "
+            f"{budget:,} values, but the file's weights hold "
+            f"{sum(int(np.prod(s)) for s in shapes.values()):,}; the size fields of "
+            "'config' do not fit the stored tensors (edited or corrupted file)."
+        ) from None
+    except Exception:  # a module that cannot be built on meta: checked by the real build
+        return
+    want = {k[7:]: s for k, s in shapes.items() if k.startswith("module.")}
+    for key in sorted(set(got) | set(want)):
+        if got.get(key) != want.get(key):
+            raise ModelFileError(
+                f"{path}: the header's 'config' gives tensor {key!r} the shape "
+                f"{got.get(key, 'none')}, but the file stores shape {want.get(key, 'none')};"
+                " the configuration does not fit the weights (edited or corrupted file)."
+            )
 
 
 def check_save_path(path: str | Path, *, overwrite: bool, what: str = "") -> Path:
@@ -172,6 +327,32 @@ class BaseModel:
     def _check_integrity(self) -> None:
         """Raise ``ValueError`` if the loaded parts of the model do not fit together."""
 
+    @classmethod
+    def validate_header(
+        cls, config: dict[str, Any], genes: list[str], extra: dict[str, Any]
+    ) -> Any:
+        """Check a file's header values before anything is built; return the config object.
+
+        Called by :meth:`load` after the generic checks (types of ``genes``, ``history``,
+        ``config``, ``extra``) and before the module is built. The default builds
+        ``config_cls(**config)`` and runs its ``validate()`` when it has one; a subclass
+        extends it with its own checks (calling ``super()``) and raises ``ValueError``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Saying which value is out of range (:meth:`load` turns it into a
+            :class:`ModelFileError` naming the file and the ``'config'`` field).
+        """
+        cfg = cls._config_from_dict(config)
+        validate = getattr(cfg, "validate", None)
+        if callable(validate):
+            try:
+                validate()
+            except NotImplementedError:
+                pass
+        return cfg
+
     # ------------------------------------------------------------------ config
     def _config_dict(self) -> dict[str, Any]:
         if dataclasses.is_dataclass(self.config):
@@ -185,9 +366,10 @@ class BaseModel:
         fields = {f.name: f for f in dataclasses.fields(cls.config_cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise ModelFileError(
-                f"unknown configuration field(s) {unknown} for "
-                f"{cls.__name__}; the file is from another sctorch version."
+            raise ValueError(
+                f"unknown setting(s) {unknown} for {cls.__name__} (its settings: "
+                f"{sorted(fields)}); the file was edited, or written by another sctorch "
+                "version."
             )
         kw = {}
         for k, v in d.items():
@@ -299,8 +481,8 @@ class BaseModel:
             "genes": json.dumps(self.genes),
             "history": json.dumps(self.history),
             "extra": json.dumps(extra),
-            "checksum": _checksum(tensors),
         }
+        meta.update(_header_digests(meta, tensors))
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:  # write beside, then rename: an existing file is never left half-written
@@ -328,9 +510,16 @@ class BaseModel:
         ------
         FileNotFoundError
             If ``path`` does not exist.
-        ValueError
-            If ``path`` is not a sctorch model file, is corrupted (checksum), holds another
-            model class, or its weights or parts do not fit its configuration.
+        ModelFileError
+            (a :class:`ValueError`) If ``path`` is not a sctorch model file, was edited or
+            is corrupted (digest), holds another model class, has a header value of the
+            wrong type or out of range, or its weights or parts do not fit its
+            configuration; the message names the file and the field.
+
+        Warns
+        -----
+        UserWarning
+            For a file of format version 1 (header not covered by its checksum).
         """
         from safetensors.torch import load_file
 
@@ -345,23 +534,35 @@ class BaseModel:
                 "single .safetensors files written by Model.save())."
             )
         meta = _read_header(path)
-        name = meta.get("model_class")
-        klass = _REGISTRY.get(name) if cls is BaseModel else cls
-        if klass is None:
-            raise ModelFileError(f"{path} holds a model of unknown class {name!r}.")
-        if name != klass.__name__:
-            raise ModelFileError(
-                f"{path} holds a {name}, not a {klass.__name__}; load it with "
-                f"sctorch.models.{name}.load()."
-            )
         try:
             version = int(meta.get("format_version", ""))
         except ValueError:
             version = -1
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and version not in _OLD_VERSIONS:
             raise ModelFileError(
-                f"{path} has model format version {meta.get('format_version')!r};"
-                f" this sctorch reads version {FORMAT_VERSION}."
+                f"{path} has model format version {meta.get('format_version')!r} (header "
+                f"field 'format_version'); this sctorch reads versions "
+                f"{sorted((*_OLD_VERSIONS, FORMAT_VERSION))}."
+            )
+        if version != FORMAT_VERSION and "digest" in meta:
+            raise _bad_field(
+                path,
+                "format_version",
+                f"says {version}, but the file carries a version-{FORMAT_VERSION} digest",
+            )
+        name = meta.get("model_class")
+        klass = _REGISTRY.get(name) if cls is BaseModel else cls
+        if klass is None:
+            raise _bad_field(
+                path,
+                "model_class",
+                f"names {name!r}, which is no sctorch model class "
+                f"(known: {sorted(k for k in _REGISTRY if not k.startswith('_'))})",
+            )
+        if name != klass.__name__:
+            raise ModelFileError(
+                f"{path} holds a {name}, not a {klass.__name__}; load it with "
+                f"sctorch.models.{name}.load()."
             )
         try:
             tensors = load_file(str(path))
@@ -370,19 +571,30 @@ class BaseModel:
                 f"{path}: the weights of this sctorch model file cannot be "
                 f"read ({type(err).__name__}: {err})."
             ) from None
-        if _checksum(tensors) != meta.get("checksum"):
-            raise ModelFileError(
-                f"{path}: the weights do not match the checksum stored at save;"
-                " the file is corrupted. Re-train or restore the file."
+        if version == FORMAT_VERSION:
+            _verify(meta, tensors, path)
+        else:
+            if _checksum(tensors) != meta.get("checksum"):
+                raise ModelFileError(
+                    f"{path}: the weights do not match the checksum stored at save;"
+                    " the file is corrupted. Re-train or restore the file."
+                )
+            warnings.warn(
+                f"{path} has model format version {version}, whose checksum covers the "
+                "weights only, not the header (configuration, gene list); re-save it "
+                "(model.save(path, overwrite=True)) to protect the header too.",
+                UserWarning,
+                stacklevel=3,
             )
-        config = klass._config_from_dict(_json_field(meta, "config", path))
-        extra = _json_field(meta, "extra", path)
-        model = klass(
-            None,
-            config=config,
-            genes=_json_field(meta, "genes", path),
-            history=_json_field(meta, "history", path),
-        )
+        values = {k: _json_field(meta, k, path) for k in _JSON_FIELDS}
+        _check_generic_header(values, path)
+        extra = values["extra"]
+        try:
+            config = klass.validate_header(values["config"], values["genes"], extra)
+        except (ValueError, TypeError) as err:
+            raise _bad_field(path, "config", f"is not valid ({err})") from None
+        _dry_build(klass, config, extra, {k: tuple(v.shape) for k, v in tensors.items()}, path)
+        model = klass(None, config=config, genes=values["genes"], history=values["history"])
         arrays = {k[6:]: v.numpy() for k, v in tensors.items() if k.startswith("array.")}
         try:
             model._set_extra_state(extra, arrays)
