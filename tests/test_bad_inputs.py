@@ -8,11 +8,13 @@ the input AnnData is left exactly as it was (a deep comparison of every field).
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import assert_unchanged, snapshot
 from scipy import sparse
 
 import sctorch as sct
@@ -203,6 +205,14 @@ def _dup(a):
     return a
 
 
+def _ulp_noise(a):
+    X = a.X.toarray().astype(np.float32)
+    big = X > 16  # where one float32 step exceeds the former absolute tolerance of 1e-6
+    X[big] = np.nextafter(X[big], np.float32(np.inf))
+    a.X = sparse.csr_matrix(X)
+    return a
+
+
 def _case(a):
     a.var_names = [g.lower() for g in a.var_names]
     return a
@@ -230,6 +240,9 @@ KINDS = {
         "runs",
     ),
     "view": (lambda a: a[:, :], "same"),
+    # integer counts as float32, one unit in the last place above (a round trip through
+    # other tools): still counts (issue 24)
+    "float32_ulp": (_ulp_noise, "same"),
     "missing_layer": (None, (KeyError, r"not found|nope")),
 }
 
@@ -269,43 +282,6 @@ def _expected(func, kind):
     return OVERRIDES.get((func, kind), KINDS[kind][1])
 
 
-# ----------------------------------------------------------------------------- deep state
-def _freeze(value):
-    if sparse.issparse(value):
-        value = value.toarray()
-    if isinstance(value, np.ndarray | np.generic):
-        return ("array", value.dtype.str, value.shape, np.asarray(value).tobytes())
-    if isinstance(value, pd.DataFrame | pd.Series):
-        return (
-            "frame",
-            value.to_json(orient="split", default_handler=str),
-            tuple(map(str, value.dtypes)) if isinstance(value, pd.DataFrame) else str(value.dtype),
-        )
-    if isinstance(value, dict) or hasattr(value, "keys"):
-        return ("dict", tuple(sorted((str(k), _freeze(value[k])) for k in value.keys())))
-    if isinstance(value, list | tuple):
-        return ("list", tuple(_freeze(v) for v in value))
-    return ("value", repr(value))
-
-
-def deep_state(adata) -> tuple:
-    """Everything an AnnData holds, as a comparable value."""
-    return (
-        adata.shape,
-        tuple(adata.obs_names),
-        tuple(adata.var_names),
-        _freeze(adata.X),
-        _freeze(adata.obs),
-        _freeze(adata.var),
-        _freeze(dict(adata.layers)),
-        _freeze(dict(adata.obsm)),
-        _freeze(dict(adata.varm)),
-        _freeze(dict(adata.obsp)),
-        _freeze(adata.uns),
-        adata.raw is None,
-    )
-
-
 # ----------------------------------------------------------------------------- the matrix
 def _clean_result(func):
     key = ("clean", func)
@@ -332,8 +308,8 @@ def run_case(func, kind):
     parent = None
     if kind == "view":
         parent, a = a, a
-        parent_state = deep_state(_counts())
-    before = deep_state(a)
+        parent_snap = snapshot(_counts())
+    before = snapshot(a)
     if isinstance(expected, tuple):
         err, match = expected
         with pytest.raises(err, match=match):
@@ -354,8 +330,8 @@ def run_case(func, kind):
             )
         outcome = "handled"
     if parent is not None:
-        assert deep_state(_counts()) == parent_state
-    assert deep_state(a) == before, f"{func} changed its input ({kind})"
+        assert_unchanged(_counts(), parent_snap, f"{func} ({kind}): the view's parent")
+    assert_unchanged(a, before, f"{func} ({kind}): adata")
     return outcome
 
 
@@ -411,12 +387,30 @@ def test_bad_input(func, kind):
     run_case(func, kind)
 
 
+def test_integer_tolerance_is_relative_to_float_precision():
+    from sctorch._utils import check_counts, resolve_input_scale
+
+    x = np.array([1, 23, 1000, 2**20], np.float32)
+    for direction in (np.inf, -np.inf):
+        noisy = np.nextafter(x, np.float32(direction))
+        check_counts(noisy)  # one float32 step from an integer: counts
+        assert resolve_input_scale(sparse.csr_matrix(noisy[None])) == "counts"
+    check_counts(np.nextafter(np.float64(5e6), 0.0)[None])
+    off = np.float32(23.0001)
+    with pytest.raises(ValueError, match=re.escape(repr(float(off)))):
+        check_counts(np.array([1, off], np.float32))
+    with pytest.raises(ValueError, match=r"e\.g\. 0\.5\b"):
+        check_counts(np.array([0.5, 2.0]))
+    with pytest.raises(ValueError, match=r"1e-09"):  # float64 is held to float64 precision
+        check_counts(np.array([1 + 1e-9, 2.0]))
+
+
 def test_counts_declared_log1p_are_refused():
     a = _counts()
-    before = deep_state(a)
+    before = snapshot(a)
     with pytest.raises(ValueError, match="raw counts"):
         sct.tl.scrobust_embed(a, _model(), input_scale="log1p", progress=False)
-    assert deep_state(a) == before
+    assert_unchanged(a, before)
 
 
 def test_name_case_mismatch_is_reported():
@@ -462,10 +456,10 @@ def _small_intestine():
 )
 def test_tcer_zero_settings_are_refused_not_replaced(kw, match):
     a = _small_intestine()
-    before = deep_state(a)
+    before = snapshot(a)
     with pytest.raises(ValueError, match=match):
         sct.tl.tcer_impute(a, progress=False, **kw)
-    assert deep_state(a) == before
+    assert_unchanged(a, before)
 
 
 def test_nan_is_refused_by_genomap_images_and_plot():
@@ -474,12 +468,12 @@ def test_nan_is_refused_by_genomap_images_and_plot():
     X = a.X.toarray().astype(np.float32)
     X[0, 0] = np.nan
     a.layers["bad"] = X
-    before = deep_state(a)
+    before = snapshot(a)
     with pytest.raises(ValueError, match="non-finite"):
         sct.tl.genomap_images(a, layer="bad")
     with pytest.raises(ValueError, match="non-finite"):
         sct.pl.genomap(a, layer="bad")
-    assert deep_state(a) == before
+    assert_unchanged(a, before)
 
 
 def test_progress_false_silences_the_genomap_bar_inside_tcer(capsys):

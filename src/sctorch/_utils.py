@@ -215,6 +215,28 @@ def describe_source(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
+#: the one integer tolerance, in units of the value's float precision (see non_integer)
+INTEGER_ULPS = 4
+
+
+def non_integer(v: np.ndarray) -> np.ndarray:
+    """Which values of ``v`` are not integers, within the one tolerance of every counts check.
+
+    ``|x - round(x)| > 4 · eps(dtype) · max(1, |x|)``: a few units in the last place of the
+    value's own float type, so integer counts stored as float32 (or float16) that a round
+    trip through another tool left one step off still count as integers, while float64
+    values are held to float64 precision. Integer and boolean arrays are integers.
+    """
+    v = np.asarray(v)
+    if v.dtype.kind in "biu":
+        return np.zeros(v.shape, dtype=bool)
+    if v.dtype.kind != "f":
+        v = v.astype(np.float64)
+    eps = np.finfo(v.dtype).eps
+    with np.errstate(invalid="ignore"):
+        return np.abs(v - np.round(v)) > INTEGER_ULPS * eps * np.maximum(1, np.abs(v))
+
+
 @dataclass
 class _Scan:
     """What one pass over the stored values of a matrix found (see :func:`_scan`)."""
@@ -223,6 +245,7 @@ class _Scan:
     n_negative: int = 0
     n_fractional: int = 0
     example: float | None = None  # a non-integer value
+    example_dtype: str = ""
     vmax: float = 0.0
 
     @property
@@ -244,10 +267,12 @@ def _scan(X) -> _Scan:
             if not v.size:
                 continue
         s.n_negative += int((v < 0).sum())
-        frac = np.abs(v - np.round(v)) > 1e-6
+        frac = non_integer(v)
         if frac.any():
             s.n_fractional += int(frac.sum())
-            s.example = float(v[frac][0]) if s.example is None else s.example
+            if s.example is None:
+                s.example = float(v[frac][0])
+                s.example_dtype = str(v.dtype)
         s.vmax = max(s.vmax, float(v.max()))
     return s
 
@@ -270,7 +295,9 @@ def _raise_not_counts(s: _Scan, what: str) -> None:
     if s.n_fractional:
         raise ValueError(
             f"{what} contains {s.n_fractional} non-integer value(s) (e.g. "
-            f"{s.example:.4g}), but raw counts were expected. It looks log-normalised "
+            f"{s.example!r}, {abs(s.example - round(s.example)):.2g} from an integer; "
+            f"more than {INTEGER_ULPS} {s.example_dtype} steps), but raw counts were "
+            "expected. It looks log-normalised "
             "or scaled; pass the layer that holds the raw integer counts (e.g. "
             "layer='counts')."
         )
