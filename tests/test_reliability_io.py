@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import assert_unchanged, snapshot
 from scipy import sparse
 
 import sctorch as sct
@@ -75,39 +76,6 @@ KINDS = [
     "int_dtype",
     "view",
 ]
-
-
-def _deep(adata):
-    """Everything of an AnnData, copied, for an exact comparison."""
-    X = adata.X
-    return {
-        "is_view": adata.is_view,
-        "X_type": type(X),
-        "X_dtype": X.dtype,
-        "X": X.toarray() if sparse.issparse(X) else np.array(X),
-        "layers": {
-            k: (v.toarray() if sparse.issparse(v) else np.array(v)) for k, v in adata.layers.items()
-        },
-        "obs": adata.obs.copy(),
-        "var": adata.var.copy(),
-        "obsm": {k: np.array(v) for k, v in adata.obsm.items()},
-        "uns": repr(dict(adata.uns)),
-    }
-
-
-def _assert_same(adata, snap):
-    now = _deep(adata)
-    for k in ("is_view", "X_type", "X_dtype", "uns"):
-        assert now[k] == snap[k], f"{k} changed: {snap[k]!r} -> {now[k]!r}"
-    np.testing.assert_array_equal(now["X"], snap["X"])
-    assert now["layers"].keys() == snap["layers"].keys()
-    for k in snap["layers"]:
-        np.testing.assert_array_equal(now["layers"][k], snap["layers"][k])
-    pd.testing.assert_frame_equal(now["obs"], snap["obs"])
-    pd.testing.assert_frame_equal(now["var"], snap["var"])
-    assert now["obsm"].keys() == snap["obsm"].keys()
-    for k in snap["obsm"]:
-        np.testing.assert_array_equal(now["obsm"][k], snap["obsm"][k])
 
 
 def _plain(adata) -> ad.AnnData:
@@ -195,8 +163,8 @@ def test_bad_input_raises_or_is_handled_and_input_unchanged(func, kind):
     if (func, kind) in SKIP:
         pytest.skip("not applicable")
     a, parent, kw = _case(kind)
-    snap = _deep(a)
-    psnap = _deep(parent) if parent is not None else None
+    snap = snapshot(a)
+    psnap = snapshot(parent) if parent is not None else None
     expected = EXPECTED[func].get(kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scanpy/anndata chatter on tiny inputs
@@ -206,30 +174,30 @@ def test_bad_input_raises_or_is_handled_and_input_unchanged(func, kind):
             err, match = expected
             with pytest.raises(err, match=match):
                 FUNCS[func](a, kw)
-    _assert_same(a, snap)
+    assert_unchanged(a, snap)
     if parent is not None:
-        _assert_same(parent, psnap)
+        assert_unchanged(parent, psnap)
 
 
 def test_simulate_in_place_on_a_view_leaves_the_parent_alone():
     parent = _base()
-    psnap = _deep(parent)
+    psnap = snapshot(parent)
     v = parent[5:35]
     with pytest.warns(Warning, match="view"):  # anndata: the view becomes an actual AnnData
         sct.pp.simulate_efficiency_loss(v, rng=1)
     ref = sct.pp.simulate_efficiency_loss(parent[5:35].copy(), rng=1, copy=True)
     np.testing.assert_array_equal(v.layers["observed"], ref.layers["observed"])
-    _assert_same(parent, psnap)
+    assert_unchanged(parent, psnap)
 
 
 @pytest.mark.parametrize("bad", ["efficiency_shape", "efficiency_rate", "scale"])
 @pytest.mark.parametrize("value", [0.0, -1.0, np.nan, np.inf])
 def test_simulate_bad_parameters_leave_input_unchanged(bad, value):
     a = _base()
-    snap = _deep(a)
+    snap = snapshot(a)
     with pytest.raises(ValueError, match=rf"{bad} must be a positive number"):
         sct.pp.simulate_efficiency_loss(a, **{bad: value})
-    _assert_same(a, snap)
+    assert_unchanged(a, snap)
 
 
 @pytest.mark.parametrize(
@@ -242,7 +210,7 @@ def test_simulate_bad_parameters_leave_input_unchanged(bad, value):
 )
 def test_select_reference_bad_parameters(kw, match):
     a = _base()
-    snap = _deep(a)
+    snap = snapshot(a)
     with pytest.raises(ValueError, match=match):
         sct.pp.select_reference(a, **kw)
-    _assert_same(a, snap)
+    assert_unchanged(a, snap)
