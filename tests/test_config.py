@@ -137,3 +137,17 @@ def test_genomap_too_large_for_memory_is_refused_before_allocation(monkeypatch):
     with pytest.raises(MemoryError, match="highly variable"):
         sct.tl.tcer_impute(a, progress=False, **TINY)
     assert "tcer" not in a.layers and "genomap" not in a.uns
+
+
+def test_tcer_counts_layer_is_the_output_at_each_cells_depth():
+    a = _tiny_counts()
+    sct.tl.genomap(a, rng=0, progress=False)
+    sct.tl.tcer_impute(a, rng=0, progress=False, counts_key="tcer_counts", **TINY)
+    lib = np.asarray(a.X.sum(1)).ravel()
+    expect = np.expm1(a.layers["tcer"]) * (lib / 1e4)[:, None]
+    np.testing.assert_allclose(a.layers["tcer_counts"], expect, rtol=1e-5)
+    assert a.uns["tcer"]["params"]["counts_key"] == "tcer_counts"
+    # beta = 0: the posterior is the observed rate, so the count layer is the counts
+    b = a.copy()
+    sct.tl.tcer_impute(b, rng=0, progress=False, counts_key="c", **(TINY | {"beta": 0.0}))
+    np.testing.assert_allclose(b.layers["c"], a.X.toarray(), rtol=1e-4, atol=1e-4)

@@ -20,8 +20,10 @@ from .._utils import (
     RandomState,
     accepts_random_state,
     check_copy,
+    get_matrix,
     make_params,
     resolve_device,
+    row_sums,
     seed_int,
 )
 from ..tcer._config import TCERConfig
@@ -61,6 +63,7 @@ def tcer_impute(
     device: str | None = None,
     rng: RandomState = 0,
     key_added: str = _keys.TCER,
+    counts_key: str | None = None,
     progress: bool = True,
     return_model: bool = False,
     copy: bool = False,
@@ -147,6 +150,12 @@ def tcer_impute(
     {random_state}
     key_added
         Output layer and ``uns`` key.
+    counts_key
+        Also write the output on the **count scale**, at each cell's own depth, to
+        ``layers[counts_key]``: ``expm1(layers[key_added]) × library / target_sum``, the
+        posterior mean count with the default ``output="posterior"`` (SAVER's estimate);
+        what MAGIC's "reversed normalisation" and the openproblems denoising task expect.
+        ``None``: not written.
     {progress}
     return_model
         Also return the trained :class:`TCERModel` (its ``save`` refuses to replace an
@@ -167,6 +176,8 @@ def tcer_impute(
     ``(copy, model)`` (both). Written:
 
     - ``layers[key_added]``: dense float32 ``n_obs × n_vars``, **log1p-normalised**;
+    - ``layers[counts_key]`` (only if given): dense float32 ``n_obs × n_vars``, **counts**
+      at each cell's depth;
     - ``uns[key_added]``: ``{"params": ..., "history": {"train_loss", "val_loss"},
       "selection": {"n_neighbors": {k: score}, "beta": {relative β: score}}}`` (params
       include the fitted ``n_neighbors_fitted`` and ``beta_fitted``);
@@ -207,9 +218,13 @@ def tcer_impute(
             target.var[col] = built.var[col].to_numpy()
         target.uns[genomap_key] = built.uns[genomap_key]
     target.layers[key_added] = out
+    if counts_key is not None:
+        size = row_sums(get_matrix(adata, layer)) / p.target_sum
+        target.layers[counts_key] = np.expm1(out) * size[:, None].astype(np.float32)
     params = make_params(
         layer=layer,
         genomap_key=genomap_key,
+        counts_key=counts_key,
         preset=preset,
         device=str(dev),
         rng=rng,
