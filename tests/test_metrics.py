@@ -171,3 +171,70 @@ def test_cluster_and_score_refuses_bad_input_before_clustering():
 def test_cluster_and_score_one_gene_clusters_the_gene():
     s = sct.metrics.cluster_and_score(_blobs()[:, :1].copy(), "t", resolution=0.1)
     assert s["ARI"] > 0.9
+
+
+# ----------------------------------------------------------------------------- issue 24
+def _frames(pair):
+    a, b = pair
+    genes = [f"g{j}" for j in range(a.shape[1])]
+    cells = [f"c{i}" for i in range(a.shape[0])]
+    return pd.DataFrame(a, index=cells, columns=genes), pd.DataFrame(b, index=cells, columns=genes)
+
+
+def test_dataframes_are_aligned_by_label_and_keep_gene_names(pair):
+    A, B = _frames(pair)
+    expect = sct.metrics.pairwise_scores(A.to_numpy(), B.to_numpy(), axis="gene")
+    shuffled = B.iloc[::-1, ::-1]  # the same data, rows and columns in another order
+    got = sct.metrics.pairwise_scores(A, shuffled, axis="gene")
+    assert list(got.index) == list(A.columns)  # gene names kept, in a's order
+    np.testing.assert_allclose(got.to_numpy(), expect.to_numpy(), equal_nan=True)
+    g = sct.metrics.gene_pearson(A, shuffled)
+    assert isinstance(g, pd.Series) and list(g.index) == list(A.columns)
+    np.testing.assert_allclose(g.to_numpy(), expect["pearson"].to_numpy(), equal_nan=True)
+    c = sct.metrics.cell_mse(A, shuffled)
+    assert list(c.index) == list(A.index)
+    # plain arrays stay positional and return arrays
+    assert isinstance(sct.metrics.gene_pearson(*pair), np.ndarray)
+
+
+def test_label_mismatch_is_refused_naming_the_labels(pair):
+    A, B = _frames(pair)
+    B = B.rename(columns={"g3": "XYZ"})
+    with pytest.raises(ValueError, match=r"gene.*'g3'.*'XYZ'"):
+        sct.metrics.gene_pearson(A, B)
+    A2, B2 = _frames(pair)
+    B2 = B2.rename(index={"c0": "other"})
+    with pytest.raises(ValueError, match=r"cell.*'c0'.*'other'"):
+        sct.metrics.cell_pearson(A2, B2)
+
+
+def test_anndata_inputs_are_aligned_by_obs_and_var_names(pair):
+    A, B = _frames(pair)
+    a = ad.AnnData(A.to_numpy(), obs=pd.DataFrame(index=A.index), var=pd.DataFrame(index=A.columns))
+    b = ad.AnnData(B.to_numpy(), obs=pd.DataFrame(index=B.index), var=pd.DataFrame(index=B.columns))
+    expect = sct.metrics.pairwise_scores(A, B)
+    got = sct.metrics.pairwise_scores(a, b[::-1, ::-1].copy())
+    pd.testing.assert_frame_equal(got, expect)
+    mixed = sct.metrics.gene_mse(a, B.iloc[:, ::-1])
+    np.testing.assert_allclose(mixed.to_numpy(), expect["mse"].to_numpy())
+
+
+def test_cluster_and_score_reads_a_backed_anndata(tmp_path):
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1, 2], 40)
+    X = rng.poisson(0.3, (120, 30)).astype(np.float32)
+    for g in range(3):
+        X[groups == g, g * 10 : (g + 1) * 10] += rng.poisson(5, (40, 10))
+    a = ad.AnnData(sparse.csr_matrix(np.log1p(X)))
+    a.obs["group"] = pd.Categorical(groups.astype(str))
+    a.write_h5ad(tmp_path / "a.h5ad")
+    expect = sct.metrics.cluster_and_score(a, "group", n_pcs=5, n_neighbors=10)
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    got = sct.metrics.cluster_and_score(backed, "group", n_pcs=5, n_neighbors=10)
+    assert got == expect
+    # the pair metrics read a backed AnnData by blocks too
+    np.testing.assert_allclose(
+        sct.metrics.gene_pearson(backed, a).to_numpy(),
+        sct.metrics.gene_pearson(a.X, a.X),
+        equal_nan=True,
+    )

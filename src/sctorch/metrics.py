@@ -2,8 +2,15 @@
 
 Gene-wise metrics compare the columns (one value per gene, across cells); cell-wise
 metrics compare the rows (one value per cell, across genes). Both accept dense arrays
-or :mod:`scipy.sparse` matrices of the same shape and are computed in blocks of rows,
-so a sparse matrix is never densified as a whole.
+or :mod:`scipy.sparse` matrices of the same shape, :class:`pandas.DataFrame` (cells ×
+genes) and :class:`anndata.AnnData` (its ``X``; a backed AnnData is read by blocks), and
+are computed in blocks of rows, so a sparse matrix is never densified as a whole.
+
+Inputs that carry labels are matched by label, never by position: when both carry cell
+and gene names (DataFrame index/columns, AnnData ``obs_names``/``var_names``), ``b`` is
+reordered to ``a``'s order, names present in one and not the other are refused (naming
+them), and the outputs are indexed by the names. Unlabelled inputs (arrays, sparse
+matrices) are matched by position.
 """
 
 from __future__ import annotations
@@ -14,7 +21,16 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._utils import check_finite, describe_source, get_matrix, iter_batches, to_dense
+from ._utils import (
+    check_finite,
+    describe_source,
+    get_matrix,
+    is_backed,
+    iter_batches,
+    iter_row_blocks,
+    read_rows,
+    to_dense,
+)
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -43,12 +59,18 @@ def _n_non_finite(X, name: str, batch_size: int = 4096) -> int:
         )
     if X.dtype.kind in "biu":
         return 0
+    if is_backed(X):
+        return sum(int(np.count_nonzero(~np.isfinite(_values(b)))) for _, b in iter_row_blocks(X))
     if sparse.issparse(X):
         return int(np.count_nonzero(~np.isfinite(X.data)))
     return sum(
         int(np.count_nonzero(~np.isfinite(np.asarray(X[sl]))))
         for sl in iter_batches(X.shape[0], batch_size)
     )
+
+
+def _values(block) -> np.ndarray:
+    return np.asarray(block.data) if sparse.issparse(block) else np.asarray(block)
 
 
 def _check_pair(a, b) -> None:
@@ -80,11 +102,91 @@ def _check_pair(a, b) -> None:
 
 
 def _block(X, sl):
-    return to_dense(X[sl], np.float64)
+    return to_dense(read_rows(X, sl), np.float64)
 
 
 def _as_rows(X):
+    if is_backed(X) and hasattr(X, "shape") and hasattr(X, "dtype"):
+        return X  # the on-disk matrix of a backed AnnData, read by blocks
     return sparse.csr_matrix(X) if sparse.issparse(X) else np.asarray(X)
+
+
+class _Labelled:
+    """A matrix with its cell (row) and gene (column) names, or ``None`` when unlabelled."""
+
+    def __init__(self, x, name: str):
+        import anndata as ad
+
+        self.rows = self.cols = None
+        if isinstance(x, ad.AnnData):
+            self.rows, self.cols = pd.Index(x.obs_names), pd.Index(x.var_names)
+            self.X = x.X
+            if self.X is None:
+                raise ValueError(f"{name} is an AnnData without X; pass the matrix to score.")
+        elif isinstance(x, pd.DataFrame):
+            self.rows, self.cols = pd.Index(x.index), pd.Index(x.columns)
+            self.X = x.to_numpy()
+        else:
+            self.X = x
+        for what, idx in (("cell", self.rows), ("gene", self.cols)):
+            if idx is not None and not idx.is_unique:
+                dup = idx[idx.duplicated()].unique()[:5].tolist()
+                raise ValueError(
+                    f"{name} has duplicate {what} names, e.g. {dup}; labels must be unique "
+                    "to match a and b by name (make them unique, or pass arrays to match "
+                    "by position)."
+                )
+
+
+def _match(a: pd.Index, b: pd.Index, what: str) -> np.ndarray | None:
+    """Positions of ``a``'s labels in ``b`` (``None``: same order); refuse other labels."""
+    if a.equals(b):
+        return None
+    only_a, only_b = a.difference(b, sort=False), b.difference(a, sort=False)
+    if len(only_a) or len(only_b):
+        raise ValueError(
+            f"a and b have different {what} names ({len(a)} vs {len(b)}; matched by "
+            f"name): {len(only_a)} only in a, e.g. {only_a[:5].tolist()}, {len(only_b)} only "
+            f"in b, e.g. {only_b[:5].tolist()}. Subset both to the shared {what}s "
+            "(e.g. b[a.obs_names] / b.loc[a.index, a.columns]) or pass arrays to match "
+            "by position."
+        )
+    return b.get_indexer(a)
+
+
+def _align(a, b):
+    """``(A, B, cell names, gene names)``: ``b`` reordered to ``a``'s labels when both have them."""
+    la, lb = _Labelled(a, "a"), _Labelled(b, "b")
+    A, B = _as_rows(la.X), _as_rows(lb.X)
+    rows = cols = None
+    if la.rows is not None and lb.rows is not None:
+        r = _match(la.rows, lb.rows, "cell")
+        c = _match(la.cols, lb.cols, "gene")
+        if r is not None or c is not None:
+            if is_backed(B):  # a backed b: read once, then reordered in memory
+                B = _concat_rows(B)
+            B = B[r] if r is not None else B
+            B = B[:, c] if c is not None else B
+            B = sparse.csr_matrix(B) if sparse.issparse(B) else B
+        rows, cols = la.rows, la.cols
+    else:
+        labelled = la if la.rows is not None else lb
+        rows, cols = labelled.rows, labelled.cols
+        if rows is not None and (len(rows), len(cols)) != tuple(A.shape[:2]):
+            rows = cols = None  # shapes differ: _check_pair says so
+        if rows is not None and (len(rows), len(cols)) != tuple(B.shape[:2]):
+            rows = cols = None
+    return A, B, rows, cols
+
+
+def _concat_rows(X):
+    """A backed matrix read into memory block by block (sparse stays sparse)."""
+    blocks = [block for _, block in iter_row_blocks(X)]
+    if not blocks:
+        return np.zeros(X.shape, dtype=np.float32)
+    if sparse.issparse(blocks[0]):
+        return sparse.vstack(blocks, format="csr")
+    return np.vstack(blocks)
 
 
 def pairwise_scores(a, b, *, axis: Axis = "gene", batch_size: int = 2048) -> pd.DataFrame:
@@ -93,8 +195,9 @@ def pairwise_scores(a, b, *, axis: Axis = "gene", batch_size: int = 2048) -> pd.
     Parameters
     ----------
     a, b
-        Dense or sparse matrices of shape ``(n_cells, n_genes)`` on the same scale
-        (e.g. both log1p-normalised).
+        Matrices of shape ``(n_cells, n_genes)`` on the same scale (e.g. both
+        log1p-normalised): dense or sparse arrays (matched by position), DataFrames or
+        AnnData (``X``, in memory or backed; matched by cell and gene names).
     axis
         ``"gene"``: one score per column (gene, across cells); ``"cell"``: one score per
         row (cell, across genes).
@@ -104,17 +207,18 @@ def pairwise_scores(a, b, *, axis: Axis = "gene", batch_size: int = 2048) -> pd.
     Returns
     -------
     DataFrame with columns ``pearson``, ``cosine``, ``mse`` and one row per gene
-    (``n_genes``) or cell (``n_cells``). Pearson is NaN where either vector is constant;
-    cosine is NaN where either vector is all zero.
+    (``n_genes``) or cell (``n_cells``), indexed by the gene (cell) names when an input
+    carries them. Pearson is NaN where either vector is constant; cosine is NaN where
+    either vector is all zero.
 
     Raises
     ------
     ValueError
         If the shapes differ, the inputs are not 2-D, have 0 cells or 0 genes, are not
-        numeric, or hold NaN/inf (says which argument holds how many), or ``axis`` is
-        unknown.
+        numeric, or hold NaN/inf (says which argument holds how many), labelled inputs
+        carry different or duplicate names (names them), or ``axis`` is unknown.
     """
-    A, B = _as_rows(a), _as_rows(b)
+    A, B, rows, cols = _align(a, b)
     _check_pair(A, B)
     if axis not in ("gene", "cell"):
         raise ValueError(f"axis must be 'gene' or 'cell', got {axis!r}.")
@@ -149,7 +253,8 @@ def pairwise_scores(a, b, *, axis: Axis = "gene", batch_size: int = 2048) -> pd.
                 )
             )
         out = {k: np.concatenate([p[k] for p in parts]) for k in ("pearson", "cosine", "mse")}
-    return pd.DataFrame(out)
+    index = cols if axis == "gene" else rows
+    return pd.DataFrame(out, index=None if index is None else pd.Index(index, dtype=object))
 
 
 def _from_sums(n, sx, sy, sxx, syy, sxy) -> dict[str, np.ndarray]:
@@ -184,8 +289,9 @@ def _one_score(axis: Axis, column: str):
         ("gene", "cells", "n_genes") if axis == "gene" else ("cell", "genes", "n_cells")
     )
 
-    def score(a, b, *, batch_size: int = 2048) -> np.ndarray:
-        return pairwise_scores(a, b, axis=axis, batch_size=batch_size)[column].to_numpy()
+    def score(a, b, *, batch_size: int = 2048) -> np.ndarray | pd.Series:
+        out = pairwise_scores(a, b, axis=axis, batch_size=batch_size)[column]
+        return out.to_numpy() if isinstance(out.index, pd.RangeIndex) else out
 
     score.__name__ = score.__qualname__ = f"{unit}_{column}"
     score.__module__ = __name__
@@ -194,20 +300,23 @@ def _one_score(axis: Axis, column: str):
     Parameters
     ----------
     a, b
-        Dense or sparse matrices of shape ``(n_cells, n_genes)`` on the same scale
-        (e.g. both log1p-normalised).
+        Matrices of shape ``(n_cells, n_genes)`` on the same scale (e.g. both
+        log1p-normalised): dense or sparse arrays (matched by position), DataFrames or
+        AnnData (``X``, in memory or backed; matched by cell and gene names).
     batch_size
         Rows densified at a time.
 
     Returns
     -------
-    float64 array of shape ``({n},)``; {nan}.
+    float64 array of shape ``({n},)`` (a :class:`pandas.Series` indexed by the {unit}
+    names when an input carries names); {nan}.
 
     Raises
     ------
     ValueError
         If the shapes differ, the inputs are not 2-D, have 0 cells or 0 genes, are not
-        numeric, or hold NaN/inf (says which argument holds how many).
+        numeric, or hold NaN/inf (says which argument holds how many), or labelled inputs
+        carry different or duplicate names (names them).
     """
     return score
 
@@ -300,7 +409,9 @@ def cluster_and_score(
     Parameters
     ----------
     adata
-        Cells × genes; the matrix (``layer`` or ``X``) should be log-normalised.
+        Cells × genes; the matrix (``layer`` or ``X``) should be log-normalised. A
+        backed AnnData is read block by block (the matrix is then held in memory once,
+        sparse when stored sparse, for the PCA).
     labels_key
         Column of ``adata.obs`` with the true labels.
     layer
@@ -351,6 +462,9 @@ def cluster_and_score(
         X = get_matrix(adata, layer)
         what = describe_source(layer)
         R = X
+        if is_backed(X):  # a backed AnnData: read by blocks (PCA needs it in memory)
+            check_finite(X, what=what)
+            R = _concat_rows(X)
     if R.shape[1] == 0:
         raise ValueError(
             f"{what} has 0 columns: nothing to cluster. Pass a layer or use_rep "
