@@ -507,3 +507,111 @@ if __name__ == "__main__":  # pragma: no cover - prints the matrix
     print(table.to_string())
     counts = table.stack().map(lambda s: s.split()[0]).value_counts()
     print(counts.to_string())
+
+
+# ----------------------------------------------------------------------------- model files
+def _fitted(kind):
+    """A small fitted model of each method (cached)."""
+    key = ("fitted", kind)
+    if key in _CACHE:
+        return _CACHE[key]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "scrobust":
+            m = sct.tl.scrobust_annotate(
+                _counts(),
+                _reference(),
+                labels_key="cell_type",
+                model=_model(),
+                epochs=1,
+                rng=0,
+                progress=False,
+                return_model=True,
+            )
+        elif kind == "stimpute":
+            a, ref = _counts(), _reference()
+            genes = [g for g in ref.var_names if g not in set(a.var_names)][:4]
+            m = sct.tl.stimpute(
+                a,
+                ref,
+                genes=genes,
+                n_neighbors=5,
+                reliability_folds=0,
+                rng=0,
+                progress=False,
+                return_model=True,
+            )
+        else:
+            m = sct.tl.tcer_impute(
+                _small_intestine(), n_features=2, epochs=1, rng=0, progress=False, return_model=True
+            )
+    _CACHE[key] = m
+    return m
+
+
+def _header(path):
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        return {
+            k: json.loads(v) if k in ("config", "genes", "extra") else v
+            for k, v in fh.metadata().items()
+        }
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "edit"),
+    [
+        ("scrobust", "extra", lambda h: {**h["extra"], "classes": h["extra"]["classes"][::-1]}),
+        ("stimpute", "genes", lambda h: h["genes"][::-1]),
+        ("stimpute", "extra", lambda h: {**h["extra"], "targets": h["extra"]["targets"][::-1]}),
+        ("tcer", "genes", lambda h: h["genes"][::-1]),
+    ],
+    ids=["scrobust-classes", "stimpute-genes", "stimpute-targets", "tcer-genes"],
+)
+def test_an_edited_model_header_is_refused(tmp_path, kind, field, edit):
+    from test_models import _rewrite
+
+    from sctorch.models import ModelFileError
+
+    path = tmp_path / "m.safetensors"
+    _fitted(kind).save(path)
+    bad = _rewrite(path, tmp_path / "edited.safetensors", **{field: edit(_header(path))})
+    with pytest.raises(ModelFileError, match=rf"edited\.safetensors.*{field!r}"):
+        sct.models.load(bad)
+    assert type(sct.models.load(path)) is type(_fitted(kind))
+
+
+def test_forged_header_values_are_checked_before_anything_is_built(tmp_path):
+    import time
+
+    from test_models import _rewrite
+
+    from sctorch.models import ModelFileError
+
+    path = tmp_path / "m.safetensors"
+    _model().save(path)
+    cfg = _header(path)["config"]
+    bad = _rewrite(
+        path, tmp_path / "layers.safetensors", forge=True, config={**cfg, "n_layers": 100_000}
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFileError, match=r"layers\.safetensors.*'config'.*do not fit"):
+        sct.models.load(bad)
+    assert time.perf_counter() - t0 < 30  # was 158 s and 4.9 GB before failing
+    bad = _rewrite(path, tmp_path / "cls.safetensors", forge=True, model_class="TCERModle")
+    with pytest.raises(ModelFileError, match=r"cls\.safetensors.*'model_class'.*TCERModle"):
+        sct.models.load(bad)
+    tcer = tmp_path / "t.safetensors"
+    _fitted("tcer").save(tcer)
+    cfg = _header(tcer)["config"]
+    bad = _rewrite(
+        tcer,
+        tmp_path / "beta.safetensors",
+        forge=True,
+        config={**cfg, "beta": float("nan"), "n_neighbors": -5},
+    )
+    with pytest.raises(ModelFileError, match=r"beta\.safetensors.*'config'.*(beta|n_neighbors)"):
+        sct.models.load(bad)
