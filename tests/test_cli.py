@@ -102,25 +102,15 @@ def _signature_map():
         "stimpute": {
             **{
                 k: [(tl.stimpute, k)]
-                for k in (
-                    "genes",
-                    "layer_sp",
-                    "layer_ref",
-                    "n_neighbors",
-                    "alpha",
-                    "epochs",
-                    "ae_epochs",
-                    "device",
-                    "key_added",
-                    "method",
-                    "preset",
-                    "latent",
-                    "ridge_weight",
-                )
+                for k in ("genes", "layer", "ref_layer", "device", "key_added", "preset")
             },
-            "embeddings": [(tl.stimpute, "gene_embeddings")],
-            "case_insensitive": [(tl.stimpute, "case_sensitive", _NOT)],
-            "predicted_only": [(tl.stimpute, "return_adata")],
+            # settings of the config: the option's default is the default preset's value
+            **{
+                k: [(tl.StImputeConfig, k)]
+                for k in ("n_neighbors", "alpha", "epochs", "ae_epochs", "method", "latent")
+            },
+            "ridge_weight": [(tl.StImputeConfig, "ridge_weight")],
+            "case_insensitive": [(tl.StImputeConfig, "case_sensitive", _NOT)],
             "seed": [(tl.stimpute, "rng")],
             "quiet": [(tl.stimpute, "progress", _NOT)],
         },
@@ -180,6 +170,8 @@ _CLI_ONLY = {
     "model_out",
     "overwrite",
     "backed",
+    "embeddings",  # stimpute: a file name, read into gene_embeddings=
+    "predicted_only",  # stimpute: return_adata=True
     "func",
     "action",
 }

@@ -320,24 +320,28 @@ def cmd_stimpute(args: argparse.Namespace) -> int:
     out = _check_output(args.output, [args.spatial, args.reference], args.overwrite)
     adata_sp = _read(args.spatial, args.backed)
     adata_ref = _read(args.reference, args.backed)
-    kw = {
-        k: getattr(args, k)
-        for k in ("alpha", "epochs", "ae_epochs")
-        if getattr(args, k) is not None
+    # settings of StImputeConfig: passed when set to other than their default (the
+    # options' defaults), so that the preset's own values apply otherwise
+    given = {
+        "n_neighbors": args.n_neighbors,
+        "method": args.method,
+        "latent": args.latent,
+        "ridge_weight": args.ridge_weight,
+        "alpha": args.alpha,
+        "epochs": args.epochs,
+        "ae_epochs": args.ae_epochs,
+        "case_sensitive": not args.case_insensitive,
     }
+    base = tl.StImputeConfig()
+    kw = {k: v for k, v in given.items() if v != getattr(base, k)}
     result = tl.stimpute(
         adata_sp,
         adata_ref,
         genes=_gene_list(args.genes),
-        layer_sp=args.layer_sp,
-        layer_ref=args.layer_ref,
+        layer=args.layer,
+        ref_layer=args.ref_layer,
         gene_embeddings=_embeddings(args.embeddings),
-        n_neighbors=args.n_neighbors,
-        method=args.method,
         preset=args.preset,
-        latent=args.latent,
-        ridge_weight=args.ridge_weight,
-        case_sensitive=not args.case_insensitive,
         device=args.device,
         rng=args.seed,
         key_added=args.key_added,
@@ -544,7 +548,7 @@ def _add_tcer(sub) -> None:
 def _add_stimpute(sub) -> None:
     from . import tl
 
-    f = tl.stimpute
+    f, c = tl.stimpute, tl.StImputeConfig
     p = sub.add_parser(
         "stimpute",
         help="predict unmeasured spatial genes (sct.tl.stimpute)",
@@ -564,14 +568,22 @@ def _add_stimpute(sub) -> None:
         "not measured in SPATIAL)",
     )
     p.add_argument(
-        "--layer-sp", default=_default(f, "layer_sp"), help="layer of SPATIAL (default: X)"
+        "--layer",
+        "--layer-sp",
+        dest="layer",
+        default=_default(f, "layer"),
+        help="layer of SPATIAL (default: X)",
     )
     p.add_argument(
-        "--layer-ref", default=_default(f, "layer_ref"), help="layer of REFERENCE (default: X)"
+        "--ref-layer",
+        "--layer-ref",
+        dest="ref_layer",
+        default=_default(f, "ref_layer"),
+        help="layer of REFERENCE (default: X)",
     )
     p.add_argument(
         "--embeddings",
-        default=_default(f, "gene_embeddings"),
+        default=None,
         help="gene embeddings (genes x dims) as .csv/.tsv/.parquet, or osmFISH, "
         "MERFISH, Mouse_brain for stImpute's precomputed ESM-2 sets "
         "(default: expression similarity only)",
@@ -579,7 +591,7 @@ def _add_stimpute(sub) -> None:
     p.add_argument(
         "--method",
         choices=("transfer", "gnn"),
-        default=_default(f, "method"),
+        default=_default(c, "method"),
         help="k-NN + ridge transfer (default) or the paper's GNN",
     )
     p.add_argument(
@@ -592,40 +604,40 @@ def _add_stimpute(sub) -> None:
     p.add_argument(
         "--latent",
         choices=("pca", "autoencoder"),
-        default=_default(f, "latent"),
+        default=_default(c, "latent"),
         help="latent space of the transfer (default: %(default)s)",
     )
     p.add_argument(
         "--n-neighbors",
         type=int,
-        default=_default(f, "n_neighbors"),
+        default=_default(c, "n_neighbors"),
         help="nearest reference cells per spatial cell (default: chosen by "
         "cross-validation on the measured genes)",
     )
     p.add_argument(
         "--ridge-weight",
         type=float,
-        default=_default(f, "ridge_weight"),
+        default=_default(c, "ridge_weight"),
         help="weight of the ridge term of the transfer (default: chosen by "
         "cross-validation on the measured genes)",
     )
     p.add_argument(
         "--alpha",
         type=float,
-        default=_default(f, "alpha"),
+        default=_default(c, "alpha"),
         help="with --method gnn: GNN weight of the final blend (default: 0.7, "
         "0.5 above 10,000 cells)",
     )
     p.add_argument(
         "--epochs",
         type=int,
-        default=_default(f, "epochs"),
+        default=_default(c, "epochs"),
         help="with --method gnn: GNN epochs per round (default: %(default)s)",
     )
     p.add_argument(
         "--ae-epochs",
         type=int,
-        default=_default(f, "ae_epochs"),
+        default=_default(c, "ae_epochs"),
         help="autoencoder epochs (GNN, or --latent autoencoder; default: %(default)s)",
     )
     p.add_argument(

@@ -1,7 +1,8 @@
 """stImpute (Zeng et al. 2024, Commun Biol 7:1271): one home for the method.
 
 - ``_module``: the torch modules (autoencoder, GraphSAGE over genes, reliability MLP, loss);
-- ``_config``: the hyper-parameters and the authors' preset (``preset="paper"``);
+- ``_config``: :class:`StImputeConfig`, the settings, with the presets ``"default"`` and
+  ``"paper"`` (the authors' code) as named instances;
 - ``_transfer``: the default predictor (k-NN + ridge transfer, inner gene CV) and the
   held-out reliability (numpy / scikit-learn only);
 - ``_graph``: gene similarity, the top-k gene graph (eqs. 4–6), the authors' distance graph;
@@ -13,3 +14,7 @@
 The public functions are :func:`sctorch.tl.stimpute`, :func:`sctorch.tl.stimpute_cv` and
 :func:`sctorch.tl.stimpute_gene_graph`; the model is ``sctorch.models.StImputeModel``.
 """
+
+from ._config import StImputeConfig
+
+__all__ = ["StImputeConfig"]

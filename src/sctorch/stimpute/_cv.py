@@ -23,8 +23,8 @@ def cross_validate(
     adata_ref,
     *,
     n_folds,
-    layer_sp,
-    layer_ref,
+    layer,
+    ref_layer,
     gene_embeddings,
     device,
     rng,
@@ -38,8 +38,8 @@ def cross_validate(
     proto, m, seed, folds = cv_plan(cls, adata_sp, adata_ref, n_folds, rng, config, hyper)
     cfg = proto.config
     norm = (
-        normalised(adata_sp, layer_sp, "adata_sp"),
-        normalised(adata_ref, layer_ref, "adata_ref"),
+        normalised(adata_sp, layer, "adata_sp"),
+        normalised(adata_ref, ref_layer, "adata_ref"),
     )
     if gene_embeddings is not None:
         embedding_table(gene_embeddings)  # refuse bad embeddings before any training
@@ -48,23 +48,23 @@ def cross_validate(
         select_genes(m, [m.ref_name(g) for g in h], max(2, cfg.reliability_folds))
     dev = resolve_device(device)
     sp_pos = {g: i for i, g in enumerate(m.sp_names)}
-    layer = np.full((adata_sp.n_obs, adata_sp.n_vars), np.nan, np.float32)
+    held_out = np.full((adata_sp.n_obs, adata_sp.n_vars), np.nan, np.float32)
     rel_all = pd.Series(np.nan, index=pd.Index(m.shared), dtype=np.float64)
     fold_of = pd.Series(0, index=pd.Index(m.shared), dtype=np.int64)
     info: dict[str, Any] = {}
     for f, h in enumerate(progress_bar(held, desc="stImpute CV", progress=progress)):
         model = cls(config=cfg)
-        inputs, sim = model._inputs(
+        inputs, sim = model.prepare_inputs(
             adata_sp,
             adata_ref,
             genes=[m.ref_name(g) for g in h],
-            layer_sp=layer_sp,
-            layer_ref=layer_ref,
+            layer=layer,
+            ref_layer=ref_layer,
             gene_embeddings=gene_embeddings,
             matched=m,
-            norm=norm,
+            normalised_inputs=norm,
         )
-        layer[:, [sp_pos[g] for g in h]] = model._fit(
+        held_out[:, [sp_pos[g] for g in h]] = model.fit_inputs(
             inputs, sim, seed=seed, device=dev, progress=False
         )
         rel_all[h], fold_of[h] = model.reliability, f
@@ -79,11 +79,11 @@ def cross_validate(
         info["k"].append(model.k)
         info["weight"].append(model.alpha)
     cols = np.array([sp_pos[g] for g in m.shared])
-    scores = pairwise_scores(columns(norm[0][0], cols), layer[:, cols], axis="gene")
+    scores = pairwise_scores(columns(norm[0][0], cols), held_out[:, cols], axis="gene")
     scores.index = pd.Index(m.shared)
     scores["reliability"] = rel_all
     scores["fold"] = fold_of
-    return scores, layer, info
+    return scores, held_out, info
 
 
 def cv_plan(cls, adata_sp, adata_ref, n_folds, rng, config, hyper):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._config import renamed
 from .._utils import (
     RandomState,
     progress_bar,
@@ -26,7 +27,7 @@ from .._utils import (
 from ..models import BaseModel
 from . import _train as T
 from . import _transfer as X
-from ._config import StImputeConfig, make_config, paper_config  # noqa: F401
+from ._config import StImputeConfig
 from ._data import (
     CellData,
     Inputs,
@@ -45,6 +46,26 @@ from ._data import (
 from ._graph import distance_graph, embedding_table, similarity_for
 
 logger = logging.getLogger("sctorch")
+
+
+def legacy_layers(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """Accept the old ``layer_sp`` / ``layer_ref`` as ``layer`` / ``ref_layer``.
+
+    ``kwargs`` is changed in place and returned; the old names give a ``FutureWarning``.
+
+    Raises
+    ------
+    TypeError
+        If both an old and its new name are given.
+    """
+    renamed(kwargs, old="layer_sp", new="layer", where=where)
+    return renamed(kwargs, old="layer_ref", new="ref_layer", where=where)
+
+
+def _no_other_keywords(kwargs: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {unknown}.")
 
 
 def _self_cells(n_ref: int, seed: int) -> np.ndarray:
@@ -74,12 +95,16 @@ class StImputeModel(BaseModel):
         method ``"gnn"``) and ``"gnn"`` (method ``"gnn"``); empty for the PCA transfer;
         ``None`` before :meth:`fit`.
     config
-        A :class:`StImputeConfig`; or give its fields as keywords (``**hyper``).
+        A :class:`StImputeConfig` (e.g. ``StImputeConfig.preset("paper")``; default: the
+        ``"default"`` preset). Its size-dependent ``None`` settings are filled in at fit
+        (:meth:`StImputeConfig.resolved`).
     genes
         The training genes (the latent space's inputs, spatial spelling, in model order).
     history
         Per-epoch losses of the training steps (``autoencoder_loss``, ``gnn_loss``,
         ``autoencoder_refit_loss``, ``reliability_gnn_loss``, ``reliability_loss``).
+    **hyper
+        Settings of :class:`StImputeConfig` given one by one; they override ``config``.
 
     Notes
     -----
@@ -99,7 +124,9 @@ class StImputeModel(BaseModel):
         self, module=None, *, config: StImputeConfig | None = None, genes=(), history=None, **hyper
     ):
         if hyper:
-            config = dataclasses.replace(config or StImputeConfig(), **hyper)
+            config = (config or StImputeConfig()).replace(**hyper)
+        if config is not None:
+            config.validate()
         super().__init__(module, config=config, genes=genes, history=history)
         self.targets: list[str] = []
         self.reliability = np.zeros(0, np.float32)
@@ -113,6 +140,13 @@ class StImputeModel(BaseModel):
         self._paper_scale = np.nan
 
     # ------------------------------------------------------------------ state
+    @classmethod
+    def _config_from_dict(cls, d: dict[str, Any]) -> StImputeConfig:
+        # files written before the config had ``design`` name it ``preset``
+        cfg = super()._config_from_dict(StImputeConfig.from_saved(d))
+        cfg.validate()
+        return cfg
+
     @classmethod
     def _build_module(cls, config: StImputeConfig, extra: dict[str, Any]):
         import torch
@@ -216,32 +250,60 @@ class StImputeModel(BaseModel):
             raise ValueError("This StImputeModel has not been trained; call fit() first.")
 
     # ------------------------------------------------------------------ fit
-    def _inputs(
+    def prepare_inputs(
         self,
-        adata_sp,
-        adata_ref,
+        adata_sp: ad.AnnData,
+        adata_ref: ad.AnnData,
         *,
-        genes,
-        layer_sp,
-        layer_ref,
-        gene_embeddings,
+        genes=None,
+        layer: str | None = None,
+        ref_layer: str | None = None,
+        gene_embeddings=None,
         min_train: int | None = None,
         matched: Matched | None = None,
-        norm: tuple | None = None,
-    ):
-        """Validate both AnnData and build :class:`Inputs` + the gene similarity."""
-        cfg = self.config
+        normalised_inputs: tuple | None = None,
+    ) -> tuple[Inputs, Any]:
+        """Validate both AnnData and build the training inputs (first half of :meth:`fit`).
+
+        Also fills the size-dependent settings of :attr:`config` for ``adata_sp``
+        (:meth:`StImputeConfig.resolved`). Train on the result with :meth:`fit_inputs`.
+
+        Parameters
+        ----------
+        adata_sp, adata_ref, genes, layer, ref_layer, gene_embeddings
+            As in :meth:`fit`.
+        min_train
+            Fewest training genes accepted (``None``: ``max(2, reliability_folds)``).
+        matched
+            The gene matching of the two AnnData when already computed
+            (:func:`sctorch.stimpute._data.match_genes`; the cross-validation reuses it).
+        normalised_inputs
+            ``(normalised(adata_sp, layer), normalised(adata_ref, ref_layer))`` when
+            already computed (:func:`sctorch.stimpute._data.normalised`).
+
+        Returns
+        -------
+        ``(inputs, similarity)``: the :class:`~sctorch.stimpute._data.Inputs` record
+        (training and target columns of the normalised matrices, names, scales) and the
+        gene similarity of the GNN's graph (``None`` for ``method="transfer"``).
+
+        Raises
+        ------
+        ValueError, KeyError, TypeError
+            As :meth:`fit`.
+        """
         check_anndata(adata_sp, "adata_sp")
         check_anndata(adata_ref, "adata_ref")
+        self.config = cfg = self.config.resolved(adata_sp.n_obs, adata_sp.n_vars)
         check_neighbors(cfg.n_neighbors, adata_ref.n_obs, cfg.alpha)
         m = matched or match_genes(adata_sp, adata_ref, cfg.case_sensitive)
         min_train = max(2, cfg.reliability_folds) if min_train is None else min_train
         train, targets = select_genes(m, genes, min_train)
         if matched is None:
             warn_case(m)
-        norm = norm or (
-            normalised(adata_sp, layer_sp, "adata_sp"),
-            normalised(adata_ref, layer_ref, "adata_ref"),
+        norm = normalised_inputs or (
+            normalised(adata_sp, layer, "adata_sp"),
+            normalised(adata_ref, ref_layer, "adata_ref"),
         )
         inputs = prepare(m, train, targets, *norm)
         sim = None
@@ -261,33 +323,145 @@ class StImputeModel(BaseModel):
         adata_ref: ad.AnnData,
         *,
         genes=None,
-        layer_sp: str | None = None,
-        layer_ref: str | None = None,
+        layer: str | None = None,
+        ref_layer: str | None = None,
         gene_embeddings=None,
         device: str | None = None,
         rng: RandomState = 0,
         progress: bool = True,
+        **kwargs,
     ) -> StImputeModel:
         """Train on the genes ``adata_sp`` shares with ``adata_ref``; predictable: ``genes``.
 
-        Parameters are those of :func:`sctorch.tl.stimpute` (same input scales: raw counts
-        or log1p-normalised, detected). ``genes=None`` makes every reference gene not
-        measured in ``adata_sp`` predictable. Returns ``self``; raises what
-        :func:`sctorch.tl.stimpute` raises.
+        Zeng et al. 2024, §Methods: the method is chosen by :attr:`config`
+        (``method="transfer"``: the k-NN + ridge transfer; ``"gnn"``: eqs. 1–12, with
+        ``design="paper"`` the authors' code). :func:`sctorch.tl.stimpute` is this method
+        plus writing the predictions into ``adata_sp``.
+
+        Parameters
+        ----------
+        adata_sp
+            Spatial cells × measured genes: **raw counts** (normalised here: total / median
+            total, log1p, as the paper) or **log1p-normalised** values (used as given;
+            detected). In memory or opened with ``backed="r"`` (read by blocks of cells).
+        adata_ref
+            Reference (scRNA-seq) cells × genes, same scales (detected); may be backed.
+        genes
+            Reference genes to make predictable (``None``: every reference gene not
+            measured in ``adata_sp``). Listed genes that ``adata_sp`` measures are held out
+            of training (for validation).
+        layer
+            Layer of ``adata_sp`` holding its input (``None``: ``.X``).
+        ref_layer
+            Layer of ``adata_ref`` holding its input (``None``: ``.X``).
+        gene_embeddings
+            Protein embeddings for the GNN's gene graph: genes × dimensions DataFrame (e.g.
+            :func:`sctorch.pp.esm_gene_embeddings`) or mapping gene → 1-D vector; genes
+            without one use reference-expression similarity (eq. 5). Validated but unused
+            by ``method="transfer"``.
+        device
+            Torch device, e.g. ``"cpu"`` or ``"cuda:0"`` (``None``: CUDA, then MPS, else CPU).
+        rng
+            Seed (int) or :class:`numpy.random.Generator`; the same seed on the same device
+            gives the same model.
+        progress
+            Show a ``tqdm`` progress bar.
+        **kwargs
+            Only the former names ``layer_sp`` / ``layer_ref`` (with a ``FutureWarning``).
+
+        Returns
+        -------
+        ``self``, trained: :attr:`targets`, :attr:`reliability` (per target), the chosen
+        ``k`` and blend weight (``alpha``); apply it with :meth:`predict`.
+
+        Raises
+        ------
+        KeyError
+            If a layer is missing or ``genes`` names genes absent from the reference.
+        ValueError
+            If the inputs are non-finite or negative, ``var_names`` repeat, too few genes
+            are shared, the reference has fewer than ``n_neighbors`` cells or the
+            embeddings are inconsistent (see :func:`sctorch.tl.stimpute`).
+        TypeError
+            If an unknown keyword is given.
+        ImportError
+            If torch-geometric is missing (``method="gnn"``).
         """
-        inputs, sim = self._inputs(
+        self.fit_predict(
             adata_sp,
             adata_ref,
             genes=genes,
-            layer_sp=layer_sp,
-            layer_ref=layer_ref,
+            layer=layer,
+            ref_layer=ref_layer,
             gene_embeddings=gene_embeddings,
+            device=device,
+            rng=rng,
+            progress=progress,
+            **kwargs,
         )
-        self._fit(inputs, sim, seed=seed_int(rng), device=resolve_device(device), progress=progress)
         return self
 
-    def _fit(self, inputs: Inputs, sim, *, seed: int, device, progress: bool) -> np.ndarray:
-        """Train; return the predictions of the targets ``(n_sp, n_targets)``."""
+    def fit_predict(
+        self,
+        adata_sp: ad.AnnData,
+        adata_ref: ad.AnnData,
+        *,
+        genes=None,
+        layer: str | None = None,
+        ref_layer: str | None = None,
+        gene_embeddings=None,
+        device: str | None = None,
+        rng: RandomState = 0,
+        progress: bool = True,
+        **kwargs,
+    ) -> np.ndarray:
+        """:meth:`fit`, returning the predictions of the targets for ``adata_sp``'s cells.
+
+        Parameters are those of :meth:`fit`.
+
+        Returns
+        -------
+        ``(adata_sp.n_obs, n_targets)`` float32, on the normalised (log1p) scale, columns
+        in the order of :attr:`targets` (equal to ``predict(adata_sp)``).
+
+        Raises
+        ------
+        KeyError, ValueError, TypeError, ImportError
+            As :meth:`fit`.
+        """
+        legacy_layers(kwargs, "StImputeModel.fit")
+        layer, ref_layer = kwargs.pop("layer", layer), kwargs.pop("ref_layer", ref_layer)
+        _no_other_keywords(kwargs, (), "StImputeModel.fit")
+        inputs, sim = self.prepare_inputs(
+            adata_sp,
+            adata_ref,
+            genes=genes,
+            layer=layer,
+            ref_layer=ref_layer,
+            gene_embeddings=gene_embeddings,
+        )
+        return self.fit_inputs(
+            inputs, sim, seed=seed_int(rng), device=resolve_device(device), progress=progress
+        )
+
+    def fit_inputs(self, inputs: Inputs, sim, *, seed: int, device, progress: bool) -> np.ndarray:
+        """Train on :meth:`prepare_inputs`' result (second half of :meth:`fit`).
+
+        Parameters
+        ----------
+        inputs, sim
+            What :meth:`prepare_inputs` returned.
+        seed
+            Integer seed (:func:`sctorch._utils.seed_int` of ``rng``).
+        device
+            A resolved :class:`torch.device`.
+        progress
+            Show a ``tqdm`` progress bar.
+
+        Returns
+        -------
+        The predictions of the targets ``(n_sp, n_targets)`` float32 (as :meth:`fit_predict`).
+        """
         if self.config.method == "transfer":
             return self._fit_transfer(inputs, seed=seed, device=device, progress=progress)
         return self._fit_gnn(inputs, sim, seed=seed, device=device, progress=progress)
@@ -386,9 +560,14 @@ class StImputeModel(BaseModel):
         import torch
 
         cfg = self.config
-        paper = cfg.preset == "paper"
+        paper = cfg.design == "paper"
         n_train, n_all = len(inputs.train), inputs.ref.shape[1]
-        alpha = cfg.resolved_alpha(inputs.sp.shape[0])
+        if cfg.alpha is None or cfg.hidden_dim is None:
+            raise ValueError(
+                "the GNN's alpha / hidden_dim are not resolved; build the inputs with "
+                "prepare_inputs() (or train with fit())."
+            )
+        alpha = float(cfg.alpha)
         k = min(cfg.n_neighbors or 50, inputs.ref.shape[0])
         graph_fn = (
             (lambda cols: distance_graph(sim, cols))
@@ -569,7 +748,7 @@ class StImputeModel(BaseModel):
                 batch_size=cfg.batch_size,
                 max_cells_per_epoch=None,
                 device=self.device,
-                weighted=cfg.preset == "paper",
+                weighted=cfg.design == "paper",
             )
             nbr = T.cell_neighbours(data, self.module["autoencoder"])
             scale = None if np.isnan(self._paper_scale) else self._paper_scale
@@ -593,28 +772,58 @@ class StImputeModel(BaseModel):
         adata_ref: ad.AnnData,
         *,
         n_folds: int = 5,
-        layer_sp: str | None = None,
-        layer_ref: str | None = None,
+        layer: str | None = None,
+        ref_layer: str | None = None,
         gene_embeddings=None,
         device: str | None = None,
         rng: RandomState = 0,
         progress: bool = True,
         config: StImputeConfig | None = None,
+        return_info: bool = False,
         **hyper,
-    ) -> tuple[pd.DataFrame, np.ndarray]:
+    ) -> tuple[pd.DataFrame, np.ndarray] | tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
         """The paper's k-fold CV over the shared genes; see :func:`sctorch.tl.stimpute_cv`.
+
+        Zeng et al. 2024, §Results "5-fold cross-validation": every fold trains a fresh
+        model on the other folds' genes and predicts the fold's genes.
+
+        Parameters
+        ----------
+        adata_sp, adata_ref, layer, ref_layer, gene_embeddings, device, rng, progress
+            As in :meth:`fit` (every fold uses the same seed).
+        n_folds
+            Number of gene folds (at least 2).
+        config
+            The :class:`StImputeConfig` of every fold (``None``: the default preset).
+        return_info
+            Also return the run's record (chosen ``k`` and ``weight`` per fold, ``seed``,
+            ``device``, the detected input scales).
+        **hyper
+            Settings of :class:`StImputeConfig` overriding ``config``; the former names
+            ``layer_sp`` / ``layer_ref`` are accepted with a ``FutureWarning``.
 
         Returns
         -------
         ``(scores, predictions)``: the per-gene table of :func:`sctorch.tl.stimpute_cv` and
-        the ``(n_obs, n_vars)`` float32 held-out predictions (NaN for genes not shared).
+        the ``(n_obs, n_vars)`` float32 held-out predictions (NaN for genes not shared);
+        ``(scores, predictions, info)`` with ``return_info=True``.
+
+        Raises
+        ------
+        ValueError, KeyError, TypeError
+            As :func:`sctorch.tl.stimpute_cv`.
         """
-        scores, layer, _ = cls._cross_validate(
+        from ._cv import cross_validate
+
+        legacy_layers(hyper, "StImputeModel.cross_validate")
+        layer, ref_layer = hyper.pop("layer", layer), hyper.pop("ref_layer", ref_layer)
+        scores, preds, info = cross_validate(
+            cls,
             adata_sp,
             adata_ref,
             n_folds=n_folds,
-            layer_sp=layer_sp,
-            layer_ref=layer_ref,
+            layer=layer,
+            ref_layer=ref_layer,
             gene_embeddings=gene_embeddings,
             device=device,
             rng=rng,
@@ -622,10 +831,4 @@ class StImputeModel(BaseModel):
             config=config,
             **hyper,
         )
-        return scores, layer
-
-    @classmethod
-    def _cross_validate(cls, adata_sp, adata_ref, **kw):
-        from ._cv import cross_validate
-
-        return cross_validate(cls, adata_sp, adata_ref, **kw)
+        return (scores, preds, info) if return_info else (scores, preds)

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from .._utils import iter_batches, to_dense
-from ..models import fit
+from ..models import LossOutput, fit
 from . import _transfer as X
 from ._data import CellData
 
@@ -49,6 +49,33 @@ def _mse(a, b):
     return torch.nn.functional.mse_loss(a, b)
 
 
+# ----------------------------------------------------------------------------- losses
+# One function per training step, each returning the typed record that fit() reads; the
+# values recorded are the epoch means of ``loss`` (``history[f"{prefix}_loss"]``).
+def autoencoder_loss(ae, x) -> LossOutput:
+    """Eqs. 1–3: MSE between the spatial cells ``x`` ``(n, n_train)`` and their reconstruction."""
+    _, rec = ae(x)
+    return LossOutput(_mse(rec, x))
+
+
+def refit_loss(ae, gnn_out, y) -> LossOutput:
+    """Eq. 11 (M-step): MSE between ``(AE output + GNN output) / 2`` and the measured ``y``."""
+    _, rec = ae(y)
+    return LossOutput(_mse((rec + gnn_out) / 2, y))
+
+
+def gnn_loss(gnn, x, adj, y, cosine_weight: float) -> LossOutput:
+    """Eq. 10 (E-step): MSE + ``cosine_weight`` × cosine losses of the GNN's output for ``y``."""
+    from ._module import imputation_loss  # imported with the GNN (torch_modules)
+
+    return LossOutput(imputation_loss(gnn(x, adj), y, cosine_weight))
+
+
+def reliability_loss(mlp, profiles, target) -> LossOutput:
+    """Eq. 13 (authors' code): MSE between the MLP's scores of gene ``profiles`` and ``target``."""
+    return LossOutput(_mse(mlp(profiles), target))
+
+
 # ----------------------------------------------------------------------------- autoencoder
 def train_autoencoder(data: CellData, cfg, history: dict, bar):
     """Pre-train the cell autoencoder (eqs. 1–3) on the spatial training genes.
@@ -63,9 +90,7 @@ def train_autoencoder(data: CellData, cfg, history: dict, bar):
     opt = torch.optim.Adam(ae.parameters(), lr=1e-2, weight_decay=1e-4)
 
     def loss(cells):
-        x = data.sp_rows(cells)
-        _, rec = ae(x)
-        return _mse(rec, x)
+        return autoencoder_loss(ae, data.sp_rows(cells))
 
     fit(
         ae,
@@ -126,8 +151,7 @@ def refit_autoencoder(data: CellData, ae, opt, gnn, nbr, cfg, history: dict, bar
         y = data.sp_rows(cells)
         with torch.no_grad():
             g = gnn(data.features(cells, cols, nbr), adj)
-        _, rec = ae(y)
-        return _mse((rec + g) / 2, y)
+        return refit_loss(ae, g, y)
 
     fit(
         ae,
@@ -150,7 +174,7 @@ def gnn_module(cfg, k: int):
         dim=cfg.gnn_dim,
         n_layers=cfg.gnn_layers,
         hidden_dim=cfg.hidden_dim,
-        aggr="sum" if cfg.preset == "paper" else "mean",
+        aggr="sum" if cfg.design == "paper" else "mean",
     )
 
 
@@ -166,13 +190,12 @@ def train_gnn(
     data: CellData, gnn, opt, cols: np.ndarray, nbr, cfg, history: dict, bar, prefix: str = "gnn"
 ) -> None:
     """E-step: fit the GNN to the measured spatial values of training genes ``cols`` (eq. 10)."""
-    mods = torch_modules()
     adj = data.adjacency(cols)
 
     def loss(cells):
         x = data.features(cells, cols, nbr)
         y = data.sp_rows(cells)[:, cols]
-        return mods.imputation_loss(gnn(x, adj), y, cfg.cosine_weight)
+        return gnn_loss(gnn, x, adj, y, cfg.cosine_weight)
 
     fit(
         gnn,
@@ -199,7 +222,7 @@ def blend(
     """Eq. 12 for genes ``cols[out]``, graph over all ``cols``: ``(n_sp, len(out))`` float32.
 
     ``alpha`` · GNN + (1 − ``alpha``) · mean of the k neighbours' expression. With
-    ``paper_scale`` (``preset="paper"``) the k-NN mean of each gene is first divided by its
+    ``paper_scale`` (``design="paper"``) the k-NN mean of each gene is first divided by its
     maximum over the spatial cells and multiplied by ``paper_scale`` (the network's largest
     prediction at fit), as the authors' code does (``mid / mid.max() * pre.max()``).
     """
@@ -301,7 +324,7 @@ def reliability_heldout(
 def reliability_in_sample(
     data: CellData, gnn, nbr, cfg, seed: int, history: dict, bar
 ) -> np.ndarray:
-    """Eq. 13 as in the authors' code (``preset="paper"``): an MLP on in-sample accuracy.
+    """Eq. 13 as in the authors' code (``design="paper"``): an MLP on in-sample accuracy.
 
     The trained network predicts every gene; the cosine similarity of its (in-sample)
     predictions of the training genes with their measured values is the target of an MLP
@@ -326,7 +349,7 @@ def reliability_in_sample(
     y = torch.as_tensor(cos, device=data.device)
     fit(
         mlp,
-        lambda batch: _mse(mlp(batch[0]), batch[1]),
+        lambda batch: reliability_loss(mlp, batch[0], batch[1]),
         lambda _epoch: [(Xt, y)],
         epochs=cfg.reliability_epochs,
         lr=1e-3,

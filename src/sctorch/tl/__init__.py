@@ -10,12 +10,13 @@ from ._scrobust import (
     scrobust_pathway_scores,
     scrobust_pretrain,
 )
-from ._stimpute import stimpute, stimpute_cv, stimpute_gene_graph
+from ._stimpute import StImputeConfig, stimpute, stimpute_cv, stimpute_gene_graph
 from ._tcer import TCERConfig, TCERModel, tcer_impute
 
 __all__ = [
     "GenoMapConfig",
     "ScRobustModel",
+    "StImputeConfig",
     "TCERConfig",
     "TCERModel",
     "genomap",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -19,7 +20,22 @@ import pandas as pd
 from scipy import sparse
 
 from .. import _keys
-from .._utils import RandomState, make_params, resolve_device, seed_int
+from .._config import renamed, resolve_config, warn_unused
+from .._docs import fill
+from .._utils import (
+    RandomState,
+    accepts_random_state,
+    check_copy,
+    make_params,
+    resolve_device,
+    seed_int,
+)
+from ..stimpute._config import StImputeConfig
+
+if TYPE_CHECKING:
+    from ..stimpute._model import StImputeModel
+
+__all__ = ["StImputeConfig", "stimpute", "stimpute_cv", "stimpute_gene_graph"]
 
 
 def _warn_overwrite(places: list[str]) -> None:
@@ -91,61 +107,103 @@ def stimpute_gene_graph(
     )
 
 
-_HYPER = (
-    "n_neighbors",
-    "alpha",
-    "epochs",
-    "ae_epochs",
-    "n_rounds",
-    "batch_size",
-    "hidden_dim",
-    "graph_neighbors",
-    "reliability_folds",
-    "lr",
-    "weight_decay",
-    "max_cells_per_epoch",
-    "case_sensitive",
-    "method",
-    "latent",
-    "ridge_weight",
-    "n_pcs",
-)
+#: keywords of stimpute / stimpute_cv that are not settings of StImputeConfig
+_DATA_KEYWORDS = ("gene_embeddings", "return_adata")
+
+# The parameters stimpute and stimpute_cv share, written once (filled in by _doc).
+_FRAGMENTS = {
+    "stimpute_data": """\
+adata_sp
+    Spatial cells × measured genes. **Raw counts** (integers: normalised here by
+    dividing by the cell total, scaling by the median total and log1p, as the paper
+    does) or **already normalised, log1p** values (any non-integer input is used as
+    given). May be opened with ``anndata.read_h5ad(path, backed="r")``: it is then
+    read in blocks of cells and only its shared genes are held in memory.
+adata_ref
+    Reference (scRNA-seq) cells × genes, raw counts or normalised (detected the same
+    way). May be backed: its training and target genes are then read by blocks of
+    cells.""",
+    "stimpute_layers": """\
+layer
+    Layer of ``adata_sp`` holding its input (``None``: ``.X``). Formerly ``layer_sp``
+    (still accepted, with a ``FutureWarning``).
+ref_layer
+    Layer of ``adata_ref`` holding its input (``None``: ``.X``). Formerly ``layer_ref``
+    (still accepted, with a ``FutureWarning``).""",
+    "stimpute_preset": """\
+preset
+    ``"default"`` (the k-NN + ridge transfer, see above) or ``"paper"`` (the authors'
+    code, see above): the named instances ``StImputeConfig.PRESETS``; ``config`` and
+    ``**kwargs`` change them.
+config
+    A :class:`~sctorch.stimpute.StImputeConfig` (replaces the preset) or a dict of some
+    of its settings (applied to the preset).""",
+    "stimpute_kwargs": """\
+**kwargs
+    Settings of :class:`~sctorch.stimpute.StImputeConfig` (each documented there), which
+    override ``preset`` and ``config``; an unknown name raises ``TypeError`` naming the
+    closest. Those that matter most: ``method`` (``"transfer"`` or ``"gnn"``),
+    ``latent`` (``"pca"`` or ``"autoencoder"``), ``n_neighbors`` and ``ridge_weight``
+    (``None``: chosen by the inner gene CV), ``n_pcs``, ``reliability_folds`` (``0``:
+    no inner CV, reliability NaN), ``alpha`` (GNN weight; ``None``: by the data size),
+    ``epochs``, ``ae_epochs``, ``n_rounds``, ``graph_neighbors``, ``hidden_dim``,
+    ``lr``, ``weight_decay``, ``batch_size``, ``max_cells_per_epoch`` and
+    ``case_sensitive``. A setting given here (or in a ``config`` dict) that the chosen
+    method does not use (e.g. ``epochs`` with the PCA transfer) gives a
+    :class:`UserWarning`. Keywords that are not settings:
+
+    - ``gene_embeddings``: protein embeddings for the GNN's gene graph, a genes ×
+      dimensions DataFrame (e.g. :func:`sctorch.pp.esm_gene_embeddings`,
+      :func:`sctorch.datasets.esm2_gene_embeddings`) or a mapping gene → vector; genes
+      without one use reference-expression similarity (eq. 5). Validated but unused
+      by ``method="transfer"`` (with a :class:`UserWarning`).""",
+}
 
 
+def _doc(func):
+    """Fill the shared placeholders of the stImpute functions' docstrings."""
+    func.__doc__ = fill(func.__doc__, _FRAGMENTS)
+    return func
+
+
+def _layers(kwargs: dict[str, Any], layer, ref_layer, where: str):
+    """``layer`` / ``ref_layer`` after the former names in ``kwargs`` (already renamed)."""
+    for new, value in (("layer", layer), ("ref_layer", ref_layer)):
+        if new in kwargs and value is not None:
+            raise TypeError(f"{where}() got both {new}= and its former name; pass {new}=.")
+    return kwargs.pop("layer", layer), kwargs.pop("ref_layer", ref_layer)
+
+
+def _given(config, kwargs: Mapping[str, Any]) -> set[str]:
+    """The settings named explicitly (keywords and the keys of a ``config`` dict)."""
+    return set(kwargs) | (set(config) if isinstance(config, Mapping) else set())
+
+
+def _record(cfg: StImputeConfig, **kw) -> dict[str, Any]:
+    """``uns[...]['params']``: the call's arguments, then every setting, then the run."""
+    first = {k: kw.pop(k) for k in list(kw) if k in ("genes", "n_folds", "layer", "ref_layer")}
+    return make_params(**first, preset=kw.pop("preset"), **cfg.to_dict(), **kw)
+
+
+@accepts_random_state
+@_doc
 def stimpute(
     adata_sp: ad.AnnData,
     adata_ref: ad.AnnData,
     *,
     genes: Sequence[str] | None = None,
-    layer_sp: str | None = None,
-    layer_ref: str | None = None,
-    method: str | None = None,
-    preset: str | None = None,
-    latent: str = "pca",
-    n_neighbors: int | None = None,
-    ridge_weight: float | None = None,
-    n_pcs: int = 30,
-    reliability_folds: int = 5,
-    gene_embeddings: pd.DataFrame | Mapping[str, np.ndarray] | None = None,
-    alpha: float | None = None,
-    epochs: int = 10,
-    ae_epochs: int = 30,
-    n_rounds: int = 2,
-    batch_size: int = 512,
-    hidden_dim: int | None = None,
-    graph_neighbors: int = 10,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    max_cells_per_epoch: int | None = 10_000,
-    case_sensitive: bool = True,
+    layer: str | None = None,
+    ref_layer: str | None = None,
+    key_added: str = _keys.STIMPUTE,
+    preset: str = "default",
+    config: StImputeConfig | Mapping[str, Any] | None = None,
     device: str | None = None,
     rng: RandomState = 0,
-    key_added: str = _keys.STIMPUTE,
-    return_adata: bool = False,
     progress: bool = True,
     copy: bool = False,
     return_model: bool = False,
-):
+    **kwargs: Any,
+) -> ad.AnnData | StImputeModel | tuple[ad.AnnData, StImputeModel] | None:
     r"""Impute unmeasured genes of spatial cells from a scRNA-seq reference (stImpute).
 
     Zeng et al. 2024, Commun Biol 7:1271, §Methods. Both methods first place spatial and
@@ -184,7 +242,7 @@ def stimpute(
     50). Reliability as in the default, calibrated on GNNs retrained without each fold of
     measured genes.
 
-    **preset="paper"** (with ``method="gnn"`` implied) reproduces the authors' code
+    **preset="paper"** (``method="gnn"``, ``design="paper"``) reproduces the authors' code
     (github.com/cquzys/stImpute ``model.py``), which differs from the paper's text: the gene
     graph is the dense matrix of cosine **distances** (not similarities), with the identity
     subtracted and rows normalised, so each gene aggregates nearly all genes, tilted to
@@ -209,93 +267,45 @@ def stimpute(
 
     Parameters
     ----------
-    adata_sp
-        Spatial cells × measured genes. **Raw counts** (integers: normalised here by
-        dividing by the cell total, scaling by the median total and log1p, as the paper
-        does) or **already normalised, log1p** values (any non-integer input is used as
-        given). May be opened with ``anndata.read_h5ad(path, backed="r")``: it is then
-        read in blocks of cells and only its shared genes are held in memory. Spatial
-        coordinates in ``obsm['spatial']`` are carried over with ``return_adata=True``.
-    adata_ref
-        Reference cells × genes, raw counts or normalised (detected the same way). May be
-        backed: its training and target genes are then read by blocks of cells.
+    {stimpute_data}
     genes
         Reference genes to predict. ``None``: every reference gene not measured in
         ``adata_sp``. Genes listed here that ``adata_sp`` does measure are held out of
         training and predicted (for validation).
-    layer_sp, layer_ref
-        Layers holding the input; ``None`` uses ``.X``.
-    method
-        ``"transfer"`` (``None``: the default) or ``"gnn"`` (the paper's network).
-    preset
-        ``None`` / ``"default"``, or ``"paper"`` (the authors' choices, see above; the
-        arguments left at ``None`` take the preset's values).
-    latent
-        Latent space of the transfer: ``"pca"`` or ``"autoencoder"``.
-    n_neighbors
-        Reference neighbours per spatial cell; ``None``: chosen by the inner gene CV
-        (transfer) or 50 (GNN; the paper's ``k``).
-    ridge_weight
-        Weight ``w`` of the ridge term of the transfer; ``None``: chosen by the inner CV.
-    n_pcs
-        Principal components of ``latent="pca"``.
-    reliability_folds
-        Folds of the inner gene cross-validation (selection and reliability); ``0`` skips
-        it (``k = 50``, ``w = 0.5`` unless given; reliability NaN).
-    gene_embeddings
-        Protein embeddings for the GNN's gene graph, genes × dimensions DataFrame (e.g.
-        :func:`sctorch.pp.esm_gene_embeddings`, :func:`sctorch.datasets.esm2_gene_embeddings`)
-        or mapping gene → vector; genes without one use reference-expression similarity
-        (eq. 5). Validated but unused by ``method="transfer"``.
-    alpha
-        GNN weight of eq. 12 (``method="gnn"``); ``alpha=0`` is the k-NN mean only.
-    epochs, ae_epochs, n_rounds
-        Passes per GNN fit / AE refit (eq. 11), of the initial AE training, and rounds of
-        the alternating training (GNN; ``ae_epochs`` also for ``latent="autoencoder"``).
-    batch_size
-        Spatial cells per mini-batch of the networks (upper bound).
-    hidden_dim
-        Width of the GNN's MLP head; ``None``: 64 (256 / 32 with ``preset="paper"``).
-    graph_neighbors
-        Neighbours per gene in the GNN's gene graph; ``0``: no graph (ablation).
-    lr, weight_decay
-        Adam settings of the GNN; ``None``: 1e-3 and 0 (1e-2 and 1e-2 for the paper preset).
-    max_cells_per_epoch
-        Cells visited per training epoch of the networks: all cells, shuffled, when there
-        are fewer, else a fresh random subset of this size each epoch; ``None`` always
-        uses every cell. Prediction always covers every cell.
-    case_sensitive
-        Match gene names exactly (default) or ignoring case; ``var_names`` are never
-        renamed (outputs use the reference's spelling).
-    device
-        Torch device; ``None``: CUDA, then MPS, then CPU.
-    rng
-        Seed; the same seed on the same device gives the same result.
+    {stimpute_layers}
     key_added
-        Key of the outputs.
-    return_adata
-        Return a new AnnData of the predicted genes instead of writing into ``adata_sp``.
-    progress
-        Show a progress bar.
+        Key of the outputs (``obsm`` and ``uns``).
+    {stimpute_preset}
+    {device}
+    {rng}
+    {random_state}
+    {progress}
     copy
-        Return a modified copy of ``adata_sp`` instead of writing in place.
+        Work on and return a copy of ``adata_sp`` instead of writing into it (refused for
+        a backed ``adata_sp``).
     return_model
         Also return the trained :class:`sctorch.models.StImputeModel`, which can
         ``predict`` the same genes for new sections and be saved (``model.save(path)``).
+    {stimpute_kwargs}
+        - ``return_adata``: ``True`` returns a new AnnData of the predicted genes
+          instead of writing into ``adata_sp`` (see Returns).
 
     Returns
     -------
-    With ``return_model=True``: ``(result, model)``, ``result`` being what is described
-    next. With ``return_adata=True``: a new AnnData, spatial cells × predicted genes (``X``
-    float32, on the scale of the normalised input), with ``obs`` and ``obsm['spatial']``
-    copied, ``var['reliability']`` and ``uns[key_added]`` (``adata_sp`` is left as it
-    was). Otherwise ``None`` (or the copy when ``copy=True``), having written
+    ``None`` by default, having written into ``adata_sp`` (with ``copy=True``: into a copy,
+    which is returned)
 
     - ``obsm[key_added]``: DataFrame, spatial cells × predicted genes (float32);
     - ``uns[key_added]``: ``{'genes', 'reliability'`` (per gene, aligned with
       ``genes``; an estimate of its Pearson correlation with the truth for the default
       reliability, of its cosine for the paper preset; higher is more trustworthy),
       ``'params'}``.
+
+    With ``return_adata=True``: a new AnnData, spatial cells × predicted genes (``X``
+    float32, on the scale of the normalised input), with ``obs`` and ``obsm['spatial']``
+    copied, ``var['reliability']`` and ``uns[key_added]`` (``adata_sp`` is left as it
+    was). With ``return_model=True``: the model; ``(copy, model)`` with ``copy=True`` and
+    ``(new AnnData, model)`` with ``return_adata=True``.
 
     Existing ``obsm`` / ``uns`` entries named ``key_added`` are overwritten (as Scanpy
     does), with a :class:`UserWarning`. When gene names differ from the reference's only
@@ -311,42 +321,56 @@ def stimpute(
         few genes are shared (the count, the matching mode and, where case hides
         matches, how many would match ignoring case are reported), the
         reference has fewer than ``n_neighbors`` cells, embeddings are
-        inconsistent, or a setting is out of range (unknown ``method``, ``preset`` or
-        ``latent`` included). The inputs are left unchanged.
+        inconsistent, a setting is out of range (unknown ``method``, ``preset`` or
+        ``latent`` included), ``preset="paper"`` is given with a config instance, or
+        ``copy=True`` with a backed ``adata_sp``. The inputs are left unchanged.
+    TypeError
+        If a keyword is not a setting of :class:`~sctorch.stimpute.StImputeConfig`.
     ImportError
         If torch-geometric is not installed (``method="gnn"``).
     """
-    from ..stimpute._model import StImputeModel, make_config
+    from ..stimpute._model import StImputeModel
 
-    loc = locals()
-    hyper = {k: loc[k] for k in _HYPER}
-    model = StImputeModel(config=make_config(preset, adata_sp.n_obs, adata_sp.n_vars, **hyper))
-    inputs, sim = model._inputs(
+    renamed(kwargs, old="layer_sp", new="layer", where="stimpute")
+    renamed(kwargs, old="layer_ref", new="ref_layer", where="stimpute")
+    layer, ref_layer = _layers(kwargs, layer, ref_layer, "stimpute")
+    gene_embeddings = kwargs.pop("gene_embeddings", None)
+    return_adata = bool(kwargs.pop("return_adata", False))
+    cfg = resolve_config(StImputeConfig, preset, config, kwargs)
+    warn_unused(_given(config, kwargs), cfg.unused()[0], cfg.unused()[1])
+    if gene_embeddings is not None and cfg.method == "transfer":
+        warn_unused(
+            {"gene_embeddings"}, {"gene_embeddings"}, "method='transfer' builds no gene graph"
+        )
+    check_copy(adata_sp, copy and not return_adata)
+    model = StImputeModel(config=cfg)
+    dev = resolve_device(device)
+    seed = seed_int(rng)
+    pred = model.fit_predict(
         adata_sp,
         adata_ref,
         genes=genes,
-        layer_sp=layer_sp,
-        layer_ref=layer_ref,
+        layer=layer,
+        ref_layer=ref_layer,
         gene_embeddings=gene_embeddings,
+        device=dev,
+        rng=seed,
+        progress=progress,
     )
-    dev = resolve_device(device)
-    seed = seed_int(rng)
-    pred = model._fit(inputs, sim, seed=seed, device=dev, progress=progress)
-    targets, rel = inputs.targets, model.reliability
-    cfg = model.config
-    params = make_params(
+    targets, rel = model.targets, model.reliability
+    params = _record(
+        model.config,
         genes="None" if genes is None else list(targets),
-        layer_sp=layer_sp,
-        layer_ref=layer_ref,
+        layer=layer,
+        ref_layer=ref_layer,
         preset=preset,
-        **{k: getattr(cfg, k) for k in _HYPER},
         k=model.k,
         weight=model.alpha,
         gene_embeddings=gene_embeddings is not None,
         seed=seed,
         rng=rng,
         device=str(dev),
-        train_genes=list(inputs.train),
+        train_genes=list(model.genes),
         **{
             k: v
             for k, v in model.info.items()
@@ -376,41 +400,29 @@ def stimpute(
         pred, index=target.obs_names.copy(), columns=pd.Index(targets)
     )
     target.uns[key_added] = record
-    result = target if copy else None
-    return (result, model) if return_model else result
+    if return_model:
+        return (target, model) if copy else model
+    return target if copy else None
 
 
+@accepts_random_state
+@_doc
 def stimpute_cv(
     adata_sp: ad.AnnData,
     adata_ref: ad.AnnData,
     *,
     n_folds: int = 5,
-    layer_sp: str | None = None,
-    layer_ref: str | None = None,
-    method: str | None = None,
-    preset: str | None = None,
-    latent: str = "pca",
-    n_neighbors: int | None = None,
-    ridge_weight: float | None = None,
-    n_pcs: int = 30,
-    reliability_folds: int = 5,
-    gene_embeddings: pd.DataFrame | Mapping[str, np.ndarray] | None = None,
-    alpha: float | None = None,
-    epochs: int = 10,
-    ae_epochs: int = 30,
-    n_rounds: int = 2,
-    batch_size: int = 512,
-    hidden_dim: int | None = None,
-    graph_neighbors: int = 10,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    max_cells_per_epoch: int | None = 10_000,
-    case_sensitive: bool = True,
+    layer: str | None = None,
+    ref_layer: str | None = None,
+    key_added: str = _keys.STIMPUTE_CV,
+    preset: str = "default",
+    config: StImputeConfig | Mapping[str, Any] | None = None,
     device: str | None = None,
     rng: RandomState = 0,
-    key_added: str = _keys.STIMPUTE_CV,
     progress: bool = True,
-) -> pd.DataFrame:
+    copy: bool = False,
+    **kwargs: Any,
+) -> pd.DataFrame | tuple[ad.AnnData, pd.DataFrame]:
     """The paper's evaluation: k-fold cross-validation over the shared genes.
 
     The genes shared by ``adata_sp`` and ``adata_ref`` are split into ``n_folds`` folds
@@ -418,68 +430,84 @@ def stimpute_cv(
     folds (Zeng et al. 2024, §Results "5-fold cross-validation"). The held-out
     predictions are compared with the measured values on the normalised scale. Inside
     each fold, the default method's own choices (``k``, ridge weight, reliability
-    calibration) use only that fold's training genes.
+    calibration) use only that fold's training genes. Every fold uses the same settings
+    and seed, as :func:`stimpute` would.
 
     Parameters
     ----------
-    adata_sp, adata_ref
-        As in :func:`stimpute` (raw counts or normalised; detected; may be backed).
+    {stimpute_data}
     n_folds
         Number of gene folds (5 in the paper); at least 2.
-    layer_sp, layer_ref, method, preset, latent, n_neighbors, ridge_weight, n_pcs
-        As in :func:`stimpute`, for every fold.
-    reliability_folds, gene_embeddings, alpha, epochs, ae_epochs, n_rounds, batch_size
-        As in :func:`stimpute`, for every fold.
-    hidden_dim, graph_neighbors, lr, weight_decay, max_cells_per_epoch, case_sensitive
-        As in :func:`stimpute`, for every fold.
-    device, rng, progress
-        As in :func:`stimpute`, for every fold (every fold uses the same seed).
+    {stimpute_layers}
     key_added
-        Name of the layer written to ``adata_sp``.
+        Name of the layer (and ``uns`` entry) written to ``adata_sp``.
+    {stimpute_preset}
+    {device}
+    {rng}
+    {random_state}
+    {progress}
+    copy
+        Work on and return a copy of ``adata_sp`` instead of writing into it (refused for
+        a backed ``adata_sp``).
+    {stimpute_kwargs}
 
     Returns
     -------
     DataFrame indexed by the shared genes (``adata_sp`` spelling) with columns
     ``pearson``, ``cosine``, ``mse`` (held-out prediction vs measured, per gene across
     cells, on the normalised scale), ``reliability`` (the fold model's score) and
-    ``fold``. Writes ``adata_sp.layers[key_added]`` (``n_obs × n_vars`` float32; the
-    held-out prediction of every shared gene, NaN for genes absent from the reference)
-    and ``adata_sp.uns[key_added]`` = ``{'params'}`` (an existing layer of that name is
-    overwritten, with a :class:`UserWarning`). The folds are trained by
+    ``fold``; ``(copy, table)`` with ``copy=True``. Writes ``adata_sp.layers[key_added]``
+    (``n_obs × n_vars`` float32; the held-out prediction of every shared gene, NaN for
+    genes absent from the reference) and ``adata_sp.uns[key_added]`` = ``{'params'}``
+    (into the copy with ``copy=True``; an existing layer of that name is overwritten,
+    with a :class:`UserWarning`). The folds are trained by
     :meth:`sctorch.models.StImputeModel.cross_validate`.
 
     Raises
     ------
-    ValueError, KeyError
+    ValueError, KeyError, TypeError
         As :func:`stimpute`; also if fewer than ``n_folds`` genes are shared,
         ``n_folds < 2``, or ``adata_sp`` has fewer than 2 cells (the per-gene scores are
         correlations across cells). ``adata_sp`` is left unchanged on error.
     """
-    from ..stimpute._model import StImputeModel, make_config
+    from ..stimpute._model import StImputeModel
 
-    loc = locals()
-    cfg = make_config(preset, adata_sp.n_obs, adata_sp.n_vars, **{k: loc[k] for k in _HYPER})
-    scores, layer, info = StImputeModel._cross_validate(
+    renamed(kwargs, old="layer_sp", new="layer", where="stimpute_cv")
+    renamed(kwargs, old="layer_ref", new="ref_layer", where="stimpute_cv")
+    layer, ref_layer = _layers(kwargs, layer, ref_layer, "stimpute_cv")
+    gene_embeddings = kwargs.pop("gene_embeddings", None)
+    if "return_adata" in kwargs:
+        raise TypeError("stimpute_cv() got an unexpected keyword argument 'return_adata'.")
+    cfg = resolve_config(StImputeConfig, preset, config, kwargs)
+    warn_unused(_given(config, kwargs), cfg.unused()[0], cfg.unused()[1])
+    if gene_embeddings is not None and cfg.method == "transfer":
+        warn_unused(
+            {"gene_embeddings"}, {"gene_embeddings"}, "method='transfer' builds no gene graph"
+        )
+    check_copy(adata_sp, copy)
+    scores, held_out, info = StImputeModel.cross_validate(
         adata_sp,
         adata_ref,
         n_folds=n_folds,
-        layer_sp=layer_sp,
-        layer_ref=layer_ref,
+        layer=layer,
+        ref_layer=ref_layer,
         gene_embeddings=gene_embeddings,
         device=device,
         rng=rng,
         progress=progress,
         config=cfg,
+        return_info=True,
     )
-    _warn_overwrite([f"adata_sp.layers[{key_added!r}]"] if key_added in adata_sp.layers else [])
-    adata_sp.layers[key_added] = layer
-    adata_sp.uns[key_added] = {
-        "params": make_params(
+    target = adata_sp.copy() if copy else adata_sp
+    _warn_overwrite([f"adata_sp.layers[{key_added!r}]"] if key_added in target.layers else [])
+    target.layers[key_added] = held_out
+    target.uns[key_added] = {
+        "params": _record(
+            cfg.resolved(adata_sp.n_obs, adata_sp.n_vars),
             n_folds=n_folds,
-            layer_sp=layer_sp,
-            layer_ref=layer_ref,
+            layer=layer,
+            ref_layer=ref_layer,
             preset=preset,
-            **{k: getattr(cfg, k) for k in _HYPER},
             k=info["k"],
             weight=info["weight"],
             gene_embeddings=gene_embeddings is not None,
@@ -490,4 +518,4 @@ def stimpute_cv(
             reference_scale=info["reference_scale"],
         )
     }
-    return scores
+    return (target, scores) if copy else scores
