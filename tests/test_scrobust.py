@@ -217,12 +217,12 @@ def test_pretraining_separates_planted_populations(two_pops, model2):
     hist = model2.history["pretrain_mse"]
     assert len(hist) == 4 and hist[-1] < hist[0]
     assert model2.config["n_layers"] == 1 and model2.config["n_genes_per_view"] == 8
-    sct.tl.scrobust_embed(a, model2, n_genes=40, progress=False)
+    sct.tl.scrobust_embed(a, model2, n_tokens=40, progress=False)
     E = a.obsm["X_scrobust"]
     assert E.shape == (80, 32) and E.dtype == np.float32
     km = KMeans(2, n_init=10, random_state=0).fit_predict(E)
     assert adjusted_rand_score(a.obs["pop"], km) > 0.8
-    assert a.uns["X_scrobust"]["params"]["n_genes"] == 40
+    assert a.uns["X_scrobust"]["params"]["n_tokens"] == 40
 
 
 def test_view_size_paper_ten_percent_default_fifty(two_pops):
@@ -268,11 +268,19 @@ def test_save_load_identical(tmp_path, two_pops, model2):
 
 
 def test_embed_without_model_pretrains(two_pops):
+    tiny = {k: v for k, v in TINY.items() if k != "progress"}
     a = sct.tl.scrobust_embed(
-        two_pops, pretrain_kwargs=dict(TINY, epochs=1), n_genes=10, progress=False, copy=True
+        two_pops, config=dict(tiny, epochs=1), n_tokens=10, progress=False, copy=True
     )
     assert a.obsm["X_scrobust"].shape == (80, 32)
     assert "X_scrobust" not in two_pops.obsm
+    # the former pretrain_kwargs= still works (FutureWarning) and gives the same model
+    with pytest.warns(FutureWarning, match="pretrain_kwargs"):
+        b = sct.tl.scrobust_embed(
+            two_pops, pretrain_kwargs=dict(TINY, epochs=1), n_tokens=10, progress=False, copy=True
+        )
+    # (same seed: equal up to float rounding, see test_seeds_reproduce)
+    np.testing.assert_allclose(a.obsm["X_scrobust"], b.obsm["X_scrobust"], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- annotation
@@ -287,7 +295,7 @@ def annotated():
         ref,
         labels_key="pop",
         model=base,
-        n_genes=36,
+        n_tokens=36,
         epochs=6,
         batch_size=16,
         lr=2e-3,
@@ -295,7 +303,7 @@ def annotated():
         progress=False,
         return_model=True,
         head="deep",
-        val_fraction=0,
+        validation_fraction=0,
     )
     return base, before, ft, ref, query
 
@@ -334,7 +342,7 @@ def test_class_weights_balanced_hand_computed_and_reach_the_loss(annotated, tmp_
     kw = dict(
         labels_key="pop",
         model=base,
-        n_genes=36,
+        n_tokens=36,
         epochs=2,
         batch_size=16,
         lr=2e-3,
@@ -361,7 +369,7 @@ def test_annotation_with_saved_finetuned_model(tmp_path, annotated):
     ft.save(tmp_path / "ft.safetensors")
     m = sct.tl.ScRobustModel.load(tmp_path / "ft.safetensors")
     np.testing.assert_array_equal(m.gene_detection, ft.gene_detection)  # stored as float64
-    q = sct.tl.scrobust_annotate(query, model=m, n_genes=36, progress=False, copy=True)
+    q = sct.tl.scrobust_annotate(query, model=m, n_tokens=36, progress=False, copy=True)
     assert (q.obs["scrobust_label"] == query.obs["scrobust_label"]).mean() > 0.95
 
 
@@ -370,7 +378,7 @@ def test_annotation_query_vocabulary_mismatch(annotated):
     q = query.copy()
     q.var_names = [g if i % 3 else f"X{i}" for i, g in enumerate(q.var_names)]  # 12 unknown
     with pytest.warns(UserWarning, match="12 of 36 genes of adata_query are not in the model"):
-        sct.tl.scrobust_annotate(q, model=ft, n_genes=36, progress=False)
+        sct.tl.scrobust_annotate(q, model=ft, n_tokens=36, progress=False)
     assert q.obs["scrobust_label"].notna().all()
     assert q.uns["scrobust_label"]["params"]["n_query_genes_skipped"] == 12
     q2 = query.copy()
@@ -551,13 +559,13 @@ def test_finetuned_round_trip_annotates_identically(tmp_path, annotated):
     m = sct.models.load(path, device="cpu")  # dispatch on the stored class
     assert type(m) is sct.tl.ScRobustModel and m.classes == ft.classes
     assert m.config == ft.config and m.config["n_classes"] == 3
-    kw = dict(n_genes=36, progress=False, copy=True, device="cpu")
+    kw = dict(n_tokens=36, progress=False, copy=True, device="cpu")
     a = sct.tl.scrobust_annotate(query, model=ft, **kw)
     b = sct.tl.scrobust_annotate(query, model=m, **kw)
     np.testing.assert_array_equal(a.obs["scrobust_label"], b.obs["scrobust_label"])
     np.testing.assert_array_equal(a.obs["scrobust_confidence"], b.obs["scrobust_confidence"])
     np.testing.assert_array_equal(
-        m.predict(query, n_genes=36, progress=False), a.obs["scrobust_label"].astype(str)
+        m.predict(query, n_tokens=36, progress=False), a.obs["scrobust_label"].astype(str)
     )
 
 
@@ -598,7 +606,7 @@ def test_callers_random_streams_are_left_unchanged(two_pops):
     m = sct.tl.scrobust_pretrain(two_pops, epochs=1, rng=5, **dict(TINY, dropout=0.1))
     r = two_pops.copy()
     sct.tl.scrobust_annotate(
-        r, two_pops, labels_key="pop", model=m, n_genes=20, epochs=1, rng=5, progress=False
+        r, two_pops, labels_key="pop", model=m, n_tokens=20, epochs=1, rng=5, progress=False
     )
     torch.testing.assert_close(torch.rand(3), expect_t, rtol=0, atol=0)
     np.testing.assert_array_equal(np.random.rand(3), expect_np)
@@ -675,18 +683,19 @@ def test_model_api_without_anndata_keys(two_pops):
 
     vocab = _build_vocab(None, two_pops.var_names)
     cfg = ScRobustConfig(d_model=16, n_heads=2, dropout=0.0, head_dropout=0.0)
-    m = ScRobustModel(vocab=vocab, config=cfg)
+    m = ScRobustModel(vocab=vocab, config=cfg)  # the network part of the method's settings
+    assert type(m.config).__name__ == "ScRobustNetworkConfig" and m.config.d_model == 16
     with pytest.raises(ValueError, match="batch_size >= 2"):
         m.fit(two_pops, epochs=1, batch_size=1, progress=False)
     snap = snapshot(two_pops)
     assert m.fit(two_pops, epochs=1, lr=5e-3, progress=False) is m
     assert m.config.vocab_size == 45 and m.config.n_layers == 1
     assert m.config.dim_feedforward == 64 and m.config.input_scale == "counts"
-    E = m.embed(two_pops, n_genes=20, progress=False)
+    E = m.embed(two_pops, n_tokens=20, progress=False)
     assert E.shape == (80, 16) and E.dtype == np.float32
-    ft = m.finetune(two_pops, two_pops.obs["pop"], n_genes=20, epochs=1, lr=5e-3, progress=False)
+    ft = m.finetune(two_pops, two_pops.obs["pop"], n_tokens=20, epochs=1, lr=5e-3, progress=False)
     assert ft is not m and ft.is_fine_tuned and not m.is_fine_tuned
-    P = ft.predict_proba(two_pops, n_genes=20, progress=False)
+    P = ft.predict_proba(two_pops, n_tokens=20, progress=False)
     assert P.shape == (80, 2)
     np.testing.assert_allclose(P.sum(1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="no classifier"):
@@ -717,7 +726,7 @@ def test_thinned_views_keep_depth_apart(two_pops):
     rng = np.random.default_rng(0)
     t = thin_counts(tok.counts, tok.indptr, (0.5, 0.5), rng)
     assert np.all(t <= tok.counts) and abs(t.sum() / tok.counts.sum() - 0.5) < 0.02
-    b = model._batcher(tok, "cpu")
+    b = model.batcher(tok, "cpu")
     g = torch.Generator().manual_seed(0)
     rows = torch.arange(8)
     ids, vals, pad = b.select_thinned(rows, 50, (0.1, 1.0), generator=g)
@@ -809,32 +818,228 @@ def test_presets_and_bad_arguments(two_pops):
 
 
 def test_default_pretraining_length_is_a_budget_of_cells():
-    from sctorch.scrobust._presets import budget_epochs, pretrain_config
+    from sctorch.scrobust import ScRobustConfig
+    from sctorch.scrobust._config import budget_epochs
 
-    # ceil(320,000 / n_obs) epochs, at least 1, at most 200
+    # epochs=None: ceil(320,000 / n_obs) epochs, at least 1, at most 200
     assert [budget_epochs(n) for n in (2800, 1464, 100_000, 10**7, 1)] == [115, 200, 4, 1, 200]
-    kw = dict(
-        token_values=None,
-        view_thinning=None,
-        select=None,
-        patience=None,
-        n_genes_per_view=None,
-        d_model=None,
-        n_layers=None,
-        n_heads=8,
-        dim_feedforward=None,
-        dropout=0.1,
-        head_dropout=0.3,
-        temperature=0.07,
-        epochs=None,
-        batch_size=64,
-        lr=None,
-        input_scale="counts",
+    assert ScRobustConfig.preset("default").epochs is None
+    assert ScRobustConfig.preset("default").pretrain_epochs(2800) == 115
+    assert ScRobustConfig.preset("paper").pretrain_epochs(2800) == 10
+    assert ScRobustConfig(epochs=7).pretrain_epochs(2800) == 7
+    # the network part keeps the pre-training data's settings
+    net = ScRobustConfig.preset("paper").network_config(46)
+    assert (net.vocab_size, net.d_model, net.view_thinning, net.n_genes_per_view) == (
+        46,
+        512,
+        None,
+        None,
     )
-    vocab = ["PAD", "SEP", "UNKNOWN", "CLS", "MASK", "g"]
-    assert pretrain_config("default", vocab, n_obs=2800, **kw)[1]["epochs"] == 115
-    assert pretrain_config("paper", vocab, n_obs=2800, **kw)[1]["epochs"] == 10
-    assert pretrain_config("default", vocab, n_obs=2800, **(kw | {"epochs": 7}))[1]["epochs"] == 7
+
+
+# ----------------------------------------------------------------------------- issue 22
+def test_presets_are_named_config_instances():
+    from sctorch.scrobust import ScRobustConfig
+
+    assert sct.tl.ScRobustConfig is ScRobustConfig
+    assert set(ScRobustConfig.PRESETS) == {"default", "paper"}
+    default, paper = ScRobustConfig.preset("default"), ScRobustConfig.preset("paper")
+    assert default == ScRobustConfig()  # the field defaults are the default preset
+    assert isinstance(paper, ScRobustConfig) and paper is not ScRobustConfig.PRESETS["paper"]
+    assert (paper.view_thinning, paper.select, paper.n_genes_per_view) == (
+        None,
+        "contrastive",
+        None,
+    )
+    assert (paper.d_model, paper.lr, paper.epochs) == (512, 5e-5, 10)
+    assert (paper.head, paper.finetune_epochs, paper.finetune_lr) == ("deep", 20, 5e-5)
+    assert (default.view_thinning, default.select, default.n_genes_per_view) == (
+        (0.1, 1.0),
+        None,
+        50,
+    )
+    assert (default.d_model, default.lr, default.head) == (64, 1e-3, "wide_and_deep")
+    assert (default.finetune_epochs, default.validation_fraction) == (10, 0.1)
+    for preset in ScRobustConfig.PRESETS.values():
+        preset.validate()
+    with pytest.raises(ValueError, match="validation_fraction"):
+        ScRobustConfig(validation_fraction=1.0).validate()
+    with pytest.raises(ValueError, match="head"):
+        ScRobustConfig(head="linear").validate()
+    with pytest.raises(ValueError, match="d_model=30 must be divisible by n_heads=8"):
+        ScRobustConfig(d_model=30).validate()
+
+
+def test_config_instance_dict_and_keywords_precedence(two_pops):
+    from sctorch.scrobust import ScRobustConfig
+
+    tiny = {k: v for k, v in TINY.items() if k != "progress"}
+    kw = dict(rng=0, progress=False)
+    # a dict updates the preset; explicit keywords win over it
+    m = sct.tl.scrobust_pretrain(
+        two_pops, preset="paper", config=dict(tiny, epochs=1, d_model=16), d_model=8, **kw
+    )
+    assert m.config.d_model == 8 and m.config.view_thinning is None  # the paper's views
+    assert len(m.history["pretrain_loss"]) == 1
+    assert len(m.history["pretrain_val_contrastive"]) == 1  # the paper's selection
+    # an instance replaces the preset
+    cfg = ScRobustConfig(epochs=1, n_genes_per_view=8, **tiny)
+    m = sct.tl.scrobust_pretrain(two_pops, config=cfg, **kw)
+    assert m.config.view_thinning == (0.1, 1.0) and m.config.n_genes_per_view == 8
+    m2 = sct.tl.scrobust_pretrain(two_pops, config=cfg, n_genes_per_view=6, **kw)
+    assert m2.config.n_genes_per_view == 6 and cfg.n_genes_per_view == 8  # not changed
+    # the same settings as keywords give the same model
+    m3 = sct.tl.scrobust_pretrain(two_pops, epochs=1, n_genes_per_view=8, **tiny, **kw)
+    for k, v in m.network.state_dict().items():
+        assert torch.equal(v, m3.network.state_dict()[k]), k
+    with pytest.raises(ValueError, match="not both"):
+        sct.tl.scrobust_pretrain(two_pops, preset="paper", config=cfg, **kw)
+    # annotation: epochs / lr / batch_size / patience are the fine-tuning settings
+    ft = sct.tl.scrobust_annotate(
+        two_pops,
+        two_pops,
+        labels_key="pop",
+        model=m,
+        config={"finetune_epochs": 3, "head": "deep"},
+        epochs=2,
+        n_tokens=20,
+        validation_fraction=0,
+        progress=False,
+        return_model=True,
+    )
+    assert len(ft.history["finetune_loss"]) == 2
+    params = two_pops.uns["scrobust_label"]["params"]
+    assert params["finetune_epochs"] == 2 and params["n_tokens"] == 20
+    with pytest.raises(TypeError, match="both epochs= and finetune_epochs="):
+        sct.tl.scrobust_annotate(
+            two_pops, two_pops, labels_key="pop", model=m, epochs=1, finetune_epochs=1
+        )
+    del two_pops.obs["scrobust_label"], two_pops.obs["scrobust_confidence"]
+    del two_pops.uns["scrobust_label"]
+
+
+def test_unknown_keyword_and_unused_settings(two_pops, model2):
+    with pytest.raises(
+        TypeError, match=r"'d_modle' is not a setting of ScRobustConfig\. Did you mean 'd_model'"
+    ):
+        sct.tl.scrobust_pretrain(two_pops, d_modle=16)
+    with pytest.raises(TypeError, match="not a setting"):
+        sct.tl.scrobust_embed(two_pops, model2, n_neighbours=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        sct.tl.scrobust_pathway_scores(two_pops, {"s": ["G0", "G1"]}, model2, colour=1)
+    a = two_pops.copy()
+    with pytest.warns(UserWarning, match="d_model is not used: model= is given"):
+        sct.tl.scrobust_embed(a, model2, d_model=16, progress=False)
+    with pytest.warns(UserWarning, match="head is not used: scrobust_pretrain only pre-trains"):
+        sct.tl.scrobust_pretrain(two_pops, epochs=1, head="deep", **TINY)
+
+
+def test_renamed_keywords_warn_and_work(two_pops, model2, annotated):
+    a, b = two_pops.copy(), two_pops.copy()
+    sct.tl.scrobust_embed(a, model2, n_tokens=12, progress=False)
+    with pytest.warns(FutureWarning, match="n_genes= is now called n_tokens="):
+        sct.tl.scrobust_embed(b, model2, n_genes=12, progress=False)
+    np.testing.assert_array_equal(a.obsm["X_scrobust"], b.obsm["X_scrobust"])
+    _, _, ft, ref, query = annotated
+    kw = dict(labels_key="pop", model=ft, epochs=1, rng=0, progress=False, copy=True)
+    new = sct.tl.scrobust_annotate(query, ref, n_tokens=20, validation_fraction=0.2, **kw)
+    with pytest.warns(FutureWarning, match="val_fraction= is now called validation_fraction="):
+        with pytest.warns(FutureWarning, match="n_genes= is now called n_tokens="):
+            old = sct.tl.scrobust_annotate(query, ref, n_genes=20, val_fraction=0.2, **kw)
+    np.testing.assert_array_equal(new.obs["scrobust_confidence"], old.obs["scrobust_confidence"])
+    with pytest.warns(FutureWarning, match="n_genes= is now called n_tokens="):
+        p_old = ft.predict_proba(query, n_genes=20, progress=False)
+    np.testing.assert_array_equal(p_old, ft.predict_proba(query, n_tokens=20, progress=False))
+    sets = {"s1": ["G0", "G1", "G2"], "s2": ["G8", "G9", "G10"]}
+    c = two_pops.copy()
+    with pytest.warns(FutureWarning, match="label_key= is now called labels_key_added="):
+        sct.tl.scrobust_pathway_scores(c, sets, model2, label_key="lab")
+    d = sct.tl.scrobust_pathway_scores(two_pops, sets, model2, labels_key_added="lab", copy=True)
+    assert (c.obs["lab"] == d.obs["lab"]).all() and "scrobust_pathway_label" not in c.obs
+    # the former sentinels
+    with pytest.warns(FutureWarning, match="select='none' is now select=None"):
+        m = sct.tl.scrobust_pretrain(two_pops, epochs=1, select="none", rng=0, **TINY)
+    with pytest.warns(FutureWarning, match="view_thinning=False is now view_thinning=None"):
+        m = sct.tl.scrobust_pretrain(two_pops, epochs=1, view_thinning=False, rng=0, **TINY)
+    assert m.config.view_thinning is None
+    with pytest.warns(FutureWarning, match="d_model=None"):
+        m = sct.tl.scrobust_pretrain(two_pops, **dict(TINY, d_model=None, epochs=1))
+    assert m.config.d_model == 64  # the preset's
+
+
+def test_random_state_is_the_alias_of_rng(two_pops, model2):
+    kw = dict(TINY, epochs=1, n_genes_per_view=8)
+    m1 = sct.tl.scrobust_pretrain(two_pops, rng=3, **kw)
+    m2 = sct.tl.scrobust_pretrain(two_pops, random_state=3, **kw)
+    for k, v in m1.network.state_dict().items():
+        assert torch.equal(v, m2.network.state_dict()[k]), k
+    e1 = sct.tl.scrobust_embed(
+        two_pops, model2, gene_order="random", rng=4, progress=False, copy=True
+    )
+    e2 = sct.tl.scrobust_embed(
+        two_pops, model2, gene_order="random", random_state=4, progress=False, copy=True
+    )
+    np.testing.assert_array_equal(e1.obsm["X_scrobust"], e2.obsm["X_scrobust"])
+    with pytest.raises(TypeError, match="both rng= and its alias random_state="):
+        sct.tl.scrobust_embed(two_pops, model2, rng=1, random_state=1)
+    import inspect
+
+    for f in (sct.tl.scrobust_pretrain, sct.tl.scrobust_embed, sct.tl.scrobust_annotate):
+        params = inspect.signature(f).parameters
+        assert "random_state" in params and len(params) <= 15, f.__name__
+        assert "    random_state\n" in f.__doc__ and "{" not in f.__doc__, f.__name__
+
+
+def test_return_rule(annotated):
+    _, _, ft, ref, query = annotated
+    kw = dict(model=ft, progress=False)
+    q = query.copy()
+    assert sct.tl.scrobust_annotate(q, **kw) is None and "scrobust_label" in q.obs
+    c = sct.tl.scrobust_annotate(query, copy=True, **kw)
+    assert isinstance(c, ad.AnnData) and c is not query
+    q2 = query.copy()
+    m = sct.tl.scrobust_annotate(q2, return_model=True, **kw)
+    assert m is ft and "scrobust_label" in q2.obs
+    both = sct.tl.scrobust_annotate(query, copy=True, return_model=True, **kw)
+    assert isinstance(both, tuple) and isinstance(both[0], ad.AnnData) and both[1] is ft
+    # scrobust_pretrain returns the model; the others None in place or the copy
+    m = sct.tl.scrobust_pretrain(ref, epochs=1, **TINY)
+    assert isinstance(m, sct.tl.ScRobustModel)
+    r = ref.copy()
+    assert sct.tl.scrobust_embed(r, m, progress=False) is None and "X_scrobust" in r.obsm
+    assert isinstance(sct.tl.scrobust_embed(ref, m, progress=False, copy=True), ad.AnnData)
+
+
+def test_old_model_files_load(tmp_path, model2):
+    # a file written before the method's settings class existed: the same network config
+    # under its old class name ScRobustConfig; the file stores only the fields
+    import json
+
+    from safetensors import safe_open
+
+    path = model2.save(tmp_path / "m.safetensors") or tmp_path / "m.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    cfg = json.loads(meta["config"])
+    assert set(cfg) == {
+        "vocab_size",
+        "d_model",
+        "n_heads",
+        "n_layers",
+        "dim_feedforward",
+        "dropout",
+        "head_dropout",
+        "temperature",
+        "n_genes_per_view",
+        "input_scale",
+        "n_classes",
+        "token_values",
+        "view_thinning",
+        "head",
+        "n_wide",
+    }
+    m = sct.tl.ScRobustModel.load(path)
+    assert m.config == model2.config
 
 
 def test_backed_input_embeds_like_in_memory(tmp_path, two_pops, model2):
@@ -847,7 +1052,7 @@ def test_backed_input_embeds_like_in_memory(tmp_path, two_pops, model2):
     b.file.close()
 
 
-@pytest.mark.parametrize("select", ["none", "contrastive", "knn"])
+@pytest.mark.parametrize("select", [None, "contrastive", "knn"])
 def test_backed_pretraining_reads_batches_from_disk_and_equals_memory(
     tmp_path, two_pops, monkeypatch, select
 ):
@@ -880,11 +1085,11 @@ def test_backed_annotation_pathways_and_markers_equal_memory(tmp_path, annotated
     _base, _before, ft, _ref, query = annotated
     query.write_h5ad(tmp_path / "q.h5ad")
     qb = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
-    mem = ft.predict_proba(query, n_genes=36, batch_size=16, progress=False)
+    mem = ft.predict_proba(query, n_tokens=36, batch_size=16, progress=False)
     np.testing.assert_allclose(
-        ft.predict_proba(qb, n_genes=36, batch_size=16, progress=False), mem, atol=1e-6
+        ft.predict_proba(qb, n_tokens=36, batch_size=16, progress=False), mem, atol=1e-6
     )
-    sct.tl.scrobust_annotate(qb, model=ft, n_genes=36, batch_size=16, progress=False)
+    sct.tl.scrobust_annotate(qb, model=ft, n_tokens=36, batch_size=16, progress=False)
     assert (qb.obs["scrobust_label"] == query.obs["scrobust_label"]).all()
     qb.file.close()
     two_pops.write_h5ad(tmp_path / "a.h5ad")

@@ -368,20 +368,17 @@ def cmd_scrobust_embed(args: argparse.Namespace) -> int:
             layer=args.layer,
             input_scale=args.input_scale,
             preset=args.preset,
-            d_model=args.d_model,
-            n_heads=args.n_heads,
-            epochs=args.epochs,
-            lr=args.lr,
             device=args.device,
             rng=args.seed,
             progress=not args.quiet,
+            **_scrobust_given(args, epochs="epochs", lr="lr"),
         )
     tl.scrobust_embed(
         adata,
         model,
         layer=args.layer,
         input_scale=args.input_scale,
-        n_genes=args.n_genes,
+        n_tokens=args.n_genes,
         key_added=args.key_added,
         device=args.device,
         rng=args.seed,
@@ -410,13 +407,6 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     query = _read(args.query, args.backed)
     ref = _read(args.reference, args.backed) if args.reference else None
     model = tl.ScRobustModel.load(args.model, device=args.device) if args.model else None
-    pre = {
-        "d_model": args.d_model,
-        "n_heads": args.n_heads,
-        "epochs": args.pretrain_epochs,
-        "lr": args.lr,
-        "preset": args.preset,
-    }
     res = tl.scrobust_annotate(
         query,
         ref,
@@ -425,13 +415,16 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
         layer=args.layer,
         ref_layer=args.layer,
         input_scale=args.input_scale,
-        n_genes=args.n_genes,
-        epochs=args.epochs,
-        lr=args.lr,
+        n_tokens=args.n_genes,
         preset=args.preset,
-        head=args.head,
-        class_weight=None if args.class_weight == "none" else args.class_weight,
-        pretrain_kwargs=pre,
+        # pre-training settings (when no --model is given): config; fine-tuning: keywords
+        config=_scrobust_given(args, epochs="pretrain_epochs", lr="lr"),
+        **_scrobust_given(args, epochs="epochs", lr="lr", head="head", d_model=None, n_heads=None),
+        **(
+            {"class_weight": None if args.class_weight == "none" else args.class_weight}
+            if ref is not None
+            else {}
+        ),
         key_added=args.key_added,
         return_model=bool(args.model_out),
         device=args.device,
@@ -657,20 +650,31 @@ def _add_stimpute(sub) -> None:
     p.set_defaults(func=cmd_stimpute)
 
 
+def _scrobust_given(args: argparse.Namespace, **names: str | None) -> dict[str, Any]:
+    """The scRobust settings given on the command line (``None``: left to the preset).
+
+    ``names``: setting -> option dest (``None``: leave the setting out); ``d_model`` and
+    ``n_heads`` are read unless named.
+    """
+    names = {"d_model": "d_model", "n_heads": "n_heads", **names}
+    out = {k: getattr(args, dest) for k, dest in names.items() if dest is not None}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _scrobust_args(p: argparse.ArgumentParser, func: Callable) -> None:
     """Options shared by ``scrobust embed`` and ``annotate``.
 
-    ``func`` is the function that reads the input (``--layer``, ``--input-scale``) and
-    trains with ``--lr``; the pre-training options come from ``scrobust_pretrain``.
+    ``func`` is the function that reads the input (``--layer``); settings of
+    :class:`~sctorch.scrobust.ScRobustConfig` default to ``None``, the preset's value
+    (``--input-scale``: the config's default).
     """
-    from . import tl
+    from .scrobust import ScRobustConfig
 
-    pre = tl.scrobust_pretrain
     p.add_argument("--layer", default=_default(func, "layer"), help="layer to read (default: X)")
     p.add_argument(
         "--input-scale",
         choices=("counts", "log1p", "auto"),
-        default=_default(func, "input_scale"),
+        default=ScRobustConfig.input_scale,
         help="scale of the input (default: %(default)s)",
     )
     p.add_argument("--model", default=None, help="a saved scRobust model file (.safetensors)")
@@ -685,25 +689,26 @@ def _scrobust_args(p: argparse.ArgumentParser, func: Callable) -> None:
     p.add_argument(
         "--d-model",
         type=int,
-        default=_default(pre, "d_model"),
+        default=None,
         help="pre-training: token dimension (default: the preset's)",
     )
     p.add_argument(
         "--n-heads",
         type=int,
-        default=_default(pre, "n_heads"),
-        help="pre-training: attention heads",
+        default=None,
+        help="pre-training: attention heads (default: the preset's)",
     )
     p.add_argument(
         "--lr",
         type=float,
-        default=_default(func, "lr"),
+        default=None,
         help="Adam learning rate (default: the preset's)",
     )
 
 
 def _add_scrobust(sub) -> None:
     from . import tl
+    from .scrobust import ScRobustConfig
 
     pre, emb, ann = tl.scrobust_pretrain, tl.scrobust_embed, tl.scrobust_annotate
     p = sub.add_parser(
@@ -726,13 +731,13 @@ def _add_scrobust(sub) -> None:
     e.add_argument(
         "--epochs",
         type=int,
-        default=_default(pre, "epochs"),
+        default=None,
         help="pre-training epochs (default: the preset's)",
     )
     e.add_argument(
         "--n-genes",
         type=int,
-        default=_default(emb, "n_genes"),
+        default=_default(emb, "n_tokens"),
         help="highly unique genes per cell at embedding (default: %(default)s)",
     )
     e.add_argument(
@@ -759,32 +764,32 @@ def _add_scrobust(sub) -> None:
     a.add_argument(
         "--pretrain-epochs",
         type=int,
-        default=_default(pre, "epochs"),
+        default=None,
         help="pre-training epochs when no --model is given (default: the preset's)",
     )
     a.add_argument(
         "--epochs",
         type=int,
-        default=_default(ann, "epochs"),
+        default=None,
         help="fine-tuning epochs (default: the preset's)",
     )
     a.add_argument(
         "--head",
         choices=("wide_and_deep", "deep", "wide"),
-        default=_default(ann, "head"),
+        default=None,
         help="classifier: linear path beside the Transformer, the paper's deep "
         "classifier, or the linear path alone (default: the preset's)",
     )
     a.add_argument(
         "--n-genes",
         type=int,
-        default=_default(ann, "n_genes"),
+        default=ScRobustConfig.n_tokens,
         help="highly unique genes per cell (default: %(default)s, as the paper)",
     )
     a.add_argument(
         "--class-weight",
         choices=["balanced", "none"],
-        default=_default(ann, "class_weight"),
+        default=ScRobustConfig.class_weight,
         help="cross-entropy class weights in fine-tuning (default: %(default)s)",
     )
     a.add_argument(

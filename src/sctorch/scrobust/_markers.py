@@ -56,7 +56,7 @@ def group_attention(
     net.eval()
     acc = torch.zeros(n_groups, V, dtype=torch.float64)
     rank = _unique_rank(tok.detection(V))
-    batcher = model._batcher(tok, device)
+    batcher = model.batcher(tok, device)
     with torch.inference_mode():
         for sl in progress_bar(
             list(iter_batches(tok.n_obs, batch_size)), desc="attention", progress=progress

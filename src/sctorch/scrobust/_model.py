@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy as _copy
 import dataclasses
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._config import renamed
 from .._utils import (
     RandomState,
     check_positive,
@@ -29,6 +31,7 @@ from .._utils import (
 )
 from ..models._base import BaseModel
 from ..models._fit import fit
+from ._config import ScRobustConfig, ScRobustNetworkConfig
 from ._data import (
     _Batcher,
     _class_weights,
@@ -43,20 +46,19 @@ from ._data import (
     vocab_digest,
 )
 from ._disk import DiskBatcher, DiskTokens, disk_tokens
-from ._presets import ScRobustConfig
 from ._select import contrastive_validator, fit_wide_path, knn_validator, wide_source
 
 if TYPE_CHECKING:
     import anndata as ad
 
-__all__ = ["ScRobustConfig", "ScRobustModel"]
+__all__ = ["ScRobustConfig", "ScRobustModel", "ScRobustNetworkConfig"]
 
 
 class ScRobustModel(BaseModel):
     """A scRobust network with its vocabulary and hyper-parameters.
 
     Created by :func:`sctorch.tl.scrobust_pretrain` (or ``ScRobustModel(vocab=...,
-    config=ScRobustConfig(...)).fit(adata)``), fine-tuned copies by :meth:`finetune` /
+    config=ScRobustNetworkConfig(...)).fit(adata)``), fine-tuned copies by :meth:`finetune` /
     :func:`sctorch.tl.scrobust_annotate`; saved with :meth:`save` and reloaded with
     :meth:`load` (one ``.safetensors`` file, see :class:`sctorch.models.BaseModel`).
 
@@ -69,7 +71,10 @@ class ScRobustModel(BaseModel):
         ``SEP``, ``UNKNOWN``, ``CLS`` and, for vocabularies built from ``var_names``,
         ``MASK``), then gene symbols. ``genes=`` is the same argument.
     config
-        A :class:`ScRobustConfig` (or a dict of its fields).
+        The network's hyper-parameters: a :class:`ScRobustNetworkConfig` (stored as
+        :attr:`config`, and in saved files), a dict of its fields, or the method's
+        :class:`ScRobustConfig`, whose network part is taken
+        (:meth:`ScRobustConfig.network_config`).
     classes
         Labels of the fine-tuned classifier (``None`` before fine-tuning).
     gene_detection
@@ -82,7 +87,7 @@ class ScRobustModel(BaseModel):
         and ``finetune_gate`` (held-out F1, CE of the wide path, then of both paths).
     """
 
-    config_cls = ScRobustConfig
+    config_cls = ScRobustNetworkConfig
 
     def __init__(
         self,
@@ -97,8 +102,10 @@ class ScRobustModel(BaseModel):
         wide_ids: np.ndarray | None = None,
     ):
         tokens = list(vocab if vocab is not None else (genes or ()))
-        if isinstance(config, Mapping):
-            config = ScRobustConfig(**{"vocab_size": len(tokens), **config})
+        if isinstance(config, ScRobustConfig):
+            config = config.network_config(len(tokens))
+        elif isinstance(config, Mapping):
+            config = ScRobustNetworkConfig(**{"vocab_size": len(tokens), **config})
         super().__init__(module, config=config, genes=tokens, history=history)
         self.classes = None if classes is None else [str(c) for c in classes]
         self.gene_detection = (
@@ -167,7 +174,7 @@ class ScRobustModel(BaseModel):
 
     # ---------------------------------------------------------------- BaseModel hooks
     @classmethod
-    def _build_module(cls, config: ScRobustConfig, extra: dict[str, Any]):
+    def _build_module(cls, config: ScRobustNetworkConfig, extra: dict[str, Any]):
         from ._module import ScRobustNetwork
 
         return ScRobustNetwork(
@@ -374,16 +381,10 @@ class ScRobustModel(BaseModel):
                 validate, key = knn_validator(self, tok, val_cells, embed_genes, seed, dev)
             elif select == "contrastive":
                 train_tok, validate, key = contrastive_validator(self, tok, batch_size, seed, dev)
-            batches = self._pretrain_batches(train_tok, min(batch_size, train_tok.n_obs), gen, dev)
-            temperature = self.config.temperature
-
-            def loss_fn(batch):
-                loss, cl, mse = self.module.pretrain_loss(*batch, temperature)
-                return loss, {"contrastive": cl.detach(), "mse": mse.detach()}
-
+            batches = self.pretrain_batches(train_tok, min(batch_size, train_tok.n_obs), gen, dev)
             fit(
                 self.module,
-                loss_fn,
+                functools.partial(self.module.pretrain_loss, temperature=self.config.temperature),
                 batches,
                 epochs=epochs,
                 lr=lr,
@@ -401,17 +402,50 @@ class ScRobustModel(BaseModel):
 
     pretrain = fit
 
-    def _batcher(self, tok: _Tokens | DiskTokens, dev) -> _Batcher | DiskBatcher:
+    def batcher(self, tok: _Tokens | DiskTokens, device) -> _Batcher | DiskBatcher:
+        """The batch builder of ``tok`` for this vocabulary and token values.
+
+        Parameters
+        ----------
+        tok
+            Tokens from :meth:`tokens` (in memory, or :class:`._disk.DiskTokens`).
+        device
+            Torch device the batches are put on.
+
+        Returns
+        -------
+        A :class:`._data._Batcher` (or :class:`._disk.DiskBatcher` for tokens on disk)
+        whose ``select(rows, n_tokens, ...)`` gives ``(ids, scales, pad)`` batches.
+        """
+        dev = device
         kind = DiskBatcher if isinstance(tok, DiskTokens) else _Batcher
         return kind(
             tok, pad_id=self.pad_id, cls_id=self.cls_id, device=dev, values=self.config.token_values
         )
 
-    def _pretrain_batches(self, tok: _Tokens, bs: int, gen, dev):
-        """``epoch -> batches`` of (view 1, view 2, target), cells shuffled by ``gen``."""
+    def pretrain_batches(self, tok: _Tokens, batch_size: int, generator, device):
+        """``epoch -> batches`` of pre-training (view 1, view 2, target), cells shuffled.
+
+        Parameters
+        ----------
+        tok
+            Tokens from :meth:`tokens`.
+        batch_size
+            Cells per batch.
+        generator
+            :class:`torch.Generator` that draws the order, the views and their thinning.
+        device
+            Torch device of the batches.
+
+        Returns
+        -------
+        A callable ``epoch -> iterable`` of batches, each the argument of
+        :meth:`~sctorch.scrobust._module.ScRobustNetwork.pretrain_loss` (views of
+        ``config.n_genes_per_view`` genes, thinned at ``config.view_thinning`` for counts).
+        """
         thin = self.config.view_thinning if tok.has_counts else None
         return pretrain_batches(
-            self._batcher(tok, dev), self.config.n_genes_per_view, thin, bs, gen
+            self.batcher(tok, device), self.config.n_genes_per_view, thin, batch_size, generator
         )
 
     # ---------------------------------------------------------------- fine-tuning
@@ -422,7 +456,7 @@ class ScRobustModel(BaseModel):
         *,
         layer: str | None = None,
         input_scale: str = "counts",
-        n_genes: int = 800,
+        n_tokens: int = 800,
         epochs: int = 20,
         batch_size: int = 32,
         lr: float = 5e-5,
@@ -433,12 +467,13 @@ class ScRobustModel(BaseModel):
         progress: bool = True,
         head: str = "deep",
         n_wide_genes: int = 2000,
-        val_fraction: float = 0.0,
+        validation_fraction: float = 0.0,
         patience: int | None = None,
+        **kwargs: Any,
     ) -> ScRobustModel:
         """A fine-tuned copy: encoder plus a new two-layer classifier (eqs. 12–15).
 
-        Each reference cell is encoded from its ``n_genes`` "highly unique genes" (rarest
+        Each reference cell is encoded from its ``n_tokens`` "highly unique genes" (rarest
         detected in the reference first); encoder and classifier are trained with
         (class-weighted) cross-entropy through :func:`sctorch.models.fit` (Adam, ``lr``;
         the pre-training heads stay frozen), inside :func:`sctorch._utils.seeded`. This
@@ -453,17 +488,26 @@ class ScRobustModel(BaseModel):
         class_weight
             ``"balanced"``, ``{label: weight}`` or ``None`` (see
             :func:`sctorch.tl.scrobust_annotate`).
-        layer, input_scale, n_genes, epochs, batch_size, lr, min_shared_genes, device, rng, progress
-            As in :func:`sctorch.tl.scrobust_annotate`.
+        layer, input_scale, min_shared_genes
+            Input matrix, its scale and the fewest vocabulary genes (see :meth:`fit`).
+        n_tokens
+            Highly unique genes (tokens) per cell (800 as the paper).
+        epochs, batch_size, lr
+            Fine-tuning passes (at most), cells per step, Adam learning rate.
+        device, rng, progress
+            Torch device, seed (int or :class:`numpy.random.Generator`), progress bar.
         head, n_wide_genes
             Classifier layout (``"deep"``, ``"wide"`` or ``"wide_and_deep"``, see
             :meth:`~sctorch.scrobust._module.ScRobustNetwork.set_classifier`); the wide path
             reads the log-normalised expression of the reference's ``n_wide_genes`` highly
             variable genes (:func:`._select.select_wide_genes`).
-        val_fraction, patience
-            With ``val_fraction`` > 0, that stratified part of the reference is held out
-            and the epoch with its best macro-F1 is kept (``patience``: epochs without
+        validation_fraction, patience
+            With ``validation_fraction`` > 0, that stratified part of the reference is held
+            out and the epoch with its best macro-F1 is kept (``patience``: epochs without
             improvement before stopping), as the authors' code does.
+        **kwargs
+            The former names ``n_genes`` (now ``n_tokens``) and ``val_fraction`` (now
+            ``validation_fraction``), accepted with a ``FutureWarning``.
 
         Returns
         -------
@@ -478,9 +522,12 @@ class ScRobustModel(BaseModel):
         """
         import torch
 
+        kw = _old_names(kwargs, "ScRobustModel.finetune", val_fraction="validation_fraction")
+        n_tokens = kw.get("n_tokens", n_tokens)
+        validation_fraction = kw.get("validation_fraction", validation_fraction)
         if self.module is None:
             raise ValueError("This ScRobustModel has not been pre-trained; call fit() first.")
-        check_positive(n_genes=n_genes, epochs=epochs, batch_size=batch_size, lr=lr)
+        check_positive(n_tokens=n_tokens, epochs=epochs, batch_size=batch_size, lr=lr)
         labels = _label_series(labels)
         weights = _class_weights(labels, class_weight)
         rtok = self.tokens(
@@ -498,8 +545,8 @@ class ScRobustModel(BaseModel):
         y_all = torch.as_tensor(
             np.array(pd.Categorical(labels, categories=classes).codes), dtype=torch.long
         )
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
+        if not 0 <= validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}.")
         from ._select import gate_deep_path, held_out_scores, holdout, select_wide_genes
 
         wide_ids = None if head == "deep" else select_wide_genes(rtok, int(n_wide_genes))
@@ -520,8 +567,8 @@ class ScRobustModel(BaseModel):
             ft.gene_detection = rtok.detection(len(ft.genes))
             codes = y_all.numpy()
             tr, va = (
-                holdout(codes, val_fraction, seed)
-                if val_fraction > 0
+                holdout(codes, validation_fraction, seed)
+                if validation_fraction > 0
                 else (np.arange(rtok.n_obs), np.array([], dtype=np.int64))
             )
             ttok = rtok if va.size == 0 else rtok.subset(tr)
@@ -531,7 +578,7 @@ class ScRobustModel(BaseModel):
             val_scores = (
                 None
                 if va.size == 0
-                else held_out_scores(ft, rtok.subset(va), codes[va], dev, n_genes, batch_size)
+                else held_out_scores(ft, rtok.subset(va), codes[va], dev, n_tokens, batch_size)
             )
             validate = None if val_scores is None else (lambda: val_scores()[0])
 
@@ -541,14 +588,7 @@ class ScRobustModel(BaseModel):
                 return ft
             gate = head == "wide_and_deep" and val_scores is not None
             base = val_scores() if gate else None
-            batches = ft._finetune_batches(ttok, y_all[tr], n_genes, batch_size, gen, dev, oof)
-
-            def loss_fn(batch):
-                *x, y = batch
-                out = ft.module.classify(*x)
-                acc = (out.detach().argmax(1) == y).float().mean()
-                return torch.nn.functional.cross_entropy(out, y, weight=w), {"accuracy": acc}
-
+            batches = ft.finetune_batches(ttok, y_all[tr], n_tokens, batch_size, gen, dev, oof)
             params = [
                 p
                 for name, p in ft.module.named_parameters()
@@ -556,7 +596,7 @@ class ScRobustModel(BaseModel):
             ]
             fit(
                 ft.module,
-                loss_fn,
+                functools.partial(ft.module.finetune_loss, class_weight=w),
                 batches,
                 epochs=epochs,
                 lr=lr,
@@ -577,16 +617,37 @@ class ScRobustModel(BaseModel):
         ft.module.eval()
         return ft
 
-    def _finetune_batches(self, tok: _Tokens, y_all, n_genes: int, bs: int, gen, dev, oof=None):
-        """``epoch -> batches`` of (ids, scales, pad, None, wide logits, labels), shuffled."""
+    def finetune_batches(
+        self, tok: _Tokens, labels, n_tokens: int, batch_size: int, generator, device, oof=None
+    ):
+        """``epoch -> batches`` of fine-tuning (ids, scales, pad, None, wide logits, labels).
+
+        Parameters
+        ----------
+        tok
+            Reference tokens from :meth:`tokens`.
+        labels
+            ``(n_obs,)`` int64 tensor of class codes.
+        n_tokens
+            Highly unique genes per cell, in the order of :attr:`gene_detection`.
+        batch_size, generator, device
+            Cells per batch, :class:`torch.Generator` of the shuffling, torch device.
+        oof
+            ``(n_obs, n_classes)`` out-of-fold logits of the wide path (or ``None``).
+
+        Returns
+        -------
+        A callable ``epoch -> iterable`` of batches, each the argument of
+        :meth:`~sctorch.scrobust._module.ScRobustNetwork.finetune_loss`.
+        """
         return finetune_batches(
-            self._batcher(tok, dev),
+            self.batcher(tok, device),
             _unique_rank(self.gene_detection),
-            y_all,
-            n_genes,
-            bs,
-            gen,
-            dev,
+            labels,
+            n_tokens,
+            batch_size,
+            generator,
+            device,
             oof,
         )
 
@@ -597,21 +658,49 @@ class ScRobustModel(BaseModel):
         *,
         layer: str | None = None,
         input_scale: str = "counts",
-        n_genes: int = 400,
+        n_tokens: int = 400,
         gene_order: str = "unique",
         batch_size: int = 64,
         min_shared_genes: int = 10,
         device: str | None = None,
         rng: RandomState = 0,
         progress: bool = True,
+        **kwargs: Any,
     ) -> np.ndarray:
-        """Cell embeddings: the CLS output from up to ``n_genes`` genes per cell.
+        """Cell embeddings: the CLS output from up to ``n_tokens`` genes per cell.
 
         ``gene_order="unique"`` takes each cell's rarest-detected genes (in ``adata``)
         first (eq. 12); ``"random"`` a random subset drawn from ``rng``. An AnnData opened
         with ``anndata.read_h5ad(path, backed="r")`` is read and encoded ``batch_size``
         cells at a time (:meth:`._disk.DiskTokens.apply`, after one checking pass that
         also gives each gene's detection), never as a whole.
+
+        Parameters
+        ----------
+        adata
+            Cells × genes (raw counts, or log1p values with ``input_scale="log1p"``), in
+            memory or backed, or tokens from :meth:`tokens`.
+        layer
+            Layer holding the data (``None``: ``adata.X``).
+        input_scale
+            ``"counts"``, ``"log1p"`` or ``"auto"`` (see :meth:`fit`).
+        n_tokens
+            Genes (tokens) per cell fed to the encoder (400 as the authors' code).
+        gene_order
+            ``"unique"`` (rarest-detected genes first) or ``"random"``.
+        batch_size
+            Cells per forward pass (and per block read from a backed file).
+        min_shared_genes
+            Fewest genes of ``adata`` that must be in the vocabulary.
+        device
+            Torch device (``None``: CUDA, then MPS, else CPU).
+        rng
+            Seed (int or :class:`numpy.random.Generator`) of the ``"random"`` order.
+        progress
+            Show a progress bar.
+        **kwargs
+            The former name ``n_genes`` (now ``n_tokens``), accepted with a
+            ``FutureWarning``.
 
         Returns
         -------
@@ -624,6 +713,7 @@ class ScRobustModel(BaseModel):
         """
         import torch
 
+        n_tokens = _old_names(kwargs, "ScRobustModel.embed").get("n_tokens", n_tokens)
         if self.module is None:
             raise ValueError("This ScRobustModel has not been trained; call fit() first.")
         if gene_order not in ("unique", "random"):
@@ -634,8 +724,8 @@ class ScRobustModel(BaseModel):
 
         def encode(tok: _Tokens, det: np.ndarray, bar: bool = False) -> np.ndarray:
             rank = _unique_rank(det) if gene_order == "unique" else None
-            return self._encode(
-                tok, dev, n_genes, batch_size, rank=rank, generator=gen, progress=bar
+            return self.encode(
+                tok, dev, n_tokens, batch_size, rank=rank, generator=gen, progress=bar
             )
 
         tok = self.tokens(
@@ -656,18 +746,30 @@ class ScRobustModel(BaseModel):
         *,
         layer: str | None = None,
         input_scale: str = "counts",
-        n_genes: int = 800,
+        n_tokens: int = 800,
         batch_size: int = 32,
         min_shared_genes: int = 10,
         device: str | None = None,
         progress: bool = True,
+        **kwargs: Any,
     ) -> np.ndarray:
         """Class probabilities ``(n_obs, len(classes))`` of a fine-tuned model.
 
-        Cells are encoded from their ``n_genes`` highly unique genes in the reference's
+        Cells are encoded from their ``n_tokens`` highly unique genes in the reference's
         detection order (genes absent from the reference fall back to their detection in
         ``adata``); the softmax of the classifier's logits (eq. 15). A backed ``adata`` is
         read ``batch_size`` cells at a time (:meth:`._disk.DiskTokens.apply`).
+
+        Parameters
+        ----------
+        adata, layer, input_scale, min_shared_genes, device, progress
+            As in :meth:`embed`.
+        n_tokens
+            Highly unique genes (tokens) per cell (800 as the paper).
+        batch_size
+            Cells per forward pass.
+        **kwargs
+            The former name ``n_genes`` (now ``n_tokens``), with a ``FutureWarning``.
 
         Raises
         ------
@@ -676,6 +778,7 @@ class ScRobustModel(BaseModel):
         """
         import torch
 
+        n_tokens = _old_names(kwargs, "ScRobustModel.predict_proba").get("n_tokens", n_tokens)
         if not self.is_fine_tuned or self.gene_detection is None:
             raise ValueError(
                 "This ScRobustModel has no classifier; fine-tune it first "
@@ -694,22 +797,22 @@ class ScRobustModel(BaseModel):
         if isinstance(tok, DiskTokens):  # batch_size cells at a time, detection of the file
             det = tok.detection(len(self.genes))
             logits = tok.apply(
-                lambda t: self._logits(t, dev, n_genes, batch_size, progress=False, det=det),
+                lambda t: self.logits(t, dev, n_tokens, batch_size, progress=False, det=det),
                 batch_size,
             )
         else:
-            logits = self._logits(tok, dev, n_genes, batch_size, progress=progress)
+            logits = self.logits(tok, dev, n_tokens, batch_size, progress=progress)
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
     def predict(self, adata: ad.AnnData | _Tokens, **kwargs) -> np.ndarray:
         """Most probable class of each cell (keywords as :meth:`predict_proba`)."""
         return np.asarray(self.classes)[self.predict_proba(adata, **kwargs).argmax(1)]
 
-    def _logits(
+    def logits(
         self,
         tok: _Tokens,
-        dev,
-        n_genes: int,
+        device,
+        n_tokens: int,
         batch_size: int,
         *,
         progress: bool,
@@ -717,15 +820,30 @@ class ScRobustModel(BaseModel):
     ) -> np.ndarray:
         """Class logits of every cell, genes in the reference's detection order.
 
-        Genes the reference lacks fall back to their detection ``det`` in the query
-        (``None``: in ``tok``).
+        Parameters
+        ----------
+        tok
+            Tokens from :meth:`tokens` (in memory).
+        device
+            Torch device.
+        n_tokens, batch_size
+            Highly unique genes per cell; cells per forward pass.
+        progress
+            Show a progress bar.
+        det
+            Detection of each vocabulary token in the query, used for genes the reference
+            lacks (``None``: computed from ``tok``).
+
+        Returns
+        -------
+        ``(n_obs, n_classes)`` float32 array.
         """
         det = tok.detection(len(self.genes)) if det is None else det
         det = np.where(np.isnan(self.gene_detection), det, self.gene_detection)
-        return self._encode(
+        return self.encode(
             tok,
-            dev,
-            n_genes,
+            device,
+            n_tokens,
             batch_size,
             rank=_unique_rank(det),
             generator=None,
@@ -733,11 +851,11 @@ class ScRobustModel(BaseModel):
             logits=True,
         )
 
-    def _encode(
+    def encode(
         self,
         tok: _Tokens,
-        dev,
-        n_genes: int,
+        device,
+        n_tokens: int,
         batch_size: int,
         *,
         rank,
@@ -745,10 +863,35 @@ class ScRobustModel(BaseModel):
         progress: bool,
         logits: bool = False,
     ) -> np.ndarray:
-        """CLS outputs (or class logits) of every cell, batched by similar token count."""
+        """CLS outputs (or class logits) of every cell, batched by similar token count.
+
+        Parameters
+        ----------
+        tok
+            Tokens from :meth:`tokens` (in memory).
+        device
+            Torch device.
+        n_tokens, batch_size
+            Genes per cell; cells per forward pass.
+        rank
+            Rank of each vocabulary token (lower first, :func:`._data._unique_rank`), or
+            ``None`` for a random subset drawn from ``generator``.
+        generator
+            :class:`torch.Generator` of the random subsets (``None`` with ``rank``).
+        progress
+            Show a progress bar.
+        logits
+            Return the classifier's logits instead of the CLS outputs.
+
+        Returns
+        -------
+        ``(n_obs, d_model)`` (or ``(n_obs, n_classes)``) float32 array, rows in the order of
+        ``tok``.
+        """
         import torch
 
-        batcher = self._batcher(tok, dev)
+        dev = device
+        batcher = self.batcher(tok, dev)
         wide = wide_source(self, tok) if logits else None
         net = self.module
         net.eval()
@@ -760,7 +903,7 @@ class ScRobustModel(BaseModel):
                 list(iter_batches(tok.n_obs, batch_size)), desc="scRobust", progress=progress
             ):
                 rows = order[sl]
-                ids, vals, pad = batcher.select(rows, n_genes, rank=rank, generator=generator)
+                ids, vals, pad = batcher.select(rows, n_tokens, rank=rank, generator=generator)
                 y = (
                     net.classify(ids, vals, pad, wide(rows, dev))
                     if logits
@@ -771,3 +914,20 @@ class ScRobustModel(BaseModel):
                     out = np.empty((tok.n_obs, y.shape[1]), dtype=np.float32)
                 out[rows.numpy()] = y
         return out
+
+
+def _old_names(kwargs: dict[str, Any], where: str, **more: str) -> dict[str, Any]:
+    """``kwargs`` with the former ``n_genes`` (and ``more``: old -> new) renamed, warned.
+
+    Raises
+    ------
+    TypeError
+        For any other keyword.
+    """
+    renamed(kwargs, old="n_genes", new="n_tokens", where=where)
+    for old, new in more.items():
+        renamed(kwargs, old=old, new=new, where=where)
+    extra = sorted(set(kwargs) - {"n_tokens", *more.values()})
+    if extra:
+        raise TypeError(f"{where}() got an unexpected keyword argument {extra[0]!r}")
+    return kwargs

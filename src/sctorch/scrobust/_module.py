@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models._fit import LossOutput
+
 __all__ = [
     "GeneTokenEmbedding",
     "ProjectionHead",
@@ -280,21 +282,25 @@ class ScRobustNetwork(nn.Module):
         g = self.ge_head(h)
         return torch.einsum("nld,nd->nl", self.encoder.tokens.weight[ids], g)
 
-    def pretrain_loss(self, view1, view2, target, temperature: float = 0.07):
-        """Contrastive + expression-prediction loss of one batch (eq. 11).
+    def pretrain_loss(self, batch, temperature: float = 0.07) -> LossOutput:
+        """Contrastive + expression-prediction loss of one pre-training batch (eq. 11).
 
         Parameters
         ----------
-        view1, view2
-            ``(ids, scales, pad)`` of two random subsets of each cell's non-zero genes.
-        target
-            ``(ids, scales, pad)`` of a third subset whose expression is predicted from
-            the embeddings of both views.
+        batch
+            ``(view1, view2, target)``: ``view1``, ``view2`` are ``(ids, scales, pad)`` of
+            two random subsets of each cell's non-zero genes; ``target`` the
+            ``(ids, scales, pad)`` of a third subset whose expression is predicted from the
+            embeddings of both views.
+        temperature
+            NT-Xent temperature τ (eqs. 6–8).
 
         Returns
         -------
-        ``(total, contrastive, mse)`` scalar tensors.
+        :class:`~sctorch.models.LossOutput`: ``loss`` = NT-Xent + MSE (scalar tensor),
+        ``metrics`` = ``{"contrastive": NT-Xent, "mse": MSE}`` (detached scalar tensors).
         """
+        view1, view2, target = batch
         n = view1[0].shape[0]
         ids = torch.cat([view1[0], view2[0]])
         scales = torch.cat([view1[1], view2[1]])
@@ -305,7 +311,56 @@ class ScRobustNetwork(nn.Module):
         pred = self.predict_expression(h, torch.cat([t_ids, t_ids]))
         keep = ~torch.cat([t_pad, t_pad])
         mse = ((pred - torch.cat([t_scales, t_scales])) ** 2)[keep].mean()
-        return cl + mse, cl, mse
+        return LossOutput(cl + mse, {"contrastive": cl.detach(), "mse": mse.detach()})
+
+    def finetune_loss(self, batch, class_weight: torch.Tensor | None = None) -> LossOutput:
+        """(Class-weighted) cross-entropy of the classifier on one fine-tuning batch (eq. 14).
+
+        Parameters
+        ----------
+        batch
+            ``(ids, scales, pad, wide_x, wide_logits, labels)``: the arguments of
+            :meth:`classify` then the ``(batch,)`` int64 class codes.
+        class_weight
+            ``(n_classes,)`` weights of the cross-entropy, or ``None`` (unweighted).
+
+        Returns
+        -------
+        :class:`~sctorch.models.LossOutput`: ``loss`` = the cross-entropy, ``metrics`` =
+        ``{"accuracy": fraction of the batch classified right}``.
+        """
+        *x, y = batch
+        out = self.classify(*x)
+        acc = (out.detach().argmax(1) == y).float().mean()
+        return LossOutput(F.cross_entropy(out, y, weight=class_weight), {"accuracy": acc})
+
+    def set_wide(self, coef, bias) -> None:
+        """Set the wide path's weights and freeze them (it is fitted outside gradient descent).
+
+        Parameters
+        ----------
+        coef
+            ``(n_classes, n_wide)`` weights (array or tensor).
+        bias
+            ``(n_classes,)`` biases.
+
+        Raises
+        ------
+        RuntimeError
+            If the classifier has no wide path (``head="deep"``).
+        """
+        if self.wide is None:
+            raise RuntimeError("this network's classifier has no wide path.")
+        with torch.no_grad():
+            self.wide.weight.copy_(torch.as_tensor(coef))
+            self.wide.bias.copy_(torch.as_tensor(bias))
+        self.wide.requires_grad_(False)
+
+    def zero_deep_path(self) -> None:
+        """Zero the deep classifier's output layer: a wide-and-deep head becomes its wide path."""
+        last = self.classifier.net[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def classify(self, ids, scales, pad=None, wide_x=None, wide_logits=None) -> torch.Tensor:
         """Class logits ``(batch, n_classes)``: the classifier on the CLS output (eq. 13).

@@ -143,7 +143,7 @@ def knn_validator(model, tok: _Tokens, val_cells: int, embed_genes: int, seed: i
 
     def validate() -> float:
         ea, eb = (
-            model._encode(t, dev, embed_genes, 128, rank=r, generator=None, progress=False)
+            model.encode(t, dev, embed_genes, 128, rank=r, generator=None, progress=False)
             for t, r in ((ta, ranks[0]), (tb, ranks[1]))
         )
         return knn_agreement(ea, eb)
@@ -168,9 +168,11 @@ def contrastive_validator(model, tok: _Tokens, batch_size: int, seed: int, dev):
 
     def validate() -> float:
         vgen.manual_seed(seed + 3)  # the same views every epoch
-        batches = model._pretrain_batches(vtok, min(batch_size, vtok.n_obs), vgen, dev)
+        batches = model.pretrain_batches(vtok, min(batch_size, vtok.n_obs), vgen, dev)
+        temperature = model.config.temperature
         losses = [
-            float(model.module.pretrain_loss(*b, model.config.temperature)[1]) for b in batches(0)
+            float(model.module.pretrain_loss(b, temperature).metrics["contrastive"])
+            for b in batches(0)
         ]
         return float(np.mean(losses))
 
@@ -189,11 +191,7 @@ def fit_wide_path(model, tok: _Tokens, codes: np.ndarray, weights, seed: int, oo
     coef, bias, logits = fit_wide(
         wide_matrix(tok, model.wide_ids), codes, len(model.classes), cw, seed, oof=oof
     )
-    wide = model.module.wide
-    with torch.no_grad():
-        wide.weight.copy_(torch.from_numpy(coef))
-        wide.bias.copy_(torch.from_numpy(bias))
-    wide.requires_grad_(False)
+    model.module.set_wide(coef, bias)
     return None if logits is None else torch.from_numpy(logits)
 
 
@@ -207,7 +205,7 @@ def wide_source(model, tok: _Tokens):
     return lambda rows, dev: torch.from_numpy(W[np.asarray(rows)].toarray()).to(dev)
 
 
-def held_out_scores(ft, vtok: _Tokens, yv: np.ndarray, dev, n_genes: int, batch_size: int):
+def held_out_scores(ft, vtok: _Tokens, yv: np.ndarray, dev, n_tokens: int, batch_size: int):
     """``() -> (macro-F1, cross-entropy)`` of fine-tuned ``ft`` on held-out reference cells.
 
     The cross-entropy is unweighted, so that types with one held-out cell do not rule it.
@@ -216,7 +214,7 @@ def held_out_scores(ft, vtok: _Tokens, yv: np.ndarray, dev, n_genes: int, batch_
     from sklearn.metrics import f1_score
 
     def scores() -> tuple[float, float]:
-        logit = ft._logits(vtok, dev, n_genes, batch_size, progress=False)
+        logit = ft.logits(vtok, dev, n_tokens, batch_size, progress=False)
         ce = torch.nn.functional.cross_entropy(torch.from_numpy(logit), torch.from_numpy(yv).long())
         return float(f1_score(yv, logit.argmax(1), average="macro")), float(ce)
 
@@ -237,6 +235,4 @@ def gate_deep_path(ft, base: tuple[float, float], scores) -> None:
         full = scores()
     ft.history["finetune_gate"] = [*base, *full]
     if not (full[0] > base[0] and full[1] < base[1]):
-        last = ft.module.classifier.net[-1]
-        torch.nn.init.zeros_(last.weight)
-        torch.nn.init.zeros_(last.bias)
+        ft.module.zero_deep_path()

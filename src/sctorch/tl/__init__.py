@@ -3,6 +3,7 @@
 from ..genomap import GenoMapConfig
 from ._genomap import genomap, genomap_images, genomap_quality, genomap_to_genes
 from ._scrobust import (
+    ScRobustConfig,
     ScRobustModel,
     scrobust_annotate,
     scrobust_embed,
@@ -15,6 +16,7 @@ from ._tcer import TCERConfig, TCERModel, tcer_impute
 
 __all__ = [
     "GenoMapConfig",
+    "ScRobustConfig",
     "ScRobustModel",
     "StImputeConfig",
     "TCERConfig",

@@ -3,11 +3,15 @@
 Park & Lee, "scRobust: a robust self-supervised learning strategy to tackle the inherent
 sparsity of single-cell RNA-seq data", Brief Bioinform 2024, 25(6):bbae586, §Methods
 (eqs. 1–20). The method lives in :mod:`sctorch.scrobust`; these functions check
-arguments, call the model and write keys. Measured: ``docs/which_method.md``.
+arguments, resolve the settings (:class:`~sctorch.scrobust.ScRobustConfig`: preset, then
+``config``, then keywords; :func:`sctorch._config.resolve_config`), call the model and
+write keys. Measured: ``docs/which_method.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,7 +20,18 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._utils import RandomState, check_copy, check_positive, make_params, resolve_device, seed_int
+from .._config import renamed, resolve_config, warn_unused
+from .._docs import doc_params, fill
+from .._utils import (
+    RandomState,
+    accepts_random_state,
+    check_copy,
+    check_positive,
+    make_params,
+    resolve_device,
+    seed_int,
+)
+from ..scrobust._config import FINETUNE_FIELDS, PRETRAIN_FIELDS, ScRobustConfig
 from ..scrobust._data import _build_vocab, _check_labels, _class_weights
 from ..scrobust._model import ScRobustModel
 
@@ -24,6 +39,7 @@ if TYPE_CHECKING:
     import anndata as ad
 
 __all__ = [
+    "ScRobustConfig",
     "ScRobustModel",
     "scrobust_annotate",
     "scrobust_embed",
@@ -34,34 +50,136 @@ __all__ = [
 
 InputScale = Literal["counts", "log1p", "auto"]
 
+#: scRobust's recurring parameters (beside the shared ones of :mod:`sctorch._docs`)
+_FRAGMENTS = {
+    "input_scale": """\
+input_scale
+    Scale of the input: ``"counts"`` (raw integer counts, log-normalised to 10⁴ per cell
+    then log1p, as the authors' code), ``"log1p"`` (log-normalised values; integer counts
+    and values above 30 are refused) or ``"auto"`` (counts when every value is a
+    non-negative integer); see :func:`sctorch._utils.resolve_input_scale`.""",
+    "model": """\
+model
+    A pre-trained (or fine-tuned) :class:`ScRobustModel`, from :func:`scrobust_pretrain`
+    or :meth:`ScRobustModel.load`.""",
+    "scrobust_kwargs": """\
+**kwargs
+    Settings of :class:`~sctorch.scrobust.ScRobustConfig` given one by one; they override
+    ``preset`` and ``config``. An unknown name raises ``TypeError`` naming the closest
+    setting; a setting this call does not use warns (``UserWarning``).""",
+}
+
+#: annotation keywords that name fine-tuning settings (ScRobustConfig fields)
+_FINETUNE_KEYWORDS = {
+    "epochs": "finetune_epochs",
+    "lr": "finetune_lr",
+    "batch_size": "finetune_batch_size",
+    "patience": "finetune_patience",
+}
+
+#: settings whose ``None`` has no meaning (it used to mean "the preset's value")
+_NOT_NONE = tuple(f.name for f in dataclasses.fields(ScRobustConfig) if "None" not in str(f.type))
+
+
+def _docs(func):
+    """Fill scRobust's own docstring placeholders (then :func:`doc_params` the shared ones)."""
+    func.__doc__ = fill(func.__doc__, _FRAGMENTS)
+    return func
+
+
+def _old_values(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """Accept the former sentinels for one release, with a ``FutureWarning``.
+
+    ``view_thinning=False`` and ``select="none"`` are now ``None`` (off),
+    ``epochs="budget"`` is ``epochs=None``; ``None`` for a setting whose ``None`` has no
+    meaning used to mean "the preset's value": it is dropped (the preset's value is kept).
+    """
+    old = {"view_thinning": False, "select": "none", "epochs": "budget"}
+    for name, value in list(kwargs.items()):
+        if name in old and type(value) is type(old[name]) and value == old[name]:
+            msg = f"{name}={value!r} is now {name}=None"
+            kwargs[name] = None
+        elif value is None and name in _NOT_NONE:
+            msg = f"{name}=None (the preset's value) is now expressed by leaving {name} out"
+            del kwargs[name]
+        else:
+            continue
+        warnings.warn(
+            f"{where}(): {msg}; the old spelling will be removed in a later release.",
+            FutureWarning,
+            stacklevel=4,
+        )
+    return kwargs
+
+
+def _pretrain_kwargs(
+    pretrain_kwargs: Mapping[str, Any], base: ScRobustConfig, where: str
+) -> tuple[ScRobustConfig, dict[str, Any]]:
+    """The former ``pretrain_kwargs=``: ``(pre-training settings, call keywords)``."""
+    warnings.warn(
+        f"{where}(): pretrain_kwargs= is deprecated; give the pre-training settings as "
+        "keywords or in config= (fields of ScRobustConfig).",
+        FutureWarning,
+        stacklevel=4,
+    )
+    pre = dict(pretrain_kwargs)
+    call = {k: pre.pop(k) for k in ("layer", "vocab", "device", "rng", "progress") if k in pre}
+    name, cfg = pre.pop("preset", None), pre.pop("config", None)
+    fields = {k: v for k, v in pre.items() if v is not None}
+    if name is None and cfg is None:
+        settings = base.replace(**fields)
+        settings.validate()
+    else:
+        settings = resolve_config(ScRobustConfig, name, cfg, fields)
+    return settings, call
+
+
+def _pretrain(
+    adata: ad.AnnData,
+    settings: ScRobustConfig,
+    *,
+    layer: str | None,
+    vocab,
+    device: str | None,
+    rng: RandomState,
+    progress: bool,
+) -> ScRobustModel:
+    """Pre-train a fresh :class:`ScRobustModel` on ``adata`` with validated ``settings``."""
+    tokens = _build_vocab(vocab, adata.var_names)
+    if adata.n_obs < 2:
+        raise ValueError(f"Contrastive pre-training needs at least 2 cells, got {adata.n_obs}.")
+    s = settings
+    return ScRobustModel(None, config=s.network_config(len(tokens)), vocab=tokens).fit(
+        adata,
+        layer=layer,
+        input_scale=s.input_scale,
+        epochs=s.pretrain_epochs(adata.n_obs),
+        batch_size=int(s.batch_size),
+        lr=float(s.lr),
+        min_shared_genes=s.min_shared_genes,
+        device=device,
+        rng=rng,
+        progress=progress,
+        select=s.select,
+        patience=s.patience,
+    )
+
 
 # ============================================================================ pre-training
+@accepts_random_state
+@doc_params
+@_docs
 def scrobust_pretrain(
     adata: ad.AnnData,
     *,
     layer: str | None = None,
-    input_scale: InputScale = "counts",
     vocab: str | Path | Sequence[str] | None = None,
     preset: Literal["default", "paper"] = "default",
-    token_values: Literal["rank", "log1p"] | None = None,
-    view_thinning: tuple[float, float] | Literal[False] | None = None,
-    select: Literal["knn", "contrastive", "none"] | None = None,
-    patience: int | None = None,
-    n_genes_per_view: int | None = None,
-    d_model: int | None = None,
-    n_layers: int | None = None,
-    n_heads: int = 8,
-    dim_feedforward: int | None = None,
-    dropout: float = 0.1,
-    head_dropout: float = 0.3,
-    temperature: float = 0.07,
-    epochs: int | None = None,
-    batch_size: int = 64,
-    lr: float | None = None,
-    min_shared_genes: int = 10,
+    config: ScRobustConfig | Mapping[str, Any] | None = None,
     device: str | None = None,
     rng: RandomState = 0,
     progress: bool = True,
+    **kwargs: Any,
 ) -> ScRobustModel:
     """Pre-train a scRobust encoder by cell augmentation (Park & Lee 2024, eqs. 1–11).
 
@@ -92,8 +210,8 @@ def scrobust_pretrain(
     depth), last epoch kept, ``d_model=64``, ``lr=1e-3``, ~5,000 steps (``epochs``). Measured
     but not kept (they lost): within-cell rank values (``token_values="rank"``) and the
     k-NN agreement of two thinned copies as epoch selection (``select="knn"``); see
-    ``benchmarks/results/scrobust_depth.md``. Arguments left ``None`` take the preset's
-    value (``sctorch.scrobust._presets.PRESETS``).
+    ``benchmarks/results/scrobust_depth.md``. The settings are the fields of
+    :class:`~sctorch.scrobust.ScRobustConfig` (presets: ``ScRobustConfig.PRESETS``).
 
     Parameters
     ----------
@@ -101,118 +219,86 @@ def scrobust_pretrain(
         Cells × genes (``n_obs × n_vars``), dense or sparse (sparse stays sparse), or backed
         (``anndata.read_h5ad(path, backed="r")``: one pass checks it, then the cells of each
         mini-batch are read from the file; the model equals the one trained from memory).
-    layer
-        Layer holding the data; ``None`` uses ``adata.X``.
-    input_scale
-        ``"counts"`` (raw integer counts, log-normalised to 10⁴ per cell then log1p, as
-        the authors' code), ``"log1p"`` (log-normalised values; integer counts and values
-        above 30 are refused) or ``"auto"`` (counts when every value is a non-negative
-        integer); decided by :func:`sctorch._utils.resolve_input_scale`.
+        Raw counts by default (``input_scale``).
+    {layer}
     vocab
         ``None`` builds the vocabulary from ``adata.var_names`` (ids 0–4 = PAD, SEP,
         UNKNOWN, CLS, MASK, then the genes); a path reads an ``ID,SYMBOL`` CSV such as
         scRobust's ``whole_human_vocab.csv`` (ids 0–3 = PAD, SEP, UNKWON, CLS); a
         sequence of gene names is used after the five special tokens. Genes of ``adata``
         missing from a given vocabulary are skipped (counted in a warning).
-    preset
-        ``"default"`` or ``"paper"`` (see above).
-    token_values, view_thinning, select, patience
-        ``"rank"`` or ``"log1p"`` token values; ``(low, high)`` per-cell thinning rates of
-        the views or ``False``; epoch selection ``"knn"``, ``"contrastive"`` or ``"none"``
-        (last epoch), and epochs without improvement before stopping
-        (:meth:`ScRobustModel.fit`). Thinning and ``"knn"`` need counts input.
-    n_genes_per_view
-        Genes per view (``None``: the preset's; ``"paper"``: 10 % of the mean number of
-        detected genes per cell, at least 8).
-    d_model, n_layers, n_heads, dim_feedforward, dropout
-        Encoder width (``None``: the preset's), layers (``None``: 1, or 2 when ``n_obs ≥
-        20,000``), heads, feed-forward width (``None``: ``4 × d_model``) and dropout.
-    head_dropout, temperature
-        Dropout in the two-layer heads; NT-Xent temperature τ.
-    epochs, batch_size, lr
-        Passes over the cells (default preset: ``ceil(320,000 / n_obs)``, at most 200, i.e.
-        ~5,000 steps of 64 cells; 10 epochs of 2,800 PBMCs clustered below PCA, 115 above:
-        ``benchmarks/results/scrobust_steps.md``), cells per step, Adam learning rate.
-    min_shared_genes
-        Fewest genes that must be in the vocabulary.
-    device, rng, progress
-        Torch device (``None``: CUDA, then MPS, then CPU); seed or
-        :class:`numpy.random.Generator` (same seed, same device: same model); progress bar.
+    {preset}
+    {config}
+    {device}
+    {rng}
+    {random_state}
+    {progress}
+    {scrobust_kwargs}
+        The pre-training settings: ``input_scale``, ``token_values``, ``view_thinning``
+        (``None``: off), ``select`` (``None``: off, the last epoch), ``patience``,
+        ``n_genes_per_view``, ``d_model``, ``n_heads``, ``n_layers``, ``dim_feedforward``,
+        ``dropout``, ``head_dropout``, ``temperature``, ``epochs`` (``None``: the
+        pre-training budget rule, ``ceil(320,000 / n_obs)`` epochs, at most 200),
+        ``batch_size``, ``lr``, ``min_shared_genes``. Thinning and ``select="knn"`` need
+        counts input.
 
     Returns
     -------
-    :class:`ScRobustModel` (in evaluation mode), with ``history['pretrain_loss']``,
-    ``['pretrain_contrastive']``, ``['pretrain_mse']`` (epoch means) and the selection
-    score (``['pretrain_knn_agreement']`` or ``['pretrain_val_contrastive']``).
+    The pre-trained :class:`ScRobustModel` (in evaluation mode), with
+    ``history['pretrain_loss']``, ``['pretrain_contrastive']``, ``['pretrain_mse']``
+    (epoch means) and the selection score (``['pretrain_knn_agreement']`` or
+    ``['pretrain_val_contrastive']``). ``adata`` is not changed.
 
     Raises
     ------
     KeyError
         If ``layer`` is not in ``adata.layers``.
+    TypeError
+        For a keyword that is no setting of :class:`~sctorch.scrobust.ScRobustConfig`.
     ValueError
-        If the data do not hold the declared ``input_scale``,
-        ``var_names`` are duplicated, a cell has no non-zero vocabulary gene, fewer than
-        ``min_shared_genes`` genes are in the vocabulary, fewer than 2 cells are given, or
-        a parameter is out of range (``batch_size`` ≥ 2).
+        If the data do not hold the declared ``input_scale``, ``var_names`` are
+        duplicated, a cell has no non-zero vocabulary gene, fewer than
+        ``min_shared_genes`` genes are in the vocabulary, fewer than 2 cells are given, the
+        preset is unknown or a setting is out of range (``batch_size`` ≥ 2, ``d_model``
+        divisible by ``n_heads``).
     FileNotFoundError
         If a vocabulary file does not exist.
     """
-    from ..scrobust._presets import pretrain_config
-
-    config, fit_kw = pretrain_config(
-        preset,
-        _build_vocab(vocab, adata.var_names),
-        n_obs=adata.n_obs,
-        token_values=token_values,
-        view_thinning=view_thinning,
-        select=select,
-        patience=patience,
-        n_genes_per_view=n_genes_per_view,
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        dim_feedforward=dim_feedforward,
-        dropout=dropout,
-        head_dropout=head_dropout,
-        temperature=temperature,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        input_scale=input_scale,
+    where = "scrobust_pretrain"
+    kwargs = _old_values(dict(kwargs), where)
+    settings = resolve_config(ScRobustConfig, preset, config, kwargs)
+    warn_unused(
+        kwargs, FINETUNE_FIELDS, "scrobust_pretrain only pre-trains (see scrobust_annotate)"
     )
-    return ScRobustModel(None, config=config, genes=None, vocab=fit_kw.pop("vocab")).fit(
-        adata,
-        layer=layer,
-        input_scale=input_scale,
-        min_shared_genes=min_shared_genes,
-        device=device,
-        rng=rng,
-        progress=progress,
-        **fit_kw,
+    return _pretrain(
+        adata, settings, layer=layer, vocab=vocab, device=device, rng=rng, progress=progress
     )
 
 
 # ============================================================================ embedding
+@accepts_random_state
+@doc_params
+@_docs
 def scrobust_embed(
     adata: ad.AnnData,
     model: ScRobustModel | None = None,
     *,
     layer: str | None = None,
-    input_scale: InputScale = "counts",
-    n_genes: int = 400,
+    key_added: str = _keys.SCROBUST_EMBED,
+    n_tokens: int = 400,
     gene_order: Literal["unique", "random"] = "unique",
     batch_size: int = 64,
-    min_shared_genes: int = 10,
-    key_added: str = _keys.SCROBUST_EMBED,
-    pretrain_kwargs: Mapping[str, Any] | None = None,
+    preset: Literal["default", "paper"] = "default",
+    config: ScRobustConfig | Mapping[str, Any] | None = None,
     device: str | None = None,
     rng: RandomState = 0,
     progress: bool = True,
     copy: bool = False,
+    **kwargs: Any,
 ) -> ad.AnnData | None:
     """Cell embeddings from the CLS output of a scRobust encoder.
 
-    Each cell is encoded from up to ``n_genes`` of its non-zero genes; the CLS output
+    Each cell is encoded from up to ``n_tokens`` of its non-zero genes; the CLS output
     (``d_model`` values) is its embedding. By default the genes are the cell's "highly
     unique genes" — those detected in the fewest cells of ``adata`` first (eq. 12, as the
     authors' ``get_cell_embeddings``); ``gene_order="random"`` draws a random subset.
@@ -224,57 +310,85 @@ def scrobust_embed(
     ----------
     adata
         Cells × genes, raw counts (or log1p-normalised with ``input_scale="log1p"``;
-        raw counts declared as log1p are refused).
+        raw counts declared as log1p are refused); backed AnnData are read by blocks.
     model
         A model from :func:`scrobust_pretrain` or :meth:`ScRobustModel.load`; ``None``
-        pre-trains one on ``adata`` first (with ``pretrain_kwargs``).
-    layer, input_scale
-        Input matrix and its scale, as in :func:`scrobust_pretrain`.
-    n_genes
-        Genes per cell (400 as the authors' code).
+        pre-trains one on ``adata`` first (with the pre-training settings of ``preset``,
+        ``config`` and ``**kwargs``, as :func:`scrobust_pretrain`).
+    {layer}
+    key_added
+        ``obsm`` key of the embedding (and ``uns`` key of its ``params``).
+    n_tokens
+        Genes (tokens) per cell fed to the encoder (400 as the authors' code). Formerly
+        ``n_genes`` (still accepted, with a ``FutureWarning``).
     gene_order
         ``"unique"`` (rarest-detected genes first) or ``"random"``.
     batch_size
-        Cells per forward pass.
-    min_shared_genes
-        Fewest genes of ``adata`` that must be in the model vocabulary.
-    key_added
-        ``obsm`` key of the embedding.
-    pretrain_kwargs
-        Keyword arguments of :func:`scrobust_pretrain` when ``model`` is None.
-    device, rng, progress
-        Torch device, seed (for ``"random"`` order and pre-training), progress bar.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+        Cells per forward pass (pre-training's is the setting ``batch_size`` of
+        ``config``).
+    {preset}
+    {config}
+    {device}
+    rng
+        Seed (int or :class:`numpy.random.Generator`) of the ``"random"`` order and of
+        pre-training; the same seed on the same device gives the same result.
+    {random_state}
+    {progress}
+    {copy}
+    {scrobust_kwargs}
+        ``input_scale`` and ``min_shared_genes`` (fewest genes of ``adata`` in the model's
+        vocabulary) always; the pre-training settings (see :func:`scrobust_pretrain`)
+        when ``model`` is ``None``. The former ``pretrain_kwargs=`` (a dict of
+        :func:`scrobust_pretrain` keywords) is still accepted, with a ``FutureWarning``.
 
     Returns
     -------
-    ``None`` (or a copy when ``copy=True``), having written
-    ``obsm[key_added]`` (``n_obs × d_model``, float32) and ``uns[key_added]['params']``.
+    ``None`` (or the copy when ``copy=True``), having written ``obsm[key_added]``
+    (``n_obs × d_model``, float32) and ``uns[key_added]['params']``.
 
     Raises
     ------
     KeyError
         If ``layer`` is missing.
+    TypeError
+        For a keyword that is no setting of :class:`~sctorch.scrobust.ScRobustConfig`.
     ValueError
         For invalid data (see :func:`scrobust_pretrain`), a cell without non-zero
-        vocabulary genes, or fewer than ``min_shared_genes`` shared genes.
+        vocabulary genes, fewer than ``min_shared_genes`` shared genes, a bad
+        ``gene_order`` or ``copy=True`` on a backed AnnData.
     """
-    check_positive(n_genes=n_genes, batch_size=batch_size)
+    where = "scrobust_embed"
+    kwargs = dict(kwargs)
+    renamed(kwargs, old="n_genes", new="n_tokens", where=where)
+    n_tokens = kwargs.pop("n_tokens", n_tokens)
+    pretrain_kwargs = kwargs.pop("pretrain_kwargs", None)
+    kwargs = _old_values(kwargs, where)
+    settings = resolve_config(ScRobustConfig, preset, config, kwargs)
+    check_positive(n_tokens=n_tokens, batch_size=batch_size)
     check_copy(adata, copy)
     if gene_order not in ("unique", "random"):
         raise ValueError(f"gene_order must be 'unique' or 'random', got {gene_order!r}.")
     if model is None:
-        kw = dict(layer=layer, input_scale=input_scale, device=device, rng=rng, progress=progress)
-        model = scrobust_pretrain(adata, **{**kw, **dict(pretrain_kwargs or {})})
+        warn_unused(kwargs, FINETUNE_FIELDS, "scrobust_embed does not fine-tune")
+        call = dict(layer=layer, device=device, rng=rng, progress=progress, vocab=None)
+        if pretrain_kwargs is not None:
+            settings, more = _pretrain_kwargs(pretrain_kwargs, settings, where)
+            call.update(more)
+        model = _pretrain(adata, settings, **call)
+    else:
+        warn_unused(
+            kwargs,
+            set(PRETRAIN_FIELDS) | set(FINETUNE_FIELDS),
+            "model= is given (nothing is trained)",
+        )
     emb = model.embed(
         adata,
         layer=layer,
-        input_scale=input_scale,
-        n_genes=n_genes,
+        input_scale=settings.input_scale,
+        n_tokens=n_tokens,
         gene_order=gene_order,
         batch_size=batch_size,
-        min_shared_genes=min_shared_genes,
+        min_shared_genes=settings.min_shared_genes,
         device=device,
         rng=rng,
         progress=progress,
@@ -283,10 +397,10 @@ def scrobust_embed(
     target.obsm[key_added] = emb
     target.uns[key_added] = {
         "params": make_params(
-            n_genes=n_genes,
+            n_tokens=n_tokens,
             gene_order=gene_order,
             layer=layer,
-            input_scale=input_scale,
+            input_scale=settings.input_scale,
             model=repr(model),
             device=str(resolve_device(device)),
             rng=rng,
@@ -296,6 +410,9 @@ def scrobust_embed(
 
 
 # ============================================================================ annotation
+@accepts_random_state
+@doc_params
+@_docs
 def scrobust_annotate(
     adata_query: ad.AnnData,
     adata_ref: ad.AnnData | None = None,
@@ -303,35 +420,23 @@ def scrobust_annotate(
     labels_key: str | None = None,
     model: ScRobustModel | None = None,
     layer: str | None = None,
-    ref_layer: str | None = None,
-    input_scale: InputScale = "counts",
-    preset: Literal["default", "paper"] = "default",
-    head: Literal["wide_and_deep", "deep", "wide"] | None = None,
-    n_wide_genes: int = 2000,
-    val_fraction: float | None = None,
-    patience: int | None = None,
-    n_genes: int = 800,
-    epochs: int | None = None,
-    batch_size: int = 32,
-    lr: float | None = None,
-    class_weight: str | Mapping[str, float] | None = "balanced",
-    min_shared_genes: int = 10,
-    pretrain_kwargs: Mapping[str, Any] | None = None,
     key_added: str = _keys.SCROBUST_LABEL,
-    confidence_key: str = _keys.SCROBUST_CONFIDENCE,
-    return_model: bool = False,
+    preset: Literal["default", "paper"] = "default",
+    config: ScRobustConfig | Mapping[str, Any] | None = None,
     device: str | None = None,
     rng: RandomState = 0,
     progress: bool = True,
+    return_model: bool = False,
     copy: bool = False,
-):
+    **kwargs: Any,
+) -> ad.AnnData | ScRobustModel | tuple[ad.AnnData, ScRobustModel] | None:
     """Annotate cells with a fine-tuned scRobust classifier ("highly unique genes").
 
     Fine-tuning (Park & Lee 2024, eqs. 12–15): each reference cell is encoded from its
     non-zero genes ordered by how rarely each is detected in the reference (rarest first),
-    the first ``n_genes`` (800 as the paper); the CLS output feeds a two-layer classifier,
+    the first ``n_tokens`` (800 as the paper); the CLS output feeds a two-layer classifier,
     and encoder and classifier are trained with (class-weighted) cross-entropy:
-    :meth:`ScRobustModel.finetune`, through :func:`sctorch.models.fit`. ``val_fraction``
+    :meth:`ScRobustModel.finetune`, through :func:`sctorch.models.fit`. ``validation_fraction``
     of the reference (stratified) is held out and the epoch with its best macro-F1 is kept,
     as the authors' code does. Query cells are encoded the same way, in the reference's
     detection order; the label is the arg-max of the softmax, the confidence its
@@ -346,83 +451,88 @@ def scrobust_annotate(
     (the wide path, frozen), trains the deep path on its out-of-fold logits, and keeps
     the deep path only if it improves both macro-F1 and cross-entropy of the held-out
     part; the wide path is then refitted on the whole reference. ``"wide"`` is the wide
-    path alone. 10 epochs at ``lr=1e-3`` (CPU-sized). Cost grows with ``n_genes``; ~2,000
+    path alone. 10 epochs at ``lr=1e-3`` (CPU-sized). Cost grows with ``n_tokens``; ~2,000
     HVGs in reference and query shorten every cell's sequence.
 
     Parameters
     ----------
     adata_query
         Cells to annotate, raw counts (or log1p values with ``input_scale="log1p"``); if
-        backed, read ``batch_size`` cells at a time.
+        backed, read ``finetune_batch_size`` cells at a time.
     adata_ref
         Labelled reference, same scale (if backed: read by blocks into sparse tokens).
         ``None`` uses ``model``, fine-tuned by a call with ``return_model=True``.
     labels_key
         ``adata_ref.obs`` column holding the cell types (required with ``adata_ref``).
     model
-        A pre-trained model to fine-tune (a copy is fine-tuned; ``model`` is not changed).
-        ``None`` pre-trains one on ``adata_ref`` first with ``pretrain_kwargs``.
-    layer, ref_layer, input_scale
-        Layers of query and reference (``None``: ``.X``); ``"counts"``, ``"log1p"`` or
-        ``"auto"``, for both (see :func:`scrobust_pretrain`).
-    preset, head, n_wide_genes
-        Preset (also used to pre-train when ``model`` is None), classifier layout and
-        the wide path's number of HVGs (see above; ``None``: the preset's).
-    val_fraction, patience
-        Held-out part of the reference for choosing the epoch (``None``: 0.1; 0 keeps the
-        last epoch) and epochs without improvement before stopping.
-    n_genes, epochs, batch_size, lr
-        Highly unique genes per cell (800 as the paper); fine-tuning passes (at most),
-        cells per step, Adam learning rate (``None``: the preset's).
-    class_weight
-        Weights of the classes in the cross-entropy: ``"balanced"`` (default) weighs class
-        ``c`` by ``n / (n_classes × n_c)``, as scikit-learn's ``class_weight="balanced"``;
-        a mapping ``{label: weight}`` (every reference label) or ``None`` (unweighted).
-        The paper does not say how rare types are handled (it reports macro-F1);
-        ``None`` is the authors' plain cross-entropy. Measured effect:
-        ``benchmarks/results/scrobust.md``.
-    min_shared_genes
-        Fewest query genes that must be in the vocabulary.
-    pretrain_kwargs
-        Arguments of :func:`scrobust_pretrain` when ``model`` is None.
-    key_added, confidence_key
-        ``obs`` keys of the labels (categorical) and confidences (float32, in [0, 1]).
+        A pre-trained model to fine-tune (a copy is fine-tuned; ``model`` is not changed),
+        or a fine-tuned one to classify with when ``adata_ref`` is ``None``. ``None``
+        pre-trains one on ``adata_ref`` first (pre-training settings of ``preset``,
+        ``config`` and ``**kwargs``, as :func:`scrobust_pretrain`).
+    layer
+        Layer of ``adata_query`` holding its input (``None``: ``.X``); the reference's is
+        ``ref_layer`` (see ``**kwargs``).
+    key_added
+        ``obs`` key of the labels (categorical) and ``uns`` key of the ``params``; the
+        confidences (float32, in [0, 1]) go to ``obs[confidence_key]``.
+    {preset}
+        Also used to pre-train when ``model`` is ``None``.
+    {config}
+    {device}
+    {rng}
+    {random_state}
+    {progress}
     return_model
-        Also return the fine-tuned :class:`ScRobustModel`.
-    device, rng, progress, copy
-        Torch device, seed, progress bar; write into a copy of ``adata_query``, return it.
+        Also return the fine-tuned :class:`ScRobustModel` (see Returns).
+    copy
+        Write into a copy of ``adata_query`` and return it.
+    {scrobust_kwargs}
+        In this function the keywords ``epochs``, ``lr``, ``batch_size`` and ``patience``
+        set the **fine-tuning** settings ``finetune_epochs``, ``finetune_lr``,
+        ``finetune_batch_size`` (also cells per forward pass when classifying) and
+        ``finetune_patience`` (pre-training's are set through ``config``). The fine-tuning
+        settings: ``head``, ``n_wide_genes``, ``validation_fraction`` (formerly
+        ``val_fraction``), ``n_tokens`` (highly unique genes per cell, formerly
+        ``n_genes``), ``class_weight``, plus ``input_scale`` and ``min_shared_genes`` for
+        both AnnData. Two more keywords are accepted here: ``ref_layer`` (layer of
+        ``adata_ref``; ``None``: ``.X``) and ``confidence_key`` (``obs`` key of the
+        confidences, default ``"scrobust_confidence"``). The former ``pretrain_kwargs=``
+        (keywords of :func:`scrobust_pretrain`) is accepted with a ``FutureWarning``.
 
     Returns
     -------
-    ``None``, the copy (``copy=True``), the fine-tuned model (``return_model=True``), or
-    ``(copy, model)``. Writes ``obs[key_added]``, ``obs[confidence_key]`` and
-    ``uns[key_added]['params']`` into the query.
+    ``None``; the copy with ``copy=True``; the fine-tuned model with
+    ``return_model=True``; ``(copy, model)`` with both. Writes ``obs[key_added]``,
+    ``obs[confidence_key]`` and ``uns[key_added]['params']`` into the query.
 
     Raises
     ------
     KeyError
         If ``labels_key`` or a layer is missing.
+    TypeError
+        For a keyword that is no setting of :class:`~sctorch.scrobust.ScRobustConfig`, or
+        both a keyword and its fine-tuning name (``epochs`` and ``finetune_epochs``).
     ValueError
         If ``labels_key`` is not given with a reference, labels contain NaN or a single
         class, no reference and no fine-tuned model are given, data are invalid, a cell
-        has no non-zero vocabulary gene, or the query shares fewer than
-        ``min_shared_genes`` genes with the vocabulary.
+        has no non-zero vocabulary gene, the query shares fewer than
+        ``min_shared_genes`` genes with the vocabulary, or a setting is out of range.
     """
-    from ..scrobust._presets import preset_values
-
-    p = preset_values(
-        preset, "finetune", dict(head=head, val_fraction=val_fraction, lr=lr, epochs=epochs)
-    )
-    epochs, lr = p["epochs"], p["lr"]
+    where = "scrobust_annotate"
+    kwargs = dict(kwargs)
+    ref_layer = kwargs.pop("ref_layer", None)
+    confidence_key = kwargs.pop("confidence_key", _keys.SCROBUST_CONFIDENCE)
+    pretrain_kwargs = kwargs.pop("pretrain_kwargs", None)
+    renamed(kwargs, old="val_fraction", new="validation_fraction", where=where)
+    renamed(kwargs, old="n_genes", new="n_tokens", where=where)
+    for short, name in _FINETUNE_KEYWORDS.items():
+        if short in kwargs:
+            if name in kwargs:
+                raise TypeError(f"{where}() got both {short}= and {name}=; pass one of them.")
+            kwargs[name] = kwargs.pop(short)
+    kwargs = _old_values(kwargs, where)
+    s = resolve_config(ScRobustConfig, preset, config, kwargs)
     check_copy(adata_query, copy)
-    check_positive(
-        n_genes=n_genes,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        n_wide_genes=n_wide_genes,
-        patience=patience,
-    )
     # ---- validate everything before training or writing
     if adata_ref is None:
         if model is None or not model.is_fine_tuned:
@@ -431,9 +541,18 @@ def scrobust_annotate(
                 "model fine-tuned by scrobust_annotate(..., return_model=True)."
             )
         labels = None
+        warn_unused(
+            kwargs,
+            set(PRETRAIN_FIELDS) | set(FINETUNE_FIELDS) - {"n_tokens", "finetune_batch_size"},
+            "no adata_ref is given: the fine-tuned model classifies, nothing is trained",
+        )
     else:
         labels = _check_labels(adata_ref, labels_key)
-        _class_weights(labels, class_weight)
+        _class_weights(labels, s.class_weight)
+        if model is not None:
+            warn_unused(
+                kwargs, PRETRAIN_FIELDS, "model= is given: it is fine-tuned, not pre-trained"
+            )
     vocab_of = (
         model
         if model is not None
@@ -442,69 +561,67 @@ def scrobust_annotate(
     qtok = vocab_of.tokens(
         adata_query,
         layer=layer,
-        input_scale=input_scale,
+        input_scale=s.input_scale,
         on_disk=True,
-        min_shared_genes=min_shared_genes,
+        min_shared_genes=s.min_shared_genes,
         what="adata_query",
     )
     seed = seed_int(rng)
     if adata_ref is not None:
         if model is None:
-            kw = dict(
-                layer=ref_layer,
-                input_scale=input_scale,
-                device=device,
-                rng=seed,
-                progress=progress,
-                preset=preset,
-            )
-            model = scrobust_pretrain(adata_ref, **{**kw, **dict(pretrain_kwargs or {})})
+            pre, call = s, dict(layer=ref_layer, vocab=None, device=device, rng=seed)
+            call["progress"] = progress
+            if pretrain_kwargs is not None:
+                pre, more = _pretrain_kwargs(pretrain_kwargs, s, where)
+                call.update(more)
+            model = _pretrain(adata_ref, pre, **call)
         model = model.finetune(
             adata_ref,
             labels,
             layer=ref_layer,
-            input_scale=input_scale,
-            n_genes=n_genes,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            class_weight=class_weight,
-            min_shared_genes=min_shared_genes,
+            input_scale=s.input_scale,
+            n_tokens=s.n_tokens,
+            epochs=s.finetune_epochs,
+            batch_size=s.finetune_batch_size,
+            lr=s.finetune_lr,
+            class_weight=s.class_weight,
+            min_shared_genes=s.min_shared_genes,
             device=device,
             rng=seed,
             progress=progress,
-            head=p["head"],
-            n_wide_genes=n_wide_genes,
-            val_fraction=p["val_fraction"],
-            patience=patience,
+            head=s.head,
+            n_wide_genes=s.n_wide_genes,
+            validation_fraction=s.validation_fraction,
+            patience=s.finetune_patience,
         )
     prob = model.predict_proba(
-        qtok, n_genes=n_genes, batch_size=batch_size, device=device, progress=progress
+        qtok,
+        n_tokens=s.n_tokens,
+        batch_size=s.finetune_batch_size,
+        device=device,
+        progress=progress,
     )
     target = adata_query.copy() if copy else adata_query
     pred = np.asarray(model.classes)[prob.argmax(1)]
     target.obs[key_added] = pd.Categorical(pred, categories=model.classes)
     target.obs[confidence_key] = prob.max(1).astype(np.float32)
+    cw = s.class_weight
     target.uns[key_added] = {
         "params": make_params(
             labels_key=labels_key,
-            n_genes=n_genes,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
+            n_tokens=s.n_tokens,
+            finetune_epochs=s.finetune_epochs,
+            finetune_batch_size=s.finetune_batch_size,
+            finetune_lr=s.finetune_lr,
             preset=preset,
             head=model.config.head,
-            val_fraction=p["val_fraction"],
+            validation_fraction=s.validation_fraction,
             class_weight=None
-            if adata_ref is None or class_weight is None
-            else (
-                class_weight
-                if isinstance(class_weight, str)
-                else {str(k): float(v) for k, v in class_weight.items()}
-            ),
+            if adata_ref is None or cw is None
+            else (cw if isinstance(cw, str) else {str(k): float(v) for k, v in cw.items()}),
             layer=layer,
             ref_layer=ref_layer,
-            input_scale=input_scale,
+            input_scale=s.input_scale,
             n_query_genes_skipped=qtok.n_missing,
             model=repr(model),
             device=str(resolve_device(device)),
@@ -518,6 +635,8 @@ def scrobust_annotate(
 
 
 # ============================================================================ pathways
+@doc_params
+@_docs
 def scrobust_pathway_scores(
     adata: ad.AnnData,
     gene_sets: Mapping[str, Sequence[str]] | str | Path,
@@ -527,8 +646,9 @@ def scrobust_pathway_scores(
     input_scale: InputScale = "counts",
     min_genes: int = 2,
     key_added: str = _keys.SCROBUST_PATHWAYS,
-    label_key: str = _keys.SCROBUST_PATHWAY_LABEL,
+    labels_key_added: str = _keys.SCROBUST_PATHWAY_LABEL,
     copy: bool = False,
+    **kwargs: Any,
 ) -> ad.AnnData | None:
     r"""Pathway scores and pathway-based (unsupervised) annotation (eqs. 16–20).
 
@@ -548,7 +668,7 @@ def scrobust_pathway_scores(
     in this post-LayerNorm encoder that output has a fixed norm, so the magnitude that
     eq. 20 relies on would be lost. Genes a cell does not express contribute nothing.
 
-    Set names are kept as given in ``obs[label_key]`` and ``uns[key_added]['names']``;
+    Set names are kept as given in ``obs[labels_key_added]`` and ``uns[key_added]['names']``;
     the ``obsm`` DataFrame columns and the keys of ``genes_used`` are h5ad-safe versions
     of them: every ``"/"`` becomes ``"_"`` (``"NK/ILC"`` → ``"NK_ILC"``, a clash with an
     existing name gets ``-1``, ``-2``…), because h5py would read ``"/"`` as a path
@@ -562,31 +682,37 @@ def scrobust_pathway_scores(
     gene_sets
         ``{name: [gene symbols]}``, a ``.gmt``/``.json`` path, or an alias of
         :func:`sctorch.datasets.gene_sets` (e.g. ``"human_immune_markers"``).
-    model
-        A pre-trained (or fine-tuned) :class:`ScRobustModel`.
-    layer, input_scale
-        Input matrix and its scale (see :func:`scrobust_pretrain`).
+    {model}
+    {layer}
+    {input_scale}
     min_genes
         Sets with fewer genes in both ``adata`` and the vocabulary are dropped (warning).
-    key_added, label_key
-        ``obsm`` key of the scores and ``obs`` key of the labels.
-    copy
-        Return a modified copy.
+    key_added
+        ``obsm`` key of the scores (and ``uns`` key of the record).
+    labels_key_added
+        ``obs`` key of the labels (formerly ``label_key``, still accepted with a
+        ``FutureWarning``).
+    {copy}
+    **kwargs
+        Only the former name ``label_key``; any other keyword raises ``TypeError``.
 
     Returns
     -------
-    ``None`` (or a copy), having written ``obsm[key_added]`` (DataFrame,
-    ``n_obs × n_sets`` kept, float32, h5ad-safe column names), ``obs[label_key]``
-    (categorical, original set names) and ``uns[key_added]`` = {``names`` (original set
-    names, in column order), ``genes_used`` (per column name), ``params``}.
+    ``None`` (or the copy with ``copy=True``), having written ``obsm[key_added]``
+    (DataFrame, ``n_obs × n_sets`` kept, float32, h5ad-safe column names),
+    ``obs[labels_key_added]`` (categorical, original set names) and ``uns[key_added]`` =
+    {``names`` (original set names, in column order), ``genes_used`` (per column name),
+    ``params``}.
 
     Raises
     ------
     KeyError
         If ``layer`` is missing.
+    TypeError
+        For an unknown keyword.
     ValueError
-        For invalid data, a bad ``gene_sets`` argument, or when no set keeps
-        ``min_genes`` genes.
+        For invalid data, a bad ``gene_sets`` argument, ``copy=True`` on a backed
+        AnnData, or when no set keeps ``min_genes`` genes.
     FileNotFoundError
         If a gene-set file is not found.
     """
@@ -597,6 +723,14 @@ def scrobust_pathway_scores(
         usable_gene_sets,
     )
 
+    kwargs = renamed(
+        dict(kwargs), old="label_key", new="labels_key_added", where="scrobust_pathway_scores"
+    )
+    labels_key_added = kwargs.pop("labels_key_added", labels_key_added)
+    if kwargs:
+        raise TypeError(
+            f"scrobust_pathway_scores() got an unexpected keyword argument {next(iter(kwargs))!r}"
+        )
     check_positive(min_genes=min_genes)
     check_copy(adata, copy)
     sets = load_gene_sets(gene_sets)
@@ -609,7 +743,9 @@ def scrobust_pathway_scores(
     target.obsm[key_added] = pd.DataFrame(
         scores, index=adata.obs_names.copy(), columns=pd.Index(columns)
     )
-    target.obs[label_key] = pd.Categorical(np.asarray(names)[scores.argmax(1)], categories=names)
+    target.obs[labels_key_added] = pd.Categorical(
+        np.asarray(names)[scores.argmax(1)], categories=names
+    )
     target.uns[key_added] = {
         "names": np.asarray(names, dtype=object),
         "genes_used": {
@@ -627,6 +763,8 @@ def scrobust_pathway_scores(
 
 
 # ============================================================================ markers
+@doc_params
+@_docs
 def scrobust_marker_genes(
     adata: ad.AnnData,
     groupby: str,
@@ -660,25 +798,29 @@ def scrobust_marker_genes(
         Cells × genes, raw counts (or log1p with ``input_scale="log1p"``).
     groupby
         ``obs`` column of groups (e.g. cell types or Leiden clusters).
-    model
-        A pre-trained or fine-tuned :class:`ScRobustModel`.
-    n_genes, n_tokens
-        Markers reported per group; genes per cell fed to the encoder.
-    layer, input_scale
-        Input matrix and its scale (see :func:`scrobust_pretrain`).
+    {model}
+    n_genes
+        Markers reported per group (as :func:`scanpy.tl.rank_genes_groups`).
+    n_tokens
+        Highly unique genes (tokens) per cell fed to the encoder.
+    {layer}
+    {input_scale}
     method
         ``"specific"`` or ``"mean"`` (see above).
-    batch_size, key_added
-        Cells per forward pass; ``uns`` key of the result.
-    device, progress, copy
-        Torch device, progress bar, return a modified copy.
+    batch_size
+        Cells per forward pass.
+    key_added
+        ``uns`` key of the result.
+    {device}
+    {progress}
+    {copy}
 
     Returns
     -------
-    ``None`` (or a copy), having written ``uns[key_added]`` in the layout of
-    :func:`scanpy.tl.rank_genes_groups`: ``names``, ``scores``, ``logfoldchanges``
-    (log2 ratio of group to rest mean attention), ``pvals`` and ``pvals_adj`` (NaN:
-    attention gives no test) as record arrays with one field per group
+    ``None`` (or the copy with ``copy=True``), having written ``uns[key_added]`` in the
+    layout of :func:`scanpy.tl.rank_genes_groups`: ``names``, ``scores``,
+    ``logfoldchanges`` (log2 ratio of group to rest mean attention), ``pvals`` and
+    ``pvals_adj`` (NaN: attention gives no test) as record arrays with one field per group
     (``n_genes`` rows), and ``params`` (``groupby``, ``reference='rest'``,
     ``method='scrobust_attention'``). Read it with
     ``scanpy.get.rank_genes_groups_df(adata, group, key=key_added)``.
@@ -688,7 +830,8 @@ def scrobust_marker_genes(
     KeyError
         If ``groupby`` or ``layer`` is missing.
     ValueError
-        For invalid data, NaN groups, fewer than 2 groups, or a bad ``method``.
+        For invalid data, NaN groups, fewer than 2 groups, a bad ``method`` or
+        ``copy=True`` on a backed AnnData.
     """
     from ..scrobust._markers import attention_markers
 
