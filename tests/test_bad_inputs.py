@@ -351,8 +351,8 @@ def _call_with_layer(func, a, layer):
         "tl.tcer_impute": lambda: sct.tl.tcer_impute(
             a, layer=layer, epochs=1, n_features=2, progress=False, copy=True
         ),
-        "tl.stimpute": lambda: sct.tl.stimpute(a, ref, layer_sp=layer, progress=False),
-        "tl.stimpute_cv": lambda: sct.tl.stimpute_cv(a, ref, layer_sp=layer, progress=False),
+        "tl.stimpute": lambda: sct.tl.stimpute(a, ref, layer=layer, progress=False),
+        "tl.stimpute_cv": lambda: sct.tl.stimpute_cv(a, ref, layer=layer, progress=False),
         "tl.scrobust_pretrain": lambda: sct.tl.scrobust_pretrain(
             a, layer=layer, epochs=1, progress=False
         ),
@@ -615,3 +615,54 @@ def test_forged_header_values_are_checked_before_anything_is_built(tmp_path):
     )
     with pytest.raises(ModelFileError, match=r"beta\.safetensors.*'config'.*(beta|n_neighbors)"):
         sct.models.load(bad)
+
+
+# ----------------------------------------------------------------------------- leaked messages
+def test_a_negative_seed_is_refused_in_our_words():
+    from sctorch._utils import get_rng, seed_int
+
+    for f in (get_rng, seed_int):
+        with pytest.raises(ValueError, match=r"rng.*non-negative.*-1"):
+            f(-1)
+    with pytest.raises(TypeError, match=r"rng must be an int.*str"):
+        get_rng("0")
+    a = _small_intestine()
+    before = snapshot(a)
+    with pytest.raises(ValueError, match=r"rng.*-1"):
+        sct.tl.genomap(a, rng=-1, progress=False)
+    assert_unchanged(a, before, "genomap(rng=-1)")
+
+
+def test_data_arguments_of_the_wrong_type_are_named():
+    from sctorch._utils import check_anndata
+
+    df = _counts().to_df()
+    with pytest.raises(
+        TypeError, match=r"adata_sp must be an AnnData.*DataFrame.*anndata\.AnnData"
+    ):
+        check_anndata(df, "adata_sp")
+    with pytest.raises(ValueError, match=r"adata_ref has 0 cells"):
+        check_anndata(_counts()[:0].copy(), "adata_ref", min_cells=1)
+    check_anndata(None, "adata_ref", optional=True)
+    with pytest.raises(TypeError, match=r"adata_sp must be an AnnData"):
+        sct.tl.stimpute(df, _reference(), progress=False)
+
+
+def test_scrobust_annotate_with_an_empty_reference_says_so():
+    a = _counts()
+    before = snapshot(a)
+    with pytest.raises(ValueError, match=r"adata_ref has 0 cells"):
+        sct.tl.scrobust_annotate(
+            a, _reference()[:0].copy(), labels_key="cell_type", model=_model(), progress=False
+        )
+    assert_unchanged(a, before, "scrobust_annotate(0-cell reference)")
+
+
+def test_scrobust_pathway_scores_without_a_model_says_so():
+    from sctorch._utils import check_model
+
+    with pytest.raises(TypeError, match=r"model must be a ScRobustModel.*None.*scrobust_pretrain"):
+        check_model(None, "ScRobustModel", hint="train one with sct.tl.scrobust_pretrain")
+    a = _counts()
+    with pytest.raises(TypeError, match=r"model must be a ScRobustModel.*None"):
+        sct.tl.scrobust_pathway_scores(a, {"A": list(a.var_names[:5])}, None)

@@ -27,17 +27,44 @@ RandomState = int | np.random.Generator | None
 
 
 # ----------------------------------------------------------------------------- seeding
+def _check_seed(rng) -> None:
+    """Refuse a seed numpy would refuse (negative, bool, other types), in sctorch's words."""
+    if isinstance(rng, bool) or not (
+        rng is None or isinstance(rng, int | np.integer | np.random.Generator)
+    ):
+        raise TypeError(
+            f"rng must be an int seed (>= 0), a numpy.random.Generator or None, got "
+            f"{type(rng).__name__} {rng!r:.40}."
+        )
+    if isinstance(rng, int | np.integer) and rng < 0:
+        raise ValueError(
+            f"rng must be a non-negative integer seed (0 to 2**32 - 1, or a "
+            f"numpy.random.Generator), got {int(rng)}; pass e.g. rng=0."
+        )
+
+
 def get_rng(rng: RandomState) -> np.random.Generator:
-    """Return a :class:`numpy.random.Generator` for an int seed, a Generator or ``None``."""
+    """Return a :class:`numpy.random.Generator` for an int seed, a Generator or ``None``.
+
+    Raises
+    ------
+    TypeError
+        If ``rng`` is not an int, a Generator or ``None`` (a bool is refused).
+    ValueError
+        If ``rng`` is a negative integer.
+    """
+    _check_seed(rng)
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or isinstance(rng, int | np.integer):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng must be an int, a numpy.random.Generator or None, got {type(rng)!r}.")
+    return np.random.default_rng(rng)
 
 
 def seed_int(rng: RandomState) -> int:
-    """Derive one integer seed (for torch, scikit-learn, POT) from ``rng``."""
+    """Derive one integer seed (for torch, scikit-learn, POT) from ``rng``.
+
+    ``rng`` is checked as in :func:`get_rng`.
+    """
+    _check_seed(rng)
     if isinstance(rng, int | np.integer):
         return int(rng)
     return int(get_rng(rng).integers(0, 2**31 - 1))
@@ -356,6 +383,65 @@ def check_not_empty(adata: ad.AnnData, *, what: str = "adata") -> None:
             f"{what} has 0 {kind} (shape {adata.n_obs} × {adata.n_vars}); pass an "
             "AnnData with at least one cell and one gene (check the filtering or "
             "subsetting that produced it)."
+        )
+
+
+def check_anndata(value, name: str, *, min_cells: int = 0, optional: bool = False) -> None:
+    """Refuse a data argument that is not an AnnData (or has too few cells), naming it.
+
+    Parameters
+    ----------
+    value
+        The argument.
+    name
+        Its parameter name, for the message (e.g. ``"adata_ref"``).
+    min_cells
+        Fewest cells accepted (``0``: any).
+    optional
+        Accept ``None``.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an :class:`anndata.AnnData` (says what it is and how to wrap
+        a DataFrame or array).
+    ValueError
+        If it has fewer than ``min_cells`` cells.
+    """
+    import anndata as ad
+
+    if value is None and optional:
+        return
+    if not isinstance(value, ad.AnnData):
+        kind = type(value).__name__
+        hint = (
+            "wrap it: anndata.AnnData(df) for a cells × genes DataFrame (var_names from "
+            "its columns)"
+            if hasattr(value, "columns")
+            else "wrap a cells × genes matrix with anndata.AnnData(X, var=...) naming the genes"
+        )
+        raise TypeError(f"{name} must be an AnnData (cells × genes), got {kind}; {hint}.")
+    if value.n_obs < min_cells:
+        raise ValueError(
+            f"{name} has {value.n_obs} cells (shape {value.n_obs} × {value.n_vars}); at "
+            f"least {min_cells} needed. Check the filtering or subsetting that produced it."
+        )
+
+
+def check_model(model, expected: str, *, name: str = "model", hint: str = "") -> None:
+    """Refuse a model argument that is not an instance of the model class ``expected``.
+
+    Checked by class name (``_utils`` imports no method code).
+
+    Raises
+    ------
+    TypeError
+        Naming the argument, what it got and (``hint``) how to get a model.
+    """
+    if not any(k.__name__ == expected for k in type(model).__mro__):
+        more = f"; {hint}" if hint else ""
+        raise TypeError(
+            f"{name} must be a {expected}, got {type(model).__name__} {model!r:.40}{more}."
         )
 
 

@@ -25,7 +25,9 @@ from .._docs import doc_params, fill
 from .._utils import (
     RandomState,
     accepts_random_state,
+    check_anndata,
     check_copy,
+    check_model,
     check_positive,
     make_params,
     resolve_device,
@@ -518,6 +520,7 @@ def scrobust_annotate(
         has no non-zero vocabulary gene, the query shares fewer than
         ``min_shared_genes`` genes with the vocabulary, or a setting is out of range.
     """
+    check_anndata(adata_ref, "adata_ref", min_cells=1, optional=True)
     where = "scrobust_annotate"
     kwargs = dict(kwargs)
     ref_layer = kwargs.pop("ref_layer", None)
@@ -716,6 +719,7 @@ def scrobust_pathway_scores(
     FileNotFoundError
         If a gene-set file is not found.
     """
+    check_model(model, "ScRobustModel", hint="pre-train one (sct.tl.scrobust_pretrain) or load one")
     from ..scrobust._pathways import (
         gene_set_scores,
         h5ad_safe_names,
