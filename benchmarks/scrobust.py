@@ -51,26 +51,26 @@ FOLD_SEED = int(os.environ.get("SCROBUST_BENCH_FOLD_SEED", "0"))
 # 800 tokens became affordable once the encoder evaluated its last layer for the CLS query
 # alone. More fine-tuning epochs help (fold 1, 0 %: 4 → 0.56, 10 → 0.65, 15 → 0.68; 5-fold
 # mean at 0 %: 6 → 0.61, 10 → 0.72); 10 keeps one dropout level under ~10 min on one core.
-# pre-training length: the preset's (epochs=None; the default preset's budget of 320,000
-# cells, 115 epochs of ifnb's 2,800 cells; the paper preset's 10). Until 2026-11-29 the CPU
-# run pre-trained 10 epochs with every preset.
+# pre-training length: the preset's (epochs not given; the default preset's epochs=None is
+# the budget rule of 320,000 cells, 115 epochs of ifnb's 2,800 cells; the paper preset's 10).
+# Until 2026-11-29 the CPU run pre-trained 10 epochs with every preset.
 CPU = {
-    "pretrain": {"d_model": 64, "n_heads": 4, "epochs": None, "lr": 1e-3, "batch_size": 64},
-    "finetune": {"n_genes": 800, "epochs": 10, "lr": 1e-3, "batch_size": 32},
+    "pretrain": {"d_model": 64, "n_heads": 4, "lr": 1e-3, "batch_size": 64},
+    "finetune": {"n_tokens": 800, "epochs": 10, "lr": 1e-3, "batch_size": 32},
     "embed_genes": 400,
     "marker_tokens": 400,
     "threads": 1,
 }
 FULL = {
     "pretrain": {"d_model": 512, "n_heads": 8, "epochs": 100, "lr": 5e-5, "batch_size": 64},
-    "finetune": {"n_genes": 800, "epochs": 20, "lr": 5e-5, "batch_size": 64},
+    "finetune": {"n_tokens": 800, "epochs": 20, "lr": 5e-5, "batch_size": 64},
     "embed_genes": 400,
     "marker_tokens": 800,
     "threads": 0,
 }
 SMOKE = {
     "pretrain": {"d_model": 16, "n_heads": 2, "epochs": 1, "lr": 1e-3, "batch_size": 64},
-    "finetune": {"n_genes": 16, "epochs": 1, "lr": 1e-3, "batch_size": 64},
+    "finetune": {"n_tokens": 16, "epochs": 1, "lr": 1e-3, "batch_size": 64},
     "embed_genes": 16,
     "marker_tokens": 16,
     "threads": 1,
@@ -290,7 +290,7 @@ def embedding_worker(cfg: dict, model_dir: str) -> dict:
     model = sct.tl.ScRobustModel.load(model_dir, device="cpu")
     out = {}
     t0 = time.perf_counter()
-    sct.tl.scrobust_embed(a, model, n_genes=cfg["embed_genes"], progress=False)
+    sct.tl.scrobust_embed(a, model, n_tokens=cfg["embed_genes"], progress=False)
     out["embed_s"] = time.perf_counter() - t0
     out["leiden_scrobust"] = sct.metrics.cluster_and_score(a, "cell_type", use_rep="X_scrobust")
     b = lognorm(a)
@@ -331,7 +331,7 @@ def hvg_embedding_worker(cfg: dict) -> dict:
     a = a[:, fold_hvgs(lognorm(a))].copy()
     a = a[np.asarray(a.X.sum(1)).ravel() > 0].copy()  # drop cells without any HVG count
     model = sct.tl.scrobust_pretrain(a, rng=SEED, progress=False, **cfg["pretrain"])
-    sct.tl.scrobust_embed(a, model, n_genes=cfg["embed_genes"], progress=False)
+    sct.tl.scrobust_embed(a, model, n_tokens=cfg["embed_genes"], progress=False)
     out = sct.metrics.cluster_and_score(a, "cell_type", use_rep="X_scrobust")
     out["n_cells"] = a.n_obs
     return out

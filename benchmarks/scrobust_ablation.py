@@ -14,7 +14,7 @@ logistic regression sees). Variants:
   learning rate of 1e-12 for one epoch);
 - ``wide and deep, log1p values``: the default with ``token_values="log1p"`` (the same as
   the default since log1p became the default value; kept for the record);
-- ``wide and deep, no gate``: the default with ``val_fraction=0``: nothing held out, so
+- ``wide and deep, no gate``: the default with ``validation_fraction=0``: nothing held out, so
   the deep path is always kept (last fine-tuning epoch);
 - ``paper preset``: pre-trained and fine-tuned with ``preset="paper"`` at CPU-sized
   settings (d_model 64, 10 pre-training epochs, lr 1e-3 as the others);
@@ -74,7 +74,7 @@ def pretrained(variant: str, a, b, cache: dict):
         if key == "log1p":
             kw["token_values"] = "log1p"
         if key == "random":
-            kw.update(epochs=1, lr=1e-12, select="none")
+            kw.update(epochs=1, lr=1e-12, select=None)
         t0 = time.perf_counter()
         cache[key] = (
             sct.tl.scrobust_pretrain(data, rng=SEED, progress=False, **kw),
@@ -99,7 +99,7 @@ def run_variant(variant: str, a, b, y, n_folds: int, cache: dict) -> dict:
     elif variant.startswith("deep path alone"):
         ft["head"] = "deep"
     elif variant == "wide and deep, no gate":  # nothing held out: no gate, last epoch
-        ft["val_fraction"] = 0.0
+        ft["validation_fraction"] = 0.0
     for tr, te in folds(y)[:n_folds]:
         hv = fold_hvgs(b[tr])
         t0 = time.perf_counter()

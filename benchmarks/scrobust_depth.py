@@ -160,7 +160,7 @@ def main(argv=None) -> int:
                 a,
                 rng=SEED,
                 progress=False,
-                **(BASE | {"epochs": None if ep == "default" else int(ep)} | kw),
+                **(BASE | ({} if ep == "default" else {"epochs": int(ep)}) | kw),
             )
             sct.tl.scrobust_embed(a, model, rng=SEED, progress=False)
             h = model.history

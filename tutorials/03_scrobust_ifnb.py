@@ -132,7 +132,7 @@ plt.show()
 # (unused) cell-type labels and by condition.
 
 # %%
-sct.tl.scrobust_embed(adata, model, n_genes=400, progress=False)
+sct.tl.scrobust_embed(adata, model, n_tokens=400, progress=False)
 sc.pp.neighbors(adata, use_rep="X_scrobust", random_state=0)
 sc.tl.umap(adata, random_state=0)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"wspace": 0.7})
@@ -180,7 +180,7 @@ print(f"reference {ref.n_obs} cells, query {query.n_obs} cells")
 
 t = time.perf_counter()
 finetuned = sct.tl.scrobust_annotate(query, ref, labels_key="cell_type", model=model,
-                                     n_genes=800, epochs=10, batch_size=32, lr=1e-3, rng=0,
+                                     n_tokens=800, epochs=10, batch_size=32, lr=1e-3, rng=0,
                                      progress=False, return_model=True)
 print(f"fine-tuned in {time.perf_counter() - t:.0f} s")
 

@@ -30,7 +30,7 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
     model = tl.scrobust_pretrain(
         adata, epochs=1 if quick else None, device=device, rng=0, progress=False, **DEMO_MODEL
     )
-    tl.scrobust_embed(adata, model, n_genes=400, device=device, progress=False)
+    tl.scrobust_embed(adata, model, n_tokens=400, device=device, progress=False)
     emb = sc.AnnData(adata.obsm[_keys.SCROBUST_EMBED], obs=adata.obs[["cell_type"]].copy())
     sc.pp.neighbors(emb, use_rep="X", random_state=0)
     sc.tl.umap(emb, random_state=0)
@@ -58,7 +58,7 @@ def run(out: Path, *, quick: bool = False, device: str | None = None) -> list[st
         ref,
         labels_key="cell_type",
         model=model,
-        n_genes=800,
+        n_tokens=800,
         epochs=1 if quick else 4,
         batch_size=32,
         lr=1e-3,
