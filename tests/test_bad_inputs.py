@@ -666,3 +666,32 @@ def test_scrobust_pathway_scores_without_a_model_says_so():
     a = _counts()
     with pytest.raises(TypeError, match=r"model must be a ScRobustModel.*None"):
         sct.tl.scrobust_pathway_scores(a, {"A": list(a.var_names[:5])}, None)
+
+
+def test_read_gmt_on_a_binary_file_says_it_is_not_gmt(tmp_path):
+    path = tmp_path / "sets.gmt"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary")
+    with pytest.raises(ValueError, match=r"sets\.gmt.*not a text GMT file.*byte 0x89"):
+        sct.datasets.read_gmt(path)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling this would create a file
+        return (open, (self.marker, "w"))
+
+
+def test_a_torch_pickle_given_as_esm_checkpoint_is_refused_without_advice_to_run_it(tmp_path):
+    import torch
+
+    pytest.importorskip("esm")
+    marker = tmp_path / "pwned"
+    path = tmp_path / "esm2_evil.pt"
+    torch.save({"model": _Payload(marker), "cfg": {}}, path)
+    with pytest.raises(ValueError, match=r"esm2_evil\.pt.*not a fair-esm checkpoint") as err:
+        sct.pp.esm_gene_embeddings(["Plp1"], {"Plp1": "MGLLECCARC"}, model=path, progress=False)
+    assert "weights_only=False" not in str(err.value)
+    assert err.value.__cause__ is None or "weights_only=False" not in str(err.value.__cause__)
+    assert not marker.exists()

@@ -34,29 +34,44 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
     Raises
     ------
     ValueError
-        If a non-empty line has fewer than two tab-separated fields or an empty set
+        If the file is not UTF-8 text (binary or compressed: says so), a non-empty line
+        has fewer than two tab-separated fields or an empty set
         name, or if two lines carry the same set name (names every duplicate and its
         line numbers; nothing is returned, so no set silently replaces another).
     """
     out: dict[str, list[str]] = {}
     lines: dict[str, list[int]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) < 2:
-                raise ValueError(f"{path}: line {i} is not GMT (name<TAB>description<TAB>genes…).")
-            name = fields[0].strip()
-            if not name:
-                raise ValueError(
-                    f"{path}: line {i} has an empty gene-set name; give every set "
-                    "a name in the first field."
-                )
-            lines.setdefault(name, []).append(i)
-            genes = [g.strip() for g in fields[2:] if g.strip()]
-            out[name] = list(dict.fromkeys(genes))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not a text GMT file: byte 0x{err.object[err.start]:02x} at "
+            f"position {err.start} is not UTF-8 text (a binary, compressed or other file?). "
+            "Pass a tab-separated .gmt file (name<TAB>description<TAB>genes…), "
+            "decompressed."
+        ) from None
+    if "\x00" in text:
+        raise ValueError(
+            f"{path} is not a text GMT file (it holds NUL bytes: a binary file?). Pass a "
+            "tab-separated .gmt file (name<TAB>description<TAB>genes…)."
+        )
+    for i, line in enumerate(text.split("\n"), 1):  # open() made the newlines universal
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise ValueError(f"{path}: line {i} is not GMT (name<TAB>description<TAB>genes…).")
+        name = fields[0].strip()
+        if not name:
+            raise ValueError(
+                f"{path}: line {i} has an empty gene-set name; give every set "
+                "a name in the first field."
+            )
+        lines.setdefault(name, []).append(i)
+        genes = [g.strip() for g in fields[2:] if g.strip()]
+        out[name] = list(dict.fromkeys(genes))
     dups = {k: v for k, v in lines.items() if len(v) > 1}
     if dups:
         listed = "; ".join(f"{k!r} on lines {', '.join(map(str, v))}" for k, v in dups.items())

@@ -83,18 +83,14 @@ def _load_model(model: str):
     with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Regression weights not found")
         if path.is_file():
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
+            data = _safe_torch_load(path)
             if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
                 raise ValueError(
                     f"{str(path)!r} is not a fair-esm checkpoint (a dict with "
                     "'model' and 'cfg' entries)."
                 )
             reg_path = Path(str(path.with_suffix("")) + "-contact-regression.pt")
-            reg = (
-                torch.load(str(reg_path), map_location="cpu", weights_only=True)
-                if reg_path.is_file()
-                else None
-            )
+            reg = _safe_torch_load(reg_path) if reg_path.is_file() else None
             net, alphabet = esm.pretrained.load_model_and_alphabet_core(path.stem, data, reg)
             st = path.stat()
             ident = f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
@@ -110,6 +106,35 @@ def _load_model(model: str):
             ident = f"name:{model}"
     net.eval()
     return net, alphabet, ident
+
+
+def _safe_torch_load(path: Path):
+    """``torch.load(weights_only=True)`` of a checkpoint; anything else refused in our words.
+
+    torch's own message for a pickle holding other Python objects advises
+    ``weights_only=False``, which would run the code in the file; it is not passed on.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a checkpoint of tensors (and plain containers) that can be read
+        without executing code.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as err:
+        kind = type(err).__name__
+        raise ValueError(
+            f"{str(path)!r} is not a fair-esm checkpoint that can be read safely ({kind}: "
+            "it holds Python objects other than tensors, or is not a torch file). sctorch "
+            "reads checkpoints with torch.load(weights_only=True) and never runs code from "
+            "a file; pass a checkpoint downloaded from fair-esm (esm2_*.pt) or a model "
+            "name such as 'esm2_t33_650M_UR50D'."
+        ) from None
 
 
 def _model_ident(model: str) -> str | None:
