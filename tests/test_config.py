@@ -151,3 +151,36 @@ def test_tcer_counts_layer_is_the_output_at_each_cells_depth():
     b = a.copy()
     sct.tl.tcer_impute(b, rng=0, progress=False, counts_key="c", **(TINY | {"beta": 0.0}))
     np.testing.assert_allclose(b.layers["c"], a.X.toarray(), rtol=1e-4, atol=1e-4)
+
+
+def test_tcer_training_budget_bounds_the_cells_per_epoch():
+    from sctorch.tcer._data import MaskedBatches
+
+    seen = []
+
+    def images_of(cells):
+        seen.append(np.asarray(cells))
+        return np.ones((len(cells), 1, 4, 4), dtype=np.float32)
+
+    data = MaskedBatches(
+        images_of,
+        np.arange(100),
+        np.arange(100, 140),
+        gene_px=np.ones((4, 4), bool),
+        mask_ratio=(0.1, 0.5),
+        objective="poisson",
+        batch_size=16,
+        seed=0,
+        device="cpu",
+        max_cells=32,
+    )
+    assert sum(len(inp) for inp, _, _ in data.val) == 8  # 32 // 4 validation cells
+    seen.clear()
+    for epoch in range(3):
+        batches = list(data(epoch))
+        assert sum(b[0].shape[0] for b in batches) == 32
+    drawn = np.concatenate(seen)
+    assert len(np.unique(drawn)) > 32  # a new draw each epoch
+    assert TCERConfig.preset("paper").max_cells_per_epoch is None
+    with pytest.raises(ValueError, match="max_cells_per_epoch must be None"):
+        TCERConfig(max_cells_per_epoch=0).validate()

@@ -60,6 +60,9 @@ class MaskedBatches:
         Torch device of the yielded tensors.
     scale
         The images' scale (``log1p`` rate = image × ``scale``), for the Poisson error.
+    max_cells
+        Training cells per epoch (the first of each epoch's shuffle; ``None``: all), and
+        four times the most validation cells kept (a seeded subset).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class MaskedBatches:
         seed: int,
         device,
         scale: float = 1.0,
+        max_cells: int | None = None,
     ):
         self.images_of = images_of
         self.train_idx = train_idx
@@ -87,6 +91,9 @@ class MaskedBatches:
         self.device = device
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+        self.max_cells = max_cells
+        if max_cells is not None and len(val_idx) > max(max_cells // 4, 1):
+            val_idx = np.sort(self.rng.choice(val_idx, max(max_cells // 4, 1), replace=False))
         self.val = []  # fixed validation masks, drawn first
         for sl in iter_batches(len(val_idx), 256):
             x, inp, masked = self._masked(val_idx[sl])
@@ -100,6 +107,8 @@ class MaskedBatches:
 
     def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = self.rng.permutation(self.train_idx)
+        if self.max_cells is not None:
+            order = order[: self.max_cells]
         for sl in iter_batches(len(order), self.batch_size):
             x, inp, hidden = self._masked(order[sl])
             x, inp, hidden = x.to(self.device), inp.to(self.device), hidden.to(self.device)

@@ -370,6 +370,7 @@ class TCERModel(BaseModel):
                 seed=seed,
                 device=dev,
                 scale=scale,
+                max_cells=p.max_cells_per_epoch,
             )
 
             def loss_fn(batch):

@@ -457,9 +457,7 @@ def pixel_error(objective: str, out, x, inputs, scale: float):
     return (out - x) ** 2 if kind["squared"] else torch.abs(out - x)
 
 
-def training_loss(
-    module, batch, *, objective: str, fft_weight: float, scale: float
-) -> LossOutput:
+def training_loss(module, batch, *, objective: str, fft_weight: float, scale: float) -> LossOutput:
     """The training loss of ER-Net on one masked batch, for each objective (one place).
 
     ``batch`` is ``(x, inputs, known)`` from :class:`sctorch.tcer._data.MaskedBatches`:
