@@ -181,7 +181,7 @@ def test_sparse_dense_and_seeds(plant):
     sp_layer.layers["counts"] = sparse.csr_matrix(counts_sp.X)
     sp_layer.X = np.zeros_like(counts_sp.X)
     sparse_out = sct.tl.stimpute(sp_s, rf_s, **kw)
-    layer_out = sct.tl.stimpute(sp_layer, rf_s, layer_sp="counts", **kw)
+    layer_out = sct.tl.stimpute(sp_layer, rf_s, layer="counts", **kw)
     np.testing.assert_allclose(sparse_out.X, dense.X, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(layer_out.X, dense.X, rtol=1e-4, atol=1e-5)
     assert "raw counts" in dense.uns["stimpute"]["params"]["spatial_scale"]
@@ -220,7 +220,7 @@ def test_bad_input_errors_leave_inputs_unchanged(plant):
     with pytest.raises(ValueError, match="alpha"):
         sct.tl.stimpute(a, r, genes=HELD, alpha=1.5, **FAST)
     with pytest.raises(KeyError, match="Layer 'nope'"):
-        sct.tl.stimpute(a, r, genes=HELD, layer_sp="nope", **FAST)
+        sct.tl.stimpute(a, r, genes=HELD, layer="nope", **FAST)
     assert_unchanged(a, sa)
     assert_unchanged(r, sr)
     nan = sp.copy()
@@ -417,7 +417,6 @@ def test_model_predict_matches_stimpute_and_survives_save_load(plant, tmp_path):
         genes=HELD,
         gene_embeddings=emb,
         n_neighbors=5,
-        graph_neighbors=5,
         epochs=2,
         ae_epochs=3,
         reliability_folds=2,
@@ -615,9 +614,8 @@ def test_default_reliability_ranks_predictable_genes_higher():
 def test_transfer_model_predicts_saves_and_loads(plant, tmp_path, latent):
     sp, rf, _ = plant
     measured = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
-    out, model = sct.tl.stimpute(
-        measured, rf, latent=latent, ae_epochs=3, return_model=True, **DEFAULT
-    )
+    ae = {"ae_epochs": 3} if latent == "autoencoder" else {}  # the PCA space trains none
+    out, model = sct.tl.stimpute(measured, rf, latent=latent, return_model=True, **ae, **DEFAULT)
     assert model.targets == HELD
     np.testing.assert_allclose(model.predict(measured).to_numpy(), out.X, rtol=1e-5, atol=1e-6)
     two = model.predict(measured, genes=[HELD[3], HELD[1]])
@@ -682,3 +680,234 @@ def test_paper_distance_graph_and_no_graph(plant):
         sct.tl.stimpute(sp, rf, genes=HELD, ridge_weight=2.0, progress=False)
     with pytest.raises(ValueError, match="alpha is the GNN's weight"):
         sct.tl.stimpute(sp, rf, genes=HELD, alpha=0.5, progress=False)
+
+
+# ----------------------------------------------------------------------------- public surface
+# settings of a fast transfer run: k and w fixed, no inner CV
+QUICK = dict(genes=HELD, n_neighbors=5, ridge_weight=0.5, reliability_folds=0, progress=False)
+QUICK_CV = {k: v for k, v in QUICK.items() if k != "genes"}
+
+
+def _params(adata, key="stimpute"):
+    return adata.uns[key]["params"]
+
+
+def test_signatures_and_config_export():
+    import inspect
+
+    from sctorch.stimpute import StImputeConfig
+
+    assert sct.tl.StImputeConfig is StImputeConfig
+    for f in (sct.tl.stimpute, sct.tl.stimpute_cv):
+        ps = inspect.signature(f).parameters
+        assert len(ps) <= 15, (f.__name__, len(ps))
+        assert {"layer", "ref_layer", "preset", "config", "rng", "random_state", "copy"} <= set(ps)
+        assert ps["copy"].default is False and ps["preset"].default == "default"
+        for name in ps:  # every parameter is documented
+            assert f"\n    {'**' if name == 'kwargs' else ''}{name}\n" in f.__doc__, name
+        assert "{" not in f.__doc__.split("Parameters")[1].split("Returns")[0]
+    # the presets are named instances; the paper's size-dependent settings are None
+    assert set(StImputeConfig.PRESETS) == {"default", "paper"}
+    assert StImputeConfig.preset("default") == StImputeConfig()
+    paper = StImputeConfig.preset("paper")
+    assert (paper.method, paper.design, paper.lr, paper.weight_decay) == (
+        "gnn",
+        "paper",
+        0.01,
+        0.01,
+    )
+    assert paper.n_neighbors is None and paper.alpha is None and paper.hidden_dim is None
+
+
+def test_paper_size_rule_is_resolved_from_the_data_size():
+    from sctorch.stimpute import StImputeConfig
+
+    paper = StImputeConfig.preset("paper")
+    small = paper.resolved(9_999, 499)
+    assert (small.n_neighbors, small.alpha, small.hidden_dim) == (50, 0.7, 256)
+    for n_sp, n_genes in ((10_000, 100), (300, 500)):
+        big = paper.resolved(n_sp, n_genes)
+        assert (big.n_neighbors, big.alpha, big.hidden_dim) == (20, 0.5, 32)
+    # explicit values win over the rule; resolved() does not change the config
+    mine = paper.replace(n_neighbors=7, hidden_dim=16).resolved(300, 40)
+    assert (mine.n_neighbors, mine.alpha, mine.hidden_dim) == (7, 0.7, 16)
+    assert paper.n_neighbors is None
+    # the default GNN: alpha by the number of cells only; k stays for the fit (50)
+    gnn = StImputeConfig(method="gnn")
+    assert gnn.resolved(300, 600).alpha == 0.7 and gnn.resolved(20_000, 10).alpha == 0.5
+    assert gnn.resolved(300, 600).n_neighbors is None and gnn.resolved(1, 1).hidden_dim == 64
+    with pytest.raises(ValueError, match="hidden_dim must be a positive integer or None"):
+        StImputeConfig(hidden_dim=0).validate()
+    with pytest.raises(ValueError, match="design must be one of"):
+        StImputeConfig(design="authors").validate()
+    with pytest.raises(ValueError, match=r"design='paper'.*needs method='gnn'"):
+        StImputeConfig(design="paper").validate()
+
+
+def test_config_instance_dict_and_keywords_precedence(plant):
+    from sctorch.stimpute import StImputeConfig
+
+    sp, rf, _ = plant
+    base = sct.tl.stimpute(sp, rf, copy=True, **QUICK)
+    assert _params(base)["n_pcs"] == 30 and _params(base)["k"] == 5
+    # a config instance replaces the preset; a dict updates it; keywords win over both
+    inst = StImputeConfig(n_pcs=4, n_neighbors=5, ridge_weight=0.5, reliability_folds=0)
+    a = sct.tl.stimpute(sp, rf, genes=HELD, config=inst, copy=True, progress=False)
+    d = sct.tl.stimpute(sp, rf, config={"n_pcs": 4}, copy=True, **QUICK)
+    k = sct.tl.stimpute(
+        sp, rf, config={"n_pcs": 4, "n_neighbors": 9}, copy=True, **{**QUICK, "n_neighbors": 3}
+    )
+    assert _params(a)["n_pcs"] == _params(d)["n_pcs"] == 4
+    np.testing.assert_array_equal(a.obsm["stimpute"].to_numpy(), d.obsm["stimpute"].to_numpy())
+    assert not np.allclose(a.obsm["stimpute"].to_numpy(), base.obsm["stimpute"].to_numpy())
+    assert _params(k)["k"] == 3 and _params(k)["n_pcs"] == 4
+    assert inst.n_pcs == 4 and inst.n_neighbors == 5  # the caller's config is not changed
+    # a non-default preset and a config instance: ambiguous, refused
+    with pytest.raises(ValueError, match="either preset='paper' or a StImputeConfig"):
+        sct.tl.stimpute(sp, rf, genes=HELD, preset="paper", config=inst, progress=False)
+    with pytest.raises(TypeError, match="config must be a StImputeConfig"):
+        sct.tl.stimpute(sp, rf, genes=HELD, config="paper", progress=False)
+    # an unknown keyword names the closest setting
+    with pytest.raises(TypeError, match=r"'n_neighbours' is not a setting.*'n_neighbors'"):
+        sct.tl.stimpute(sp, rf, genes=HELD, n_neighbours=5, progress=False)
+    with pytest.raises(TypeError, match="'n_neighbours' is not a setting"):
+        sct.tl.stimpute_cv(sp, rf, n_neighbours=5, progress=False)
+    # the paper preset with the authors' size rule: k = 50 on this small section
+    with pytest.raises(ValueError, match="n_neighbors=50"):
+        sct.tl.stimpute(sp[:, 6:].copy(), rf[:40].copy(), preset="paper", progress=False)
+
+
+def test_unused_settings_warn(plant):
+    sp, rf, emb = plant
+    with pytest.warns(UserWarning, match=r"ae_epochs, epochs, lr are not used: method='transfer'"):
+        sct.tl.stimpute(sp, rf, epochs=3, ae_epochs=2, lr=0.1, copy=True, **QUICK)
+    with pytest.warns(UserWarning, match=r"hidden_dim is not used"):  # in a config dict too
+        sct.tl.stimpute(sp, rf, config={"hidden_dim": 8}, copy=True, **QUICK)
+    with pytest.warns(UserWarning, match=r"gene_embeddings is not used: method='transfer'"):
+        sct.tl.stimpute(sp, rf, gene_embeddings=emb, copy=True, **QUICK)
+    with pytest.warns(UserWarning, match=r"n_pcs is not used: method='transfer' with latent="):
+        sct.tl.stimpute_cv(
+            sp[:, :12].copy(),
+            rf,
+            n_folds=2,
+            latent="autoencoder",
+            n_pcs=5,
+            ae_epochs=1,
+            n_neighbors=5,
+            ridge_weight=0.5,
+            reliability_folds=0,
+            progress=False,
+            copy=True,
+        )
+    with pytest.warns(UserWarning, match=r"n_pcs is not used: method='gnn'"):
+        sct.tl.stimpute(sp, rf, n_pcs=5, n_neighbors=5, return_adata=True, genes=HELD, **FAST)
+    with pytest.warns(UserWarning, match=r"graph_neighbors is not used: design='paper'"):
+        sct.tl.stimpute(
+            sp,
+            rf,
+            genes=HELD,
+            preset="paper",
+            graph_neighbors=3,
+            n_neighbors=5,
+            return_adata=True,
+            **FAST,
+        )
+    # settings the method uses, and the preset's own values, do not warn
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sct.tl.stimpute(sp, rf, n_pcs=10, copy=True, **QUICK)
+        sct.tl.stimpute(sp, rf, ae_epochs=1, latent="autoencoder", copy=True, **QUICK)
+
+
+def test_random_state_alias_and_renamed_layers(plant):
+    sp, rf, _ = plant
+    counts = ad.AnnData(np.zeros_like(sp.X), obs=sp.obs, var=sp.var)
+    counts.layers["log"] = sp.X.copy()
+    ref = ad.AnnData(np.zeros_like(rf.X), obs=rf.obs, var=rf.var)
+    ref.layers["log"] = rf.X.copy()
+    kw = dict(QUICK, reliability_folds=2, ridge_weight=None)  # the inner CV draws folds
+    by_rng = sct.tl.stimpute(sp, rf, rng=5, return_adata=True, **kw)
+    by_alias = sct.tl.stimpute(sp, rf, random_state=5, return_adata=True, **kw)
+    np.testing.assert_array_equal(by_rng.X, by_alias.X)
+    np.testing.assert_array_equal(by_rng.var["reliability"], by_alias.var["reliability"])
+    with pytest.raises(TypeError, match="both rng= and its alias random_state="):
+        sct.tl.stimpute(sp, rf, rng=1, random_state=1, **QUICK)
+    tab = sct.tl.stimpute_cv(sp[:, :12].copy(), rf, n_folds=2, rng=2, **QUICK_CV)
+    tab2 = sct.tl.stimpute_cv(sp[:, :12].copy(), rf, n_folds=2, random_state=2, **QUICK_CV)
+    pd.testing.assert_frame_equal(tab, tab2)
+    # layer_sp / layer_ref: the former names of layer / ref_layer, with a FutureWarning
+    new = sct.tl.stimpute(counts, ref, layer="log", ref_layer="log", return_adata=True, **QUICK)
+    with pytest.warns(FutureWarning, match="layer_sp= is now called layer="):
+        with pytest.warns(FutureWarning, match="layer_ref= is now called ref_layer="):
+            old = sct.tl.stimpute(
+                counts, ref, layer_sp="log", layer_ref="log", return_adata=True, **QUICK
+            )
+    np.testing.assert_array_equal(new.X, old.X)
+    np.testing.assert_allclose(
+        new.X, sct.tl.stimpute(sp, rf, return_adata=True, **QUICK).X, rtol=1e-6, atol=1e-6
+    )
+    assert _params(new)["layer"] == "log" and _params(new)["ref_layer"] == "log"
+    with pytest.raises(TypeError, match="both layer= and its former name"):
+        with pytest.warns(FutureWarning):
+            sct.tl.stimpute(counts, ref, layer="log", layer_sp="log", **QUICK)
+
+
+def test_return_rule(plant):
+    sp, rf, _ = plant
+    a = sp.copy()
+    assert sct.tl.stimpute(a, rf, **QUICK) is None and "stimpute" in a.obsm
+    b = sp.copy()
+    model = sct.tl.stimpute(b, rf, return_model=True, **QUICK)
+    assert isinstance(model, sct.models.StImputeModel) and "stimpute" in b.obsm
+    c = sp.copy()
+    cp = sct.tl.stimpute(c, rf, copy=True, **QUICK)
+    assert isinstance(cp, ad.AnnData) and "stimpute" not in c.obsm and "stimpute" in cp.obsm
+    cp2, model2 = sct.tl.stimpute(c, rf, copy=True, return_model=True, **QUICK)
+    assert "stimpute" not in c.obsm and isinstance(model2, sct.models.StImputeModel)
+    np.testing.assert_array_equal(cp2.obsm["stimpute"].to_numpy(), a.obsm["stimpute"].to_numpy())
+    np.testing.assert_array_equal(model.predict(sp).to_numpy(), a.obsm["stimpute"].to_numpy())
+    new, model3 = sct.tl.stimpute(c, rf, return_adata=True, return_model=True, **QUICK)
+    assert list(new.var_names) == HELD and "stimpute" not in c.obsm
+    assert model3.targets == HELD
+    # stimpute_cv returns its table; with copy=True (copy, table), the input untouched
+    sub = sp[:, :12].copy()
+    kw = QUICK_CV
+    tab = sct.tl.stimpute_cv(sub, rf, n_folds=2, **kw)
+    assert isinstance(tab, pd.DataFrame) and "stimpute_cv" in sub.layers
+    sub2 = sp[:, :12].copy()
+    s2 = snapshot(sub2)
+    cp3, tab3 = sct.tl.stimpute_cv(sub2, rf, n_folds=2, copy=True, **kw)
+    assert_unchanged(sub2, s2)
+    pd.testing.assert_frame_equal(tab, tab3)
+    np.testing.assert_array_equal(cp3.layers["stimpute_cv"], sub.layers["stimpute_cv"])
+    with pytest.raises(TypeError, match="return_adata"):
+        sct.tl.stimpute_cv(sub, rf, n_folds=2, return_adata=True, **kw)
+
+
+def test_model_files_with_the_former_preset_field_load(plant, tmp_path):
+    """A model saved before ``StImputeConfig.preset`` was renamed ``design`` still loads."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from sctorch.models._base import _header_digests
+
+    sp, rf, _ = plant
+    model = sct.tl.stimpute(sp.copy(), rf, return_model=True, **QUICK)
+    path = tmp_path / "new.safetensors"
+    model.save(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    cfg = json.loads(meta["config"])
+    cfg["preset"] = cfg.pop("design")  # the header of a file written before the rename
+    meta["config"] = json.dumps(cfg)
+    tensors = load_file(str(path))
+    meta.update(_header_digests(meta, tensors))
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata=meta)
+    loaded = sct.models.load(old, device="cpu")
+    assert loaded.config == model.config and loaded.config.design == "default"
+    np.testing.assert_array_equal(loaded.predict(sp).to_numpy(), model.predict(sp).to_numpy())
