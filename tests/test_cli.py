@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import sctorch as sct
 from sctorch.cli import main
@@ -78,25 +79,18 @@ def _signature_map():
         "genomap": {
             "layer": [(tl.genomap, "layer")],
             "genes": [(tl.genomap, "genes")],
-            "max_iter": [(tl.genomap, "max_iter")],
-            "solver": [(tl.genomap, "solver")],
+            "max_iter": [(tl.GenoMapConfig, "max_iter")],
+            "solver": [(tl.GenoMapConfig, "solver")],
             "key_added": [(tl.genomap, "key_added")],
             "seed": [(tl.genomap, "rng")],
             "quiet": [(tl.genomap, "progress", _NOT)],
         },
         "tcer": {
+            **{k: [(tl.tcer_impute, k)] for k in ("layer", "preset", "device", "key_added")},
+            # settings whose option defaults to None: the chosen preset's value
             **{
-                k: [(tl.tcer_impute, k)]
-                for k in (
-                    "layer",
-                    "preset",
-                    "epochs",
-                    "n_features",
-                    "batch_size",
-                    "lr",
-                    "device",
-                    "key_added",
-                )
+                k: [(tl.TCERConfig, k, _PRESET)]
+                for k in ("epochs", "n_features", "batch_size", "lr")
             },
             "seed": [(tl.tcer_impute, "rng")],
             "quiet": [(tl.tcer_impute, "progress", _NOT)],
@@ -167,6 +161,7 @@ _CLI_ONLY = {
     "predicted_only",  # stimpute: return_adata=True
     "func",
     "action",
+    "set",  # --set KEY=VALUE: any setting of the method's config class
 }
 
 
@@ -216,3 +211,123 @@ def test_cli_defaults_are_the_functions_defaults():
     assert subs["stimpute"].get_default("key_added") == _keys.STIMPUTE
     assert subs["scrobust embed"].get_default("key_added") == _keys.SCROBUST_EMBED
     assert subs["scrobust annotate"].get_default("key_added") == _keys.SCROBUST_LABEL
+
+
+# ----------------------------------------------------------------------------- issue 24
+def _small_h5ad(tmp_path):
+    import anndata as ad
+    from scipy import sparse
+
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(sparse.csr_matrix(rng.poisson(1.0, (20, 12)).astype(np.float32)))
+    a.var_names = [f"g{i}" for i in range(12)]
+    a.obs["t"] = ["x", "y"] * 10
+    path = tmp_path / "in.h5ad"
+    a.write_h5ad(path)
+    return path
+
+
+def _no_work(monkeypatch):
+    import functools
+
+    def failing(orig):
+        @functools.wraps(orig)  # the parser reads the defaults from the signature
+        def fail(*args, **kwargs):
+            raise AssertionError("work started before the arguments were checked")
+
+        return fail
+
+    for name in (
+        "tcer_impute",
+        "genomap",
+        "scrobust_pretrain",
+        "scrobust_embed",
+        "scrobust_annotate",
+        "stimpute",
+    ):
+        monkeypatch.setattr(sct.tl, name, failing(getattr(sct.tl, name)))
+    for cls in (sct.tl.ScRobustModel, sct.tl.TCERModel):
+        monkeypatch.setattr(cls, "load", failing(cls.load))
+
+
+def _cases(tmp_path):
+    src = _small_h5ad(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.h5ad").mkdir()
+    (tmp_path / "folder").mkdir()
+    out = str(tmp_path / "out.h5ad")
+    unwritable = "/proc/sctorch_test_out"  # a folder no one can create files in
+    return {
+        "model_out_unwritable": (
+            ["tcer", str(src), out, "--model-out", f"{unwritable}.safetensors"],
+            r"--model-out .*cannot (be )?writ",
+        ),
+        "model_out_parent_is_file": (
+            ["tcer", str(src), out, "--model-out", str(tmp_path / "afile" / "m.safetensors")],
+            r"--model-out .*afile is a file, not a folder",
+        ),
+        "out_unwritable": (["genomap", str(src), f"{unwritable}.h5ad"], r"cannot (be )?writ"),
+        "out_parent_is_file": (
+            ["genomap", str(src), str(tmp_path / "afile" / "o.h5ad")],
+            r"afile is a file, not a folder",
+        ),
+        "out_is_folder": (["genomap", str(src), str(tmp_path / "adir.h5ad")], r"is a folder"),
+        "input_is_folder": (
+            ["genomap", str(tmp_path / "folder"), out],
+            r"input .*folder is a folder, not an \.h5ad file",
+        ),
+        "model_is_folder": (
+            ["tcer", str(src), out, "--model", str(tmp_path / "folder")],
+            r"--model .*folder is a folder",
+        ),
+        "model_missing": (
+            ["tcer", str(src), out, "--model", str(tmp_path / "nope.safetensors")],
+            r"--model .*nope\.safetensors does not exist",
+        ),
+        "n_genes_0": (["scrobust", "embed", str(src), out, "--n-genes", "0"], r"--n-genes.*0"),
+        "seed_negative": (["tcer", str(src), out, "--seed", "-1"], r"--seed.*-1"),
+        "epochs_0": (["tcer", str(src), out, "--epochs", "0"], r"--epochs.*0"),
+        "lr_negative": (["tcer", str(src), out, "--lr", "-0.1"], r"--lr.*-0\.1"),
+        "pretrain_epochs_0": (
+            [
+                "scrobust",
+                "annotate",
+                str(src),
+                out,
+                "--reference",
+                str(src),
+                "--labels-key",
+                "t",
+                "--pretrain-epochs",
+                "0",
+            ],
+            r"--pretrain-epochs.*0",
+        ),
+    }
+
+
+_CASE_NAMES = [
+    "model_out_unwritable",
+    "model_out_parent_is_file",
+    "out_unwritable",
+    "out_parent_is_file",
+    "out_is_folder",
+    "input_is_folder",
+    "model_is_folder",
+    "model_missing",
+    "n_genes_0",
+    "seed_negative",
+    "epochs_0",
+    "lr_negative",
+    "pretrain_epochs_0",
+]
+
+
+@pytest.mark.parametrize("case", _CASE_NAMES)
+def test_cli_checks_paths_and_arguments_before_any_work(tmp_path, monkeypatch, capsys, case):
+    argv, match = _cases(tmp_path)[case]
+    _no_work(monkeypatch)
+    assert main([*argv, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    assert not (tmp_path / "out.h5ad").exists()

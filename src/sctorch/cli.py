@@ -100,14 +100,81 @@ def _read(path: str, backed: bool = False):
     import anndata as ad
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"input file {p} does not exist.")
+    _check_input(p, "input")
     return ad.read_h5ad(p, backed="r" if backed else None)
 
 
+def _check_input(p: Path, what: str) -> None:
+    """An input path is an existing file; a folder or a missing path says which."""
+    if p.is_dir():
+        kind = "a model file (.safetensors)" if what.startswith("--") else "an .h5ad file"
+        raise IsADirectoryError(f"{what} {p} is a folder, not {kind}; pass the file itself.")
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist.")
+
+
+#: integer options and the smallest value each accepts (checked before any work)
+_INT_MIN = {
+    "seed": 0,
+    "n_genes": 1,
+    "epochs": 1,
+    "pretrain_epochs": 1,
+    "n_features": 1,
+    "batch_size": 1,
+    "max_iter": 1,
+    "d_model": 1,
+    "n_heads": 1,
+    "n_neighbors": 1,
+}
+#: options naming input files, and how messages call them
+_INPUTS = {
+    "input": "input",
+    "query": "query",
+    "spatial": "spatial input",
+    "reference": "reference",
+    "model": "--model",
+}
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument that can be checked without reading data, before any work.
+
+    Raises
+    ------
+    ValueError
+        For a number out of range (naming the option and the value).
+    FileNotFoundError, IsADirectoryError
+        For an input file that is missing or a folder.
+    """
+    import math
+
+    for dest, low in _INT_MIN.items():
+        value = getattr(args, dest, None)
+        if value is not None and value < low:
+            opt = "--" + dest.replace("_", "-")
+            raise ValueError(f"{opt} must be an integer >= {low}, got {value}.")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {lr}.")
+    for dest, what in _INPUTS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            _check_input(Path(value), what)
+
+
 def _check_output(out: str, inputs: list[str], overwrite: bool) -> Path:
-    """Refuse to write over an input or an existing file unless ``overwrite``."""
+    """Refuse a bad output path before any work (see below).
+
+    A folder, an input, an existing file (unless ``overwrite``), or a path whose folder is
+    missing, a file or not writable is refused.
+    """
+    from .models._base import check_writable_folder
+
     p = Path(out)
+    if p.is_dir():
+        raise IsADirectoryError(
+            f"output {p} is a folder; pass a file path such as {p / 'result.h5ad'}."
+        )
     if p.suffix != ".h5ad":
         raise ValueError(f"output {p} must end in .h5ad.")
     same = [i for i in inputs if Path(i).exists() and p.exists() and p.samefile(i)]
@@ -118,8 +185,7 @@ def _check_output(out: str, inputs: list[str], overwrite: bool) -> Path:
         )
     if p.exists() and not overwrite:
         raise ValueError(f"output {p} already exists; pass --overwrite to replace it.")
-    if not p.parent.exists():
-        raise FileNotFoundError(f"output folder {p.parent} does not exist.")
+    check_writable_folder(p, f"output {p}")  # folder exists, is a folder, can be written
     return p
 
 
@@ -360,24 +426,25 @@ def cmd_scrobust_embed(args: argparse.Namespace) -> int:
     out = _check_output(args.output, [args.input], args.overwrite)
     _check_model_out(args.model_out, args.overwrite)
     adata = _read(args.input, args.backed)
+    # the settings given (--set wins over the options); embedding reads the input's
+    sets = {"input_scale": args.input_scale} | _set_options(args.set, tl.ScRobustConfig)
     if args.model:
         model = tl.ScRobustModel.load(args.model, device=args.device)
     else:
         model = tl.scrobust_pretrain(
             adata,
             layer=args.layer,
-            input_scale=args.input_scale,
             preset=args.preset,
             device=args.device,
             rng=args.seed,
             progress=not args.quiet,
-            **_scrobust_given(args, epochs="epochs", lr="lr"),
+            **(_scrobust_given(args, epochs="epochs", lr="lr") | sets),
         )
     tl.scrobust_embed(
         adata,
         model,
         layer=args.layer,
-        input_scale=args.input_scale,
+        **{k: v for k, v in sets.items() if k in ("input_scale", "min_shared_genes")},
         n_tokens=args.n_genes,
         key_added=args.key_added,
         device=args.device,
@@ -407,6 +474,15 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     query = _read(args.query, args.backed)
     ref = _read(args.reference, args.backed) if args.reference else None
     model = tl.ScRobustModel.load(args.model, device=args.device) if args.model else None
+    sets = _set_options(args.set, tl.ScRobustConfig)
+    # fine-tuning settings as keywords, pre-training ones (used without --model) and --set
+    # in config (by field name); --set wins over the options
+    kw = _scrobust_given(
+        args, finetune_epochs="epochs", finetune_lr="lr", head="head", d_model=None, n_heads=None
+    )
+    kw |= {"input_scale": args.input_scale, "n_tokens": args.n_genes}
+    if ref is not None:
+        kw["class_weight"] = None if args.class_weight == "none" else args.class_weight
     res = tl.scrobust_annotate(
         query,
         ref,
@@ -414,17 +490,9 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
         model=model,
         layer=args.layer,
         ref_layer=args.layer,
-        input_scale=args.input_scale,
-        n_tokens=args.n_genes,
         preset=args.preset,
-        # pre-training settings (when no --model is given): config; fine-tuning: keywords
-        config=_scrobust_given(args, epochs="pretrain_epochs", lr="lr"),
-        **_scrobust_given(args, epochs="epochs", lr="lr", head="head", d_model=None, n_heads=None),
-        **(
-            {"class_weight": None if args.class_weight == "none" else args.class_weight}
-            if ref is not None
-            else {}
-        ),
+        config=_scrobust_given(args, epochs="pretrain_epochs", lr="lr") | sets,
+        **{k: v for k, v in kw.items() if k not in sets},
         key_added=args.key_added,
         return_model=bool(args.model_out),
         device=args.device,
@@ -743,6 +811,7 @@ def _add_scrobust(sub) -> None:
     e.add_argument(
         "--key-added", default=_default(emb, "key_added"), help="obsm key (default: %(default)s)"
     )
+    _add_set_option(e, ScRobustConfig)
     _common(e, emb)
     e.set_defaults(func=cmd_scrobust_embed)
     a = ssub.add_parser(
@@ -795,6 +864,7 @@ def _add_scrobust(sub) -> None:
     a.add_argument(
         "--key-added", default=_default(ann, "key_added"), help="obs key (default: %(default)s)"
     )
+    _add_set_option(a, ScRobustConfig)
     _common(a, ann)
     a.set_defaults(func=cmd_scrobust_annotate)
 
@@ -828,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_args(args)
         return int(args.func(args) or 0)
     except (ValueError, KeyError, TypeError, OSError, ImportError) as err:
         print(f"sctorch {args.command}: error: {err}", file=sys.stderr)
