@@ -216,8 +216,10 @@ def check_save_path(path: str | Path, *, overwrite: bool, what: str = "") -> Pat
 
     Raises
     ------
-    IsADirectoryError, FileExistsError, FileNotFoundError
-        Saying which, and what to pass instead (``what`` names the option, e.g. for the CLI).
+    IsADirectoryError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError
+        Saying which, and what to pass instead (``what`` names the option, e.g. for the CLI):
+        ``path`` is a folder, exists, its folder is missing or a file, or no file can be
+        written there (see :func:`check_writable_folder`).
     """
     path = Path(path)
     name = f"{what} {path}" if what else str(path)
@@ -228,9 +230,46 @@ def check_save_path(path: str | Path, *, overwrite: bool, what: str = "") -> Pat
     if path.exists() and not overwrite:
         hint = "--overwrite" if what.startswith("--") else "overwrite=True"
         raise FileExistsError(f"{name} already exists; pass {hint} to replace it.")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"Folder {path.parent} of {name} does not exist; create it first.")
+    check_writable_folder(path, name)
     return path
+
+
+def check_writable_folder(path: Path, name: str) -> None:
+    """Refuse, before any work, a file path whose folder is missing, a file or not writable.
+
+    Writability is probed by creating (and removing) an empty temporary file beside
+    ``path``, which is what saving does; permission bits alone do not tell (e.g. as root,
+    or on a read-only mount).
+
+    Raises
+    ------
+    NotADirectoryError
+        If an ancestor of ``path`` is a file.
+    FileNotFoundError
+        If the folder of ``path`` does not exist.
+    PermissionError
+        If no file can be created in it (the message gives the system's reason).
+    """
+    parent = Path(path).parent
+    for up in (parent, *parent.parents):
+        if up.exists():
+            if not up.is_dir():
+                raise NotADirectoryError(
+                    f"{name} cannot be created: {up} is a file, not a folder; pass a path "
+                    "inside a folder."
+                )
+            break
+    if not parent.is_dir():
+        raise FileNotFoundError(f"Folder {parent} of {name} does not exist; create it first.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{Path(path).name}.", suffix=".probe")
+    except OSError as err:
+        raise PermissionError(
+            f"{name} cannot be written: no file can be created in folder {parent} "
+            f"({err.strerror or err}); choose a folder you can write to."
+        ) from None
+    os.close(fd)
+    os.remove(probe)
 
 
 def _read_header(path: Path) -> dict[str, str]:
