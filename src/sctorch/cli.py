@@ -426,24 +426,25 @@ def cmd_scrobust_embed(args: argparse.Namespace) -> int:
     out = _check_output(args.output, [args.input], args.overwrite)
     _check_model_out(args.model_out, args.overwrite)
     adata = _read(args.input, args.backed)
+    # the settings given (--set wins over the options); embedding reads the input's
+    sets = {"input_scale": args.input_scale} | _set_options(args.set, tl.ScRobustConfig)
     if args.model:
         model = tl.ScRobustModel.load(args.model, device=args.device)
     else:
         model = tl.scrobust_pretrain(
             adata,
             layer=args.layer,
-            input_scale=args.input_scale,
             preset=args.preset,
             device=args.device,
             rng=args.seed,
             progress=not args.quiet,
-            **_scrobust_given(args, epochs="epochs", lr="lr"),
+            **(_scrobust_given(args, epochs="epochs", lr="lr") | sets),
         )
     tl.scrobust_embed(
         adata,
         model,
         layer=args.layer,
-        input_scale=args.input_scale,
+        **{k: v for k, v in sets.items() if k in ("input_scale", "min_shared_genes")},
         n_tokens=args.n_genes,
         key_added=args.key_added,
         device=args.device,
@@ -473,6 +474,15 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
     query = _read(args.query, args.backed)
     ref = _read(args.reference, args.backed) if args.reference else None
     model = tl.ScRobustModel.load(args.model, device=args.device) if args.model else None
+    sets = _set_options(args.set, tl.ScRobustConfig)
+    # fine-tuning settings as keywords, pre-training ones (used without --model) and --set
+    # in config (by field name); --set wins over the options
+    kw = _scrobust_given(
+        args, finetune_epochs="epochs", finetune_lr="lr", head="head", d_model=None, n_heads=None
+    )
+    kw |= {"input_scale": args.input_scale, "n_tokens": args.n_genes}
+    if ref is not None:
+        kw["class_weight"] = None if args.class_weight == "none" else args.class_weight
     res = tl.scrobust_annotate(
         query,
         ref,
@@ -480,17 +490,9 @@ def cmd_scrobust_annotate(args: argparse.Namespace) -> int:
         model=model,
         layer=args.layer,
         ref_layer=args.layer,
-        input_scale=args.input_scale,
-        n_tokens=args.n_genes,
         preset=args.preset,
-        # pre-training settings (when no --model is given): config; fine-tuning: keywords
-        config=_scrobust_given(args, epochs="pretrain_epochs", lr="lr"),
-        **_scrobust_given(args, epochs="epochs", lr="lr", head="head", d_model=None, n_heads=None),
-        **(
-            {"class_weight": None if args.class_weight == "none" else args.class_weight}
-            if ref is not None
-            else {}
-        ),
+        config=_scrobust_given(args, epochs="pretrain_epochs", lr="lr") | sets,
+        **{k: v for k, v in kw.items() if k not in sets},
         key_added=args.key_added,
         return_model=bool(args.model_out),
         device=args.device,
@@ -809,6 +811,7 @@ def _add_scrobust(sub) -> None:
     e.add_argument(
         "--key-added", default=_default(emb, "key_added"), help="obsm key (default: %(default)s)"
     )
+    _add_set_option(e, ScRobustConfig)
     _common(e, emb)
     e.set_defaults(func=cmd_scrobust_embed)
     a = ssub.add_parser(
@@ -861,6 +864,7 @@ def _add_scrobust(sub) -> None:
     a.add_argument(
         "--key-added", default=_default(ann, "key_added"), help="obs key (default: %(default)s)"
     )
+    _add_set_option(a, ScRobustConfig)
     _common(a, ann)
     a.set_defaults(func=cmd_scrobust_annotate)
 
