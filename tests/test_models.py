@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -332,3 +333,42 @@ def test_old_format_files_load_with_a_warning(tmp_path):
     relabelled = _rewrite(path, tmp_path / "v2as1.safetensors", format_version="1")
     with pytest.raises(ModelFileError, match=r"v2as1\.safetensors.*format_version"):
         load(relabelled)
+
+
+def test_an_absurdly_long_training_warns_once_with_the_estimate(monkeypatch):
+    import warnings
+
+    from sctorch import _utils
+
+    net = torch.nn.Linear(1, 1)
+    x = torch.ones(4, 1)
+    scores = iter([1.0, 2.0, 3.0])
+    monkeypatch.setattr(_utils, "LONG_RUN_SECONDS", 1e-9)  # any run is "long" here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hist = fit(
+            net,
+            lambda b: (net(x) ** 2).mean(),
+            lambda e: [0, 1],
+            epochs=10**9,
+            validate=lambda: next(scores),
+            patience=1,
+            progress=False,
+            desc="toy",
+        )
+    long = [w for w in caught if "estimated" in str(w.message)]
+    assert len(long) == 1 and len(hist["train_loss"]) == 2  # once; early stopping still ends it
+    msg = str(long[0].message)
+    assert "toy" in msg and "1,000,000,000 epochs" in msg and "may stop earlier" in msg
+    assert re.search(r"estimated [0-9.,]+ (s|min|h|days|years)", msg)
+    monkeypatch.setattr(_utils, "LONG_RUN_SECONDS", 24 * 3600.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a normal run does not warn
+        fit(net, lambda b: (net(x) ** 2).mean(), lambda e: [0], epochs=3, progress=False)
+
+
+def test_run_length_estimate():
+    from sctorch._utils import estimate_run
+
+    assert estimate_run(epochs=10**9, seconds_per_epoch=0.3) == pytest.approx(3e8)
+    assert estimate_run(epochs=10, seconds_per_epoch=2.0, done=4) == pytest.approx(12.0)

@@ -643,6 +643,68 @@ def make_params(**kwargs: Any) -> dict[str, Any]:
     return params
 
 
+# ----------------------------------------------------------------------------- bounded work
+#: a training run estimated to take longer than this warns once (seconds; one day)
+LONG_RUN_SECONDS = 24 * 3600.0
+
+
+def estimate_run(*, epochs: int, seconds_per_epoch: float, done: int = 0) -> float:
+    """Estimated seconds left for ``epochs - done`` epochs at ``seconds_per_epoch`` each.
+
+    The one estimator of how long a job runs: :func:`sctorch.models.fit` calls it (through
+    :class:`RunLength`) with the time of the first epoch.
+    """
+    return max(int(epochs) - int(done), 0) * float(seconds_per_epoch)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+class RunLength:
+    """Warn once when a training run is estimated to take absurdly long.
+
+    Create it before the first epoch and call :meth:`tick` after each one; after the first
+    epoch it estimates the rest (:func:`estimate_run`) and, above
+    :data:`LONG_RUN_SECONDS`, issues one :class:`UserWarning` with the estimate, saying
+    whether the run may stop earlier (``stops_early``: early stopping is on).
+    """
+
+    def __init__(self, what: str, epochs: int, *, stops_early: bool = False):
+        import time
+
+        self.what, self.epochs, self.stops_early = what, int(epochs), stops_early
+        self._t0 = time.perf_counter()
+        self._done = False
+
+    def tick(self, epoch: int) -> None:
+        """Call after epoch ``epoch`` (0-based); only the first call estimates."""
+        import time
+        import warnings
+
+        if self._done:
+            return
+        self._done = True
+        per_epoch = (time.perf_counter() - self._t0) / (epoch + 1)
+        left = estimate_run(epochs=self.epochs, seconds_per_epoch=per_epoch, done=epoch + 1)
+        if left > LONG_RUN_SECONDS:
+            early = (
+                " (early stopping is on, so it may stop earlier)"
+                if self.stops_early
+                else " (nothing stops it earlier)"
+            )
+            warnings.warn(
+                f"{self.what}: {self.epochs:,} epochs at {per_epoch:.3g} s per epoch: "
+                f"estimated {_duration(left)} to finish{early}. Pass fewer epochs (or a "
+                "patience= to stop early) unless this is meant; interrupt with Ctrl-C.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
 # ----------------------------------------------------------------------------- progress
 def progress_bar(
     iterable=None,

@@ -135,7 +135,7 @@ def fit(
     """
     import torch
 
-    from .._utils import progress_bar
+    from .._utils import RunLength, progress_bar
 
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs!r}.")
@@ -155,9 +155,11 @@ def fit(
     own_bar = bar is None
     if own_bar:
         bar = progress_bar(total=int(epochs), desc=desc, progress=progress)
+    length = RunLength(desc, epochs, stops_early=validate is not None and patience is not None)
     try:
         for epoch in range(int(epochs)):
             means = step.epoch(batches(epoch))
+            length.tick(epoch)  # warns once if the run is estimated to take absurdly long
             if "loss" in means and not np.isfinite(means["loss"]):
                 raise ValueError(
                     f"{desc}: the training loss became non-finite in epoch "
