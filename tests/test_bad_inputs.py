@@ -695,3 +695,57 @@ def test_a_torch_pickle_given_as_esm_checkpoint_is_refused_without_advice_to_run
     assert "weights_only=False" not in str(err.value)
     assert err.value.__cause__ is None or "weights_only=False" not in str(err.value.__cause__)
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- bounded work
+def _long_runs():
+    a, ref = _counts(), _reference()
+    genes = [g for g in ref.var_names if g not in set(a.var_names)][:3]
+    return {
+        "scrobust_pretrain": lambda: sct.tl.scrobust_pretrain(
+            a, d_model=16, n_heads=2, epochs=10**9, n_genes_per_view=8, progress=False
+        ),
+        "scrobust_annotate": lambda: sct.tl.scrobust_annotate(
+            a, ref, labels_key="cell_type", model=_model(), epochs=10**9, progress=False
+        ),
+        "stimpute_gnn": lambda: sct.tl.stimpute(
+            a,
+            ref,
+            genes=genes,
+            method="gnn",
+            n_neighbors=5,
+            epochs=10**9,
+            ae_epochs=1,
+            reliability_folds=0,
+            progress=False,
+        ),
+        "tcer_no_patience": lambda: sct.tl.tcer_impute(
+            _small_intestine(), n_features=2, epochs=10**9, patience=None, progress=False
+        ),
+    }, a
+
+
+@pytest.mark.parametrize(
+    "case", ["scrobust_pretrain", "scrobust_annotate", "stimpute_gnn", "tcer_no_patience"]
+)
+def test_an_unbounded_run_warns_with_its_estimate(monkeypatch, case):
+    from sctorch import _utils
+
+    runs, a = _long_runs()
+    before = snapshot(a)
+    monkeypatch.setattr(_utils, "LONG_RUN_SECONDS", 3600.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the warning, turned into an error, ends the run after its first epoch
+        warnings.filterwarnings("error", message=r".*estimated", category=UserWarning)
+        with pytest.raises(UserWarning, match=r"1,000,000,000 epochs.*estimated .* to finish"):
+            runs[case]()
+    assert_unchanged(a, before, case)
+
+
+def test_log_data_in_x_with_counts_in_raw_gets_a_raw_hint():
+    from sctorch._utils import check_counts
+
+    a = _lognorm(_counts())
+    with pytest.raises(ValueError, match=r"adata\.raw"):
+        check_counts(a.X)

@@ -326,7 +326,9 @@ def _raise_not_counts(s: _Scan, what: str) -> None:
             f"more than {INTEGER_ULPS} {s.example_dtype} steps), but raw counts were "
             "expected. It looks log-normalised "
             "or scaled; pass the layer that holds the raw integer counts (e.g. "
-            "layer='counts')."
+            "layer='counts'), or, if they are in adata.raw, adata.raw.to_adata() (or "
+            "copy them into a layer: adata.layers['counts'] = adata.raw[:, "
+            "adata.var_names].X)."
         )
 
 
