@@ -84,8 +84,8 @@ class StImputeConfig(MethodConfig):
         cosine-distance gene graph with identity subtraction and row normalisation,
         sum aggregation, weighted k-NN features, the k-NN mean rescaled to the network's
         maximum before the blend, eq. 13's reliability MLP on the in-sample cosine).
-        ``"paper"`` needs ``method="gnn"``. (Saved models of sctorch ≤ 0.x name this
-        field ``preset``; they load unchanged.)
+        ``"paper"`` needs ``method="gnn"``. (Model files saved before this field was
+        renamed call it ``preset``; they load unchanged.)
     latent_dim, gnn_dim, gnn_layers
         Autoencoder width (100), GraphSAGE width (50) and depth (2): fixed by the paper.
     cosine_weight
