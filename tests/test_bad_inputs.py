@@ -749,3 +749,18 @@ def test_log_data_in_x_with_counts_in_raw_gets_a_raw_hint():
     a = _lognorm(_counts())
     with pytest.raises(ValueError, match=r"adata\.raw"):
         check_counts(a.X)
+
+
+def test_a_network_too_large_for_memory_is_refused_before_allocation(monkeypatch):
+    import time
+
+    from sctorch import _utils
+
+    monkeypatch.setattr(_utils, "available_memory", lambda: 2**30)
+    a = _counts()
+    before = snapshot(a)
+    t0 = time.perf_counter()
+    with pytest.raises(MemoryError, match=r"ScRobustModel of [0-9,]+ parameters.*GiB"):
+        sct.tl.scrobust_pretrain(a, d_model=2**14, n_heads=2, epochs=1, progress=False)
+    assert time.perf_counter() - t0 < 30  # was a torch allocation error after 41 s
+    assert_unchanged(a, before, "scrobust_pretrain(d_model=2**14)")

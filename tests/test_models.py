@@ -372,3 +372,15 @@ def test_run_length_estimate():
 
     assert estimate_run(epochs=10**9, seconds_per_epoch=0.3) == pytest.approx(3e8)
     assert estimate_run(epochs=10, seconds_per_epoch=2.0, done=4) == pytest.approx(12.0)
+
+
+def test_a_module_too_large_for_memory_is_refused_before_allocation(monkeypatch):
+    from sctorch import _utils
+
+    monkeypatch.setattr(_utils, "available_memory", lambda: 2**30)
+    _Checked.built = 0
+    with pytest.raises(MemoryError, match=r"_Checked of 268,435,4\d\d parameters.*GiB.*1\.0 GiB"):
+        _Checked.build_module(_CheckedCfg(d=2**28))
+    assert _Checked.built == 0  # nothing allocated
+    assert isinstance(_Checked.build_module(_CheckedCfg(d=3)), torch.nn.Linear)
+    assert _Checked.built == 1

@@ -162,6 +162,39 @@ def _check_generic_header(values: dict[str, Any], path: Path) -> None:
             raise _bad_field(path, key, f"must be a dict, got {type(values[key]).__name__}")
 
 
+def _meta_module(klass, config, extra, budget: float = float("inf")):
+    """``klass._build_module`` on torch's meta device: shapes without memory.
+
+    Raises ``_TooBig`` as soon as the build creates more than ``budget`` tensor elements;
+    returns ``None`` for a module that cannot be built on the meta device.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    count = [0]
+
+    class _Count(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.device.type == "meta":
+                count[0] += out.numel()
+                if count[0] > budget:
+                    raise _TooBig
+            return out
+
+    try:
+        with torch.device("meta"), _Count():
+            return klass._build_module(config, extra)
+    except _TooBig:
+        raise
+    except Exception:  # not buildable on meta: left to the real build
+        return None
+
+
+class _TooBig(Exception):
+    """A dry build exceeded its element budget."""
+
+
 def _dry_build(klass, config, extra, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
     """Build the module on torch's meta device (nothing allocated) and compare its shapes.
 
@@ -169,29 +202,9 @@ def _dry_build(klass, config, extra, shapes: dict[str, tuple[int, ...]], path: P
     (with slack for temporaries), so a forged size (e.g. ``n_layers=100000``) is refused
     in time proportional to the file, not to the forged size.
     """
-    import torch
-    from torch.overrides import TorchFunctionMode
-
     budget = 4 * sum(int(np.prod(s)) for s in shapes.values()) + 2**20
-
-    class _TooBig(Exception):
-        pass
-
-    class _Count(TorchFunctionMode):
-        n = 0
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.device.type == "meta":
-                _Count.n += out.numel()
-                if _Count.n > budget:
-                    raise _TooBig
-            return out
-
     try:
-        with torch.device("meta"), _Count():
-            module = klass._build_module(config, extra)
-        got = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        module = _meta_module(klass, config, extra, budget)
     except _TooBig:
         raise ModelFileError(
             f"{path}: the header's configuration describes a module of more than "
@@ -199,8 +212,9 @@ def _dry_build(klass, config, extra, shapes: dict[str, tuple[int, ...]], path: P
             f"{sum(int(np.prod(s)) for s in shapes.values()):,}; the size fields of "
             "'config' do not fit the stored tensors (edited or corrupted file)."
         ) from None
-    except Exception:  # a module that cannot be built on meta: checked by the real build
+    if module is None:
         return
+    got = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     want = {k[7:]: s for k, s in shapes.items() if k.startswith("module.")}
     for key in sorted(set(got) | set(want)):
         if got.get(key) != want.get(key):
@@ -391,6 +405,35 @@ class BaseModel:
             except NotImplementedError:
                 pass
         return cfg
+
+    @classmethod
+    def build_module(cls, config: Any, extra: dict[str, Any] | None = None, *, training=True):
+        """A fresh module for ``config``, refused before allocation if it cannot fit in memory.
+
+        The module is first built on torch's meta device (no memory) to count its
+        parameters; their float32 bytes (times 4 when ``training``: weights, gradients and
+        Adam's two moments) are compared with the memory available
+        (:func:`sctorch._utils.check_fits_in_memory`) before the real build.
+
+        Raises
+        ------
+        MemoryError
+            With the number of parameters, the bytes needed and the bytes available.
+        """
+        from .. import _utils
+
+        extra = {} if extra is None else extra
+        meta = _meta_module(cls, config, extra)
+        if meta is not None:
+            n = sum(p.numel() for p in meta.parameters())
+            _utils.check_fits_in_memory(
+                4.0 * n * (4 if training else 1),
+                what=f"A {cls.__name__} of {n:,} parameters (float32"
+                + (" weights, gradients and Adam state)" if training else " weights)"),
+                advice="choose smaller network sizes (e.g. d_model, n_layers, "
+                "dim_feedforward, n_features).",
+            )
+        return cls._build_module(config, extra)
 
     # ------------------------------------------------------------------ config
     def _config_dict(self) -> dict[str, Any]:
@@ -637,7 +680,7 @@ class BaseModel:
         arrays = {k[6:]: v.numpy() for k, v in tensors.items() if k.startswith("array.")}
         try:
             model._set_extra_state(extra, arrays)
-            module = klass._build_module(config, extra)
+            module = klass.build_module(config, extra, training=False)
             module.load_state_dict(
                 {k[7:]: v for k, v in tensors.items() if k.startswith("module.")}, strict=True
             )

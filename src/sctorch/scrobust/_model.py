@@ -374,7 +374,7 @@ class ScRobustModel(BaseModel):
         dev, seed = resolve_device(device), seed_int(rng)
         with seeded(seed):
             gen = torch.Generator().manual_seed(seed)
-            self.module = self._build_module(self.config, {}).to(dev)
+            self.module = self.build_module(self.config, {}).to(dev)
             self.classes, self.gene_detection, self.wide_ids = None, None, None
             train_tok, validate, key = tok, None, None
             if select == "knn":

@@ -353,7 +353,7 @@ class TCERModel(BaseModel):
         idx = self._neighbours(rates, seed)
         scale = self.scale
         with seeded(seed):
-            self.module = module = self._build_module(p, {}).to(dev)
+            self.module = module = self.build_module(p, {}).to(dev)
             if p.poisson:  # start from the context itself (a zero log-ratio)
                 torch.nn.init.zeros_(module.out.weight)
                 torch.nn.init.zeros_(module.out.bias)
