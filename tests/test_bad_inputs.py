@@ -764,3 +764,19 @@ def test_a_network_too_large_for_memory_is_refused_before_allocation(monkeypatch
         sct.tl.scrobust_pretrain(a, d_model=2**14, n_heads=2, epochs=1, progress=False)
     assert time.perf_counter() - t0 < 30  # was a torch allocation error after 41 s
     assert_unchanged(a, before, "scrobust_pretrain(d_model=2**14)")
+
+
+def test_a_setting_the_function_must_change_is_warned_and_recorded():
+    a = _small_intestine()
+    with pytest.warns(UserWarning, match=r"n_neighbors=1000000.*uses \d+"):
+        sct.tl.tcer_impute(a, n_features=2, epochs=1, n_neighbors=10**6, progress=False)
+    params = a.uns["tcer"]["params"]
+    assert int(params["n_neighbors_fitted"]) == a.n_obs - 1
+
+
+def test_clamp_setting():
+    from sctorch._utils import clamp_setting
+
+    assert clamp_setting("k", 5, 10, why="x") == 5
+    with pytest.warns(UserWarning, match=r"k=50 .*uses 10 .*only 11 cells"):
+        assert clamp_setting("k", 50, 10, why="there are only 11 cells") == 10

@@ -9,6 +9,7 @@ import functools
 import inspect
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -445,6 +446,28 @@ def check_model(model, expected: str, *, name: str = "model", hint: str = "") ->
         raise TypeError(
             f"{name} must be a {expected}, got {type(model).__name__} {model!r:.40}{more}."
         )
+
+
+def clamp_setting(name: str, value, limit, *, why: str, stacklevel: int = 3):
+    """``min(value, limit)``, warning when the given setting has to be lowered.
+
+    The one way a function changes a setting it was given: the caller records the value
+    used (e.g. ``<name>_fitted`` in ``uns[...]['params']``) beside the value given.
+
+    Warns
+    -----
+    UserWarning
+        ``"<name>=<value> ... uses <limit>"`` with ``why``, when ``value > limit``.
+    """
+    if value is None or value <= limit:
+        return value
+    warnings.warn(
+        f"{name}={value} is more than this data allows; uses {limit} instead ({why}). The "
+        "value used is recorded beside the one given.",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+    return limit
 
 
 def check_positive(**kwargs) -> None:

@@ -15,6 +15,7 @@ from .._utils import (
     check_cell_totals,
     check_not_empty,
     check_unique_var_names,
+    clamp_setting,
     describe_source,
     get_matrix,
     get_rng,
@@ -349,7 +350,12 @@ class TCERModel(BaseModel):
                 rates, seed=seed, cells=cells
             )
         else:
-            self.n_neighbors = int(p.n_neighbors)
+            self.n_neighbors = clamp_setting(
+                "n_neighbors",
+                int(p.n_neighbors),
+                rates.n - 1,
+                why=f"the training data have {rates.n} cells",
+            )
         idx = self._neighbours(rates, seed)
         scale = self.scale
         with seeded(seed):
