@@ -780,3 +780,20 @@ def test_clamp_setting():
     assert clamp_setting("k", 5, 10, why="x") == 5
     with pytest.warns(UserWarning, match=r"k=50 .*uses 10 .*only 11 cells"):
         assert clamp_setting("k", 50, 10, why="there are only 11 cells") == 10
+
+
+def test_a_reference_class_of_one_cell_warns():
+    ref = _reference()
+    labels = ref.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[0] = "singleton"
+    ref.obs["cell_type"] = pd.Categorical(labels)
+    with pytest.warns(UserWarning, match=r"class\(es\) with fewer than 2 cells.*'singleton': 1"):
+        sct.tl.scrobust_annotate(
+            _counts(),
+            ref,
+            labels_key="cell_type",
+            model=_model(),
+            epochs=1,
+            progress=False,
+            copy=True,
+        )

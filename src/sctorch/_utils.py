@@ -470,6 +470,32 @@ def clamp_setting(name: str, value, limit, *, why: str, stacklevel: int = 3):
     return limit
 
 
+def warn_small_classes(labels, *, what: str, min_cells: int = 2) -> None:
+    """Warn when a class of reference labels has fewer than ``min_cells`` cells.
+
+    Such a class is learned from one example and cannot be held out for validation.
+
+    Warns
+    -----
+    UserWarning
+        Naming the classes (at most 5) and their sizes.
+    """
+    import pandas as pd
+
+    counts = pd.Series(np.asarray(labels)).value_counts()
+    small = counts[counts < min_cells]
+    if len(small):
+        listed = ", ".join(f"{k!r}: {int(v)}" for k, v in small.head(5).items())
+        warnings.warn(
+            f"{what} has {len(small)} class(es) with fewer than {min_cells} cells ({listed}); "
+            "such a class is learned from a single example and cannot be held out for "
+            "validation. Merge it with a related class or drop its cells if that is not "
+            "meant.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def check_positive(**kwargs) -> None:
     """Raise ``ValueError`` for an argument (``None`` skipped) that is not a finite number > 0."""
     for name, val in kwargs.items():

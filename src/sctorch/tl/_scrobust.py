@@ -32,6 +32,7 @@ from .._utils import (
     make_params,
     resolve_device,
     seed_int,
+    warn_small_classes,
 )
 from ..scrobust._config import FINETUNE_FIELDS, PRETRAIN_FIELDS, ScRobustConfig
 from ..scrobust._data import _build_vocab, _check_labels, _class_weights
@@ -551,6 +552,7 @@ def scrobust_annotate(
         )
     else:
         labels = _check_labels(adata_ref, labels_key)
+        warn_small_classes(labels, what=f"adata_ref.obs[{labels_key!r}]")
         _class_weights(labels, s.class_weight)
         if model is not None:
             warn_unused(
