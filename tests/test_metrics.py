@@ -69,9 +69,12 @@ def test_cluster_and_score_recovers_planted_groups():
     a = ad.AnnData(
         X.astype(np.float32), obs=pd.DataFrame({"t": lab}, index=[str(i) for i in range(180)])
     )
+    from conftest import assert_unchanged, snapshot
+
+    snap = snapshot(a)
     s = sct.metrics.cluster_and_score(a, "t", resolution=0.3, n_pcs=10)
     assert s["ARI"] > 0.95
-    assert "X_pca" not in a.obsm  # input untouched
+    assert_unchanged(a, snap)  # no X_pca, neighbours or anything else written into it
     with pytest.raises(KeyError, match="labels_key"):
         sct.metrics.cluster_and_score(a, "missing")
 
