@@ -8,7 +8,7 @@ from scipy import sparse
 import sctorch as sct
 from sctorch.genomap import Placement
 from sctorch.models import ModelFileError
-from sctorch.tcer import TCERModel, TCERConfig
+from sctorch.tcer import TCERConfig, TCERModel
 from sctorch.tcer._module import (
     PLACEHOLDER,
     BatchParallelDeformConv2d,
