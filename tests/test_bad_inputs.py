@@ -797,3 +797,11 @@ def test_a_reference_class_of_one_cell_warns():
             progress=False,
             copy=True,
         )
+
+
+def test_a_genomap_grid_that_cannot_fit_is_refused_with_its_size():
+    a = _small_intestine()
+    before = snapshot(a)
+    with pytest.raises(MemoryError, match=r"20000 × 20000 grid.*needs about [0-9.,]+ GiB"):
+        sct.tl.genomap(a, shape=(20000, 20000), progress=False)
+    assert_unchanged(a, before, "genomap(shape=(20000, 20000))")
