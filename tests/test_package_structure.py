@@ -255,3 +255,34 @@ def test_version_comes_from_the_installed_metadata():
 
 def test_py_typed_is_shipped():
     assert (Path(sct.__file__).parent / "py.typed").is_file()
+
+
+# ----------------------------------------------------------------------------- settings classes
+CONFIGS = {
+    "GenoMapConfig": "genomap",
+    "TCERConfig": "tcer",
+    "StImputeConfig": "stimpute",
+    "ScRobustConfig": "scrobust",
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_each_method_has_one_settings_class_with_named_presets(name):
+    """One config per method: a MethodConfig, exported from sct.tl and its method package,
+    presets as named instances that validate (``"default"`` and, for the three methods of
+    the papers, ``"paper"``)."""
+    import importlib
+    import inspect as _inspect
+
+    from sctorch._config import MethodConfig
+
+    cls = getattr(sct.tl, name)
+    assert name in sct.tl.__all__
+    assert importlib.import_module(f"sctorch.{CONFIGS[name]}").__dict__.get(name) is cls
+    assert _inspect.isclass(cls) and issubclass(cls, MethodConfig)
+    assert "default" in cls.PRESETS
+    if name != "GenoMapConfig":
+        assert "paper" in cls.PRESETS
+    for preset in cls.PRESETS.values():
+        assert type(preset) is cls
+        preset.validate()
