@@ -730,10 +730,20 @@ def _long_runs():
 )
 def test_an_unbounded_run_warns_with_its_estimate(monkeypatch, case):
     from sctorch import _utils
+    from sctorch.models import _fit
 
     runs, a = _long_runs()
     before = snapshot(a)
     monkeypatch.setattr(_utils, "LONG_RUN_SECONDS", 3600.0)
+    epoch, seen = _fit._Stepper.epoch, []
+
+    def guarded(self, batches):  # without the warning the run must not go on for ever
+        seen.append(1)
+        if len(seen) > 3:
+            raise AssertionError("3 epochs of an epochs=10**9 run passed without a warning")
+        return epoch(self, batches)
+
+    monkeypatch.setattr(_fit._Stepper, "epoch", guarded)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the warning, turned into an error, ends the run after its first epoch
