@@ -117,7 +117,8 @@ def process(adata: ad.AnnData, seed: int = 0, n_top_genes: int = 2000):
 
 
 def _lognorm(X) -> np.ndarray:
-    a = ad.AnnData(np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float64))
+    # a copy: normalize_total and log1p work in place, and X is the method's output
+    a = ad.AnnData(np.array(X.toarray() if sparse.issparse(X) else X, dtype=np.float64))
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
     return a.X

@@ -184,3 +184,33 @@ def test_tcer_training_budget_bounds_the_cells_per_epoch():
     assert TCERConfig.preset("paper").max_cells_per_epoch is None
     with pytest.raises(ValueError, match="max_cells_per_epoch must be None"):
         TCERConfig(max_cells_per_epoch=0).validate()
+
+
+def test_tcer_pearson_criterion_keeps_the_earlier_default():
+    # the fingerprint of the earlier default (recorded before issue 23) is reproduced with
+    # criterion="pearson"; the new default chooses by the Poisson likelihood
+    import test_fingerprints as F
+
+    a = F._intestine_small()
+    sct.tl.genomap(a, rng=0, progress=False)
+    model = sct.tl.tcer_impute(
+        a, n_features=4, epochs=2, rng=0, progress=False, return_model=True, criterion="pearson"
+    )
+    old = [43296.6303, 197896.541, 6.46132469, 3.42000031, 3.70656705, 1.98113263, 4.1567173]
+    np.testing.assert_allclose(F._summary(a.layers["tcer"]), old, rtol=2e-4)
+    assert model.n_neighbors == 20
+
+
+def test_molecular_cross_validation_poisson_prefers_the_true_prior_and_extends_its_grid():
+    from sctorch import tcer
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(rng.gamma(1.0, 50.0, (2, 30)), 100, axis=0)  # two cell types, rates
+    size = np.full(200, 0.02)
+    counts = sparse.csr_matrix(rng.poisson(truth * size[:, None]).astype(np.float32))
+    half_a, half_b = tcer.split_molecules(counts, size, seed=0)
+    beta, scores = tcer.choose_beta(half_a, half_b, truth.astype(np.float32))
+    assert max(scores) > max(tcer.BETA_GRID)  # the exact prior: the grid was extended
+    wrong = truth[rng.permutation(200)]
+    bad, _ = tcer.choose_beta(half_a, half_b, wrong.astype(np.float32))
+    assert bad < beta

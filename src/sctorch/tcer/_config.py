@@ -34,7 +34,10 @@ class TCERConfig(MethodConfig):
     n_dfa
         Number of DFA modules of ER-Net (the paper: 3).
     epochs
-        Most training epochs (the paper: 100).
+        Most training epochs (the paper: 100). The default's 5 is a short fixed budget:
+        in every ablation the network added nothing measurable over its own starting
+        point, the neighbour mean (``benchmarks/results/tcer.md``,
+        ``tcer_denoising.md``), so it gets no more of the run time than it earns.
     batch_size
         GenoMaps per training batch (the paper: 64).
     max_cells_per_epoch
@@ -72,6 +75,11 @@ class TCERConfig(MethodConfig):
     beta
         Prior weight β of the posterior output, in units of library size / 10⁴ (``None``:
         chosen by molecular cross-validation on the held-out cells).
+    criterion
+        The molecular cross-validation criterion that chooses ``n_neighbors`` and ``beta``:
+        ``"poisson"`` (the likelihood of held-out molecules; MCV's own) or ``"pearson"``
+        (mean gene-wise correlation, sctorch's earlier criterion, which at full depth
+        keeps the observed data: ``benchmarks/results/tcer_denoising.md``).
     deformable
         ``False`` replaces the deformable convolutions of the DFA modules by plain ones
         (an ablation).
@@ -87,7 +95,7 @@ class TCERConfig(MethodConfig):
 
     n_features: int = 16
     n_dfa: int = 3
-    epochs: int = 20
+    epochs: int = 5
     batch_size: int = 64
     max_cells_per_epoch: int | None = 2048
     lr: float = 1e-3
@@ -102,6 +110,7 @@ class TCERConfig(MethodConfig):
     n_neighbors: int | None = None
     output: str = "posterior"
     beta: float | None = None
+    criterion: str = "poisson"
     deformable: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +137,8 @@ class TCERConfig(MethodConfig):
             raise ValueError(
                 f"objective must be 'poisson', 'blind_spot' or 'dropout', got {self.objective!r}."
             )
+        if self.criterion not in ("poisson", "pearson"):
+            raise ValueError(f"criterion must be 'poisson' or 'pearson', got {self.criterion!r}.")
         if self.output not in ("posterior", "observed"):
             raise ValueError(f"output must be 'posterior' or 'observed', got {self.output!r}.")
         if self.n_neighbors is not None and (

@@ -13,10 +13,12 @@ sctorch's default TCER departs from the paper in two places, both measured in
   ``s``;
 - β and ``k`` are chosen by **molecular cross-validation** (Batson, Royer & Webber 2019,
   bioRxiv 786269): each count is split binomially into halves A and B; the output
-  computed from A is scored by the mean gene-wise Pearson correlation (across cells) of
-  its log1p with the log-normalised B. The halves are independent Poisson draws of the
-  same cell, so the score ranks outputs as their correlation with the unseen expression
-  would, up to a factor common to all of them. Nothing but the input is used.
+  computed from A is scored by the Poisson likelihood of B's molecules (default) or by
+  the mean gene-wise Pearson correlation (across cells) of its log1p with the
+  log-normalised B (sctorch's earlier criterion). The halves are independent Poisson
+  draws of the same cell, so the score ranks outputs as they would score against the
+  unseen expression. Neither grid is clipped at its edge. Nothing but the input is
+  used.
 
 Rates here are ``counts / library × target_sum`` (the log-normalised scale before
 ``log1p``); ``library`` is the cell's total over all genes of the AnnData.
@@ -269,44 +271,103 @@ def _mean_gene_pearson(A: np.ndarray, B: np.ndarray) -> float:
     return float(((A * B).sum(0)[ok] / den[ok]).mean()) if ok.any() else float("nan")
 
 
+#: the molecular cross-validation criteria of :func:`mcv_scores`
+CRITERIA = ("poisson", "pearson")
+
+
+def _poisson_score(rate_a: np.ndarray, cb, sb: np.ndarray) -> float:
+    """Minus the mean Poisson loss of B's counts under rates from A, at B's depth."""
+    pred = rate_a.astype(np.float64) * sb[:, None]
+    y = cb.toarray() if sparse.issparse(cb) else np.asarray(cb)
+    return -float((pred - y * np.log(pred + 1e-6)).mean())
+
+
 def mcv_scores(
-    half_a, half_b, mu: np.ndarray, grid: Sequence[float] = BETA_GRID
+    half_a,
+    half_b,
+    mu: np.ndarray,
+    grid: Sequence[float] = BETA_GRID,
+    *,
+    criterion: str = "poisson",
+    extend: bool = False,
 ) -> dict[float, float]:
-    """Molecular cross-validation score of every relative β in ``grid``.
+    """Molecular cross-validation score of every relative β in ``grid`` (higher is better).
 
     ``half_a`` and ``half_b`` are ``(counts, size)`` of :func:`split_molecules`; ``mu``
     the prior mean rates ``(n_cells, n_genes)`` computed without any molecule of half B.
     Cells with no counts in either half are left out. Returns ``{β / median(size_a):
-    mean gene-wise Pearson between log1p(posterior from A) and log1p(rates of B)}``.
+    score}``, the score of the posterior rates from A against B:
+
+    - ``criterion="poisson"`` (default): minus the mean Poisson negative log-likelihood of
+      B's counts under the posterior rates from A times B's size, ``−mean(λ − y log(λ +
+      1e-6))`` (Batson, Royer & Webber 2019, ``mcv_sweep.poisson_nll_loss``): B's
+      molecules are an independent Poisson draw of the same cell, so this ranks outputs
+      by their likelihood of the unseen molecules, without bias;
+    - ``"pearson"``: the mean gene-wise Pearson correlation (across cells) between
+      ``log1p`` of the posterior from A and of B's rates (sctorch's earlier criterion,
+      which at full depth prefers the observed data).
+
+    ``extend=True``: while the best β is the largest tried, twice it is tried too (so the
+    search is not clipped at its edge), up to 2¹⁰ × the largest value of ``grid``.
     """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
     (ca, sa), (cb, sb) = half_a, half_b
     ok = (sa > 0) & (sb > 0)
     ca, sa, cb, sb, mu = ca[ok], sa[ok], cb[ok], sb[ok], np.asarray(mu)[ok]
-    target = np.log1p(posterior(cb, sb, mu, 0.0))
     ms = float(np.median(sa))
-    return {
-        float(g): _mean_gene_pearson(np.log1p(posterior(ca, sa, mu, g * ms)), target) for g in grid
-    }
+    if criterion == "pearson":
+        target = np.log1p(posterior(cb, sb, mu, 0.0))
+
+        def score(g):
+            return _mean_gene_pearson(np.log1p(posterior(ca, sa, mu, g * ms)), target)
+    else:
+
+        def score(g):
+            return _poisson_score(posterior(ca, sa, mu, g * ms), cb, sb)
+
+    scores = {float(g): score(g) for g in grid}
+    top = max(grid)
+    while extend and _best(scores) == max(scores) and max(scores) < top * 2**10:
+        g = 2.0 * max(scores)
+        scores[g] = score(g)
+    return scores
+
+
+def _best(scores: dict) -> float:
+    """The key of the highest score (NaN lowest; ties to the smaller key)."""
+    return max(scores, key=lambda g: (np.nan_to_num(scores[g], nan=-np.inf), -g))
 
 
 def choose_beta(
-    half_a, half_b, mu: np.ndarray, *, grid: Sequence[float] = BETA_GRID
+    half_a,
+    half_b,
+    mu: np.ndarray,
+    *,
+    grid: Sequence[float] = BETA_GRID,
+    criterion: str = "poisson",
 ) -> tuple[float, dict[float, float]]:
     """The prior weight β of :func:`posterior`, by molecular cross-validation.
 
-    ``half_a``, ``half_b`` and ``mu`` as for :func:`mcv_scores` (``mu`` from half A and
-    other cells only). Returns ``(β, scores)``: β in the units of ``size`` (the best
+    ``half_a``, ``half_b``, ``mu`` and ``criterion`` as for :func:`mcv_scores` (``mu`` from
+    half A and other cells only; the grid is extended past its largest value while that
+    value scores best). Returns ``(β, scores)``: β in the units of ``size`` (the best
     relative β × the median size of half A: β is a prior precision, a number of
     pseudo-molecules in units of ``size``, so it carries over from the half to the full
     depth unchanged), and the scores.
     """
-    scores = mcv_scores(half_a, half_b, mu, grid)
-    best = max(scores, key=lambda g: (np.nan_to_num(scores[g], nan=-np.inf), -g))
-    return best * float(np.median(half_a[1])), scores
+    scores = mcv_scores(half_a, half_b, mu, grid, criterion=criterion, extend=True)
+    return _best(scores) * float(np.median(half_a[1])), scores
 
 
 def choose_beta_on(
-    rates: Rates, cells: np.ndarray, prior_of: Callable, *, seed: int, batch_size: int = 256
+    rates: Rates,
+    cells: np.ndarray,
+    prior_of: Callable,
+    *,
+    seed: int,
+    batch_size: int = 256,
+    criterion: str = "poisson",
 ) -> tuple[float, dict[float, float]]:
     """:func:`choose_beta` for a prior computed by ``prior_of`` on the cells ``cells``.
 
@@ -322,28 +383,46 @@ def choose_beta_on(
     mu = np.concatenate(
         [prior_of(own[sl].toarray(), cells[sl]) for sl in iter_batches(cells.size, batch_size)]
     )
-    return choose_beta(half_a, half_b, mu)
+    return choose_beta(half_a, half_b, mu, criterion=criterion)
 
 
 def choose_neighbours(
-    rates: Rates, *, seed: int, cells: np.ndarray, grid: Sequence[int] = K_GRID, n_pcs: int = 30
+    rates: Rates,
+    *,
+    seed: int,
+    cells: np.ndarray,
+    grid: Sequence[int] = K_GRID,
+    n_pcs: int = 30,
+    criterion: str = "poisson",
 ) -> tuple[int, dict[int, float]]:
     """Neighbour count ``k`` of the context, by molecular cross-validation of its mean.
 
     Among the cells ``cells`` (all cells, or a random subset of a large data set), the
     counts are split into halves and neighbours are found on half A; for every ``k`` in
     ``grid`` the neighbours' mean full rates (which hold none of the cell's molecules)
-    are the prior of :func:`posterior`, and its best MCV score over :data:`BETA_GRID`
-    scores ``k``. Returns ``(k, {k: score})``.
+    are the prior of :func:`posterior`, and its best MCV score (``criterion``, see
+    :func:`mcv_scores`) over the β grid scores ``k``. While the largest ``k`` tried scores
+    best, twice it is tried too, up to the number of cells − 1: the search is not clipped
+    at the grid's edge. Returns ``(k, {k: score})``.
     """
     counts, size = rates.counts(np.sort(np.asarray(cells)))
     sub = Rates.in_memory(counts, size, rates.target_sum)
     half_a, half_b = split_molecules(counts, size, seed)
-    kmax = int(min(max(grid), sub.n - 1))
-    idx = neighbour_index(sub, kmax, n_pcs=n_pcs, seed=seed, rates_in=to_rates(*half_a))
+    kmax = int(sub.n - 1)
+    idx = neighbour_index(
+        sub, min(max(grid), kmax), n_pcs=n_pcs, seed=seed, rates_in=to_rates(*half_a)
+    )
     everyone = np.arange(sub.n)
-    scores = {}
-    for k in sorted({min(int(g), kmax) for g in grid}):
+
+    def score(k):
+        nonlocal idx
+        if k > idx.shape[1]:
+            idx = neighbour_index(sub, k, n_pcs=n_pcs, seed=seed, rates_in=to_rates(*half_a))
         mu = neighbour_mean(sub, idx[:, :k], everyone)
-        scores[k] = max(mcv_scores(half_a, half_b, mu).values())
+        return max(mcv_scores(half_a, half_b, mu, criterion=criterion, extend=True).values())
+
+    scores = {k: score(k) for k in sorted({min(int(g), kmax) for g in grid})}
+    while max(scores, key=lambda k: (scores[k], -k)) == max(scores) < kmax:
+        k = min(2 * max(scores), kmax)
+        scores[k] = score(k)
     return max(scores, key=lambda k: (scores[k], -k)), scores

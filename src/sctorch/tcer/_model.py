@@ -347,7 +347,7 @@ class TCERModel(BaseModel):
             if rates.n > 3000:
                 cells = np.sort(get_rng(seed).choice(rates.n, 3000, replace=False))
             self.n_neighbors, self.selection["n_neighbors"] = choose_neighbours(
-                rates, seed=seed, cells=cells
+                rates, seed=seed, cells=cells, criterion=p.criterion
             )
         else:
             self.n_neighbors = clamp_setting(
@@ -422,7 +422,9 @@ class TCERModel(BaseModel):
             imgs = self._cell_images(rates, own, positions, idx, shared)
             return self._prior(imgs, dev, shared)
 
-        self.beta, self.selection["beta"] = choose_beta_on(rates, cells, prior_of, seed=seed)
+        self.beta, self.selection["beta"] = choose_beta_on(
+            rates, cells, prior_of, seed=seed, criterion=self.config.criterion
+        )
 
     def _prior(self, imgs: np.ndarray, device, shared: np.ndarray) -> np.ndarray:
         """The network's blind-spot prediction as prior mean rates ``(n, n_shared)``."""

@@ -100,11 +100,19 @@ def tcer_impute(
        output is ``log1p((y + β μ) / (s + β))``, ``y`` the count and ``s`` the library
        size / 10⁴. The paper keeps measured values and fills zeros (``"observed"``).
     4. ``k`` (from :data:`sctorch.tcer.K_GRID`) and β (from
-       :data:`sctorch.tcer.BETA_GRID` × the median ``s``) are chosen by *molecular
+       :data:`sctorch.tcer.BETA_GRID` × the median ``s``), each grid extended past its
+       edge while its largest value scores best, are chosen by *molecular
        cross-validation* (Batson, Royer & Webber 2019): counts are split binomially into
-       halves, the output from one half is scored by its gene-wise correlation with the
-       other (:mod:`sctorch.tcer._context`). The chosen values are in
+       halves, the output from one half is scored by the Poisson likelihood of the other
+       half's molecules (``criterion="poisson"``; ``"pearson"``, the gene-wise
+       correlation, was the earlier default and keeps the observed data at full depth;
+       :mod:`sctorch.tcer._context`). The chosen values are in
        ``uns[key_added]["params"]``.
+    5. *A bounded budget*: at most ``max_cells_per_epoch`` cells per epoch and 5 epochs.
+       In the ablations the network adds nothing measurable over its starting point, the
+       neighbour mean (the Poisson objective starts ER-Net at a zero log-ratio to its
+       context): the neighbour prior and the posterior do the work
+       (``docs/which_method.md``).
 
     Where the authors' code (github aijinrjinr/TCER) differs from the paper, ``"paper"``
     follows the paper: their training target is the observed (down-sampled) GenoMap;
@@ -137,9 +145,10 @@ def tcer_impute(
         ``genomap_key + "_row"`` / ``"_col"``). If absent, a GenoMap of all genes is
         built from the log-normalised data and stored under this key.
     preset
-        ``"default"`` (laptop CPU: ``n_features=16``, up to 20 epochs, lr 1e-3 halved every
-        10 epochs, early stopping with patience 3, cross-cell context with ``k`` chosen by
-        molecular cross-validation, Poisson blind-spot objective, posterior output) or
+        ``"default"`` (laptop CPU: ``n_features=16``, up to 5 epochs of at most 2,048
+        cells, lr 1e-3, early stopping with patience 3, cross-cell context with ``k``
+        and β chosen by the Poisson likelihood of held-out molecules, Poisson blind-spot
+        objective, posterior output) or
         ``"paper"`` (``n_features=64``, 100 epochs, lr halved every 40 epochs, no early
         stopping, no context, dropout objective, measured values kept): the named
         instances ``TCERConfig.PRESETS``. ``"fast"``, the former name of ``"default"``,
