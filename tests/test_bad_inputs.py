@@ -617,6 +617,21 @@ def test_forged_header_values_are_checked_before_anything_is_built(tmp_path):
         sct.models.load(bad)
 
 
+def test_forged_tcer_fitted_values_in_extra_are_checked(tmp_path):
+    from test_models import _rewrite
+
+    from sctorch.models import ModelFileError
+
+    tcer = tmp_path / "t.safetensors"
+    _fitted("tcer").save(tcer)
+    extra = _header(tcer)["extra"]
+    for field, value in (("beta", -1.0), ("n_neighbors", 2.5), ("scale", 0.0), ("shape", [3])):
+        bad = _rewrite(tcer, tmp_path / "x.safetensors", forge=True, extra={**extra, field: value})
+        with pytest.raises(ModelFileError, match=rf"x\.safetensors.*extra '{field}'"):
+            sct.models.load(bad)
+    assert sct.models.load(tcer).beta == _fitted("tcer").beta
+
+
 # ----------------------------------------------------------------------------- leaked messages
 def test_a_negative_seed_is_refused_in_our_words():
     from sctorch._utils import get_rng, seed_int

@@ -163,6 +163,42 @@ class TCERModel(BaseModel):
             deformable=config.deformable,
         )
 
+    @classmethod
+    def validate_header(cls, config, genes, extra):
+        """The config's checks, then the fitted values kept in ``extra`` (before any build).
+
+        Raises
+        ------
+        ValueError
+            If the grid ``shape``, the image ``scale``, the fitted ``n_neighbors`` or
+            ``beta`` is of the wrong type or out of range.
+        """
+        cfg = super().validate_header(config, genes, extra)
+        shape = extra.get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(v, int) and v >= 1 for v in shape)
+        ):
+            raise ValueError(f"extra 'shape' must be [H, W] of positive integers, got {shape!r}.")
+        scale = extra.get("scale")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+            raise ValueError(f"extra 'scale' must be a positive number, got {scale!r}.")
+        if not np.isfinite(scale):
+            raise ValueError(f"extra 'scale' must be finite, got {scale!r}.")
+        k = extra.get("n_neighbors", 0)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"extra 'n_neighbors' must be an integer >= 0, got {k!r}.")
+        beta = extra.get("beta")
+        if beta is not None and (
+            isinstance(beta, bool)
+            or not isinstance(beta, int | float)
+            or not np.isfinite(beta)
+            or beta < 0
+        ):
+            raise ValueError(f"extra 'beta' must be None or a finite number >= 0, got {beta!r}.")
+        return cfg
+
     def _extra_state(self):
         p = self.placement
         return (
