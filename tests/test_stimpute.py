@@ -911,3 +911,24 @@ def test_model_files_with_the_former_preset_field_load(plant, tmp_path):
     loaded = sct.models.load(old, device="cpu")
     assert loaded.config == model.config and loaded.config.design == "default"
     np.testing.assert_array_equal(loaded.predict(sp).to_numpy(), model.predict(sp).to_numpy())
+
+
+def test_return_adata_keeps_coordinates_under_any_obsm_key(plant):
+    sp, rf, _ = plant
+    sp = sp[:, [g for g in sp.var_names if g not in HELD]].copy()
+    xyz = np.random.default_rng(0).normal(size=(sp.n_obs, 3))
+    sp.obsm["spatial3d"] = xyz
+    out = sct.tl.stimpute(
+        sp,
+        rf,
+        genes=HELD,
+        method="transfer",
+        reliability_folds=0,
+        n_neighbors=10,
+        ridge_weight=0.5,
+        return_adata=True,
+        progress=False,
+    )
+    np.testing.assert_array_equal(out.obsm["spatial3d"], xyz)
+    out.obsm["spatial3d"][0, 0] = 99.0  # a copy: the input is untouched
+    assert sp.obsm["spatial3d"][0, 0] == xyz[0, 0] != 99.0

@@ -302,7 +302,8 @@ def stimpute(
       ``'params'}``.
 
     With ``return_adata=True``: a new AnnData, spatial cells × predicted genes (``X``
-    float32, on the scale of the normalised input), with ``obs`` and ``obsm['spatial']``
+    float32, on the scale of the normalised input), with ``obs`` and every ``obsm`` entry
+    (``obsm['spatial']`` and coordinates under any other key)
     copied, ``var['reliability']`` and ``uns[key_added]`` (``adata_sp`` is left as it
     was). With ``return_model=True``: the model; ``(copy, model)`` with ``copy=True`` and
     ``(new AnnData, model)`` with ``return_adata=True``.
@@ -384,8 +385,9 @@ def stimpute(
             obs=adata_sp.obs.copy(),
             var=pd.DataFrame({"reliability": rel}, index=pd.Index(targets)),
         )
-        if _keys.SPATIAL in adata_sp.obsm:
-            out.obsm[_keys.SPATIAL] = np.array(adata_sp.obsm[_keys.SPATIAL], copy=True)
+        for key in adata_sp.obsm.keys():  # coordinates under any key (spatial, spatial3d, ...)
+            value = adata_sp.obsm[key]
+            out.obsm[key] = value.copy() if hasattr(value, "copy") else np.array(value)
         out.uns[key_added] = record
         return (out, model) if return_model else out
     target = adata_sp.copy() if copy else adata_sp
