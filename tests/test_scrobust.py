@@ -1118,3 +1118,19 @@ def test_backed_annotation_pathways_and_markers_equal_memory(tmp_path, annotated
     )
     assert (a.uns["scrobust_markers"]["names"] == m.uns["scrobust_markers"]["names"]).all()
     a.file.close()
+
+
+def test_integer_reference_labels_come_back_as_integers(annotated):
+    base, _, _, ref, query = annotated
+    r = ref.copy()
+    codes = {"P0": 10, "P1": 20, "P2": 30}
+    r.obs["code"] = r.obs["pop"].astype(str).map(codes).astype(np.int64)
+    kw = dict(model=base, n_tokens=36, epochs=1, batch_size=16, rng=0, progress=False, copy=True)
+    by_code = sct.tl.scrobust_annotate(query, r, labels_key="code", **kw)
+    by_name = sct.tl.scrobust_annotate(query, r, labels_key="pop", **kw)
+    got = by_code.obs["scrobust_label"]
+    assert list(got.cat.categories) == [10, 20, 30]
+    assert isinstance(got.iloc[0], int | np.integer)
+    np.testing.assert_array_equal(
+        got.astype(int).to_numpy(), by_name.obs["scrobust_label"].astype(str).map(codes).to_numpy()
+    )

@@ -413,6 +413,20 @@ def scrobust_embed(
 
 
 # ============================================================================ annotation
+def _original_labels(classes, adata_ref, labels_key):
+    """The model's class names (strings) as the reference's own label values.
+
+    Integer (or other non-string) reference labels come back with their own type; without
+    a reference the class names are returned as stored.
+    """
+    if adata_ref is None:
+        return list(classes)
+    col = adata_ref.obs[labels_key]
+    values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.unique()
+    by_name = {str(v): v for v in values}
+    return [by_name.get(c, c) for c in classes]
+
+
 @accepts_random_state
 @doc_params
 @_docs
@@ -607,8 +621,9 @@ def scrobust_annotate(
         progress=progress,
     )
     target = adata_query.copy() if copy else adata_query
-    pred = np.asarray(model.classes)[prob.argmax(1)]
-    target.obs[key_added] = pd.Categorical(pred, categories=model.classes)
+    classes = _original_labels(model.classes, None if labels is None else adata_ref, labels_key)
+    pred = np.asarray(classes, dtype=object)[prob.argmax(1)]
+    target.obs[key_added] = pd.Categorical(pred, categories=classes)
     target.obs[confidence_key] = prob.max(1).astype(np.float32)
     cw = s.class_weight
     target.uns[key_added] = {
