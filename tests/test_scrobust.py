@@ -387,6 +387,10 @@ def test_annotation_query_vocabulary_mismatch(annotated):
     with pytest.raises(ValueError, match="shares only 0 of its 36 genes"):
         sct.tl.scrobust_annotate(q2, model=ft, progress=False)
     assert_unchanged(q2, snap)
+    q3 = query.copy()  # names that differ only in case: the error says how to rename them
+    q3.var_names = [g.swapcase() for g in q3.var_names]
+    with pytest.raises(ValueError, match=r"case-sensitively: 36 genes match.*str\.\w+\(\)"):
+        sct.tl.scrobust_annotate(q3, model=ft, progress=False)
 
 
 def test_annotation_bad_inputs(annotated):

@@ -301,6 +301,30 @@ class _Shared:
         self.src, self.what = src, what
 
 
+def _case_hint(names, model_ids, n_exact: int) -> str:
+    """A sentence when the vocabulary would match more genes with their names re-cased."""
+    names = pd.Index(names).astype(str)
+    best = None
+    for label, method in (
+        ("upper-cased", "upper"),
+        ("capitalised", "capitalize"),
+        ("lower-cased", "lower"),
+    ):
+        recase = getattr(names.str, method)()
+        n = int((np.asarray(model_ids(recase)) >= 0).sum())
+        if n > n_exact and (best is None or n > best[1]):
+            best = (label, n, recase, method)
+    if best is None:
+        return ""
+    label, n, recase, method = best
+    ex = next((a, b) for a, b in zip(names, recase, strict=True) if a != b)
+    return (
+        f" The vocabulary matches names case-sensitively: {n} genes match with var_names "
+        f"{label} (e.g. {ex[0]!r} -> {ex[1]!r}); rename them first, e.g. "
+        f"adata.var_names = adata.var_names.str.{method}()."
+    )
+
+
 def _validate(
     adata: ad.AnnData,
     model_ids,
@@ -323,7 +347,7 @@ def _validate(
             f"{what} shares only {keep.size} of its {adata.n_vars} genes "
             f"(matched on var_names) with the model vocabulary; at least "
             f"{min_shared_genes} are needed. Use gene symbols as var_names, or a "
-            "model trained on these genes."
+            f"model trained on these genes.{_case_hint(adata.var_names, model_ids, keep.size)}"
         )
     shared = _Shared(adata, keep, var_ids, scale, src, what)
     if shared.n_missing:
