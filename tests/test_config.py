@@ -186,15 +186,23 @@ def test_tcer_training_budget_bounds_the_cells_per_epoch():
         TCERConfig(max_cells_per_epoch=0).validate()
 
 
-def test_tcer_pearson_criterion_keeps_the_earlier_default():
+def test_tcer_pearson_criterion_and_linear_space_keep_the_earlier_default():
     # the fingerprint of the earlier default (recorded before issue 23) is reproduced with
-    # criterion="pearson"; the new default chooses by the Poisson likelihood
+    # criterion="pearson", space="linear"; the new default chooses by the Poisson
+    # likelihood and averages on the square-root scale
     import test_fingerprints as F
 
     a = F._intestine_small()
     sct.tl.genomap(a, rng=0, progress=False)
     model = sct.tl.tcer_impute(
-        a, n_features=4, epochs=2, rng=0, progress=False, return_model=True, criterion="pearson"
+        a,
+        n_features=4,
+        epochs=2,
+        rng=0,
+        progress=False,
+        return_model=True,
+        criterion="pearson",
+        space="linear",
     )
     old = [43296.6303, 197896.541, 6.46132469, 3.42000031, 3.70656705, 1.98113263, 4.1567173]
     np.testing.assert_allclose(F._summary(a.layers["tcer"]), old, rtol=2e-4)
@@ -214,3 +222,26 @@ def test_molecular_cross_validation_poisson_prefers_the_true_prior_and_extends_i
     wrong = truth[rng.permutation(200)]
     bad, _ = tcer.choose_beta(half_a, half_b, wrong.astype(np.float32))
     assert bad < beta
+
+
+def test_sqrt_space_posterior_and_neighbour_mean_known_answers():
+    from sctorch import tcer
+
+    y = np.array([[0.0, 4.0, 9.0]])
+    s = np.array([1.0])
+    mu = np.array([[4.0, 4.0, 1.0]])
+    # beta = 0: the observed rate; beta -> inf: the prior; beta = s: the mean of the roots
+    np.testing.assert_allclose(tcer.posterior(y, s, mu, 0.0, "sqrt"), y)
+    np.testing.assert_allclose(tcer.posterior(y, s, mu, np.inf, "sqrt"), mu)
+    np.testing.assert_allclose(tcer.posterior(y, s, mu, 1.0, "sqrt"), [[1.0, 4.0, 4.0]])
+    np.testing.assert_allclose(tcer.posterior(y, s, mu, 1.0, "linear"), [[2.0, 4.0, 5.0]])
+    counts = sparse.csr_matrix(np.array([[4.0, 0.0], [0.0, 9.0], [1.0, 1.0]]))
+    r = tcer.Rates.in_memory(counts, np.ones(3), 1e4)
+    idx = np.array([[1, 2], [0, 2], [0, 1]])
+    sq = tcer.neighbour_mean(r, idx, np.arange(3), "sqrt")
+    np.testing.assert_allclose(sq[0], [((0 + 1) / 2) ** 2, ((3 + 1) / 2) ** 2])
+    lin = tcer.neighbour_mean(r, idx, np.arange(3))
+    np.testing.assert_allclose(lin[0], [0.5, 5.0])
+    assert (sq <= lin + 1e-6).all()  # the root mean squared never exceeds the mean
+    with pytest.raises(ValueError, match="space must be one of"):
+        tcer.posterior(y, s, mu, 1.0, "log")

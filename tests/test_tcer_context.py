@@ -132,7 +132,7 @@ def test_default_output_is_the_posterior_of_the_network_prior(default_model):
     assert set(rec["selection"]["n_neighbors"]) == {str(k) for k in tcer.K_GRID}
     out = a.layers["tcer"]
     assert out.shape == a.shape and np.isfinite(out).all() and (out >= 0).all()
-    # the written layer is log1p((y + beta mu) / (s + beta)) with the network's prior mu
+    # the written layer is log1p of the posterior (sqrt space) with the network's prior mu
     r = tcer.Rates(a.X, None, 1e4)
     idx = tcer.neighbour_index(r, model.n_neighbors, seed=0)
     everyone, genes = np.arange(a.n_obs), np.arange(a.n_vars)
@@ -140,7 +140,7 @@ def test_default_output_is_the_posterior_of_the_network_prior(default_model):
     mu = model._prior(model._cell_images(r, own, everyone, idx, genes), "cpu", genes)
     counts, size = r.counts(slice(None))
     np.testing.assert_allclose(
-        out, np.log1p(tcer.posterior(counts, size, mu, model.beta)), rtol=1e-5, atol=1e-6
+        out, np.log1p(tcer.posterior(counts, size, mu, model.beta, p.space)), rtol=1e-5, atol=1e-6
     )
     # it recovers the true expression better than the observed data
     obs = np.log1p(r.rates(slice(None)).toarray())

@@ -75,6 +75,13 @@ class TCERConfig(MethodConfig):
     beta
         Prior weight β of the posterior output, in units of library size / 10⁴ (``None``:
         chosen by molecular cross-validation on the held-out cells).
+    space
+        The scale on which the cross-cell context is averaged and the posterior output is
+        taken: ``"sqrt"`` (default; the variance-stabilising square root of Poisson
+        counts, as MAGIC's "sqrt" normalisation: a gene detected in few neighbours is
+        filled with much less than its plain mean) or ``"linear"`` (SAVER's posterior on
+        rates, sctorch's earlier default). Measured in
+        ``benchmarks/results/tcer_denoising.md``.
     criterion
         The molecular cross-validation criterion that chooses ``n_neighbors`` and ``beta``:
         ``"poisson"`` (the likelihood of held-out molecules; MCV's own) or ``"pearson"``
@@ -110,6 +117,7 @@ class TCERConfig(MethodConfig):
     n_neighbors: int | None = None
     output: str = "posterior"
     beta: float | None = None
+    space: str = "sqrt"
     criterion: str = "poisson"
     deformable: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +145,8 @@ class TCERConfig(MethodConfig):
             raise ValueError(
                 f"objective must be 'poisson', 'blind_spot' or 'dropout', got {self.objective!r}."
             )
+        if self.space not in ("linear", "sqrt"):
+            raise ValueError(f"space must be 'linear' or 'sqrt', got {self.space!r}.")
         if self.criterion not in ("poisson", "pearson"):
             raise ValueError(f"criterion must be 'poisson' or 'pearson', got {self.criterion!r}.")
         if self.output not in ("posterior", "observed"):
@@ -195,6 +205,7 @@ TCERConfig.PRESETS = {
     # scheme, measured non-zeros kept, each cell from its own GenoMap only
     "paper": TCERConfig(
         max_cells_per_epoch=None,
+        space="linear",
         n_features=64,
         epochs=100,
         lr_step=40,

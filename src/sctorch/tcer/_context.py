@@ -52,6 +52,8 @@ BETA_GRID: tuple[float, ...] = (
     50.0,
     100.0,
 )
+#: the scales on which the context is averaged and the posterior is taken
+SPACES = ("linear", "sqrt")
 #: neighbour counts searched by :func:`choose_neighbours`
 K_GRID: tuple[int, ...] = (5, 10, 20, 40, 80)
 
@@ -196,13 +198,18 @@ def neighbour_index(
     return _without_self(idx, k)
 
 
-def neighbour_mean(rates: Rates, idx: np.ndarray, cells) -> np.ndarray:
+def neighbour_mean(rates: Rates, idx: np.ndarray, cells, space: str = "linear") -> np.ndarray:
     """Mean rates of the neighbours of ``cells``: float32 ``(len(cells), n_genes)``.
 
     ``idx`` is :func:`neighbour_index`'s ``(n, k)`` array; ``cells`` positions or a slice
-    of rows. Rates are ``counts / library × target_sum`` (before ``log1p``). For a backed
-    matrix each neighbour row is read once.
+    of rows. Rates are ``counts / library × target_sum`` (before ``log1p``). ``space="sqrt"``
+    averages the square roots of the rates and squares the mean (the variance-stabilised
+    mean of Poisson counts: a gene detected in few neighbours gets much less than its
+    plain mean); ``"linear"`` the plain mean. For a backed matrix each neighbour row is
+    read once.
     """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}.")
     nb = idx[cells]
     b, k = nb.shape
     if rates.backed:  # read each neighbour row once
@@ -210,15 +217,24 @@ def neighbour_mean(rates: Rates, idx: np.ndarray, cells) -> np.ndarray:
         source, cols = rates.rates(uniq), pos
     else:
         source, cols = rates.rates(slice(None)), nb.ravel()
+    if space == "sqrt":
+        source = source.sqrt()
     W = sparse.csr_matrix(
         (np.full(b * k, 1.0 / k, dtype=np.float32), (np.repeat(np.arange(b), k), cols)),
         shape=(b, source.shape[0]),
     )
-    return np.asarray((W @ source).toarray(), dtype=np.float32)
+    out = np.asarray((W @ source).toarray(), dtype=np.float32)
+    return np.square(out) if space == "sqrt" else out
 
 
-def posterior(counts, size: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarray:
-    """Posterior mean rate ``(y + β μ) / (s + β)`` (SAVER, Huang et al. 2018, eq. 2).
+def posterior(counts, size: np.ndarray, mu: np.ndarray, beta, space: str = "linear") -> np.ndarray:
+    """Posterior mean rate of each cell and gene, from its counts and a prior mean rate μ.
+
+    ``space="linear"`` (SAVER, Huang et al. 2018, eq. 2): ``(y + β μ) / (s + β)``.
+    ``space="sqrt"``: the same weighting of the cell's own rate and the prior on the
+    square-root (variance-stabilising) scale of Poisson counts, ``((√(y s) + β √μ) /
+    (s + β))²``, i.e. ``(w √(y/s) + (1 − w) √μ)²`` with ``w = s / (s + β)``. Both give
+    the observed rate ``y / s`` for β = 0 and μ for β → ∞.
 
     Parameters
     ----------
@@ -231,15 +247,22 @@ def posterior(counts, size: np.ndarray, mu: np.ndarray, beta: float) -> np.ndarr
     beta
         Prior weight in units of ``s``: 0 returns the observed rates ``y / s``, ``inf``
         returns ``mu``.
+    space
+        ``"linear"`` or ``"sqrt"`` (see above).
 
     Returns
     -------
     float32 ``(n_cells, n_genes)`` rates (take ``log1p`` for the log-normalised scale).
     """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}.")
     y = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
     s = np.asarray(size, dtype=np.float64)[:, None]
     if np.isinf(beta):
         return np.asarray(mu, dtype=np.float32)
+    if space == "sqrt":
+        mu = np.asarray(mu, dtype=np.float64)
+        return np.square((np.sqrt(y * s) + beta * np.sqrt(mu)) / (s + beta)).astype(np.float32)
     return ((y + beta * mu) / (s + beta)).astype(np.float32)
 
 
@@ -290,6 +313,7 @@ def mcv_scores(
     *,
     criterion: str = "poisson",
     extend: bool = False,
+    space: str = "linear",
 ) -> dict[float, float]:
     """Molecular cross-validation score of every relative β in ``grid`` (higher is better).
 
@@ -307,6 +331,8 @@ def mcv_scores(
       ``log1p`` of the posterior from A and of B's rates (sctorch's earlier criterion,
       which at full depth prefers the observed data).
 
+    ``space``: the scale of :func:`posterior`.
+
     ``extend=True``: while the best β is the largest tried, twice it is tried too (so the
     search is not clipped at its edge), up to 2¹⁰ × the largest value of ``grid``.
     """
@@ -320,11 +346,11 @@ def mcv_scores(
         target = np.log1p(posterior(cb, sb, mu, 0.0))
 
         def score(g):
-            return _mean_gene_pearson(np.log1p(posterior(ca, sa, mu, g * ms)), target)
+            return _mean_gene_pearson(np.log1p(posterior(ca, sa, mu, g * ms, space)), target)
     else:
 
         def score(g):
-            return _poisson_score(posterior(ca, sa, mu, g * ms), cb, sb)
+            return _poisson_score(posterior(ca, sa, mu, g * ms, space), cb, sb)
 
     scores = {float(g): score(g) for g in grid}
     top = max(grid)
@@ -346,17 +372,18 @@ def choose_beta(
     *,
     grid: Sequence[float] = BETA_GRID,
     criterion: str = "poisson",
+    space: str = "linear",
 ) -> tuple[float, dict[float, float]]:
     """The prior weight β of :func:`posterior`, by molecular cross-validation.
 
-    ``half_a``, ``half_b``, ``mu`` and ``criterion`` as for :func:`mcv_scores` (``mu`` from
-    half A and other cells only; the grid is extended past its largest value while that
+    ``half_a``, ``half_b``, ``mu``, ``criterion`` and ``space`` as for :func:`mcv_scores`
+    (``mu`` from half A and other cells only; the grid is extended past its largest value while that
     value scores best). Returns ``(β, scores)``: β in the units of ``size`` (the best
     relative β × the median size of half A: β is a prior precision, a number of
     pseudo-molecules in units of ``size``, so it carries over from the half to the full
     depth unchanged), and the scores.
     """
-    scores = mcv_scores(half_a, half_b, mu, grid, criterion=criterion, extend=True)
+    scores = mcv_scores(half_a, half_b, mu, grid, criterion=criterion, extend=True, space=space)
     return _best(scores) * float(np.median(half_a[1])), scores
 
 
@@ -368,6 +395,7 @@ def choose_beta_on(
     seed: int,
     batch_size: int = 256,
     criterion: str = "poisson",
+    space: str = "linear",
 ) -> tuple[float, dict[float, float]]:
     """:func:`choose_beta` for a prior computed by ``prior_of`` on the cells ``cells``.
 
@@ -383,7 +411,7 @@ def choose_beta_on(
     mu = np.concatenate(
         [prior_of(own[sl].toarray(), cells[sl]) for sl in iter_batches(cells.size, batch_size)]
     )
-    return choose_beta(half_a, half_b, mu, criterion=criterion)
+    return choose_beta(half_a, half_b, mu, criterion=criterion, space=space)
 
 
 def choose_neighbours(
@@ -394,16 +422,17 @@ def choose_neighbours(
     grid: Sequence[int] = K_GRID,
     n_pcs: int = 30,
     criterion: str = "poisson",
+    space: str = "linear",
 ) -> tuple[int, dict[int, float]]:
     """Neighbour count ``k`` of the context, by molecular cross-validation of its mean.
 
     Among the cells ``cells`` (all cells, or a random subset of a large data set), the
     counts are split into halves and neighbours are found on half A; for every ``k`` in
     ``grid`` the neighbours' mean full rates (which hold none of the cell's molecules)
-    are the prior of :func:`posterior`, and its best MCV score (``criterion``, see
-    :func:`mcv_scores`) over the β grid scores ``k``. While the largest ``k`` tried scores
-    best, twice it is tried too, up to the number of cells − 1: the search is not clipped
-    at the grid's edge. Returns ``(k, {k: score})``.
+    (averaged in ``space``) are the prior of :func:`posterior`, and its best MCV score
+    (``criterion``, see :func:`mcv_scores`) over the β grid scores ``k``. While the
+    largest ``k`` tried scores best, twice it is tried too, up to the number of cells − 1:
+    the search is not clipped at the grid's edge. Returns ``(k, {k: score})``.
     """
     counts, size = rates.counts(np.sort(np.asarray(cells)))
     sub = Rates.in_memory(counts, size, rates.target_sum)
@@ -418,8 +447,9 @@ def choose_neighbours(
         nonlocal idx
         if k > idx.shape[1]:
             idx = neighbour_index(sub, k, n_pcs=n_pcs, seed=seed, rates_in=to_rates(*half_a))
-        mu = neighbour_mean(sub, idx[:, :k], everyone)
-        return max(mcv_scores(half_a, half_b, mu, criterion=criterion, extend=True).values())
+        mu = neighbour_mean(sub, idx[:, :k], everyone, space)
+        scores = mcv_scores(half_a, half_b, mu, criterion=criterion, extend=True, space=space)
+        return max(scores.values())
 
     scores = {k: score(k) for k in sorted({min(int(g), kmax) for g in grid})}
     while max(scores, key=lambda k: (scores[k], -k)) == max(scores) < kmax:

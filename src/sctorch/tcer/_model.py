@@ -286,7 +286,7 @@ class TCERModel(BaseModel):
         self, rates, own, cells, idx: np.ndarray | None, shared: np.ndarray
     ) -> np.ndarray:
         """:meth:`_images` of ``cells`` with rates ``own`` (context from the neighbours ``idx``)."""
-        ctx = None if idx is None else neighbour_mean(rates, idx, cells)
+        ctx = None if idx is None else neighbour_mean(rates, idx, cells, self.config.space)
         return self._images(own, ctx, shared)
 
     def _neighbours(self, rates, seed: int) -> np.ndarray | None:
@@ -383,7 +383,7 @@ class TCERModel(BaseModel):
             if rates.n > 3000:
                 cells = np.sort(get_rng(seed).choice(rates.n, 3000, replace=False))
             self.n_neighbors, self.selection["n_neighbors"] = choose_neighbours(
-                rates, seed=seed, cells=cells, criterion=p.criterion
+                rates, seed=seed, cells=cells, criterion=p.criterion, space=p.space
             )
         else:
             self.n_neighbors = clamp_setting(
@@ -459,7 +459,12 @@ class TCERModel(BaseModel):
             return self._prior(imgs, dev, shared)
 
         self.beta, self.selection["beta"] = choose_beta_on(
-            rates, cells, prior_of, seed=seed, criterion=self.config.criterion
+            rates,
+            cells,
+            prior_of,
+            seed=seed,
+            criterion=self.config.criterion,
+            space=self.config.space,
         )
 
     def _prior(self, imgs: np.ndarray, device, shared: np.ndarray) -> np.ndarray:
@@ -597,14 +602,15 @@ class TCERModel(BaseModel):
         ``counts`` and ``size``: the cells' counts of the shared genes and library /
         ``target_sum``; ``imgs``: their network input.
 
-        ``output="posterior"``: ``log1p((y + β μ) / (s + β))`` with μ the network's prior
-        mean rate (:func:`~sctorch.tcer._context.posterior`). ``"observed"``: a zero gets
-        the prediction; an observed non-zero ``x`` becomes ``w·x + (1 − w)·prediction``
-        with ``w = observed_weight`` (the paper keeps measured values, ``w = 1``).
+        ``output="posterior"``: ``log1p`` of the posterior rate with μ the network's prior
+        mean rate (:func:`~sctorch.tcer._context.posterior`, on the config's ``space``).
+        ``"observed"``: a zero gets the prediction; an observed non-zero ``x`` becomes
+        ``w·x + (1 − w)·prediction`` with ``w = observed_weight`` (the paper keeps measured
+        values, ``w = 1``).
         """
         if self.config.output == "posterior":
             mu = self._prior(imgs, device, shared)
-            return np.log1p(posterior(counts, size, mu, self.beta))
+            return np.log1p(posterior(counts, size, mu, self.beta, self.config.space))
         pred = self.placement.genes_of(self._predict_images(imgs, device))[:, shared]
         x = self.placement.genes_of(imgs[:, 0])[:, shared]
         w = self.config.observed_weight
