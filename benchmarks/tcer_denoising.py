@@ -35,8 +35,10 @@ Methods, side by side in one process, each from the train counts only:
   library size: the "reversed normalisation" of its leaderboard's top entry);
 - ``kNN smoothing`` (openproblems ``src/methods/knn_smoothing``: kNN-smoothing 2 with
   k = 10; :func:`sctorch.tcer.knn_smoothing`);
-- ``no ER-Net``: TCER's neighbour mean prior and posterior (β by molecular
-  cross-validation), without the network;
+- ``no ER-Net``: TCER's neighbour mean prior and posterior (the default's ``space``, β by
+  molecular cross-validation), without the network;
+- ``no ER-Net, linear``: the same on the linear scale (the default before issue 23's
+  square-root scale): the ablation of the square-root context and posterior;
 - ``TCER`` (``sct.tl.tcer_impute`` defaults, ``counts_key`` = its count-scale posterior
   layer) and ``TCER preset=paper`` (its measured values kept, zeros filled; epochs and
   width capped by ``--paper-epochs`` / ``--paper-features``).
@@ -155,17 +157,25 @@ def magic_openproblems(train: ad.AnnData) -> np.ndarray:
     return np.square(np.asarray(Y)) * lib
 
 
-def no_ernet(train: ad.AnnData, k: int, seed: int = 0) -> np.ndarray:
-    """TCER's neighbour prior + posterior (β by MCV on 10 % of cells), count scale."""
+def no_ernet(train: ad.AnnData, k: int, seed: int = 0, space: str | None = None) -> np.ndarray:
+    """TCER's neighbour prior + posterior (β by MCV on 10 % of cells), count scale.
+
+    The default's rule (``space``: the default config's) without the network.
+    """
+    space = sct.tl.TCERConfig().space if space is None else space
     rates = tcer.Rates(train.X, None, 1e4)
     val = np.sort(np.random.default_rng(seed).permutation(train.n_obs)[: round(0.1 * train.n_obs)])
     idx = tcer.neighbour_index(rates, k, seed=seed)
     beta, _ = tcer.choose_beta_on(
-        rates, val, lambda own, cells: tcer.neighbour_mean(rates, idx, cells), seed=seed
+        rates,
+        val,
+        lambda own, cells: tcer.neighbour_mean(rates, idx, cells, space),
+        seed=seed,
+        space=space,
     )
     counts, size = rates.counts(slice(None))
-    mu = tcer.neighbour_mean(rates, idx, np.arange(rates.n))
-    return tcer.posterior(counts, size, mu, beta) * size[:, None]
+    mu = tcer.neighbour_mean(rates, idx, np.arange(rates.n), space)
+    return tcer.posterior(counts, size, mu, beta, space) * size[:, None]
 
 
 def timed(fn):
@@ -212,9 +222,13 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
         k = extra.get("TCER", {}).get("n_neighbors")
         if k is None:
             k = tcer.choose_neighbours(
-                tcer.Rates(train.X, None, 1e4), seed=0, cells=np.arange(train.n_obs)
+                tcer.Rates(train.X, None, 1e4),
+                seed=0,
+                cells=np.arange(train.n_obs),
+                space=sct.tl.TCERConfig().space,
             )[0]
         results["no ER-Net"] = timed(lambda: no_ernet(train, int(k)))
+        results["no ER-Net, linear"] = timed(lambda: no_ernet(train, int(k), space="linear"))
     if "paper" in methods:
         run_tcer(
             "TCER preset=paper", preset="paper", epochs=paper_epochs, n_features=paper_features
@@ -266,6 +280,7 @@ ORDER = [
     "MAGIC",
     "kNN smoothing",
     "no ER-Net",
+    "no ER-Net, linear",
     "TCER",
     "TCER preset=paper",
 ]
