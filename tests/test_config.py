@@ -203,6 +203,7 @@ def test_tcer_pearson_criterion_and_linear_space_keep_the_earlier_default():
         return_model=True,
         criterion="pearson",
         space="linear",
+        objective="poisson",
     )
     old = [43296.6303, 197896.541, 6.46132469, 3.42000031, 3.70656705, 1.98113263, 4.1567173]
     np.testing.assert_allclose(F._summary(a.layers["tcer"]), old, rtol=2e-4)

@@ -256,17 +256,18 @@ EXPECTED: dict[str, list[float]] = {
     ],
     "stimpute_gene_graph": [228.0, 200.64993, 180.100394],
     # re-recorded (issue 23) when the default molecular cross-validation criterion became
-    # the Poisson likelihood and the context and posterior moved to the square-root scale;
-    # criterion="pearson", space="linear" give the old values (test_config.py)
+    # the Poisson likelihood, the context and posterior moved to the square-root scale and
+    # the objective to "sqrt"; criterion="pearson", space="linear", objective="poisson"
+    # give the old values (test_config.py)
     "tcer_impute": [
-        42391.6421,
-        192865.21,
-        6.54728174,
-        3.33801508,
-        3.83698368,
-        1.63886893,
-        4.24893808,
-        -1498.28019,
+        42367.221,
+        192668.513,
+        6.54557896,
+        3.33668995,
+        3.83465219,
+        1.63664055,
+        4.24731588,
+        8.74824762,
     ],
     "tcer_impute_paper": [
         41982.435,

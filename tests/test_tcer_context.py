@@ -123,7 +123,7 @@ def default_model():
 def test_default_output_is_the_posterior_of_the_network_prior(default_model):
     a, model, truth = default_model
     p = model.params
-    assert p.objective == "poisson" and p.output == "posterior" and p.n_neighbors is None
+    assert p.objective == "sqrt" and p.output == "posterior" and p.n_neighbors is None
     assert model.n_neighbors in tcer.K_GRID and model.beta is not None and model.beta >= 0
     assert set(model.selection) == {"n_neighbors", "beta"}
     rec = a.uns["tcer"]

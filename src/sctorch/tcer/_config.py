@@ -11,9 +11,13 @@ from .._config import MethodConfig
 from .._utils import check_positive
 
 #: the training objectives: name -> (blind-spot masks of all gene pixels, squared error,
-#: Poisson rate); the one place that says what each objective does
+#: rate parameterisation); the one place that says what each objective does
 OBJECTIVES: dict[str, dict[str, bool]] = {
+    # "poisson" (rate parameterisation): ER-Net predicts a rate as a log-ratio to its context
     "poisson": {"blind_spot": True, "squared": False, "poisson": True},
+    # the same rate, scored by the squared error of its square root: minimised by the
+    # variance-stabilised mean (E√r)², the scale of space="sqrt"
+    "sqrt": {"blind_spot": True, "squared": True, "poisson": True},
     "blind_spot": {"blind_spot": True, "squared": True, "poisson": False},
     "dropout": {"blind_spot": False, "squared": False, "poisson": False},
 }
@@ -64,8 +68,10 @@ class TCERConfig(MethodConfig):
         Weight ``w`` of an observed non-zero value against the prediction with
         ``output="observed"`` (0–1).
     objective
-        ``"poisson"``, ``"blind_spot"`` or ``"dropout"`` (the paper's); see
-        :func:`sctorch.tl.tcer_impute`.
+        ``"poisson"``, ``"sqrt"``, ``"blind_spot"`` or ``"dropout"`` (the paper's); see
+        :func:`sctorch.tl.tcer_impute`. ``"sqrt"``: the Poisson objective's rate scored by
+        the squared error of its square root, minimised by the variance-stabilised mean
+        ``(E√r)²`` that ``space="sqrt"`` averages to.
     n_neighbors
         Cells in the cross-cell context: ``None`` chooses it by molecular
         cross-validation (:mod:`sctorch.tcer._context`), 0 switches the context off (one
@@ -113,7 +119,7 @@ class TCERConfig(MethodConfig):
     validation_fraction: float = 0.1
     target_sum: float = 1e4
     observed_weight: float = 1.0
-    objective: str = "poisson"
+    objective: str = "sqrt"
     n_neighbors: int | None = None
     output: str = "posterior"
     beta: float | None = None
@@ -143,7 +149,7 @@ class TCERConfig(MethodConfig):
             )
         if self.objective not in OBJECTIVES:
             raise ValueError(
-                f"objective must be 'poisson', 'blind_spot' or 'dropout', got {self.objective!r}."
+                f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}."
             )
         if self.space not in ("linear", "sqrt"):
             raise ValueError(f"space must be 'linear' or 'sqrt', got {self.space!r}.")

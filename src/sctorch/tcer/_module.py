@@ -448,12 +448,16 @@ def pixel_error(objective: str, out, x, inputs, scale: float):
     ``x`` holds the cells' own scaled images. ``"dropout"``: absolute error (TCER eq. 14);
     ``"blind_spot"``: squared error; ``"poisson"``: the Poisson deviance-type loss
     ``μ − r·log μ`` of the predicted rate μ (:func:`poisson_rate`) against the observed
-    rate ``r`` (minimised by ``μ = E[r]``, the expected rate whatever the depth).
+    rate ``r`` (minimised by ``μ = E[r]``, the expected rate whatever the depth);
+    ``"sqrt"``: ``(√μ − √r)²`` (minimised by ``μ = (E√r)²``).
     """
     kind = OBJECTIVES[objective]
     if kind["poisson"]:
         mu = poisson_rate(out, inputs, scale)
-        return mu - torch.expm1(x * scale) * torch.log(mu)
+        r = torch.expm1(x * scale)
+        if kind["squared"]:  # "sqrt": the squared error of the root rates
+            return (torch.sqrt(mu) - torch.sqrt(r.clamp_min(0.0))) ** 2
+        return mu - r * torch.log(mu)
     return (out - x) ** 2 if kind["squared"] else torch.abs(out - x)
 
 

@@ -86,19 +86,26 @@ def tcer_impute(
 
     1. *Cross-cell context* (``n_neighbors``): ER-Net gets a second input channel, the
        GenoMap of the mean normalised expression of the cell's ``k`` nearest *other*
-       cells (PCA of the log-normalised counts), and predicts a log-ratio to it (a
-       residual; :func:`sctorch.tcer._module.poisson_rate`). The paper images each cell
-       alone; MAGIC, kNN smoothing and SAVER win by pooling similar cells.
-    2. *Objective* ``"poisson"``: blind-spot masks (a ratio ``r ~ U(mask_ratio)`` of
-       *all* gene pixels, zeros included, get δ; Noise2Self, Batson & Royer 2019) and a
-       Poisson loss ``μ − r·log μ`` between the predicted rate μ and the observed rate
-       of the hidden pixels, minimised by the expected rate. The paper's L1 loss on the
+       cells (PCA of the log-normalised counts), averaged on the square-root scale
+       (``space="sqrt"``: the squared mean of the root rates, the variance-stabilised
+       mean of Poisson counts, as MAGIC's "sqrt" normalisation), and predicts a
+       log-ratio to it (a residual; :func:`sctorch.tcer._module.poisson_rate`). The paper
+       images each cell alone; MAGIC, kNN smoothing and SAVER win by pooling similar
+       cells.
+    2. *Objective* ``"sqrt"``: blind-spot masks (a ratio ``r ~ U(mask_ratio)`` of *all*
+       gene pixels, zeros included, get δ; Noise2Self, Batson & Royer 2019) and the
+       squared error ``(√μ − √r)²`` between the root predicted rate μ and the root
+       observed rate of the hidden pixels, minimised by ``(E√r)²``, the scale of the
+       context (``"poisson"``, ``μ − r·log μ``, minimised by the mean rate, was the
+       earlier default and, trained, fills more zeros). The paper's L1 loss on the
        observed non-zero pixels only (``"dropout"``) predicts the value a gene would
        have *if detected* and inflates every zero at low capture efficiency.
-    3. *Output* ``"posterior"`` (SAVER, Huang et al. 2018, eq. 2): the network's
-       blind-spot prediction μ (which never saw the pixel) is a prior mean, and the
-       output is ``log1p((y + β μ) / (s + β))``, ``y`` the count and ``s`` the library
-       size / 10⁴. The paper keeps measured values and fills zeros (``"observed"``).
+    3. *Output* ``"posterior"``: the network's blind-spot prediction μ (which never saw
+       the pixel) is a prior mean, and the output is the posterior rate on the
+       square-root scale, ``log1p(((√(y s) + β √μ) / (s + β))²)``, ``y`` the count and
+       ``s`` the library size / 10⁴ (``space="linear"``: SAVER's ``(y + β μ) / (s + β)``,
+       Huang et al. 2018, eq. 2). The paper keeps measured values and fills zeros
+       (``"observed"``).
     4. ``k`` (from :data:`sctorch.tcer.K_GRID`) and β (from
        :data:`sctorch.tcer.BETA_GRID` × the median ``s``), each grid extended past its
        edge while its largest value scores best, are chosen by *molecular
@@ -147,8 +154,8 @@ def tcer_impute(
     preset
         ``"default"`` (laptop CPU: ``n_features=16``, up to 5 epochs of at most 2,048
         cells, lr 1e-3, early stopping with patience 3, cross-cell context with ``k``
-        and β chosen by the Poisson likelihood of held-out molecules, Poisson blind-spot
-        objective, posterior output) or
+        and β chosen by the Poisson likelihood of held-out molecules, square-root scale,
+        blind-spot objective, posterior output) or
         ``"paper"`` (``n_features=64``, 100 epochs, lr halved every 40 epochs, no early
         stopping, no context, dropout objective, measured values kept): the named
         instances ``TCERConfig.PRESETS``. ``"fast"``, the former name of ``"default"``,
