@@ -246,3 +246,10 @@ def test_sqrt_space_posterior_and_neighbour_mean_known_answers():
     assert (sq <= lin + 1e-6).all()  # the root mean squared never exceeds the mean
     with pytest.raises(ValueError, match="space must be one of"):
         tcer.posterior(y, s, mu, 1.0, "log")
+
+
+def test_random_state_is_rngs_alias_in_preprocessing():
+    a = _tiny_counts()
+    b = sct.pp.simulate_efficiency_loss(a, efficiency_shape=10, rng=3, copy=True)
+    c = sct.pp.simulate_efficiency_loss(a, efficiency_shape=10, random_state=3, copy=True)
+    np.testing.assert_array_equal(b.layers["observed"].toarray(), c.layers["observed"].toarray())

@@ -71,10 +71,7 @@ EXTRA_DATA_ARGS = {
 RETURNS_TABLE = {"tl.stimpute_cv": "its per-gene cross-validation table"}
 
 # (function, check) pairs that fail today, with the reason; strict: remove when fixed.
-XFAIL: dict[tuple[str, str], str] = {
-    ("pp.simulate_efficiency_loss", "random_state"): "not yet decorated with @accepts_random_state",
-    ("pl.genomap", "random_state"): "not yet decorated with @accepts_random_state",
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _public_functions() -> dict[str, object]:

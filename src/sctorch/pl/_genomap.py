@@ -8,12 +8,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import _keys
-from .._utils import RandomState, check_finite, describe_source, get_matrix, get_rng
+from .._docs import doc_params
+from .._utils import (
+    RandomState,
+    accepts_random_state,
+    check_finite,
+    describe_source,
+    get_matrix,
+    get_rng,
+)
 
 if TYPE_CHECKING:
     import anndata as ad
 
 
+@accepts_random_state
+@doc_params
 def genomap(
     adata: ad.AnnData,
     *,
@@ -59,6 +69,7 @@ def genomap(
         all drawn pixels) or ``None`` (their maximum). The bottom is 0.
     rng
         Seed or Generator for choosing the cells.
+    {random_state}
     panel_size
         Inches per panel.
     show

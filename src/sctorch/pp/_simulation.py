@@ -7,8 +7,10 @@ import numpy as np
 from scipy import sparse
 
 from .. import _keys
+from .._docs import doc_params
 from .._utils import (
     RandomState,
+    accepts_random_state,
     check_cell_totals,
     check_copy,
     check_counts,
@@ -39,6 +41,8 @@ def _output_dtype(dtype: np.dtype, y_max: int) -> np.dtype:
     return np.dtype(np.float32)
 
 
+@accepts_random_state
+@doc_params
 def simulate_efficiency_loss(
     adata: ad.AnnData,
     *,
@@ -78,6 +82,7 @@ def simulate_efficiency_loss(
         Name of the output layer.
     rng
         Seed or :class:`numpy.random.Generator`; the same seed gives the same result.
+    {random_state}
     copy
         Return a modified copy instead of writing into ``adata``.
 
