@@ -67,8 +67,10 @@ def test_module_sizes_and_one_backward_call_site():
     sizes = {
         p.relative_to(SRC): len(p.read_text(encoding="utf-8").splitlines()) for p in _modules()
     }
-    big = {str(p): n for p, n in sizes.items() if n > 600}
-    assert not big, f"modules over 600 lines: {big}"
+    # 600 lines before `ruff format` (issue 22), which writes long calls one argument per
+    # line and made the same code about 1.5 times as many lines: 1,000 after it
+    big = {str(p): n for p, n in sizes.items() if n > 1000}
+    assert not big, f"modules over 1,000 lines: {big}"
     sites = [
         str(p.relative_to(SRC))
         for p in _modules()
