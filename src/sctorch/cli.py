@@ -652,7 +652,7 @@ def _add_stimpute(sub) -> None:
     p.add_argument(
         "--method",
         choices=("transfer", "gnn"),
-        default=_default(c, "method"),
+        default=_setting(c, "method"),
         help="k-NN + ridge transfer (default) or the paper's GNN",
     )
     p.add_argument(
@@ -665,40 +665,40 @@ def _add_stimpute(sub) -> None:
     p.add_argument(
         "--latent",
         choices=("pca", "autoencoder"),
-        default=_default(c, "latent"),
+        default=_setting(c, "latent"),
         help="latent space of the transfer (default: %(default)s)",
     )
     p.add_argument(
         "--n-neighbors",
         type=int,
-        default=_default(c, "n_neighbors"),
+        default=_setting(c, "n_neighbors"),
         help="nearest reference cells per spatial cell (default: chosen by "
         "cross-validation on the measured genes)",
     )
     p.add_argument(
         "--ridge-weight",
         type=float,
-        default=_default(c, "ridge_weight"),
+        default=_setting(c, "ridge_weight"),
         help="weight of the ridge term of the transfer (default: chosen by "
         "cross-validation on the measured genes)",
     )
     p.add_argument(
         "--alpha",
         type=float,
-        default=_default(c, "alpha"),
+        default=_setting(c, "alpha"),
         help="with --method gnn: GNN weight of the final blend (default: 0.7, "
         "0.5 above 10,000 cells)",
     )
     p.add_argument(
         "--epochs",
         type=int,
-        default=_default(c, "epochs"),
+        default=_setting(c, "epochs"),
         help="with --method gnn: GNN epochs per round (default: %(default)s)",
     )
     p.add_argument(
         "--ae-epochs",
         type=int,
-        default=_default(c, "ae_epochs"),
+        default=_setting(c, "ae_epochs"),
         help="autoencoder epochs (GNN, or --latent autoencoder; default: %(default)s)",
     )
     p.add_argument(
