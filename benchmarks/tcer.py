@@ -159,11 +159,8 @@ def run_one(
     if ablations:
         k = models["TCER"].n_neighbors
 
-        def no_ernet():
-            idx = tcer.neighbour_index(rates, k, seed=0)
-            return posterior_on(
-                rates, lambda own, cells: tcer.neighbour_mean(rates, idx, cells), val
-            )[0]
+        def no_ernet():  # the default's rule (its criterion and space), without ER-Net
+            return np.log1p(tcer.neighbour_posterior(rates, k=k, seed=0)[0])
 
         results["no ER-Net"] = timed(no_ernet)
         random_placement(obs, "random")

@@ -158,24 +158,13 @@ def magic_openproblems(train: ad.AnnData) -> np.ndarray:
 
 
 def no_ernet(train: ad.AnnData, k: int, seed: int = 0, space: str | None = None) -> np.ndarray:
-    """TCER's neighbour prior + posterior (β by MCV on 10 % of cells), count scale.
+    """TCER's neighbour prior + posterior (``sctorch.tcer.neighbour_posterior``), count scale.
 
-    The default's rule (``space``: the default config's) without the network.
+    The default's rule (``space=None``: the default config's) without the network.
     """
-    space = sct.tl.TCERConfig().space if space is None else space
     rates = tcer.Rates(train.X, None, 1e4)
-    val = np.sort(np.random.default_rng(seed).permutation(train.n_obs)[: round(0.1 * train.n_obs)])
-    idx = tcer.neighbour_index(rates, k, seed=seed)
-    beta, _ = tcer.choose_beta_on(
-        rates,
-        val,
-        lambda own, cells: tcer.neighbour_mean(rates, idx, cells, space),
-        seed=seed,
-        space=space,
-    )
-    counts, size = rates.counts(slice(None))
-    mu = tcer.neighbour_mean(rates, idx, np.arange(rates.n), space)
-    return tcer.posterior(counts, size, mu, beta, space) * size[:, None]
+    out, _, _ = tcer.neighbour_posterior(rates, k=k, space=space, seed=seed)
+    return out * rates.counts(slice(None))[1][:, None]
 
 
 def timed(fn):

@@ -53,21 +53,8 @@ RULES = (("pearson", "linear"), ("poisson", "linear"), ("poisson", "sqrt"))
 
 
 def rule_output(rates, crit: str, space: str, seed: int = 0):
-    n = rates.n
-    k, _ = tcer.choose_neighbours(rates, seed=seed, cells=np.arange(n), criterion=crit, space=space)
-    idx = tcer.neighbour_index(rates, k, seed=seed)
-    val = np.sort(np.random.default_rng(seed).permutation(n)[: round(0.1 * n)])
-    beta, _ = tcer.choose_beta_on(
-        rates,
-        val,
-        lambda own, c: tcer.neighbour_mean(rates, idx, c, space),
-        seed=seed,
-        criterion=crit,
-        space=space,
-    )
-    counts, size = rates.counts(slice(None))
-    mu = tcer.neighbour_mean(rates, idx, np.arange(n), space)
-    return np.log1p(tcer.posterior(counts, size, mu, beta, space)), k, beta / np.median(size)
+    out, k, beta = tcer.neighbour_posterior(rates, criterion=crit, space=space, seed=seed)
+    return np.log1p(out), k, beta / np.median(rates.counts(slice(None))[1])
 
 
 def false_signals(X: np.ndarray, ref_log: np.ndarray, labels, ref_calls=None):

@@ -122,6 +122,9 @@ def test_genomap_settings_by_keyword_or_config():
     )
     np.testing.assert_array_equal(a.var["genomap_row"], b.var["genomap_row"])
     np.testing.assert_array_equal(a.var["genomap_col"], b.var["genomap_col"])
+    for m in (a, b):  # the settings given reached the solver
+        params = m.uns["genomap"]["params"]
+        assert (params["max_iter"], params["radius"]) == (5, 1)
     with pytest.raises(ValueError, match="solver must be 'exchange' or 'pot'"):
         sct.tl.genomap(a, solver="sinkhorn")
 
@@ -253,3 +256,17 @@ def test_random_state_is_rngs_alias_in_preprocessing():
     b = sct.pp.simulate_efficiency_loss(a, efficiency_shape=10, rng=3, copy=True)
     c = sct.pp.simulate_efficiency_loss(a, efficiency_shape=10, random_state=3, copy=True)
     np.testing.assert_array_equal(b.layers["observed"].toarray(), c.layers["observed"].toarray())
+
+
+def test_neighbour_posterior_is_the_rule_of_its_parts():
+    from sctorch import tcer
+
+    a = _tiny_counts(n=60, g=12)
+    r = tcer.Rates(a.X, None, 1e4)
+    out, k, beta = tcer.neighbour_posterior(r, k=7, space="sqrt", criterion="poisson", seed=0)
+    assert k == 7 and beta >= 0
+    mu = tcer.neighbour_mean(r, tcer.neighbour_index(r, 7, seed=0), np.arange(60), "sqrt")
+    counts, size = r.counts(slice(None))
+    np.testing.assert_allclose(out, tcer.posterior(counts, size, mu, beta, "sqrt"), rtol=1e-6)
+    lin = tcer.neighbour_posterior(r, k=7, space="linear", seed=0)[0]
+    assert not np.allclose(out, lin)

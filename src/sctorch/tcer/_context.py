@@ -456,3 +456,68 @@ def choose_neighbours(
         k = min(2 * max(scores), kmax)
         scores[k] = score(k)
     return max(scores, key=lambda k: (scores[k], -k)), scores
+
+
+def neighbour_posterior(
+    rates: Rates,
+    *,
+    k: int | None = None,
+    criterion: str | None = None,
+    space: str | None = None,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+) -> tuple[np.ndarray, int, float]:
+    """TCER's output rule without the network: the neighbour mean as the prior.
+
+    The cells' ``k`` nearest other cells (:func:`neighbour_index`) give the prior mean
+    (:func:`neighbour_mean`, on ``space``), β is chosen by molecular cross-validation on a
+    seeded ``validation_fraction`` of the cells (:func:`choose_beta_on`, ``criterion``) and
+    the output is :func:`posterior`. This is the "no ER-Net" ablation of the benchmarks.
+
+    Parameters
+    ----------
+    rates
+        The cells (:class:`Rates`, ``n`` cells × ``n_genes``, raw counts).
+    k
+        Neighbours per cell (``None``: chosen by :func:`choose_neighbours` on all cells).
+    criterion, space
+        As :class:`~sctorch.tcer.TCERConfig` (``None``: the default config's).
+    seed
+        Seeds the split of molecules, the PCA and the validation cells.
+    validation_fraction
+        Fraction of cells on which β is chosen.
+
+    Returns
+    -------
+    ``(rates_out, k, beta)``: float32 ``(n, n_genes)`` posterior rates (counts per
+    ``target_sum``; ``log1p`` for the log-normalised scale), the ``k`` used and β (units
+    of library size / ``target_sum``).
+
+    Raises
+    ------
+    ValueError
+        With fewer than 2 cells, or an unknown ``criterion`` / ``space``.
+    """
+    from ._config import TCERConfig
+
+    default = TCERConfig()
+    criterion = default.criterion if criterion is None else criterion
+    space = default.space if space is None else space
+    n = rates.n
+    if k is None:
+        k, _ = choose_neighbours(
+            rates, seed=seed, cells=np.arange(n), criterion=criterion, space=space
+        )
+    idx = neighbour_index(rates, k, seed=seed)
+    val = np.sort(get_rng(seed).permutation(n)[: round(validation_fraction * n)])
+    beta, _ = choose_beta_on(
+        rates,
+        val,
+        lambda own, cells: neighbour_mean(rates, idx, cells, space),
+        seed=seed,
+        criterion=criterion,
+        space=space,
+    )
+    counts, size = rates.counts(slice(None))
+    mu = neighbour_mean(rates, idx, np.arange(n), space)
+    return posterior(counts, size, mu, beta, space), int(k), float(beta)
