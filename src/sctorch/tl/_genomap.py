@@ -198,10 +198,10 @@ def _place(
     """``(rows, cols, record)`` of :func:`genomap` (validated, computed, nothing written).
 
     ``rows``/``cols``: int64 ``(n_vars,)`` pixel of each gene (-1: not placed); ``record``
-    the ``uns`` entry. A backed ``adata`` is read ``batch_size`` cells at a time.
+    the ``uns`` entry. ``config``: validated settings (``None``: the defaults). A backed
+    ``adata`` is read ``batch_size`` cells at a time.
     """
     cfg = GenoMapConfig() if config is None else config
-    cfg.validate()
     metric, epsilon, max_iter, tol = cfg.metric, cfg.epsilon, cfg.max_iter, cfg.tol
     solver, radius, batch_size = cfg.solver, cfg.radius, cfg.batch_size
     check_unique_var_names(adata)
