@@ -783,6 +783,43 @@ def test_wide_head_is_balanced_logistic_regression():
     )
 
 
+def test_wide_path_chooses_its_l2_strength_by_out_of_fold_macro_f1():
+    """``fit_wide(c=None)``: the C of the grid whose 5-fold out-of-fold predictions score the
+    best macro-F1, recomputed here with scikit-learn alone; a given C is used as is."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from sctorch.scrobust._select import WIDE_C_GRID, fit_wide
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    X = rng.normal(size=(120, 300))  # 300 noise features, two informative ones
+    X[:, 0] += 1.2 * (y == 1)
+    X[:, 1] += 1.2 * (y == 2)
+    W = sparse.csr_matrix(X)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    f1 = {
+        c: f1_score(
+            y,
+            cross_val_predict(LogisticRegression(C=c, max_iter=1000), W, y, cv=cv),
+            average="macro",
+        )
+        for c in WIDE_C_GRID
+    }
+    coef, _, oof, c = fit_wide(W, y, 3, None, 0, oof=True, c=None)
+    assert c == max(WIDE_C_GRID, key=f1.get)
+    assert f1[c] > f1[1.0]  # with this many noise genes, sklearn's C=1 over-fits
+    assert f1_score(y, oof.argmax(1), average="macro") == pytest.approx(f1[c])
+    ref = LogisticRegression(C=c, max_iter=1000).fit(W, y)
+    np.testing.assert_allclose(coef, ref.coef_, rtol=1e-4, atol=1e-5)
+    coef1, _, none, c1 = fit_wide(W, y, 3, None, 0, oof=False, c=1.0)
+    assert c1 == 1.0 and none is None
+    np.testing.assert_allclose(
+        coef1, LogisticRegression(max_iter=1000).fit(W, y).coef_, rtol=1e-4, atol=1e-5
+    )
+
+
 def test_wide_and_deep_gate_and_round_trip(tmp_path):
     full = planted(n_per=40, n_pops=3, n_markers=4, n_genes=30, seed=6)
     ref, query = full[::2].copy(), full[1::2].copy()

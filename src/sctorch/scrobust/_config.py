@@ -37,6 +37,7 @@ MAX_PRETRAIN_EPOCHS = 200
 FINETUNE_FIELDS = (
     "head",
     "n_wide_genes",
+    "wide_c",
     "validation_fraction",
     "finetune_patience",
     "n_tokens",
@@ -165,6 +166,13 @@ class ScRobustConfig(MethodConfig):
         :func:`sctorch.tl.scrobust_annotate`).
     n_wide_genes
         HVGs of the reference read by the wide (linear) path.
+    wide_c
+        Inverse L2 strength (scikit-learn's ``C``) of the wide path's logistic regression;
+        ``None`` (default) chooses it from ``(0.03, 0.1, 0.3, 1, 3)`` by the out-of-fold
+        macro-F1 on the reference's training part (labels of the reference only; on ifnb
+        it chose 0.03–0.3 and lifted macro-F1 at 0 % and 50 % added dropout:
+        ``benchmarks/results/scrobust_peers_annotation.md``); ``1.0`` is scikit-learn's
+        default, used before.
     validation_fraction
         Stratified part of the reference held out to choose the fine-tuning epoch by its
         macro-F1 (0 keeps the last epoch).
@@ -206,6 +214,7 @@ class ScRobustConfig(MethodConfig):
     # fine-tuning (annotation)
     head: str = "wide_and_deep"
     n_wide_genes: int = 2000
+    wide_c: float | None = None
     validation_fraction: float = 0.1
     finetune_patience: int | None = None
     n_tokens: int = 800
@@ -240,6 +249,7 @@ class ScRobustConfig(MethodConfig):
             finetune_lr=self.finetune_lr,
             n_wide_genes=self.n_wide_genes,
             finetune_patience=self.finetune_patience,
+            wide_c=self.wide_c,
         )
         if self.input_scale not in ("counts", "log1p", "auto"):
             raise ValueError(

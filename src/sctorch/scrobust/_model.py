@@ -469,6 +469,7 @@ class ScRobustModel(BaseModel):
         n_wide_genes: int = 2000,
         validation_fraction: float = 0.0,
         patience: int | None = None,
+        wide_c: float | None = 1.0,
         **kwargs: Any,
     ) -> ScRobustModel:
         """A fine-tuned copy: encoder plus a new two-layer classifier (eqs. 12–15).
@@ -501,6 +502,11 @@ class ScRobustModel(BaseModel):
             :meth:`~sctorch.scrobust._module.ScRobustNetwork.set_classifier`); the wide path
             reads the log-normalised expression of the reference's ``n_wide_genes`` highly
             variable genes (:func:`._select.select_wide_genes`).
+        wide_c
+            Inverse L2 strength of the wide path's logistic regression (``C`` of
+            scikit-learn); ``None`` chooses it from ``(0.03, 0.1, 0.3, 1, 3)`` by the
+            out-of-fold macro-F1 on the training part of the reference
+            (:func:`._select.fit_wide`); recorded in ``history['wide_c']``.
         validation_fraction, patience
             With ``validation_fraction`` > 0, that stratified part of the reference is held
             out and the epoch with its best macro-F1 is kept (``patience``: epochs without
@@ -574,7 +580,8 @@ class ScRobustModel(BaseModel):
             ttok = rtok if va.size == 0 else rtok.subset(tr)
             oof = None
             if head != "deep":
-                oof = fit_wide_path(ft, ttok, codes[tr], weights, seed)
+                oof = fit_wide_path(ft, ttok, codes[tr], weights, seed, c=wide_c)
+                wide_c = ft.history["wide_c"][0]  # the refits below keep the one chosen
             val_scores = (
                 None
                 if va.size == 0
@@ -583,7 +590,7 @@ class ScRobustModel(BaseModel):
             validate = None if val_scores is None else (lambda: val_scores()[0])
 
             if head == "wide":  # the linear path alone: nothing to train by gradient
-                fit_wide_path(ft, rtok, codes, weights, seed, oof=False)
+                fit_wide_path(ft, rtok, codes, weights, seed, oof=False, c=wide_c)
                 ft.module.eval()
                 return ft
             gate = head == "wide_and_deep" and val_scores is not None
@@ -613,7 +620,7 @@ class ScRobustModel(BaseModel):
             if gate:
                 gate_deep_path(ft, base, val_scores)
             if head != "deep" and va.size:  # epoch chosen: the linear path sees every cell
-                fit_wide_path(ft, rtok, codes, weights, seed, oof=False)
+                fit_wide_path(ft, rtok, codes, weights, seed, oof=False, c=wide_c)
         ft.module.eval()
         return ft
 

@@ -89,46 +89,71 @@ def wide_matrix(tok: _Tokens, wide_ids: np.ndarray) -> sparse.csr_matrix:
     return sparse.csr_matrix(tok.X @ sel, dtype=np.float32)
 
 
+#: the inverse L2 strengths the wide path chooses from (``wide_c=None``)
+WIDE_C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
+
+
 def fit_wide(
-    W: sparse.csr_matrix, y: np.ndarray, n_classes: int, class_weight, seed: int, oof: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    W: sparse.csr_matrix,
+    y: np.ndarray,
+    n_classes: int,
+    class_weight,
+    seed: int,
+    oof: bool = True,
+    c: float | None = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
     """The wide path: a logistic regression on ``W`` (cells × HVGs) and out-of-fold logits.
 
-    :class:`sklearn.linear_model.LogisticRegression` (L2, ``C=1``, lbfgs; ``class_weight``
-    as given: ``None``, ``"balanced"`` or ``{code: weight}``) fitted on all rows gives the
-    weights ``(n_classes, n_features)`` and bias ``(n_classes,)``; 5-fold (fewer for small
-    classes) :func:`sklearn.model_selection.cross_val_predict` gives each training cell
-    logits from a model that did not see it, so the deep path learns to correct the
-    linear model's errors on unseen cells rather than its over-confident in-sample fit
-    (``oof=False``: no out-of-fold logits, ``None``).
+    :class:`sklearn.linear_model.LogisticRegression` (L2 with inverse strength ``c``,
+    lbfgs; ``class_weight`` as given: ``None``, ``"balanced"`` or ``{code: weight}``)
+    fitted on all rows gives the weights ``(n_classes, n_features)`` and bias
+    ``(n_classes,)``; 5-fold (fewer for small classes)
+    :func:`sklearn.model_selection.cross_val_predict` gives each training cell logits from
+    a model that did not see it, so the deep path learns to correct the linear model's
+    errors on unseen cells rather than its over-confident in-sample fit (``oof=False``: no
+    out-of-fold logits, ``None``). ``c=None`` chooses ``c`` from :data:`WIDE_C_GRID` by the
+    macro-F1 of those out-of-fold predictions (labelled cells only, none held out from the
+    caller; ``c=1`` where a class has a single cell). Returns ``(coef, bias, logits, c)``.
     """
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    lr = LogisticRegression(max_iter=1000, class_weight=class_weight)
+    counts = np.bincount(y, minlength=n_classes)
+    k = int(min(5, counts[counts > 0].min()))
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed) if k >= 2 else None
+
+    def out_of_fold(c_: float) -> np.ndarray:
+        lr_ = LogisticRegression(C=c_, max_iter=1000, class_weight=class_weight)
+        z = cross_val_predict(lr_, W, y, cv=cv, method="decision_function")
+        return np.stack([np.zeros_like(z), z], 1) if z.ndim == 1 else z
+
+    logits = None
+    if c is None and cv is None:
+        c = 1.0
+    elif c is None:
+        found = {c_: out_of_fold(c_) for c_ in WIDE_C_GRID}
+        classes = np.flatnonzero(counts > 0)
+        f1 = {c_: f1_score(y, classes[z.argmax(1)], average="macro") for c_, z in found.items()}
+        c = max(WIDE_C_GRID, key=lambda c_: f1[c_])  # the first of equal scores
+        logits = found[c]
+    lr = LogisticRegression(C=float(c), max_iter=1000, class_weight=class_weight)
     lr.fit(W, y)
     coef, bias = lr.coef_, lr.intercept_
     if n_classes == 2:  # sklearn keeps one row for two classes: logits (0, d)
         coef = np.vstack([np.zeros_like(coef), coef])
         bias = np.array([0.0, bias[0]])
     if not oof:
-        return coef.astype(np.float32), bias.astype(np.float32), None
-    counts = np.bincount(y, minlength=n_classes)
-    k = int(min(5, counts[counts > 0].min()))
-    if k >= 2:
-        cv = StratifiedKFold(k, shuffle=True, random_state=seed)
-        oof = cross_val_predict(
-            LogisticRegression(max_iter=1000, class_weight=class_weight),
-            W,
-            y,
-            cv=cv,
-            method="decision_function",
-        )
-        if n_classes == 2:
-            oof = np.stack([np.zeros_like(oof), oof], 1)
-    else:  # a class with a single cell: in-sample logits
-        oof = W @ coef.T + bias
-    return coef.astype(np.float32), bias.astype(np.float32), np.asarray(oof, np.float32)
+        return coef.astype(np.float32), bias.astype(np.float32), None, float(c)
+    if logits is None:
+        # a class with a single cell: in-sample logits
+        logits = out_of_fold(float(c)) if cv is not None else W @ coef.T + bias
+    return (
+        coef.astype(np.float32),
+        bias.astype(np.float32),
+        np.asarray(logits, np.float32),
+        float(c),
+    )
 
 
 def knn_validator(model, tok: _Tokens, val_cells: int, embed_genes: int, seed: int, dev):
@@ -179,18 +204,29 @@ def contrastive_validator(model, tok: _Tokens, batch_size: int, seed: int, dev):
     return ttok, validate, "pretrain_val_contrastive"
 
 
-def fit_wide_path(model, tok: _Tokens, codes: np.ndarray, weights, seed: int, oof: bool = True):
+def fit_wide_path(
+    model,
+    tok: _Tokens,
+    codes: np.ndarray,
+    weights,
+    seed: int,
+    oof: bool = True,
+    c: float | None = 1.0,
+):
     """Fit ``model``'s wide path (a frozen logistic regression) on ``tok``.
 
     Returns the out-of-fold logits ``(n_obs, n_classes)`` tensor (``None`` with
     ``oof=False``). ``weights``: one cross-entropy weight per class code, or ``None``.
+    ``c``: the inverse L2 strength (``None``: chosen, see :func:`fit_wide`); the one used
+    is recorded in ``model.history['wide_c']`` (a one-element list, as every history entry).
     """
     import torch
 
     cw = None if weights is None else dict(enumerate(map(float, weights)))
-    coef, bias, logits = fit_wide(
-        wide_matrix(tok, model.wide_ids), codes, len(model.classes), cw, seed, oof=oof
+    coef, bias, logits, c = fit_wide(
+        wide_matrix(tok, model.wide_ids), codes, len(model.classes), cw, seed, oof=oof, c=c
     )
+    model.history["wide_c"] = [c]
     model.module.set_wide(coef, bias)
     return None if logits is None else torch.from_numpy(logits)
 

@@ -465,7 +465,8 @@ def scrobust_annotate(
     departs from it because the deep path alone lost to a balanced logistic regression
     (``benchmarks/results/scrobust.md``): ``head="wide_and_deep"`` fits a logistic
     regression on the log-normalised expression of the reference's ``n_wide_genes`` HVGs
-    (the wide path, frozen), trains the deep path on its out-of-fold logits, and keeps
+    (the wide path, frozen; its L2 strength chosen by out-of-fold macro-F1 on the
+    reference, ``wide_c``), trains the deep path on its out-of-fold logits, and keeps
     the deep path only if it improves both macro-F1 and cross-entropy of the held-out
     part; the wide path is then refitted on the whole reference. ``"wide"`` is the wide
     path alone. 10 epochs at ``lr=1e-3`` (CPU-sized). Cost grows with ``n_tokens``; ~2,000
@@ -508,7 +509,8 @@ def scrobust_annotate(
         set the **fine-tuning** settings ``finetune_epochs``, ``finetune_lr``,
         ``finetune_batch_size`` (also cells per forward pass when classifying) and
         ``finetune_patience`` (pre-training's are set through ``config``). The fine-tuning
-        settings: ``head``, ``n_wide_genes``, ``validation_fraction`` (formerly
+        settings: ``head``, ``n_wide_genes``, ``wide_c`` (the wide path's inverse L2
+        strength; ``None``: chosen by out-of-fold macro-F1), ``validation_fraction`` (formerly
         ``val_fraction``), ``n_tokens`` (highly unique genes per cell, formerly
         ``n_genes``), ``class_weight``, plus ``input_scale`` and ``min_shared_genes`` for
         both AnnData. Two more keywords are accepted here: ``ref_layer`` (layer of
@@ -610,6 +612,7 @@ def scrobust_annotate(
             progress=progress,
             head=s.head,
             n_wide_genes=s.n_wide_genes,
+            wide_c=s.wide_c,
             validation_fraction=s.validation_fraction,
             patience=s.finetune_patience,
         )
