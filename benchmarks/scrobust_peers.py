@@ -74,9 +74,11 @@ EMBED_METHODS = ("PCA", "scVI", "scRobust")
 HARMONY = ("PCA + Harmony", "scRobust + Harmony")
 EMBED_ROWS = ("PCA", "PCA + Harmony", "scVI", "scRobust", "scRobust + Harmony")
 REF_ONLY = "scRobust (pre-trained on the reference only)"
+WIDE_C1 = "scRobust (wide path C = 1; before)"  # the wide path's old fixed L2 strength
 ANNOT_METHODS = (
     "scRobust",
     REF_ONLY,
+    WIDE_C1,
     "logistic regression",
     "logistic regression (balanced)",
     "CellTypist",
@@ -273,19 +275,20 @@ def annotation_worker(split: str, method: str, threads: int, max_folds: int) -> 
     # without labels, on all cells (reference and query), then each fold's reference
     # labels train the classifier.
     data = a[:, hvg_mask(a)].copy()
-    if method == "scRobust":
+    if method in ("scRobust", WIDE_C1):
         import sctorch as sct
 
         model = sct.tl.scrobust_pretrain(data, rng=SEED, progress=False)
+        extra = {"wide_c": 1.0} if method == WIDE_C1 else {}
     elif method == "scANVI":
         import scvi
 
         vae, both = scvi_model(data, "sample", threads)
     for tr, te in split_indices(a, split)[:max_folds]:
         ref, query = data[tr].copy(), data[te].copy()
-        if method == "scRobust":
+        if method in ("scRobust", WIDE_C1):
             sct.tl.scrobust_annotate(
-                query, ref, labels_key="cell_type", model=model, rng=SEED, progress=False
+                query, ref, labels_key="cell_type", model=model, rng=SEED, progress=False, **extra
             )
             pred = query.obs["scrobust_label"].astype(str).to_numpy()
         elif method == REF_ONLY:  # the plain call: scrobust_annotate pre-trains on ref
@@ -442,7 +445,7 @@ def render_annotation(runs: dict) -> list[str]:
     ]
     for split, need in (("cv0", 0.0), ("shift", 0.03), ("cv50", 0.03), ("cv30", None)):
         me = runs.get(f"annotation/{split}/scRobust")
-        peers = [runs.get(f"annotation/{split}/{m}") for m in ANNOT_METHODS[2:]]
+        peers = [runs.get(f"annotation/{split}/{m}") for m in ANNOT_METHODS[3:]]
         peers = [p for p in peers if p]
         if not me or not peers:
             continue
