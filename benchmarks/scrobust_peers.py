@@ -405,6 +405,12 @@ def render_embedding(runs: dict) -> list[str]:
     body += [
         "pbmc3k: no labels and one batch, so no scIB metric is defined on it; not run.",
         "",
+        "A command with `--reuse` scored embeddings kept from an earlier run of the same "
+        "script (their seconds and peak memory are that run's, each method in its own "
+        "process; here `--task embedding --data ifnb zeisel`, 2026-12-02, on a machine "
+        "shared with other benchmark jobs). Harmony rows: seconds = the embedding's + "
+        "Harmony's (1–2 s).",
+        "",
     ]
     return body
 
@@ -455,6 +461,13 @@ def render_annotation(runs: dict) -> list[str]:
             "" if need is None else (" (met)" if d >= need else f" (target ≥ {need:+.2f}: MISSED)")
         )
         body.append(f"- {SPLITS[split][1]}: scRobust − {best['method']} = {d:+.3f}{verdict}")
+    notes = [
+        f"- {SPLITS[r['key'].split('/')[1]][1]}, {r['method']}: {r['note']}"
+        for r in runs.values()
+        if r["key"].startswith("annotation/") and r.get("note")
+    ]
+    if notes:
+        body += ["", "Notes on rows:", "", *notes]
     return [*body, ""]
 
 
