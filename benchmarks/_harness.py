@@ -138,6 +138,21 @@ def grid_shape(n_genes: int) -> tuple[int, int]:
     return int(np.ceil(n_genes / w)), w
 
 
+# ------------------------------------------------------------------------ data
+def dataset(name: str):
+    """One of the real data sets the benchmarks use, by short name (raw counts)."""
+    import sctorch as sct
+
+    loaders = {
+        "ifnb": sct.datasets.ifnb_pbmc,
+        "pbmc3k": sct.datasets.pbmc3k,
+        "zeisel": sct.datasets.zeisel2015,
+    }
+    if name not in loaders:
+        raise ValueError(f"unknown data set {name!r}; choose from {sorted(loaders)}")
+    return loaders[name]()
+
+
 # ------------------------------------------------------------------------ results file
 def command(script: str | Path | None = None, args: Sequence[str] | None = None) -> str:
     """``python benchmarks/NAME.py ARGS`` (``args`` default: this process's arguments)."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import peak_rss_mib, write_results
+from _harness import dataset, peak_rss_mib, write_results
 
 SEED = 0
 BASE = {"d_model": 64, "n_heads": 4, "lr": 1e-3, "batch_size": 64, "n_genes_per_view": 50}
@@ -48,13 +48,7 @@ VARIANTS = {
 def hvg_data(name: str):
     import scanpy as sc
 
-    import sctorch as sct
-
-    a = {
-        "ifnb": sct.datasets.ifnb_pbmc,
-        "pbmc3k": sct.datasets.pbmc3k,
-        "zeisel": sct.datasets.zeisel2015,
-    }[name]()
+    a = dataset(name)
     sc.pp.filter_cells(a, min_counts=1)
     if a.n_vars <= 2000:  # Zeisel 2015 subset: 1,000 genes, all kept
         a = a[:, np.asarray((a.X > 0).sum(0)).ravel() > 0].copy()

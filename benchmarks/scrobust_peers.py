@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import command, markdown_table, peak_rss_mib, write_results
+from _harness import command, dataset, markdown_table, peak_rss_mib, write_results
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "results" / "scrobust_peers_runs.json"
@@ -98,13 +98,7 @@ def _setup(threads: int) -> None:
 
 
 def load(name: str):
-    import sctorch as sct
-
-    a = {
-        "ifnb": sct.datasets.ifnb_pbmc,
-        "zeisel": sct.datasets.zeisel2015,
-        "pbmc3k": sct.datasets.pbmc3k,
-    }[name]()
+    a = dataset(name)
     a = a[np.asarray(a.X.sum(1)).ravel() > 0].copy()
     a.obs_names_make_unique()
     return a
