@@ -170,7 +170,7 @@ class ScRobustConfig(MethodConfig):
         Inverse L2 strength (scikit-learn's ``C``) of the wide path's logistic regression;
         ``None`` (default) chooses it from ``(0.03, 0.1, 0.3, 1, 3)`` by the out-of-fold
         macro-F1 on the reference's training part (labels of the reference only; on ifnb
-        it chose 0.03–0.3 and lifted macro-F1 at 0 % and 50 % added dropout:
+        it chose 0.03–1 and lifted macro-F1 at 0 % and 50 % added dropout:
         ``benchmarks/results/scrobust_peers_annotation.md``); ``1.0`` is scikit-learn's
         default, used before.
     validation_fraction
