@@ -62,6 +62,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _harness import command, dataset, markdown_table, peak_rss_mib, write_results
+from scrobust import add_dropout, lognorm  # benchmarks/scrobust.py: the same dropout model
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "results" / "scrobust_peers_runs.json"
@@ -84,14 +85,17 @@ ANNOT_METHODS = (
     "CellTypist",
     "scANVI",
 )
-SPLITS = {"cv0": (0.0, "5-fold CV, 0 %"), "cv30": (0.3, "5-fold CV, 30 % added dropout")}
-SPLITS.update({"cv50": (0.5, "5-fold CV, 50 % added dropout"), "shift": (0.0, "ctrl → IFN-β")})
+SPLITS = {  # key: (added dropout, title)
+    "cv0": (0.0, "5-fold CV, 0 %"),
+    "cv30": (0.3, "5-fold CV, 30 % added dropout"),
+    "cv50": (0.5, "5-fold CV, 50 % added dropout"),
+    "shift": (0.0, "ctrl → IFN-β"),
+}
 
 
 # ----------------------------------------------------------------------------- helpers
 def _setup(threads: int) -> None:
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
 
     torch.set_num_threads(threads)
@@ -102,15 +106,6 @@ def load(name: str):
     a = a[np.asarray(a.X.sum(1)).ravel() > 0].copy()
     a.obs_names_make_unique()
     return a
-
-
-def lognorm(a):
-    import scanpy as sc
-
-    b = a.copy()
-    sc.pp.normalize_total(b, target_sum=1e4)
-    sc.pp.log1p(b)
-    return b
 
 
 def hvg_mask(a) -> np.ndarray:
@@ -204,7 +199,7 @@ def harmony_worker(emb: np.ndarray, batch: np.ndarray, threads: int) -> dict:
 def score_embeddings(data: str, embs: dict[str, np.ndarray]) -> dict[str, dict]:
     """scIB metrics (``Benchmarker`` defaults, PCA as unintegrated) and Leiden ARI."""
     import anndata as ad
-    from scib_metrics.benchmark import Benchmarker, BioConservation
+    from scib_metrics.benchmark import Benchmarker
 
     import sctorch as sct
 
@@ -222,7 +217,6 @@ def score_embeddings(data: str, embs: dict[str, np.ndarray]) -> dict[str, dict]:
         label_key="cell_type",
         embedding_obsm_keys=[f"X_{m}" for m in embs],
         pre_integrated_embedding_obsm_key="X_PCA",
-        bio_conservation_metrics=BioConservation(),
         n_jobs=1,
         progress_bar=False,
         **kw,
@@ -254,7 +248,6 @@ def split_indices(a, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def annotation_worker(split: str, method: str, threads: int, max_folds: int) -> dict:
     _setup(threads)
-    from scrobust import add_dropout  # benchmarks/scrobust.py, the same dropout model
     from sklearn.metrics import accuracy_score, f1_score
 
     level = SPLITS[split][0]
@@ -358,8 +351,8 @@ EMBED_COLS = (
 )
 
 
-def _f(v, nd=3):
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
+def _f(v):
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
 def render_embedding(runs: dict) -> list[str]:
@@ -478,6 +471,9 @@ def main() -> None:
         "--reuse", action="store_true", help="embeddings of an earlier run (temp folder)"
     )
     args = p.parse_args()
+    # inherited by the spawned workers before they import NumPy, so BLAS uses --threads
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
     cmd = command()
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
     pick = lambda all_: [m for m in all_ if args.methods is None or m in args.methods.split(",")]  # noqa: E731
