@@ -842,6 +842,18 @@ def test_wide_and_deep_gate_and_round_trip(tmp_path):
         ft.predict_proba(query, progress=False),
         atol=1e-6,
     )
+    # the wide path's L2 strength: chosen from the grid by default, kept in the file; a
+    # given value reaches the regression through scrobust_annotate's settings
+    from sctorch.scrobust._select import WIDE_C_GRID
+
+    assert ft.history["wide_c"][0] in WIDE_C_GRID
+    assert back.history["wide_c"] == ft.history["wide_c"]
+    kw = dict(labels_key="pop", model=base, head="wide", rng=0, progress=False, return_model=True)
+    weak = sct.tl.scrobust_annotate(query, ref, wide_c=3.0, **kw)
+    strong = sct.tl.scrobust_annotate(query, ref, wide_c=0.03, **kw)
+    assert weak.history["wide_c"] == [3.0] and strong.history["wide_c"] == [0.03]
+    w3, w003 = (m.network.wide.weight.abs().sum().item() for m in (weak, strong))
+    assert w003 < w3  # a stronger L2 penalty shrinks the weights
 
 
 def test_presets_and_bad_arguments(two_pops):

@@ -504,7 +504,7 @@ class ScRobustModel(BaseModel):
             variable genes (:func:`._select.select_wide_genes`).
         wide_c
             Inverse L2 strength of the wide path's logistic regression (``C`` of
-            scikit-learn); ``None`` chooses it from ``(0.03, 0.1, 0.3, 1, 3)`` by the
+            scikit-learn); ``None`` chooses it from ``_select.WIDE_C_GRID`` by the
             out-of-fold macro-F1 on the training part of the reference
             (:func:`._select.fit_wide`); recorded in ``history['wide_c']``.
         validation_fraction, patience

@@ -145,8 +145,7 @@ def fit_wide(
         bias = np.array([0.0, bias[0]])
     if not oof:
         return coef.astype(np.float32), bias.astype(np.float32), None, float(c)
-    if logits is None:
-        # a class with a single cell: in-sample logits
+    if logits is None:  # c was given; a class with a single cell: in-sample logits
         logits = out_of_fold(float(c)) if cv is not None else W @ coef.T + bias
     return (
         coef.astype(np.float32),
