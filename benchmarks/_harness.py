@@ -102,7 +102,8 @@ def log_normalize(X, target_sum: float = 1e4):
     return tmp.X
 
 
-def _is_counts(X) -> bool:
+def is_counts(X) -> bool:
+    """All values non-negative integers (within 1e-6): raw counts."""
     from scipy import sparse
 
     vals = np.asarray(X.data) if sparse.issparse(X) else np.asarray(X)
@@ -119,7 +120,7 @@ def stimpute_normalise(adata) -> np.ndarray:
     and log1p-transformed; any other input is used as given.
     """
     X = adata.X
-    if _is_counts(X):
+    if is_counts(X):
         lib = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
         target = float(np.median(lib[lib > 0])) if (lib > 0).any() else 1.0
         X = log_normalize(X, target_sum=target)

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import command, peak_rss_mib, stimpute_normalise, write_results
+from _harness import command, is_counts, peak_rss_mib, stimpute_normalise, write_results
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "stimpute.md"
@@ -270,16 +270,11 @@ def gimvi_fold(sp, ref, train, test):
     )
     _, rho = model.get_imputed_values(normalized=True)
     Xall = sp.X.toarray() if hasattr(sp.X, "toarray") else np.asarray(sp.X)
-    counts = _counts(Xall)
+    counts = is_counts(Xall)
     target = float(np.median(Xall.sum(1))) if counts else 1.0
     pred = np.asarray(rho[:, len(train) :], np.float64) * target
     epochs = len(model.history_["elbo_validation"]) if model.history_ else epochs
     return (np.log1p(pred) if counts else pred).astype(np.float32), epochs
-
-
-def _counts(X) -> bool:
-    X = np.asarray(X)
-    return bool((X >= 0).all() and np.allclose(X, np.round(X)))
 
 
 def spatial_neighbours(sp, k):
@@ -310,17 +305,11 @@ def smooth_choice(sp, ref, train, nbrs):
     best = (-np.inf, 0, 0.0)
     for k in SMOOTH_K:
         for b in SMOOTH_B:
-            m = float(np.median(_pearson_cols(T, smooth(P, nbrs[k], b))))
+            pearson = sct.metrics.pairwise_scores(T, smooth(P, nbrs[k], b))["pearson"]
+            m = float(np.median(pearson.to_numpy()))
             if m > best[0] + 1e-12:
                 best = (m, k, b)
     return best[1], best[2]
-
-
-def _pearson_cols(T, P):
-    T, P = np.asarray(T, np.float64), np.asarray(P, np.float64)
-    Tc, Pc = T - T.mean(0), P - P.mean(0)
-    den = np.sqrt((Tc * Tc).sum(0) * (Pc * Pc).sum(0))
-    return np.where(den > 0, (Tc * Pc).sum(0) / np.where(den > 0, den, 1.0), np.nan)
 
 
 def scale_data(n_cells: int):
