@@ -37,6 +37,32 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory (``VmHWM``) to its current RSS (Linux).
+
+    Writes 5 to ``/proc/self/clear_refs``; :func:`hwm_rss_mib` then reports the peak
+    since this call. Returns False where the kernel does not allow it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def hwm_rss_mib() -> float:
+    """Peak resident memory (``VmHWM``) since the last :func:`reset_peak_rss`, MiB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
 def current_rss_mib() -> float:
     """Current resident memory of this process (``VmRSS``), MiB; NaN where unavailable."""
     try:

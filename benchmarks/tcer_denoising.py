@@ -40,7 +40,9 @@ Methods, side by side in one process, each from the train counts only:
 - ``no ER-Net, linear``: the same on the linear scale (the default before issue 23's
   square-root scale): the ablation of the square-root context and posterior;
 - ``TCER`` (``sct.tl.tcer_impute`` defaults, ``counts_key`` = its count-scale posterior
-  layer) and ``TCER preset=paper`` (its measured values kept, zeros filled; epochs and
+  layer; ``prior`` says whether its gate kept the network's prior or the neighbour
+  mean), ``TCER prior=network`` (the same with the network's prior forced: the gate's
+  ablation) and ``TCER preset=paper`` (its measured values kept, zeros filled; epochs and
   width capped by ``--paper-epochs`` / ``--paper-features``).
 
 Each run appends its rows to ``benchmarks/results/tcer_denoising_runs.json``; ``--render``
@@ -200,6 +202,7 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
                 "epochs": len(model.history["train_loss"]),
                 "n_neighbors": model.n_neighbors,
                 "beta": np.nan if model.beta is None else model.beta,
+                "prior": "network" if model.use_network else "context",
             }
             return a.layers["denoised"]
 
@@ -207,6 +210,8 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
 
     if "tcer" in methods:
         run_tcer("TCER")
+    if "network" in methods:
+        run_tcer("TCER prior=network", prior="network")
     if "no_ernet" in methods:
         k = extra.get("TCER", {}).get("n_neighbors")
         if k is None:
@@ -271,6 +276,7 @@ ORDER = [
     "no ER-Net",
     "no ER-Net, linear",
     "TCER",
+    "TCER prior=network",
     "TCER preset=paper",
 ]
 
@@ -296,6 +302,7 @@ def render(out: Path) -> None:
         "epochs",
         "n_neighbors",
         "beta",
+        "prior",
     ]
     table = df[[c for c in cols if c in df]].to_markdown(index=False, floatfmt=".3f")
     lines = [
@@ -345,8 +352,8 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         nargs="*",
-        default=["magic", "knn", "tcer", "no_ernet", "paper"],
-        choices=["magic", "knn", "tcer", "no_ernet", "paper"],
+        default=["magic", "knn", "tcer", "network", "no_ernet", "paper"],
+        choices=["magic", "knn", "tcer", "network", "no_ernet", "paper"],
     )
     ap.add_argument("--paper-epochs", type=int, default=10)
     ap.add_argument("--paper-features", type=int, default=16)

@@ -120,24 +120,34 @@ def default_model():
     return a, model, truth
 
 
-def test_default_output_is_the_posterior_of_the_network_prior(default_model):
+def test_default_output_is_the_posterior_of_the_chosen_prior(default_model):
     a, model, truth = default_model
     p = model.params
     assert p.objective == "sqrt" and p.output == "posterior" and p.n_neighbors is None
+    assert p.prior == "auto"
     assert model.n_neighbors in tcer.K_GRID and model.beta is not None and model.beta >= 0
-    assert set(model.selection) == {"n_neighbors", "beta"}
+    assert set(model.selection) == {"n_neighbors", "beta", "prior"}
     rec = a.uns["tcer"]
     assert rec["params"]["n_neighbors_fitted"] == model.n_neighbors
     assert rec["params"]["beta_fitted"] == model.beta
     assert set(rec["selection"]["n_neighbors"]) == {str(k) for k in tcer.K_GRID}
+    # the gate: the network is used exactly when its held-out score is the higher
+    prior = model.selection["prior"]
+    assert set(prior) == {"context", "network"}
+    assert model.use_network == (prior["network"] > prior["context"])
+    assert rec["params"]["prior_fitted"] == ("network" if model.use_network else "context")
+    assert max(model.selection["beta"].values()) == prior[rec["params"]["prior_fitted"]]
     out = a.layers["tcer"]
     assert out.shape == a.shape and np.isfinite(out).all() and (out >= 0).all()
-    # the written layer is log1p of the posterior (sqrt space) with the network's prior mu
+    # the written layer is log1p of the posterior (sqrt space) with the chosen prior mu
     r = tcer.Rates(a.X, None, 1e4)
     idx = tcer.neighbour_index(r, model.n_neighbors, seed=0)
     everyone, genes = np.arange(a.n_obs), np.arange(a.n_vars)
     own = r.rates(slice(None)).toarray()
-    mu = model._prior(model._cell_images(r, own, everyone, idx, genes), "cpu", genes)
+    if model.use_network:
+        mu = model._prior(model._cell_images(r, own, everyone, idx, genes), "cpu", genes)
+    else:
+        mu = tcer.neighbour_mean(r, idx, everyone, p.space)
     counts, size = r.counts(slice(None))
     np.testing.assert_allclose(
         out, np.log1p(tcer.posterior(counts, size, mu, model.beta, p.space)), rtol=1e-5, atol=1e-6
@@ -151,6 +161,50 @@ def test_default_output_is_the_posterior_of_the_network_prior(default_model):
     )
 
 
+def test_choose_prior_on_prefers_the_true_prior_and_keeps_the_first_on_a_tie():
+    counts, truth, _ = _two_types(n_per=150, depth=100.0)
+    r = _rates(counts)
+    cells = np.arange(r.n)
+    wrong = truth[np.random.default_rng(0).permutation(truth.shape[0])]
+    priors = {
+        "wrong": lambda own, pos: wrong[pos],
+        "true": lambda own, pos: truth[pos],
+    }
+    name, beta, scores = tcer.choose_prior_on(r, cells, priors, seed=0)
+    assert name == "true" and set(scores) == {"wrong", "true"}
+    assert max(scores["true"].values()) > max(scores["wrong"].values())
+    # the same scores as choose_beta on the same split
+    half_a, half_b = tcer.split_molecules(*r.counts(cells), seed=0)
+    b, sc = tcer.choose_beta(half_a, half_b, truth)
+    assert beta == b and sc == scores["true"]
+    # a given beta is scored as given; identical priors: the first listed wins
+    same = {"a": priors["true"], "b": priors["true"]}
+    name, beta, scores = tcer.choose_prior_on(r, cells, same, seed=0, beta=0.05)
+    assert name == "a" and beta == 0.05 and len(scores["a"]) == 1
+
+
+def test_context_prior_trains_nothing_and_is_the_neighbour_posterior():
+    counts, _, _ = _two_types(n_per=40, depth=150.0)
+    a = _placed(counts)
+    model = sct.tl.tcer_impute(
+        a, prior="context", n_neighbors=10, rng=0, progress=False, device="cpu", return_model=True
+    )
+    assert not model.use_network and model.history["train_loss"] == []
+    assert a.uns["tcer"]["params"]["prior_fitted"] == "context"
+    r = tcer.Rates(a.X, None, 1e4)
+    idx = tcer.neighbour_index(r, 10, seed=0)
+    mu = tcer.neighbour_mean(r, idx, np.arange(a.n_obs), "sqrt")
+    counts_, size = r.counts(slice(None))
+    np.testing.assert_allclose(
+        a.layers["tcer"],
+        np.log1p(tcer.posterior(counts_, size, mu, model.beta, "sqrt")),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="prior='context'"):
+        sct.tl.tcer_impute(a, prior="context", n_neighbors=0, progress=False)
+
+
 def test_fitted_context_and_beta_survive_save_and_load(default_model, tmp_path):
     a, model, _ = default_model
     a.write_h5ad(tmp_path / "a.h5ad")  # the uns record is writable
@@ -159,6 +213,7 @@ def test_fitted_context_and_beta_survive_save_and_load(default_model, tmp_path):
     model.save(path)
     loaded = TCERModel.load(path, device="cpu")
     assert loaded.n_neighbors == model.n_neighbors and loaded.beta == model.beta
+    assert loaded.use_network == model.use_network
     assert loaded.module.in_channels == 2
     np.testing.assert_array_equal(
         loaded.predict(a, progress=False, device="cpu"),
@@ -177,6 +232,7 @@ def test_bad_context_settings_raise_before_anything_is_written():
         ({"output": "mean"}, "output"),
         ({"beta": -1.0}, "beta"),
         ({"objective": "l2"}, "objective"),
+        ({"prior": "mean"}, "prior"),
     ):
         with pytest.raises(ValueError, match=match):
             sct.tl.tcer_impute(a, epochs=1, progress=False, **kw)

@@ -54,6 +54,10 @@ BETA_GRID: tuple[float, ...] = (
 )
 #: the scales on which the context is averaged and the posterior is taken
 SPACES = ("linear", "sqrt")
+#: most entries (cells × genes) of the dense matrix the context's PCA is fitted on; above
+#: it, the PCA is fitted on a seeded sample of that many entries' cells and every cell
+#: is projected in blocks (memory bounded at 100,000 cells and more)
+PCA_DENSE_ENTRIES: int = 25_000_000
 #: neighbour counts searched by :func:`choose_neighbours`
 K_GRID: tuple[int, ...] = (5, 10, 20, 40, 80)
 
@@ -89,6 +93,7 @@ class Rates:
         self.n = int(X.shape[0])
         self.backed = is_backed(X)
         self._all = None if self.backed else self.counts_of(X)
+        self._source: dict[str, sparse.csr_matrix] = {}
 
     @classmethod
     def in_memory(cls, counts, size: np.ndarray, target_sum: float) -> Rates:
@@ -97,6 +102,7 @@ class Rates:
         self.X, self.cols, self.target_sum = None, None, float(target_sum)
         self.n, self.backed = int(counts.shape[0]), False
         self._all = (sparse.csr_matrix(counts, dtype=np.float32), np.asarray(size))
+        self._source = {}
         return self
 
     def counts_of(self, block) -> tuple[sparse.csr_matrix, np.ndarray]:
@@ -116,23 +122,42 @@ class Rates:
         """CSR float32 rates (``counts / size``) of ``rows``."""
         return to_rates(*self.counts(rows))
 
+    def averaged(self, space: str) -> sparse.csr_matrix:
+        """All cells' rates on the scale the context averages (``"sqrt"``: their roots).
+
+        In memory only; computed once and kept, so a neighbour mean per block of cells
+        costs the block's neighbours, not a pass over the whole matrix.
+        """
+        if space not in self._source:
+            source = self.rates(slice(None))
+            self._source[space] = source.sqrt() if space == "sqrt" else source
+        return self._source[space]
+
 
 def _embedding(
     rates: Rates, n_pcs: int, seed: int, rates_in: sparse.csr_matrix | None = None
 ) -> np.ndarray:
-    """PCA scores ``(n, n_pcs)`` of ``log1p(rates)`` (IncrementalPCA in blocks when backed).
+    """PCA scores ``(n, n_pcs)`` of ``log1p(rates)``.
 
-    ``rates_in``: in-memory rates to embed instead of those of ``rates``.
+    IncrementalPCA in blocks when backed; fitted on a sample of cells above
+    :data:`PCA_DENSE_ENTRIES`. ``rates_in``: in-memory rates to embed instead of those of ``rates``.
     """
     from sklearn.decomposition import PCA, IncrementalPCA
 
     n_genes = rates.counts(slice(0, 1))[0].shape[1]
     n_comp = int(max(1, min(n_pcs, rates.n - 1, n_genes)))
     if not rates.backed:
-        L = (rates.rates(slice(None)) if rates_in is None else rates_in).log1p().toarray()
-        return PCA(
-            n_comp, random_state=seed, svd_solver="full" if n_genes <= 500 else "randomized"
-        ).fit_transform(L)
+        source = rates.rates(slice(None)) if rates_in is None else rates_in
+        pca = PCA(n_comp, random_state=seed, svd_solver="full" if n_genes <= 500 else "randomized")
+        if rates.n * n_genes <= PCA_DENSE_ENTRIES:
+            return pca.fit_transform(source.log1p().toarray())
+        # a large matrix: fitted on a seeded sample of cells, every cell projected in
+        # blocks, so no dense n_cells x n_genes copy is made
+        fit_on = np.sort(get_rng(seed).choice(rates.n, PCA_DENSE_ENTRIES // n_genes, False))
+        pca.fit(source[fit_on].log1p().toarray())
+        return np.concatenate(
+            [pca.transform(source[sl].log1p().toarray()) for sl in iter_batches(rates.n, 4096)]
+        ).astype(np.float32)
     block = max(4096, n_comp)
     ipca = IncrementalPCA(n_comp, batch_size=block)
     blocks = list(iter_batches(rates.n, block))
@@ -161,7 +186,9 @@ def neighbour_index(
     """The ``k`` nearest *other* cells of every cell: int64 ``(n, min(k, n − 1))``.
 
     Euclidean distance between PCA scores (``n_pcs`` components, scikit-learn; fitted in
-    blocks with IncrementalPCA for a backed matrix) of the log1p rates; nearest first.
+    blocks with IncrementalPCA for a backed matrix, and on a seeded sample of cells when
+    the matrix has more than :data:`PCA_DENSE_ENTRIES` entries) of the log1p rates;
+    nearest first.
 
     Parameters
     ----------
@@ -215,10 +242,9 @@ def neighbour_mean(rates: Rates, idx: np.ndarray, cells, space: str = "linear") 
     if rates.backed:  # read each neighbour row once
         uniq, pos = np.unique(nb.ravel(), return_inverse=True)
         source, cols = rates.rates(uniq), pos
+        source = source.sqrt() if space == "sqrt" else source
     else:
-        source, cols = rates.rates(slice(None)), nb.ravel()
-    if space == "sqrt":
-        source = source.sqrt()
+        source, cols = rates.averaged(space), nb.ravel()
     W = sparse.csr_matrix(
         (np.full(b * k, 1.0 / k, dtype=np.float32), (np.repeat(np.arange(b), k), cols)),
         shape=(b, source.shape[0]),
@@ -405,13 +431,65 @@ def choose_beta_on(
     returns their prior mean rates, so no molecule of half B enters the prior. Returns
     ``(β, scores)`` as :func:`choose_beta`.
     """
+    _, beta, scores = choose_prior_on(
+        rates,
+        cells,
+        {"prior": prior_of},
+        seed=seed,
+        batch_size=batch_size,
+        criterion=criterion,
+        space=space,
+    )
+    return beta, scores["prior"]
+
+
+def choose_prior_on(
+    rates: Rates,
+    cells: np.ndarray,
+    priors: dict[str, Callable],
+    *,
+    seed: int,
+    beta: float | None = None,
+    batch_size: int = 256,
+    criterion: str = "poisson",
+    space: str = "linear",
+) -> tuple[str, float, dict[str, dict[float, float]]]:
+    """Choose among prior rules (and β) by molecular cross-validation on ``cells``.
+
+    One split of the cells' counts (:func:`split_molecules`, seeded) serves every rule:
+    ``priors`` maps a name to ``prior_of(own_rates, cell_positions)`` as in
+    :func:`choose_beta_on`. Each rule's posterior is scored against half B
+    (:func:`mcv_scores`) over the β grid (``beta=None``, extended past its edge) or at the
+    given ``beta`` (units of ``size``). The rule with the highest score wins; on a tie
+    the one listed first (list the cheaper rule first).
+
+    Returns
+    -------
+    ``(name, β, scores)``: the chosen rule, its β (units of ``size``; ``beta`` if given) and
+    ``{name: {relative β: score}}``.
+    """
     cells = np.asarray(cells)
     half_a, half_b = split_molecules(*rates.counts(cells), seed)
     own = to_rates(*half_a)
-    mu = np.concatenate(
-        [prior_of(own[sl].toarray(), cells[sl]) for sl in iter_batches(cells.size, batch_size)]
-    )
-    return choose_beta(half_a, half_b, mu, criterion=criterion, space=space)
+    med = float(np.median(half_a[1]))
+    scores, betas = {}, {}
+    for name, prior_of in priors.items():
+        mu = np.concatenate(
+            [prior_of(own[sl].toarray(), cells[sl]) for sl in iter_batches(cells.size, batch_size)]
+        )
+        if beta is None:
+            betas[name], scores[name] = choose_beta(
+                half_a, half_b, mu, criterion=criterion, space=space
+            )
+        else:
+            betas[name] = float(beta)
+            scores[name] = mcv_scores(
+                half_a, half_b, mu, (float(beta) / med,), criterion=criterion, space=space
+            )
+    best = max(
+        scores, key=lambda n: np.nan_to_num(max(scores[n].values()), nan=-np.inf)
+    )  # max() keeps the first of equal scores
+    return best, betas[best], scores
 
 
 def choose_neighbours(

@@ -33,8 +33,8 @@ from ..models import BaseModel
 from ._config import TCERConfig
 from ._context import (
     Rates,
-    choose_beta_on,
     choose_neighbours,
+    choose_prior_on,
     neighbour_index,
     neighbour_mean,
     posterior,
@@ -96,6 +96,9 @@ class TCERModel(BaseModel):
     beta
         Prior weight β of the posterior output (units of library / ``target_sum``), as
         fitted; ``None`` before :meth:`fit` or with ``output="observed"``.
+    use_network
+        Whether the output's prior is ER-Net's prediction (``True``) or the neighbour mean
+        (``False``), as fitted (:attr:`TCERConfig.prior`).
     """
 
     config_cls = TCERConfig
@@ -111,12 +114,14 @@ class TCERModel(BaseModel):
         scale: float = 1.0,
         n_neighbors: int = 0,
         beta: float | None = None,
+        use_network: bool = True,
     ):
         super().__init__(module, config=config, genes=genes, history=history)
         self.placement = placement
         self.scale = float(scale)
         self.n_neighbors = int(n_neighbors)
         self.beta = beta
+        self.use_network = bool(use_network)
         self.selection: dict[str, dict] = {}
 
     @property
@@ -197,6 +202,10 @@ class TCERModel(BaseModel):
             or beta < 0
         ):
             raise ValueError(f"extra 'beta' must be None or a finite number >= 0, got {beta!r}.")
+        if not isinstance(extra.get("use_network", True), bool):
+            raise ValueError(
+                f"extra 'use_network' must be true or false, got {extra['use_network']!r}."
+            )
         return cfg
 
     def _extra_state(self):
@@ -207,6 +216,7 @@ class TCERModel(BaseModel):
                 "scale": self.scale,
                 "n_neighbors": self.n_neighbors,
                 "beta": self.beta,
+                "use_network": self.use_network,
             },
             {
                 "placement_rows": np.asarray(p.rows, dtype=np.int64),
@@ -224,6 +234,7 @@ class TCERModel(BaseModel):
         self.n_neighbors = int(extra.get("n_neighbors", 0))
         beta = extra.get("beta")
         self.beta = None if beta is None else float(beta)
+        self.use_network = bool(extra.get("use_network", True))  # older files: the network
 
     def _check_integrity(self) -> None:
         """The placement is one-to-one on its grid, places every gene, and fits the gene list."""
@@ -318,10 +329,12 @@ class TCERModel(BaseModel):
         (:class:`~sctorch.tcer._data.MaskedBatches`) with Adam (β = 0.9, 0.999) and the
         learning rate halved every ``lr_step`` epochs, through :func:`sctorch.models.fit`,
         which stops after ``patience`` epochs without a lower held-out masked loss and
-        keeps the best weights. With ``output="posterior"`` and ``beta=None``, the prior
-        weight :attr:`beta` is then chosen by molecular cross-validation on the held-out
-        cells (:func:`~sctorch.tcer._context.choose_beta`). The reference (ground truth)
-        is never used.
+        keeps the best weights. With ``output="posterior"``, the prior (:attr:`use_network`:
+        ER-Net's prediction or, with ``prior="auto"`` when it scores no higher, the
+        neighbour mean it starts from) and, with ``beta=None``, its weight :attr:`beta` are
+        then chosen by molecular cross-validation on the held-out cells
+        (:meth:`_choose_output`). ``prior="context"`` trains nothing. The reference
+        (ground truth) is never used.
 
         Parameters
         ----------
@@ -421,6 +434,10 @@ class TCERModel(BaseModel):
                 )
 
             self.history = {"train_loss": [], "val_loss": []}
+            if p.prior == "context":  # the neighbour mean alone: nothing to train
+                self.use_network = False
+                self._choose_output(rates, idx, shared, val_idx, seed, dev)
+                return self
             fit_loop(
                 module,
                 loss_fn,
@@ -438,34 +455,48 @@ class TCERModel(BaseModel):
                 desc="TCER train",
                 progress=progress,
             )
-        self.beta = p.beta
-        if p.output == "posterior" and p.beta is None:
-            self._choose_beta(rates, idx, shared, val_idx, seed, dev)
+        self.use_network = True
+        self._choose_output(rates, idx, shared, val_idx, seed, dev)
         return self
 
-    def _choose_beta(self, rates, idx, shared, val_idx, seed: int, dev) -> None:
-        """:attr:`beta` by molecular cross-validation on the held-out cells (all if < 50).
+    def _choose_output(self, rates, idx, shared, val_idx, seed: int, dev) -> None:
+        """:attr:`beta` and :attr:`use_network` by molecular cross-validation (held-out cells).
 
-        The held-out cells' counts are split into halves; the network's prior is computed
-        from half A (own GenoMap) and the other cells (context), so no molecule of half B
-        enters it, and scored against B (:func:`~sctorch.tcer._context.choose_beta_on`).
+        On the held-out cells (all if fewer than 50; at most 3,000), the counts are split
+        into halves; each candidate prior is computed from half A (the network: own
+        GenoMap of A and the other cells' context; the neighbour mean: the other cells
+        only), so no molecule of half B enters it, and its posterior is scored against B
+        (:func:`~sctorch.tcer._context.choose_prior_on`). Candidates: the neighbour mean
+        and ER-Net with ``prior="auto"`` (the neighbour mean first: it wins a tie),
+        the one asked for otherwise. Nothing is chosen with ``output="observed"``, or
+        with one candidate and a given ``beta``.
         """
+        p = self.config
+        self.beta = p.beta
+        if p.output != "posterior":
+            return
+        candidates = {}
+        if self.n_neighbors > 0 and p.prior in ("auto", "context"):
+            candidates["context"] = lambda own, positions: neighbour_mean(
+                rates, idx, positions, p.space
+            )
+        if not (self.n_neighbors > 0 and p.prior == "context"):
+            candidates["network"] = lambda own, positions: self._prior(
+                self._cell_images(rates, own, positions, idx, shared), dev, shared
+            )
+        if len(candidates) == 1 and p.beta is not None:
+            self.use_network = "network" in candidates
+            return
         cells = val_idx if len(val_idx) >= 50 else np.arange(rates.n)
         if cells.size > 3000:
             cells = np.sort(get_rng(seed).choice(cells, 3000, replace=False))
-
-        def prior_of(own, positions):
-            imgs = self._cell_images(rates, own, positions, idx, shared)
-            return self._prior(imgs, dev, shared)
-
-        self.beta, self.selection["beta"] = choose_beta_on(
-            rates,
-            cells,
-            prior_of,
-            seed=seed,
-            criterion=self.config.criterion,
-            space=self.config.space,
+        name, self.beta, scores = choose_prior_on(
+            rates, cells, candidates, seed=seed, beta=p.beta, criterion=p.criterion, space=p.space
         )
+        self.use_network = name == "network"
+        self.selection["beta"] = scores[name]
+        if len(candidates) > 1:
+            self.selection["prior"] = {n: max(v.values()) for n, v in scores.items()}
 
     def _prior(self, imgs: np.ndarray, device, shared: np.ndarray) -> np.ndarray:
         """The network's blind-spot prediction as prior mean rates ``(n, n_shared)``."""
@@ -478,8 +509,9 @@ class TCERModel(BaseModel):
 
         ``imgs`` is the network input ``(n, C, H, W)`` (channel 0 the cells' own images).
         ``objective="dropout"``: zero gene pixels get the placeholder and are predicted.
-        ``"blind_spot"`` and ``"poisson"``: every gene pixel is predicted while hidden, in
-        ``ceil(1 / mean ratio)`` passes over disjoint pixel groups (a fixed pattern, so
+        ``"blind_spot"``, ``"poisson"`` and ``"sqrt"``: every gene pixel is predicted while
+        hidden, in ``ceil(1 / largest mask ratio)`` passes over disjoint pixel groups (the
+        fewest passes whose hidden fraction training covered; a fixed pattern, so
         results are deterministic); for ``"poisson"`` the predicted rate is returned as a
         scaled ``log1p`` image.
         """
@@ -498,7 +530,7 @@ class TCERModel(BaseModel):
         self.module.eval()
         with torch.no_grad():
             if p.blind_spot:
-                k = int(np.ceil(2.0 / sum(p.mask_ratio)))
+                k = int(np.ceil(1.0 / max(p.mask_ratio)))
                 group = torch.as_tensor(
                     np.random.default_rng(0).integers(0, k, size=self.placement.shape),
                     device=device,
@@ -589,27 +621,35 @@ class TCERModel(BaseModel):
             Xlog = sparse.csr_matrix(log_normalize(block, target_sum=self.config.target_sum))
             res = Xlog[:, cols].toarray().astype(np.float32)  # unknown genes keep observed
             counts, size = rates.counts_of(block)
-            own = to_rates(counts, size).toarray()
-            imgs = self._cell_images(rates, own, sl, idx, shared)
-            imputed = self._output(counts, size, imgs, dev, shared)
+            if self.use_network or self.config.output != "posterior":
+                own = to_rates(counts, size).toarray()
+                imgs = self._cell_images(rates, own, sl, idx, shared)
+                mu = None
+            else:  # the neighbour mean is the prior: no image, no network pass
+                imgs, mu = None, neighbour_mean(rates, idx, sl, self.config.space)
+            imputed = self._output(counts, size, imgs, dev, shared, mu=mu)
             res[:, where[src_cols[keep]]] = imputed[:, keep]
             out[sl] = res
         return out
 
-    def _output(self, counts, size, imgs: np.ndarray, device, shared: np.ndarray) -> np.ndarray:
+    def _output(
+        self, counts, size, imgs: np.ndarray | None, device, shared: np.ndarray, *, mu=None
+    ) -> np.ndarray:
         """The output rule on the shared genes, log1p-normalised ``(n, n_shared)``.
 
         ``counts`` and ``size``: the cells' counts of the shared genes and library /
-        ``target_sum``; ``imgs``: their network input.
+        ``target_sum``; ``imgs``: their network input; ``mu``: the prior mean rates when
+        they are not the network's (the neighbour mean, :attr:`use_network` false).
 
         ``output="posterior"``: ``log1p`` of the posterior rate with μ the network's prior
-        mean rate (:func:`~sctorch.tcer._context.posterior`, on the config's ``space``).
+        mean rate or the given ``mu`` (:func:`~sctorch.tcer._context.posterior`, on the
+        config's ``space``).
         ``"observed"``: a zero gets the prediction; an observed non-zero ``x`` becomes
         ``w·x + (1 − w)·prediction`` with ``w = observed_weight`` (the paper keeps measured
         values, ``w = 1``).
         """
         if self.config.output == "posterior":
-            mu = self._prior(imgs, device, shared)
+            mu = self._prior(imgs, device, shared) if mu is None else mu
             return np.log1p(posterior(counts, size, mu, self.beta, self.config.space))
         pred = self.placement.genes_of(self._predict_images(imgs, device))[:, shared]
         x = self.placement.genes_of(imgs[:, 0])[:, shared]

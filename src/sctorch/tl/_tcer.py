@@ -115,11 +115,15 @@ def tcer_impute(
        correlation, was the earlier default and keeps the observed data at full depth;
        :mod:`sctorch.tcer._context`). The chosen values are in
        ``uns[key_added]["params"]``.
-    5. *A bounded budget*: at most ``max_cells_per_epoch`` cells per epoch and 5 epochs.
-       In the ablations the network adds nothing measurable over its starting point, the
-       neighbour mean (the Poisson objective starts ER-Net at a zero log-ratio to its
-       context): the neighbour prior and the posterior do the work
-       (``docs/which_method.md``).
+    5. *A bounded budget, and the network only where it pays*: at most
+       ``max_cells_per_epoch`` cells per epoch and 3 epochs; in the ablations the network
+       adds little or nothing over its starting point, the neighbour mean (the objective
+       starts ER-Net at a zero log-ratio to its context): the neighbour prior and the
+       posterior do the work (``docs/which_method.md``). With ``prior="auto"`` the
+       network's posterior is kept only if it scores higher than the neighbour mean's on
+       the held-out cells' molecules (the same molecular cross-validation); otherwise no
+       cell goes through the network at inference. The choice is
+       ``uns[key_added]["params"]["prior_fitted"]``.
 
     Where the authors' code (github aijinrjinr/TCER) differs from the paper, ``"paper"``
     follows the paper: their training target is the observed (down-sampled) GenoMap;
@@ -152,7 +156,7 @@ def tcer_impute(
         ``genomap_key + "_row"`` / ``"_col"``). If absent, a GenoMap of all genes is
         built from the log-normalised data and stored under this key.
     preset
-        ``"default"`` (laptop CPU: ``n_features=16``, up to 5 epochs of at most 2,048
+        ``"default"`` (laptop CPU: ``n_features=16``, up to 3 epochs of at most 1,024
         cells, lr 1e-3, early stopping with patience 3, cross-cell context with ``k``
         and β chosen by the Poisson likelihood of held-out molecules, square-root scale,
         blind-spot objective, posterior output) or
@@ -183,8 +187,8 @@ def tcer_impute(
         ``mask_ratio``, ``fft_weight``, ``patience`` (``None``: never stop early),
         ``validation_fraction``, ``target_sum``, ``observed_weight``, ``objective``,
         ``n_neighbors`` (``None``: chosen by molecular cross-validation; 0: no context),
-        ``output``, ``beta`` (``None``: chosen by molecular cross-validation) and
-        ``deformable``.
+        ``output``, ``beta`` (``None``: chosen by molecular cross-validation), ``prior``
+        and ``deformable``.
 
     Returns
     -------
@@ -195,8 +199,9 @@ def tcer_impute(
     - ``layers[counts_key]`` (only if given): dense float32 ``n_obs × n_vars``, **counts**
       at each cell's depth;
     - ``uns[key_added]``: ``{"params": ..., "history": {"train_loss", "val_loss"},
-      "selection": {"n_neighbors": {k: score}, "beta": {relative β: score}}}`` (params
-      include the fitted ``n_neighbors_fitted`` and ``beta_fitted``);
+      "selection": {"n_neighbors": {k: score}, "beta": {relative β: score},
+      "prior": {"context" | "network": score}}}`` (params include the fitted
+      ``n_neighbors_fitted``, ``beta_fitted`` and ``prior_fitted``);
     - the GenoMap under ``genomap_key`` if it had to be built.
 
     Raises
@@ -246,6 +251,7 @@ def tcer_impute(
         rng=rng,
         n_neighbors_fitted=model.n_neighbors,
         beta_fitted=np.nan if model.beta is None else model.beta,
+        prior_fitted="network" if model.use_network else "context",
         **model.params_record(),
     )
     target.uns[key_added] = {
