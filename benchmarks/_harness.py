@@ -238,3 +238,16 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> lis
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return lines
+
+
+def random_placement(a, key: str, seed: int = 0) -> None:
+    """The paper's ablation: the genes of ``a``'s GenoMap on the same grid in a random order.
+
+    Written as a second placement under ``key`` (``var[key + "_row" / "_col"]``,
+    ``uns[key]``); the GenoMap ``"genomap"`` must exist.
+    """
+    H, W = a.uns["genomap"]["shape"]
+    pix = np.random.default_rng(seed).permutation(H * W)[: a.n_vars]
+    a.var[f"{key}_row"] = pix // W
+    a.var[f"{key}_col"] = pix % W
+    a.uns[key] = {"shape": (H, W), "objective": float("nan")}

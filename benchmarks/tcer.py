@@ -56,7 +56,7 @@ import sctorch as sct
 from sctorch import tcer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import RssSampler, command, log_normalize, write_results
+from _harness import RssSampler, command, log_normalize, random_placement, write_results
 
 HERE = Path(__file__).parent
 RUNS = HERE / "results" / "tcer_runs.json"
@@ -88,15 +88,6 @@ def posterior_on(rates: tcer.Rates, prior_of, val: np.ndarray, seed: int = 0) ->
     counts, size = rates.counts(slice(None))
     mu = prior_of(rates.rates(slice(None)).toarray(), np.arange(rates.n))
     return np.log1p(tcer.posterior(counts, size, mu, beta)), beta
-
-
-def random_placement(a: ad.AnnData, key: str, seed: int = 0) -> None:
-    """The paper's ablation: the same genes on the same grid in a random order."""
-    H, W = a.uns["genomap"]["shape"]
-    pix = np.random.default_rng(seed).permutation(H * W)[: a.n_vars]
-    a.var[f"{key}_row"] = pix // W
-    a.var[f"{key}_col"] = pix % W
-    a.uns[key] = {"shape": (H, W), "objective": float("nan")}
 
 
 # ---------------------------------------------------------------------- one data set

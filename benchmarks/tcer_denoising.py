@@ -42,8 +42,10 @@ Methods, side by side in one process, each from the train counts only:
 - ``TCER`` (``sct.tl.tcer_impute`` defaults, ``counts_key`` = its count-scale posterior
   layer; ``prior`` says whether its gate kept the network's prior or the neighbour
   mean), ``TCER prior=network`` (the same with the network's prior forced: the gate's
-  ablation) and ``TCER preset=paper`` (its measured values kept, zeros filled; epochs and
-  width capped by ``--paper-epochs`` / ``--paper-features``).
+  ablation), ``TCER prior=network, random placement`` (the same genes on random pixels
+  of the grid: whether the GenoMap matters) and ``TCER preset=paper`` (its measured
+  values kept, zeros filled; epochs and width capped by ``--paper-epochs`` /
+  ``--paper-features``).
 
 Each run appends its rows to ``benchmarks/results/tcer_denoising_runs.json``; ``--render``
 writes ``benchmarks/results/tcer_denoising.md``.
@@ -71,7 +73,7 @@ import sctorch as sct
 from sctorch import tcer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import RssSampler, command, write_results
+from _harness import RssSampler, command, random_placement, write_results
 
 HERE = Path(__file__).parent
 RUNS = HERE / "results" / "tcer_denoising_runs.json"
@@ -192,9 +194,13 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
             lambda: tcer.knn_smoothing(np.asarray(train.X.toarray()), k=10)
         )
 
-    def run_tcer(label, **kw):
+    def run_tcer(label, placement=False, **kw):
         def fn():
             a = train.copy()
+            if placement:  # the GenoMap's genes on random pixels (built, then shuffled)
+                sct.tl.genomap(a, rng=0, progress=False)
+                random_placement(a, "random")
+                kw["genomap_key"] = "random"
             model = sct.tl.tcer_impute(
                 a, rng=0, progress=False, return_model=True, counts_key="denoised", **kw
             )
@@ -212,6 +218,8 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
         run_tcer("TCER")
     if "network" in methods:
         run_tcer("TCER prior=network", prior="network")
+    if "random" in methods:
+        run_tcer("TCER prior=network, random placement", placement=True, prior="network")
     if "no_ernet" in methods:
         k = extra.get("TCER", {}).get("n_neighbors")
         if k is None:
@@ -277,6 +285,7 @@ ORDER = [
     "no ER-Net, linear",
     "TCER",
     "TCER prior=network",
+    "TCER prior=network, random placement",
     "TCER preset=paper",
 ]
 
@@ -352,8 +361,8 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         nargs="*",
-        default=["magic", "knn", "tcer", "network", "no_ernet", "paper"],
-        choices=["magic", "knn", "tcer", "network", "no_ernet", "paper"],
+        default=["magic", "knn", "tcer", "network", "random", "no_ernet", "paper"],
+        choices=["magic", "knn", "tcer", "network", "random", "no_ernet", "paper"],
     )
     ap.add_argument("--paper-epochs", type=int, default=10)
     ap.add_argument("--paper-features", type=int, default=16)
