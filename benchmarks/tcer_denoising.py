@@ -35,14 +35,17 @@ Methods, side by side in one process, each from the train counts only:
   library size: the "reversed normalisation" of its leaderboard's top entry);
 - ``kNN smoothing`` (openproblems ``src/methods/knn_smoothing``: kNN-smoothing 2 with
   k = 10; :func:`sctorch.tcer.knn_smoothing`);
-- ``no ER-Net``: TCER's neighbour mean prior and posterior (the default's ``space``, β by
-  molecular cross-validation), without the network;
-- ``no ER-Net, linear``: the same on the linear scale (the default before issue 23's
+- ``no ER-Net``: TCER's neighbour mean prior and posterior (the default's ``space`` and
+  ``shrinkage``: one β per gene by molecular cross-validation), without the network;
+- ``no ER-Net, one β``: the same with one β for all genes (``shrinkage="global"``, the
+  default before per-gene β): the ablation of per-gene shrinkage;
+- ``no ER-Net, linear``: one β on the linear scale (the default before issue 23's
   square-root scale): the ablation of the square-root context and posterior;
 - ``TCER`` (``sct.tl.tcer_impute`` defaults, ``counts_key`` = its count-scale posterior
   layer; ``prior`` says whether its gate kept the network's prior or the neighbour
   mean), ``TCER prior=network`` (the same with the network's prior forced: the gate's
-  ablation), ``TCER prior=network, random placement`` (the same genes on random pixels
+  ablation), ``TCER shrinkage=global`` (one β for all genes),
+  ``TCER prior=network, random placement`` (the same genes on random pixels
   of the grid: whether the GenoMap matters) and ``TCER preset=paper`` (its measured
   values kept, zeros filled; epochs and width capped by ``--paper-epochs`` /
   ``--paper-features``).
@@ -161,13 +164,16 @@ def magic_openproblems(train: ad.AnnData) -> np.ndarray:
     return np.square(np.asarray(Y)) * lib
 
 
-def no_ernet(train: ad.AnnData, k: int, seed: int = 0, space: str | None = None) -> np.ndarray:
+def no_ernet(
+    train: ad.AnnData, k: int, seed: int = 0, space: str | None = None, shrinkage=None
+) -> np.ndarray:
     """TCER's neighbour prior + posterior (``sctorch.tcer.neighbour_posterior``), count scale.
 
-    The default's rule (``space=None``: the default config's) without the network.
+    The default's rule (``None``: the default config's ``space`` / ``shrinkage``) without
+    the network.
     """
     rates = tcer.Rates(train.X, None, 1e4)
-    out, _, _ = tcer.neighbour_posterior(rates, k=k, space=space, seed=seed)
+    out, _, _ = tcer.neighbour_posterior(rates, k=k, space=space, shrinkage=shrinkage, seed=seed)
     return out * rates.counts(slice(None))[1][:, None]
 
 
@@ -207,7 +213,8 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
             extra[label] = {
                 "epochs": len(model.history["train_loss"]),
                 "n_neighbors": model.n_neighbors,
-                "beta": np.nan if model.beta is None else model.beta,
+                # per-gene beta: the median over genes
+                "beta": np.nan if model.beta is None else float(np.median(model.beta)),
                 "prior": "network" if model.use_network else "context",
             }
             return a.layers["denoised"]
@@ -218,6 +225,8 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
         run_tcer("TCER")
     if "network" in methods:
         run_tcer("TCER prior=network", prior="network")
+    if "global" in methods:
+        run_tcer("TCER shrinkage=global", shrinkage="global")
     if "random" in methods:
         run_tcer("TCER prior=network, random placement", placement=True, prior="network")
     if "no_ernet" in methods:
@@ -230,7 +239,10 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
                 space=sct.tl.TCERConfig().space,
             )[0]
         results["no ER-Net"] = timed(lambda: no_ernet(train, int(k)))
-        results["no ER-Net, linear"] = timed(lambda: no_ernet(train, int(k), space="linear"))
+        results["no ER-Net, one β"] = timed(lambda: no_ernet(train, int(k), shrinkage="global"))
+        results["no ER-Net, linear"] = timed(
+            lambda: no_ernet(train, int(k), space="linear", shrinkage="global")
+        )
     if "paper" in methods:
         run_tcer(
             "TCER preset=paper", preset="paper", epochs=paper_epochs, n_features=paper_features
@@ -361,8 +373,8 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         nargs="*",
-        default=["magic", "knn", "tcer", "network", "random", "no_ernet", "paper"],
-        choices=["magic", "knn", "tcer", "network", "random", "no_ernet", "paper"],
+        default=["magic", "knn", "tcer", "network", "global", "random", "no_ernet", "paper"],
+        choices=["magic", "knn", "tcer", "network", "global", "random", "no_ernet", "paper"],
     )
     ap.add_argument("--paper-epochs", type=int, default=10)
     ap.add_argument("--paper-features", type=int, default=16)

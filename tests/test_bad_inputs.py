@@ -629,7 +629,13 @@ def test_forged_tcer_fitted_values_in_extra_are_checked(tmp_path):
         bad = _rewrite(tcer, tmp_path / "x.safetensors", forge=True, extra={**extra, field: value})
         with pytest.raises(ModelFileError, match=rf"x\.safetensors.*extra '{field}'"):
             sct.models.load(bad)
-    assert sct.models.load(tcer).beta == _fitted("tcer").beta
+    loaded = sct.models.load(tcer)
+    np.testing.assert_array_equal(loaded.beta, _fitted("tcer").beta)
+    # the per-gene beta (a tensor of the file) must hold one value >= 0 per gene
+    for beta in (loaded.beta[:3], -loaded.beta - 1.0):
+        loaded.beta = beta
+        with pytest.raises(ValueError, match="per-gene beta"):
+            loaded._check_integrity()
 
 
 # ----------------------------------------------------------------------------- leaked messages

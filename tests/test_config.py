@@ -191,8 +191,8 @@ def test_tcer_training_budget_bounds_the_cells_per_epoch():
 
 def test_tcer_pearson_criterion_and_linear_space_keep_the_earlier_default():
     # the fingerprint of the earlier default (recorded before issue 23) is reproduced with
-    # criterion="pearson", space="linear"; the new default chooses by the Poisson
-    # likelihood and averages on the square-root scale
+    # criterion="pearson", space="linear", shrinkage="global"; the new default chooses by
+    # the Poisson likelihood, one beta per gene, and averages on the square-root scale
     import test_fingerprints as F
 
     a = F._intestine_small()
@@ -206,6 +206,7 @@ def test_tcer_pearson_criterion_and_linear_space_keep_the_earlier_default():
         return_model=True,
         criterion="pearson",
         space="linear",
+        shrinkage="global",
         objective="poisson",
     )
     old = [43296.6303, 197896.541, 6.46132469, 3.42000031, 3.70656705, 1.98113263, 4.1567173]

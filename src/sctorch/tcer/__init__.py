@@ -4,7 +4,7 @@
 - ``_data``: the cell split and the masked batches for :func:`sctorch.models.fit`;
 - ``_context``: the cross-cell context (nearest neighbours and their mean), the
   count-scale posterior output and the molecular cross-validation that chooses the
-  number of neighbours and the posterior's prior weight;
+  number of neighbours and the posterior's prior weight (one per gene by default);
 - ``_config``: :class:`TCERConfig` (its presets are named instances) and the objectives;
 - ``_model``: :class:`TCERModel` (``fit``, ``impute``, ``save`` / ``load``);
 - ``_peers``: the simple imputers TCER is compared with (kNN smoothing, ridge).
@@ -22,8 +22,10 @@ from ._context import (
     Rates,
     choose_beta,
     choose_beta_on,
+    choose_gene_beta,
     choose_neighbours,
     choose_prior_on,
+    gene_mcv_losses,
     mcv_scores,
     neighbour_index,
     neighbour_mean,
@@ -43,8 +45,10 @@ __all__ = [
     "TCERModel",
     "choose_beta",
     "choose_beta_on",
+    "choose_gene_beta",
     "choose_neighbours",
     "choose_prior_on",
+    "gene_mcv_losses",
     "knn_smoothing",
     "mcv_scores",
     "neighbour_index",

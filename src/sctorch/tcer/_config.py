@@ -24,6 +24,8 @@ OBJECTIVES: dict[str, dict[str, bool]] = {
 
 #: the prior rules of the posterior output (:attr:`TCERConfig.prior`)
 PRIORS = ("auto", "network", "context")
+#: how the posterior's prior weight is shared between genes (:attr:`TCERConfig.shrinkage`)
+SHRINKAGES = ("gene", "global")
 
 
 @dataclass
@@ -84,8 +86,17 @@ class TCERConfig(MethodConfig):
     output
         ``"posterior"`` or ``"observed"`` (the paper's).
     beta
-        Prior weight β of the posterior output, in units of library size / 10⁴ (``None``:
-        chosen by molecular cross-validation on the held-out cells).
+        Prior weight β of the posterior output, in units of library size / 10⁴, the same
+        for every gene (``None``: chosen by molecular cross-validation on the held-out
+        cells, per ``shrinkage``).
+    shrinkage
+        With ``beta=None``: ``"gene"`` (default) chooses one β per gene, each by its own
+        held-out Poisson loss pulled towards the genes' shared curve
+        (:func:`sctorch.tcer.choose_gene_beta`; needs ``criterion="poisson"``);
+        ``"global"`` one β for all genes (sctorch's earlier default). A gene whose
+        expression varies little between neighbouring cells is shrunk more. SAVER also
+        fits its prior per gene; the paper has no posterior. Per-gene β raised both
+        openproblems scores on every data set of ``benchmarks/results/tcer_denoising.md``.
     space
         The scale on which the cross-cell context is averaged and the posterior output is
         taken: ``"sqrt"`` (default; the variance-stabilising square root of Poisson
@@ -137,6 +148,7 @@ class TCERConfig(MethodConfig):
     n_neighbors: int | None = None
     output: str = "posterior"
     beta: float | None = None
+    shrinkage: str = "gene"
     space: str = "sqrt"
     criterion: str = "poisson"
     prior: str = "auto"
@@ -170,6 +182,13 @@ class TCERConfig(MethodConfig):
             raise ValueError(f"space must be 'linear' or 'sqrt', got {self.space!r}.")
         if self.criterion not in ("poisson", "pearson"):
             raise ValueError(f"criterion must be 'poisson' or 'pearson', got {self.criterion!r}.")
+        if self.shrinkage not in SHRINKAGES:
+            raise ValueError(f"shrinkage must be one of {SHRINKAGES}, got {self.shrinkage!r}.")
+        if self.shrinkage == "gene" and self.criterion != "poisson" and self.beta is None:
+            raise ValueError(
+                "shrinkage='gene' chooses each gene's beta by its held-out Poisson loss and "
+                f"needs criterion='poisson', got {self.criterion!r}; use shrinkage='global'."
+            )
         if self.output not in ("posterior", "observed"):
             raise ValueError(f"output must be 'posterior' or 'observed', got {self.output!r}.")
         if self.prior not in PRIORS:

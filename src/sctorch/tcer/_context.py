@@ -52,6 +52,14 @@ BETA_GRID: tuple[float, ...] = (
     50.0,
     100.0,
 )
+#: relative β grid of :func:`choose_gene_beta` (one β per gene): :data:`BETA_GRID` and
+#: further out, where a gene's output is essentially the prior
+GENE_BETA_GRID: tuple[float, ...] = (*BETA_GRID, 200.0, 500.0, 1000.0, 10000.0)
+#: pseudo-molecules of the genes' pooled held-out loss curve added to each gene's own
+#: curve by :func:`choose_gene_beta`: a gene with far fewer held-out molecules follows the
+#: β shared by all genes, one with far more its own (a method constant; 20 to 500 gave
+#: the same openproblems scores within 0.01 on pbmc3k and intestine)
+GENE_BETA_POOLING: float = 100.0
 #: the scales on which the context is averaged and the posterior is taken
 SPACES = ("linear", "sqrt")
 #: most entries (cells × genes) of the dense matrix the context's PCA is fitted on; above
@@ -271,21 +279,35 @@ def posterior(counts, size: np.ndarray, mu: np.ndarray, beta, space: str = "line
     mu
         Prior mean rates ``(n_cells, n_genes)`` (counts per ``target_sum``).
     beta
-        Prior weight in units of ``s``: 0 returns the observed rates ``y / s``, ``inf``
-        returns ``mu``.
+        Prior weight in units of ``s``: a number (every gene), or finite values of shape
+        ``(n_genes,)`` (one per gene, :func:`choose_gene_beta`). 0 returns the observed
+        rates ``y / s``; a scalar ``inf`` returns ``mu``.
     space
         ``"linear"`` or ``"sqrt"`` (see above).
 
     Returns
     -------
     float32 ``(n_cells, n_genes)`` rates (take ``log1p`` for the log-normalised scale).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``space``, or a per-gene ``beta`` of the wrong shape.
     """
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}.")
     y = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
     s = np.asarray(size, dtype=np.float64)[:, None]
-    if np.isinf(beta):
-        return np.asarray(mu, dtype=np.float32)
+    if np.ndim(beta) == 0:
+        if np.isinf(beta):
+            return np.asarray(mu, dtype=np.float32)
+    else:
+        beta = np.asarray(beta, dtype=np.float64)
+        if beta.shape != (y.shape[1],):
+            raise ValueError(
+                f"a per-gene beta must have shape ({y.shape[1]},) (one per gene), got {beta.shape}."
+            )
+        beta = beta[None, :]
     if space == "sqrt":
         mu = np.asarray(mu, dtype=np.float64)
         return np.square((np.sqrt(y * s) + beta * np.sqrt(mu)) / (s + beta)).astype(np.float32)
@@ -413,6 +435,74 @@ def choose_beta(
     return _best(scores) * float(np.median(half_a[1])), scores
 
 
+def gene_mcv_losses(
+    half_a, half_b, mu: np.ndarray, grid: Sequence[float], *, space: str = "linear"
+) -> np.ndarray:
+    """Held-out Poisson loss of every gene at every relative β: ``(len(grid), n_genes)``.
+
+    As :func:`mcv_scores` with ``criterion="poisson"``, but summed over cells per gene
+    rather than averaged over all entries: entry ``[i, g]`` is ``Σ_cells (λ − y log(λ +
+    1e-6))`` for gene ``g``'s counts ``y`` in half B and its posterior rates λ from half A
+    at β = ``grid[i]`` × the median size of half A, times B's size. Cells with no counts
+    in either half are left out.
+    """
+    (ca, sa), (cb, sb) = half_a, half_b
+    ok = (sa > 0) & (sb > 0)
+    ca, sa, cb, sb, mu = ca[ok], sa[ok], cb[ok], sb[ok], np.asarray(mu)[ok]
+    ms = float(np.median(sa)) if sa.size else 0.0
+    y = cb.toarray() if sparse.issparse(cb) else np.asarray(cb)
+    out = np.empty((len(grid), y.shape[1]))
+    for i, g in enumerate(grid):
+        pred = posterior(ca, sa, mu, g * ms, space).astype(np.float64) * sb[:, None]
+        out[i] = (pred - y * np.log(pred + 1e-6)).sum(0)
+    return out
+
+
+def choose_gene_beta(
+    half_a,
+    half_b,
+    mu: np.ndarray,
+    *,
+    grid: Sequence[float] = GENE_BETA_GRID,
+    pooling: float = GENE_BETA_POOLING,
+    space: str = "linear",
+) -> tuple[np.ndarray, dict[str, float]]:
+    """One prior weight β per gene, by molecular cross-validation (held-out Poisson loss).
+
+    ``half_a``, ``half_b`` and ``mu`` as for :func:`mcv_scores`. Each gene's held-out loss
+    curve over ``grid`` (:func:`gene_mcv_losses`, relative to its loss at β = 0) plus the
+    pooled curve of all genes per held-out molecule × ``pooling`` is minimised over the
+    grid: a gene with many more held-out molecules than ``pooling`` gets its own β, one
+    with far fewer the β shared by the genes. Where a gene's true expression varies
+    little between a cell and its neighbours, the held-out molecules favour a large β
+    (much shrinkage); where the cell differs from its neighbours, a small one.
+    sctorch's extension of SAVER's per-gene prior (Huang et al. 2018, whose shape
+    parameter is fitted per gene by likelihood) to TCER's posterior; measured in
+    ``benchmarks/results/tcer_denoising.md``.
+
+    Returns
+    -------
+    ``(β, scores)``: float64 ``(n_genes,)`` β in the units of ``size`` (relative β × the
+    median size of half A, as :func:`choose_beta`), and ``{"gene": score, "global":
+    score}``: minus the mean held-out Poisson loss per entry with the per-gene β, and
+    with the best single β of the grid (the scale of :func:`mcv_scores`).
+    """
+    sa = half_a[1]
+    ok = (sa > 0) & (half_b[1] > 0)
+    L = gene_mcv_losses(half_a, half_b, mu, grid, space=space)
+    entries = max(int(ok.sum()) * L.shape[1], 1)
+    rel = L - L[:1]
+    molecules = max(float(half_b[0][ok].sum()), 1.0)
+    pick = np.argmin(rel + pooling * rel.sum(1, keepdims=True) / molecules, axis=0)
+    ms = float(np.median(sa[ok])) if ok.any() else 0.0
+    beta = np.asarray(grid, dtype=np.float64)[pick] * ms
+    scores = {
+        "gene": -float(L[pick, np.arange(L.shape[1])].sum()) / entries,
+        "global": -float(L.sum(1).min()) / entries,
+    }
+    return beta, scores
+
+
 def choose_beta_on(
     rates: Rates,
     cells: np.ndarray,
@@ -453,21 +543,41 @@ def choose_prior_on(
     batch_size: int = 256,
     criterion: str = "poisson",
     space: str = "linear",
-) -> tuple[str, float, dict[str, dict[float, float]]]:
+    shrinkage: str = "global",
+) -> tuple[str, float | np.ndarray, dict[str, dict]]:
     """Choose among prior rules (and β) by molecular cross-validation on ``cells``.
 
     One split of the cells' counts (:func:`split_molecules`, seeded) serves every rule:
     ``priors`` maps a name to ``prior_of(own_rates, cell_positions)`` as in
-    :func:`choose_beta_on`. Each rule's posterior is scored against half B
-    (:func:`mcv_scores`) over the β grid (``beta=None``, extended past its edge) or at the
-    given ``beta`` (units of ``size``). The rule with the highest score wins; on a tie
-    the one listed first (list the cheaper rule first).
+    :func:`choose_beta_on`. Each rule's posterior is scored against half B: over the β
+    grid (``beta=None``; ``shrinkage="global"``: one β, :func:`choose_beta`, the grid
+    extended past its edge; ``"gene"``: one β per gene, :func:`choose_gene_beta`, which
+    needs ``criterion="poisson"``) or at the given ``beta`` (units of ``size``). The rule
+    with the highest score wins; on a tie the one listed first (list the cheaper rule
+    first).
 
     Returns
     -------
-    ``(name, β, scores)``: the chosen rule, its β (units of ``size``; ``beta`` if given) and
-    ``{name: {relative β: score}}``.
+    ``(name, β, scores)``: the chosen rule, its β (units of ``size``; a float, or
+    ``(n_genes,)`` values with ``shrinkage="gene"``; ``beta`` if given) and ``{name:
+    scores}``: ``{relative β: score}``, or :func:`choose_gene_beta`'s ``{"gene",
+    "global"}`` scores.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``shrinkage``, or ``shrinkage="gene"`` with another criterion.
     """
+    from ._config import SHRINKAGES
+
+    if shrinkage not in SHRINKAGES:
+        raise ValueError(f"shrinkage must be one of {SHRINKAGES}, got {shrinkage!r}.")
+    per_gene = shrinkage == "gene" and beta is None
+    if per_gene and criterion != "poisson":
+        raise ValueError(
+            f"shrinkage='gene' chooses each gene's beta by its held-out Poisson loss and "
+            f"needs criterion='poisson', got {criterion!r}; use shrinkage='global'."
+        )
     cells = np.asarray(cells)
     half_a, half_b = split_molecules(*rates.counts(cells), seed)
     own = to_rates(*half_a)
@@ -477,7 +587,9 @@ def choose_prior_on(
         mu = np.concatenate(
             [prior_of(own[sl].toarray(), cells[sl]) for sl in iter_batches(cells.size, batch_size)]
         )
-        if beta is None:
+        if per_gene:
+            betas[name], scores[name] = choose_gene_beta(half_a, half_b, mu, space=space)
+        elif beta is None:
             betas[name], scores[name] = choose_beta(
                 half_a, half_b, mu, criterion=criterion, space=space
             )
@@ -486,10 +598,13 @@ def choose_prior_on(
             scores[name] = mcv_scores(
                 half_a, half_b, mu, (float(beta) / med,), criterion=criterion, space=space
             )
-    best = max(
-        scores, key=lambda n: np.nan_to_num(max(scores[n].values()), nan=-np.inf)
-    )  # max() keeps the first of equal scores
-    return best, betas[best], scores
+    best = max(scores, key=lambda n: np.nan_to_num(prior_score(scores[n]), nan=-np.inf))
+    return best, betas[best], scores  # max() keeps the first of equal scores
+
+
+def prior_score(scores: dict) -> float:
+    """A prior rule's score in :func:`choose_prior_on`'s ``scores``: its best (higher is better)."""
+    return float(scores["gene"]) if "gene" in scores else float(max(scores.values()))
 
 
 def choose_neighbours(
@@ -542,15 +657,17 @@ def neighbour_posterior(
     k: int | None = None,
     criterion: str | None = None,
     space: str | None = None,
+    shrinkage: str | None = None,
     seed: int = 0,
     validation_fraction: float = 0.1,
 ) -> tuple[np.ndarray, int, float]:
     """TCER's output rule without the network: the neighbour mean as the prior.
 
     The cells' ``k`` nearest other cells (:func:`neighbour_index`) give the prior mean
-    (:func:`neighbour_mean`, on ``space``), β is chosen by molecular cross-validation on a
-    seeded ``validation_fraction`` of the cells (:func:`choose_beta_on`, ``criterion``) and
-    the output is :func:`posterior`. This is the "no ER-Net" ablation of the benchmarks.
+    (:func:`neighbour_mean`, on ``space``), β (one per gene with ``shrinkage="gene"``) is
+    chosen by molecular cross-validation on a seeded ``validation_fraction`` of the cells
+    (:func:`choose_prior_on`, ``criterion``) and the output is :func:`posterior`. This is
+    the "no ER-Net" ablation of the benchmarks.
 
     Parameters
     ----------
@@ -558,7 +675,7 @@ def neighbour_posterior(
         The cells (:class:`Rates`, ``n`` cells × ``n_genes``, raw counts).
     k
         Neighbours per cell (``None``: chosen by :func:`choose_neighbours` on all cells).
-    criterion, space
+    criterion, space, shrinkage
         As :class:`~sctorch.tcer.TCERConfig` (``None``: the default config's).
     seed
         Seeds the split of molecules, the PCA and the validation cells.
@@ -569,18 +686,19 @@ def neighbour_posterior(
     -------
     ``(rates_out, k, beta)``: float32 ``(n, n_genes)`` posterior rates (counts per
     ``target_sum``; ``log1p`` for the log-normalised scale), the ``k`` used and β (units
-    of library size / ``target_sum``).
+    of library size / ``target_sum``; float64 ``(n_genes,)`` with ``shrinkage="gene"``).
 
     Raises
     ------
     ValueError
-        With fewer than 2 cells, or an unknown ``criterion`` / ``space``.
+        With fewer than 2 cells, or an unknown ``criterion`` / ``space`` / ``shrinkage``.
     """
     from ._config import TCERConfig
 
     default = TCERConfig()
     criterion = default.criterion if criterion is None else criterion
     space = default.space if space is None else space
+    shrinkage = default.shrinkage if shrinkage is None else shrinkage
     n = rates.n
     if k is None:
         k, _ = choose_neighbours(
@@ -588,14 +706,15 @@ def neighbour_posterior(
         )
     idx = neighbour_index(rates, k, seed=seed)
     val = np.sort(get_rng(seed).permutation(n)[: round(validation_fraction * n)])
-    beta, _ = choose_beta_on(
+    _, beta, _ = choose_prior_on(
         rates,
         val,
-        lambda own, cells: neighbour_mean(rates, idx, cells, space),
+        {"context": lambda own, cells: neighbour_mean(rates, idx, cells, space)},
         seed=seed,
         criterion=criterion,
         space=space,
+        shrinkage=shrinkage,
     )
     counts, size = rates.counts(slice(None))
     mu = neighbour_mean(rates, idx, np.arange(n), space)
-    return posterior(counts, size, mu, beta, space), int(k), float(beta)
+    return posterior(counts, size, mu, beta, space), int(k), beta if np.ndim(beta) else float(beta)

@@ -38,6 +38,7 @@ from ._context import (
     neighbour_index,
     neighbour_mean,
     posterior,
+    prior_score,
     to_rates,
 )
 
@@ -95,7 +96,9 @@ class TCERModel(BaseModel):
         Neighbours in the cross-cell context (0: none), as fitted.
     beta
         Prior weight β of the posterior output (units of library / ``target_sum``), as
-        fitted; ``None`` before :meth:`fit` or with ``output="observed"``.
+        fitted: a float, or float64 ``(n_genes,)`` (one per model gene, in the order of
+        :attr:`genes`) with ``shrinkage="gene"``; ``None`` before :meth:`fit` or with
+        ``output="observed"``.
     use_network
         Whether the output's prior is ER-Net's prediction (``True``) or the neighbour mean
         (``False``), as fitted (:attr:`TCERConfig.prior`).
@@ -113,14 +116,14 @@ class TCERModel(BaseModel):
         placement: Placement | None = None,
         scale: float = 1.0,
         n_neighbors: int = 0,
-        beta: float | None = None,
+        beta: float | np.ndarray | None = None,
         use_network: bool = True,
     ):
         super().__init__(module, config=config, genes=genes, history=history)
         self.placement = placement
         self.scale = float(scale)
         self.n_neighbors = int(n_neighbors)
-        self.beta = beta
+        self.beta = beta if beta is None or np.ndim(beta) == 0 else np.asarray(beta, np.float64)
         self.use_network = bool(use_network)
         self.selection: dict[str, dict] = {}
 
@@ -215,12 +218,17 @@ class TCERModel(BaseModel):
                 "shape": [int(s) for s in p.shape],
                 "scale": self.scale,
                 "n_neighbors": self.n_neighbors,
-                "beta": self.beta,
+                "beta": None if self.beta is None or np.ndim(self.beta) else float(self.beta),
                 "use_network": self.use_network,
             },
             {
                 "placement_rows": np.asarray(p.rows, dtype=np.int64),
                 "placement_cols": np.asarray(p.cols, dtype=np.int64),
+                **(
+                    {"beta_per_gene": np.asarray(self.beta, dtype=np.float64)}
+                    if self.beta is not None and np.ndim(self.beta)
+                    else {}
+                ),
             },
         )
 
@@ -234,6 +242,8 @@ class TCERModel(BaseModel):
         self.n_neighbors = int(extra.get("n_neighbors", 0))
         beta = extra.get("beta")
         self.beta = None if beta is None else float(beta)
+        if "beta_per_gene" in arrays:
+            self.beta = np.asarray(arrays["beta_per_gene"], dtype=np.float64)
         self.use_network = bool(extra.get("use_network", True))  # older files: the network
 
     def _check_integrity(self) -> None:
@@ -248,6 +258,16 @@ class TCERModel(BaseModel):
                 f"{n_r} rows and {n_c} columns; they must have one length."
             )
         p.check(what="The model's GenoMap placement")
+        b = self.beta
+        if (
+            b is not None
+            and np.ndim(b)
+            and (np.shape(b) != (len(self.genes),) or not np.all(np.isfinite(b)) or np.any(b < 0))
+        ):
+            raise ValueError(
+                f"the per-gene beta must hold one finite value >= 0 per gene "
+                f"({len(self.genes)}), got shape {np.shape(b)}."
+            )
         if (p.rows < 0).any():
             raise ValueError(
                 f"the model's GenoMap placement leaves {int((p.rows < 0).sum())} "
@@ -491,12 +511,19 @@ class TCERModel(BaseModel):
         if cells.size > 3000:
             cells = np.sort(get_rng(seed).choice(cells, 3000, replace=False))
         name, self.beta, scores = choose_prior_on(
-            rates, cells, candidates, seed=seed, beta=p.beta, criterion=p.criterion, space=p.space
+            rates,
+            cells,
+            candidates,
+            seed=seed,
+            beta=p.beta,
+            criterion=p.criterion,
+            space=p.space,
+            shrinkage=p.shrinkage,
         )
         self.use_network = name == "network"
         self.selection["beta"] = scores[name]
         if len(candidates) > 1:
-            self.selection["prior"] = {n: max(v.values()) for n, v in scores.items()}
+            self.selection["prior"] = {n: prior_score(v) for n, v in scores.items()}
 
     def _prior(self, imgs: np.ndarray, device, shared: np.ndarray) -> np.ndarray:
         """The network's blind-spot prediction as prior mean rates ``(n, n_shared)``."""
@@ -650,7 +677,8 @@ class TCERModel(BaseModel):
         """
         if self.config.output == "posterior":
             mu = self._prior(imgs, device, shared) if mu is None else mu
-            return np.log1p(posterior(counts, size, mu, self.beta, self.config.space))
+            beta = self.beta if np.ndim(self.beta) == 0 else self.beta[shared]
+            return np.log1p(posterior(counts, size, mu, beta, self.config.space))
         pred = self.placement.genes_of(self._predict_images(imgs, device))[:, shared]
         x = self.placement.genes_of(imgs[:, 0])[:, shared]
         w = self.config.observed_weight

@@ -158,7 +158,8 @@ def tcer_impute(
     preset
         ``"default"`` (laptop CPU: ``n_features=16``, up to 3 epochs of at most 1,024
         cells, lr 1e-3, early stopping with patience 3, cross-cell context with ``k``
-        and β chosen by the Poisson likelihood of held-out molecules, square-root scale,
+        and one β per gene chosen by the Poisson likelihood of held-out molecules,
+        square-root scale,
         blind-spot objective, posterior output) or
         ``"paper"`` (``n_features=64``, 100 epochs, lr halved every 40 epochs, no early
         stopping, no context, dropout objective, measured values kept): the named
@@ -187,7 +188,8 @@ def tcer_impute(
         ``mask_ratio``, ``fft_weight``, ``patience`` (``None``: never stop early),
         ``validation_fraction``, ``target_sum``, ``observed_weight``, ``objective``,
         ``n_neighbors`` (``None``: chosen by molecular cross-validation; 0: no context),
-        ``output``, ``beta`` (``None``: chosen by molecular cross-validation), ``prior``
+        ``output``, ``beta`` (``None``: chosen by molecular cross-validation),
+        ``shrinkage`` (``"gene"``: one β per gene; ``"global"``: one for all), ``prior``
         and ``deformable``.
 
     Returns
@@ -199,9 +201,11 @@ def tcer_impute(
     - ``layers[counts_key]`` (only if given): dense float32 ``n_obs × n_vars``, **counts**
       at each cell's depth;
     - ``uns[key_added]``: ``{"params": ..., "history": {"train_loss", "val_loss"},
-      "selection": {"n_neighbors": {k: score}, "beta": {relative β: score},
-      "prior": {"context" | "network": score}}}`` (params include the fitted
-      ``n_neighbors_fitted``, ``beta_fitted`` and ``prior_fitted``);
+      "selection": {"n_neighbors": {k: score}, "beta": {relative β: score} (or
+      ``{"gene": score, "global": score}`` with ``shrinkage="gene"``), "prior":
+      {"context" | "network": score}}}`` (params include the fitted
+      ``n_neighbors_fitted``, ``beta_fitted`` (a number, or float64 ``(n_vars,)``, one
+      per gene, with ``shrinkage="gene"``) and ``prior_fitted``);
     - the GenoMap under ``genomap_key`` if it had to be built.
 
     Raises
