@@ -181,7 +181,11 @@ def run_one(
         }
         m = models.get(method)
         if m is not None:
-            row.update(epochs=len(m.history["train_loss"]), n_neighbors=m.n_neighbors, beta=m.beta)
+            row.update(
+                epochs=len(m.history["train_loss"]),
+                n_neighbors=m.n_neighbors,
+                beta=float(np.median(m.beta)),
+            )
         if label_key:
             tmp = ad.AnnData(dense, obs=obs.obs[[label_key]])
             row["ARI"] = sct.metrics.cluster_and_score(tmp, label_key)["ARI"]

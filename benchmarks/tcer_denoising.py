@@ -352,7 +352,8 @@ def render(out: Path) -> None:
         "`poisson_op`: the openproblems script's order (held-out counts as the prediction). "
         "`zeros_filled`: fraction of all entries that are 0 in the method's input and > 0 in "
         "its output. `peak_rss_MiB`: highest resident memory of the process while the method "
-        "ran (includes the data already loaded).",
+        "ran (includes the data already loaded). `beta`: TCER's fitted prior weight (units of "
+        "library / 10⁴; with one β per gene, the default, the median over genes).",
         "",
         "Rows made by:",
         "",

@@ -138,7 +138,8 @@ def main() -> None:
         f"{args.threads} torch thread(s), {verdict} the {limit // 60}-minute target (which is "
         f"for 2 CPU cores); {total / rows[0][1]:.0f}× MAGIC's time on the same matrix. "
         f"Chosen by molecular cross-validation: {p.get('n_neighbors_fitted')} neighbours, "
-        f"beta {p.get('beta_fitted')}; prior {p.get('prior_fitted')!r} (held-out molecules: "
+        f"beta (median over genes) {float(np.median(p.get('beta_fitted'))):.4g}; "
+        f"prior {p.get('prior_fitted')!r} (held-out molecules: "
         f"{ {k: round(v, 5) for k, v in a.uns['tcer']['selection'].get('prior', {}).items()} })."
         + (
             " The network's prior did not score higher, so no cell went through it at inference."
