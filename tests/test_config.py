@@ -265,9 +265,22 @@ def test_neighbour_posterior_is_the_rule_of_its_parts():
     a = _tiny_counts(n=60, g=12)
     r = tcer.Rates(a.X, None, 1e4)
     out, k, beta = tcer.neighbour_posterior(r, k=7, space="sqrt", criterion="poisson", seed=0)
-    assert k == 7 and beta >= 0
-    mu = tcer.neighbour_mean(r, tcer.neighbour_index(r, 7, seed=0), np.arange(60), "sqrt")
+    assert k == 7 and beta.shape == (12,) and (beta >= 0).all()  # one beta per gene
+    idx = tcer.neighbour_index(r, 7, seed=0)
+    mu = tcer.neighbour_mean(r, idx, np.arange(60), "sqrt")
     counts, size = r.counts(slice(None))
     np.testing.assert_allclose(out, tcer.posterior(counts, size, mu, beta, "sqrt"), rtol=1e-6)
+    # one beta for all genes: choose_beta_on's on the same validation cells
+    one, _, b1 = tcer.neighbour_posterior(r, k=7, space="sqrt", shrinkage="global", seed=0)
+    val = np.sort(np.random.default_rng(0).permutation(60)[:6])
+    ref, _ = tcer.choose_beta_on(
+        r,
+        val,
+        lambda own, cells: tcer.neighbour_mean(r, idx, cells, "sqrt"),
+        seed=0,
+        space="sqrt",
+    )
+    assert b1 == ref
+    np.testing.assert_allclose(one, tcer.posterior(counts, size, mu, b1, "sqrt"), rtol=1e-6)
     lin = tcer.neighbour_posterior(r, k=7, space="linear", seed=0)[0]
     assert not np.allclose(out, lin)
