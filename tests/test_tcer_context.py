@@ -242,6 +242,18 @@ def test_context_prior_trains_nothing_and_is_the_neighbour_posterior():
         rtol=1e-5,
         atol=1e-6,
     )
+    # on data that lack some model genes, each gene keeps its own beta
+    sub = a[:, 5:].copy()
+    with pytest.warns(UserWarning, match="5 of the model's"):
+        out = model.predict(sub, progress=False, device="cpu")
+    rs = tcer.Rates(sub.X, None, 1e4)
+    mu_s = tcer.neighbour_mean(rs, tcer.neighbour_index(rs, 10, seed=0), np.arange(a.n_obs), "sqrt")
+    np.testing.assert_allclose(
+        out,
+        np.log1p(tcer.posterior(*rs.counts(slice(None)), mu_s, model.beta[5:], "sqrt")),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="prior='context'"):
         sct.tl.tcer_impute(a, prior="context", n_neighbors=0, progress=False)
 

@@ -28,6 +28,21 @@ PRIORS = ("auto", "network", "context")
 SHRINKAGES = ("gene", "global")
 
 
+def check_shrinkage(shrinkage: str, criterion: str, beta) -> None:
+    """Raise ``ValueError`` for an unknown or unusable ``shrinkage``.
+
+    Unusable: a per-gene choice of β (``"gene"`` with ``beta=None``) by a criterion other
+    than ``"poisson"`` (:func:`sctorch.tcer.choose_gene_beta` scores the Poisson loss).
+    """
+    if shrinkage not in SHRINKAGES:
+        raise ValueError(f"shrinkage must be one of {SHRINKAGES}, got {shrinkage!r}.")
+    if shrinkage == "gene" and beta is None and criterion != "poisson":
+        raise ValueError(
+            "shrinkage='gene' chooses each gene's beta by its held-out Poisson loss and "
+            f"needs criterion='poisson', got {criterion!r}; use shrinkage='global'."
+        )
+
+
 @dataclass
 class TCERConfig(MethodConfig):
     """Settings of TCER (recorded in ``uns['tcer']['params']`` and in saved models).
@@ -182,13 +197,7 @@ class TCERConfig(MethodConfig):
             raise ValueError(f"space must be 'linear' or 'sqrt', got {self.space!r}.")
         if self.criterion not in ("poisson", "pearson"):
             raise ValueError(f"criterion must be 'poisson' or 'pearson', got {self.criterion!r}.")
-        if self.shrinkage not in SHRINKAGES:
-            raise ValueError(f"shrinkage must be one of {SHRINKAGES}, got {self.shrinkage!r}.")
-        if self.shrinkage == "gene" and self.criterion != "poisson" and self.beta is None:
-            raise ValueError(
-                "shrinkage='gene' chooses each gene's beta by its held-out Poisson loss and "
-                f"needs criterion='poisson', got {self.criterion!r}; use shrinkage='global'."
-            )
+        check_shrinkage(self.shrinkage, self.criterion, self.beta)
         if self.output not in ("posterior", "observed"):
             raise ValueError(f"output must be 'posterior' or 'observed', got {self.output!r}.")
         if self.prior not in PRIORS:

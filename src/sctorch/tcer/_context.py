@@ -346,11 +346,33 @@ def _mean_gene_pearson(A: np.ndarray, B: np.ndarray) -> float:
 CRITERIA = ("poisson", "pearson")
 
 
-def _poisson_score(rate_a: np.ndarray, cb, sb: np.ndarray) -> float:
-    """Minus the mean Poisson loss of B's counts under rates from A, at B's depth."""
+def _poisson_losses(rate_a: np.ndarray, cb, sb: np.ndarray) -> np.ndarray:
+    """Poisson loss of each of B's counts under rates from A: ``(n_cells, n_genes)`` float64.
+
+    ``λ − y log(λ + 1e-6)`` with ``λ = rate × size_b`` (``mcv_sweep.poisson_nll_loss``,
+    Batson et al. 2019).
+    """
     pred = rate_a.astype(np.float64) * sb[:, None]
     y = cb.toarray() if sparse.issparse(cb) else np.asarray(cb)
-    return -float((pred - y * np.log(pred + 1e-6)).mean())
+    return pred - y * np.log(pred + 1e-6)
+
+
+def _poisson_score(rate_a: np.ndarray, cb, sb: np.ndarray) -> float:
+    """Minus the mean Poisson loss of B's counts under rates from A, at B's depth."""
+    return -float(_poisson_losses(rate_a, cb, sb).mean())
+
+
+def _scored_cells(half_a, half_b, mu):
+    """The halves and prior of the cells with counts in both halves, and A's median size.
+
+    Returns ``(ca, sa, cb, sb, mu, ms)``: the molecular cross-validation scores only
+    these cells (a half with no molecules has no depth to score at).
+    """
+    (ca, sa), (cb, sb) = half_a, half_b
+    ok = (sa > 0) & (sb > 0)
+    sa = sa[ok]
+    ms = float(np.median(sa)) if sa.size else 0.0
+    return ca[ok], sa, cb[ok], sb[ok], np.asarray(mu)[ok], ms
 
 
 def mcv_scores(
@@ -386,10 +408,7 @@ def mcv_scores(
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
-    (ca, sa), (cb, sb) = half_a, half_b
-    ok = (sa > 0) & (sb > 0)
-    ca, sa, cb, sb, mu = ca[ok], sa[ok], cb[ok], sb[ok], np.asarray(mu)[ok]
-    ms = float(np.median(sa))
+    ca, sa, cb, sb, mu, ms = _scored_cells(half_a, half_b, mu)
     if criterion == "pearson":
         target = np.log1p(posterior(cb, sb, mu, 0.0))
 
@@ -446,16 +465,11 @@ def gene_mcv_losses(
     at β = ``grid[i]`` × the median size of half A, times B's size. Cells with no counts
     in either half are left out.
     """
-    (ca, sa), (cb, sb) = half_a, half_b
-    ok = (sa > 0) & (sb > 0)
-    ca, sa, cb, sb, mu = ca[ok], sa[ok], cb[ok], sb[ok], np.asarray(mu)[ok]
-    ms = float(np.median(sa)) if sa.size else 0.0
-    y = cb.toarray() if sparse.issparse(cb) else np.asarray(cb)
-    out = np.empty((len(grid), y.shape[1]))
-    for i, g in enumerate(grid):
-        pred = posterior(ca, sa, mu, g * ms, space).astype(np.float64) * sb[:, None]
-        out[i] = (pred - y * np.log(pred + 1e-6)).sum(0)
-    return out
+    ca, sa, cb, sb, mu, ms = _scored_cells(half_a, half_b, mu)
+    cb = cb.toarray() if sparse.issparse(cb) else np.asarray(cb)  # densified once
+    return np.stack(
+        [_poisson_losses(posterior(ca, sa, mu, g * ms, space), cb, sb).sum(0) for g in grid]
+    )
 
 
 def choose_gene_beta(
@@ -487,14 +501,12 @@ def choose_gene_beta(
     score}``: minus the mean held-out Poisson loss per entry with the per-gene β, and
     with the best single β of the grid (the scale of :func:`mcv_scores`).
     """
-    sa = half_a[1]
-    ok = (sa > 0) & (half_b[1] > 0)
+    _, sa, cb, _, _, ms = _scored_cells(half_a, half_b, mu)
     L = gene_mcv_losses(half_a, half_b, mu, grid, space=space)
-    entries = max(int(ok.sum()) * L.shape[1], 1)
+    entries = max(sa.size * L.shape[1], 1)
     rel = L - L[:1]
-    molecules = max(float(half_b[0][ok].sum()), 1.0)
+    molecules = max(float(cb.sum()), 1.0)
     pick = np.argmin(rel + pooling * rel.sum(1, keepdims=True) / molecules, axis=0)
-    ms = float(np.median(sa[ok])) if ok.any() else 0.0
     beta = np.asarray(grid, dtype=np.float64)[pick] * ms
     scores = {
         "gene": -float(L[pick, np.arange(L.shape[1])].sum()) / entries,
@@ -568,16 +580,10 @@ def choose_prior_on(
     ValueError
         For an unknown ``shrinkage``, or ``shrinkage="gene"`` with another criterion.
     """
-    from ._config import SHRINKAGES
+    from ._config import check_shrinkage
 
-    if shrinkage not in SHRINKAGES:
-        raise ValueError(f"shrinkage must be one of {SHRINKAGES}, got {shrinkage!r}.")
+    check_shrinkage(shrinkage, criterion, beta)
     per_gene = shrinkage == "gene" and beta is None
-    if per_gene and criterion != "poisson":
-        raise ValueError(
-            f"shrinkage='gene' chooses each gene's beta by its held-out Poisson loss and "
-            f"needs criterion='poisson', got {criterion!r}; use shrinkage='global'."
-        )
     cells = np.asarray(cells)
     half_a, half_b = split_molecules(*rates.counts(cells), seed)
     own = to_rates(*half_a)

@@ -266,7 +266,8 @@ class TCERModel(BaseModel):
         ):
             raise ValueError(
                 f"the per-gene beta must hold one finite value >= 0 per gene "
-                f"({len(self.genes)}), got shape {np.shape(b)}."
+                f"({len(self.genes)}), got shape {np.shape(b)} with minimum "
+                f"{np.min(b) if np.size(b) else 'none'}."
             )
         if (p.rows < 0).any():
             raise ValueError(
