@@ -99,11 +99,12 @@ def timed(fn):
     return out, sec, mem.peak
 
 
-def run_one(
-    name: str, shape: float, ablations: bool, paper_epochs: int, paper_features: int
-) -> list[dict]:
-    import magic
+def downsampled(name: str, shape: float) -> tuple[ad.AnnData, sparse.csr_matrix]:
+    """``(observed, truth)``: the protocol's observed counts and log-normalised reference.
 
+    ``observed``: cells × genes of raw counts (cells with no observed count dropped);
+    ``truth``: ``log1p(normalize_total 1e4)`` of the reference of the same cells.
+    """
     ref = sct.pp.select_reference(load(name))
     sct.pp.simulate_efficiency_loss(ref, efficiency_shape=shape, rng=0)
     obs = ad.AnnData(
@@ -112,8 +113,15 @@ def run_one(
         var=ref.var[[]].copy(),
     )
     keep = np.asarray(obs.X.sum(1)).ravel() > 0
-    obs = obs[keep].copy()
-    truth = log_normalize(ref.X[keep])
+    return obs[keep].copy(), log_normalize(ref.X[keep])
+
+
+def run_one(
+    name: str, shape: float, ablations: bool, paper_epochs: int, paper_features: int
+) -> list[dict]:
+    import magic
+
+    obs, truth = downsampled(name, shape)
     counts = obs.X.toarray().astype(np.float64)
     obs_log = log_normalize(obs.X)
     print(f"{name} {LEVELS[shape]}: {obs.n_obs} cells x {obs.n_vars} genes", flush=True)

@@ -13,16 +13,14 @@ re-expressed here without its workflow runner:
   are dropped;
 - each method returns ``denoised``: cells × genes on the **count scale** of the train
   part;
-- ``src/metrics/mse``: ``normalize_total(1e4) + log1p`` of both the test counts and the
-  denoised matrix, then ``sklearn.metrics.mean_squared_error``;
-- ``src/metrics/poisson``: the denoised matrix is scaled by ``test.sum() / train.sum()``
-  and scored by the Poisson negative log-likelihood of molecular cross-validation
-  (Batson et al. 2019, ``mcv_sweep.poisson_nll_loss(y_pred, y_true) = mean(y_pred −
-  y_true · log(y_pred + 1e-6))``). **The openproblems script passes the arguments the
-  other way round** (``poisson_nll_loss(test_data, denoised_data)``: the held-out counts
-  as the prediction); the MCV order, ``y_pred`` = denoised, ``y_true`` = held-out, is the
-  likelihood of the held-out molecules under the output and is the one reported as
-  ``poisson``; the openproblems order is reported too (``poisson_op``);
+- ``src/metrics/mse`` and ``src/metrics/poisson``: :func:`sctorch.metrics.denoising_scores`
+  (the MSE of the log-normalised test counts and output; the Poisson negative
+  log-likelihood of molecular cross-validation, Batson et al. 2019, of the held-out
+  counts under the output rescaled to their depth). **The openproblems script passes the
+  Poisson loss's arguments the other way round** (the held-out counts as the
+  prediction); the MCV order, the likelihood of the held-out molecules under the output,
+  is the one reported as ``poisson``; the openproblems order is reported too
+  (``poisson_op``);
 - both scores are scaled as the openproblems leaderboard does: 0 = ``no denoising``
   (the train counts themselves), 1 = ``perfect denoising`` (the test counts); higher is
   better.
@@ -125,45 +123,7 @@ def process(adata: ad.AnnData, seed: int = 0, n_top_genes: int = 2000):
     return train[cells].copy(), test[cells].copy()
 
 
-def _lognorm(X) -> np.ndarray:
-    # a copy: normalize_total and log1p work in place, and X is the method's output
-    a = ad.AnnData(np.array(X.toarray() if sparse.issparse(X) else X, dtype=np.float64))
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    return a.X
-
-
-def mse(test: ad.AnnData, denoised) -> float:
-    """openproblems ``metrics/mse``."""
-    from sklearn.metrics import mean_squared_error
-
-    return float(mean_squared_error(_lognorm(test.X), _lognorm(denoised)))
-
-
-def _poisson_nll(y_pred: np.ndarray, y_true: np.ndarray) -> float:
-    """``mcv_sweep.poisson_nll_loss`` (molecular cross-validation)."""
-    return float((y_pred - y_true * np.log(y_pred + 1e-6)).mean())
-
-
-def poisson(train: ad.AnnData, test: ad.AnnData, denoised) -> tuple[float, float]:
-    """openproblems ``metrics/poisson``: (MCV argument order, the script's order)."""
-    y_test = np.asarray(test.X.toarray(), dtype=np.float64)
-    den = np.asarray(denoised.toarray() if sparse.issparse(denoised) else denoised, np.float64)
-    den = den * y_test.sum() / float(train.X.sum())
-    return _poisson_nll(den, y_test), _poisson_nll(y_test, den)
-
-
 # ---------------------------------------------------------------------- the methods
-def magic_openproblems(train: ad.AnnData) -> np.ndarray:
-    import magic
-
-    X = np.asarray(train.X.toarray(), dtype=np.float64)
-    lib = X.sum(1, keepdims=True)
-    Y = np.sqrt(X / lib)
-    Y = magic.MAGIC(solver="exact", decay=1, t=3, verbose=False).fit_transform(Y, genes="all_genes")
-    return np.square(np.asarray(Y)) * lib
-
-
 def no_ernet(
     train: ad.AnnData, k: int, seed: int = 0, space: str | None = None, shrinkage=None
 ) -> np.ndarray:
@@ -194,7 +154,7 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
     }
     extra: dict[str, dict] = {}
     if "magic" in methods:
-        results["MAGIC"] = timed(lambda: magic_openproblems(train))
+        results["MAGIC"] = timed(lambda: tcer.magic_openproblems(train.X))
     if "knn" in methods:
         results["kNN smoothing"] = timed(
             lambda: tcer.knn_smoothing(np.asarray(train.X.toarray()), k=10)
@@ -248,26 +208,15 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
             "TCER preset=paper", preset="paper", epochs=paper_epochs, n_features=paper_features
         )
 
-    base_mse = mse(test, train.X)
-    base_poi, base_op = poisson(train, test, train.X)
-    perf_mse = mse(test, test.X)
-    perf_poi, perf_op = poisson(train, test, test.X)
     rows = []
     for method, (mat, sec, peak) in results.items():
-        m = mse(test, mat)
-        p, p_op = poisson(train, test, mat)
         dense = mat.toarray() if sparse.issparse(mat) else np.asarray(mat)
         row = {
             "data": name,
             "method": method,
             "cells": int(train.n_obs),
             "genes": int(train.n_vars),
-            "mse": m,
-            "poisson": p,
-            "poisson_op": p_op,
-            "mse_scaled": (base_mse - m) / (base_mse - perf_mse),
-            "poisson_scaled": (base_poi - p) / (base_poi - perf_poi),
-            "poisson_op_scaled": (base_op - p_op) / (base_op - perf_op),
+            **sct.metrics.denoising_scores(train, test, dense),
             "zeros_filled": float(((dense > 0) & (train.X.toarray() == 0)).mean()),
             "seconds": float(sec),
             "peak_rss_MiB": float(peak),

@@ -43,10 +43,14 @@ def test_demo_quick_writes_summary(tmp_path, capsys):
     r = sct.metrics.gene_pearson(log_normalize(ref.layers["observed"]), log_normalize(ref.X))
     assert float(m.group(1)) == round(float(np.nanmean(r)), 3)
     # TCER row reports the observed figure of the same cells and an imputed one
-    rows = dict(re.findall(r"\| (observed|TCER) \| ([0-9.]+) \|", summary))
+    down, full = summary.split("## TCER at full depth")
+    rows = dict(re.findall(r"\| (observed|TCER) \| ([0-9.]+) \|", down))
     assert float(rows["observed"]) == round(float(np.nanmean(r)), 3)
     assert 0.0 < float(rows["TCER"]) <= 1.0
-    assert re.search(r"\| kNN smoothing \| (0\.\d+) \|", summary)
+    assert re.search(r"\| kNN smoothing \| (0\.\d+) \|", down)
+    # the full-depth table: the input itself scores 0 on both scaled metrics
+    assert "| no denoising | 0.000 | 0.000 |" in full
+    assert re.search(r"\| TCER \| -?\d\.\d{3} \| -?\d+\.\d{3} \|", full)
     # stImpute held-out Pearson and scRobust annotation figures are there
     assert re.search(r"\| 17 \| (0\.\d+) \| (0\.\d+) \|", summary)
     assert re.search(r"\| accuracy \| (0\.\d+) \|", summary)

@@ -241,3 +241,47 @@ def test_cluster_and_score_reads_a_backed_anndata(tmp_path):
         sct.metrics.gene_pearson(a.X, a.X),
         equal_nan=True,
     )
+
+
+def _lognorm(X):
+    X = np.asarray(X, dtype=np.float64)
+    return np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+
+
+def test_denoising_scores_match_the_openproblems_formulas():
+    rng = np.random.default_rng(0)
+    truth = rng.gamma(0.5, 2.0, size=(40, 12))
+    full = rng.poisson(truth * 10)
+    full[:, 0] += 1  # every cell keeps a train and a test molecule
+    test = rng.binomial(full, 0.1)
+    train = full - test
+    train[:, 0] += 1
+    test[:, 1] += 1
+    denoised = 0.5 * train + 0.5 * train.mean(0) * train.sum(1, keepdims=True) / train.sum(1).mean()
+    s = sct.metrics.denoising_scores(sparse.csr_matrix(train), test, denoised)
+
+    def nll(pred, true):
+        return float(np.mean(pred - true * np.log(pred + 1e-6)))
+
+    depth = test.sum() / train.sum()
+    mse = float(np.mean((_lognorm(test) - _lognorm(denoised)) ** 2))
+    assert s["mse"] == pytest.approx(mse, rel=1e-10)
+    assert s["poisson"] == pytest.approx(nll(denoised * depth, test), rel=1e-10)
+    assert s["poisson_op"] == pytest.approx(nll(test, denoised * depth), rel=1e-10)
+    base = float(np.mean((_lognorm(test) - _lognorm(train)) ** 2))
+    assert s["mse_scaled"] == pytest.approx((base - mse) / base, rel=1e-10)
+    # the task's controls score 0 (no denoising: the input) and 1 (perfect: the held-out counts)
+    for control, value in ((train, 0.0), (test, 1.0)):
+        c = sct.metrics.denoising_scores(train, test, control)
+        for key in ("mse_scaled", "poisson_scaled", "poisson_op_scaled"):
+            assert c[key] == pytest.approx(value, abs=1e-12)
+
+
+def test_denoising_scores_refuse_bad_input():
+    train = np.ones((3, 2))
+    with pytest.raises(ValueError, match="one shape"):
+        sct.metrics.denoising_scores(train, np.ones((3, 3)), train)
+    with pytest.raises(ValueError, match="denoised holds 1 NaN, infinite or negative"):
+        sct.metrics.denoising_scores(train, train, np.array([[1.0, -1.0], [1, 1], [1, 1]]))
+    with pytest.raises(ValueError, match="at least one count"):
+        sct.metrics.denoising_scores(train, np.zeros((3, 2)), train)

@@ -52,6 +52,10 @@ NOT_ANNDATA_FIRST = {
         )
     },
     "metrics.clustering_scores": (("labels_true", "labels_pred"), "compares two labellings"),
+    "metrics.denoising_scores": (
+        ("train", "test", "denoised"),
+        "scores a denoiser's output against held-out counts (the openproblems task's inputs)",
+    ),
 }
 # Further positional data arguments after the AnnData ones: {name: (names, reason)}.
 EXTRA_DATA_ARGS = {

@@ -293,3 +293,18 @@ def test_bad_context_settings_raise_before_anything_is_written():
         with pytest.raises(ValueError, match=match):
             sct.tl.tcer_impute(a, epochs=1, progress=False, **kw)
     assert "tcer" not in a.layers and "tcer" not in a.uns
+
+
+def test_magic_openproblems_returns_the_count_scale_of_each_cell():
+    """One profile at different depths comes back as it went in (reversed normalisation)."""
+    pytest.importorskip("magic")
+    rng = np.random.default_rng(0)
+    profile = rng.integers(1, 5, size=20).astype(float)
+    depth = rng.integers(1, 4, size=60)[:, None]
+    X = np.where(np.repeat([True, False], 30)[:, None], profile, profile[::-1]) * depth
+    with np.errstate(divide="ignore", invalid="ignore"):  # identical cells: zero distances
+        out = tcer.magic_openproblems(sparse.csr_matrix(X))
+    np.testing.assert_allclose(out, X, rtol=1e-8)
+    X[3] = 0
+    with pytest.raises(ValueError, match="1 cell"):
+        tcer.magic_openproblems(X)

@@ -43,6 +43,7 @@ __all__ = [
     "cell_pearson",
     "cluster_and_score",
     "clustering_scores",
+    "denoising_scores",
     "gene_cosine",
     "gene_mse",
     "gene_pearson",
@@ -492,3 +493,104 @@ def cluster_and_score(
     scores = clustering_scores(labels, tmp.obs["leiden"].to_numpy())
     scores["n_clusters"] = int(tmp.obs["leiden"].nunique())
     return scores
+
+
+def _dense64(X) -> np.ndarray:
+    """A float64 dense copy of an array, sparse matrix or AnnData's ``X``."""
+    X = get_matrix(X, None) if hasattr(X, "obs_names") else X
+    return to_dense(X, dtype=np.float64)
+
+
+def _log_normalised(X: np.ndarray, target_sum: float = 1e4) -> np.ndarray:
+    """``scanpy.pp.normalize_total(target_sum=1e4)`` then ``log1p``, on a copy."""
+    import anndata as ad
+    import scanpy as sc
+
+    a = ad.AnnData(X.copy())
+    sc.pp.normalize_total(a, target_sum=target_sum)
+    sc.pp.log1p(a)
+    return np.asarray(a.X)
+
+
+def _poisson_nll(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+    """``mcv_sweep.poisson_nll_loss(y_pred, y_true) = mean(y_pred − y_true log(y_pred + 1e-6))``."""
+    return float((y_pred - y_true * np.log(y_pred + 1e-6)).mean())
+
+
+def denoising_scores(train, test, denoised) -> dict[str, float]:
+    """The openproblems denoising task's metrics of one method's output, raw and scaled.
+
+    openproblems-bio/task_denoising (``src/metrics/mse`` and ``src/metrics/poisson``):
+    every count of a full-depth matrix is split binomially, a share to the method's input
+    (``train``) and the rest held out (``test``; the task splits 0.9 / 0.1), and the
+    method's output is scored against the held-out molecules:
+
+    - ``mse``: mean squared error between ``log1p(normalize_total(1e4))`` of ``test`` and
+      of ``denoised`` (lower is better);
+    - ``poisson``: ``denoised`` is rescaled by ``test.sum() / train.sum()`` (the held-out
+      depth) and scored by the Poisson negative log-likelihood of molecular
+      cross-validation (Batson, Royer & Webber 2019, ``mcv_sweep.poisson_nll_loss``) with
+      the **MCV argument order** (prediction = the rescaled output, truth = the held-out
+      counts): the likelihood of the unseen molecules under the output (lower is better);
+    - ``poisson_op``: the same with the arguments the other way round, as the
+      openproblems script passes them (the held-out counts as the prediction);
+    - ``*_scaled``: each score scaled as the task's leaderboard does, 0 = no denoising
+      (``train`` itself), 1 = perfect denoising (``test`` itself); higher is better.
+
+    Parameters
+    ----------
+    train
+        ``(n_cells, n_genes)`` **raw counts** the method was given (array, sparse matrix
+        or AnnData ``X``).
+    test
+        ``(n_cells, n_genes)`` held-out **raw counts** of the same cells and genes.
+    denoised
+        ``(n_cells, n_genes)`` method output on the **count scale of** ``train`` (not
+        log-normalised).
+
+    Returns
+    -------
+    ``{"mse", "poisson", "poisson_op", "mse_scaled", "poisson_scaled",
+    "poisson_op_scaled"}``. Computed densely in float64 (three ``n_cells × n_genes``
+    arrays in memory).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, a value is NaN, infinite or negative, or ``train`` or
+        ``test`` holds no count.
+    """
+    from sklearn.metrics import mean_squared_error
+
+    mats = {"train": _dense64(train), "test": _dense64(test), "denoised": _dense64(denoised)}
+    shapes = {n: m.shape for n, m in mats.items()}
+    if len(set(shapes.values())) != 1 or len(shapes["train"]) != 2:
+        raise ValueError(f"train, test and denoised must be 2-D of one shape, got {shapes}.")
+    for n, m in mats.items():
+        bad = int((~np.isfinite(m)).sum() + (m < 0).sum())
+        if bad:
+            raise ValueError(
+                f"{n} holds {bad} NaN, infinite or negative value(s); the denoising metrics "
+                "need counts (train, test) and a count-scale output (denoised)."
+            )
+    tr, te, de = mats["train"], mats["test"], mats["denoised"]
+    if tr.sum() <= 0 or te.sum() <= 0:
+        raise ValueError("train and test must each hold at least one count.")
+    log_test = _log_normalised(te)
+    depth = te.sum() / tr.sum()
+
+    def scores(x: np.ndarray) -> tuple[float, float, float]:
+        pred = x * depth
+        return (
+            float(mean_squared_error(log_test, _log_normalised(x))),
+            _poisson_nll(pred, te),
+            _poisson_nll(te, pred),
+        )
+
+    # the task's controls: no denoising returns train, perfect denoising returns test
+    raw, base, perfect = scores(de), scores(tr), scores(te)
+    names = ("mse", "poisson", "poisson_op")
+    out = dict(zip(names, raw, strict=True))
+    for i, n in enumerate(names):
+        out[f"{n}_scaled"] = (base[i] - raw[i]) / (base[i] - perfect[i])
+    return out

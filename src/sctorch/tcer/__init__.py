@@ -35,7 +35,7 @@ from ._context import (
     to_rates,
 )
 from ._model import TCERModel
-from ._peers import knn_smoothing, ridge_blind_spot
+from ._peers import knn_smoothing, magic_openproblems, ridge_blind_spot
 
 __all__ = [
     "BETA_GRID",
@@ -50,6 +50,7 @@ __all__ = [
     "choose_prior_on",
     "gene_mcv_losses",
     "knn_smoothing",
+    "magic_openproblems",
     "mcv_scores",
     "neighbour_index",
     "neighbour_mean",
