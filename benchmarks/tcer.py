@@ -192,7 +192,7 @@ def run_one(
             row.update(
                 epochs=len(m.history["train_loss"]),
                 n_neighbors=m.n_neighbors,
-                beta=float(np.median(m.beta)),
+                beta=np.nan if m.beta is None else float(np.median(m.beta)),
             )
         if label_key:
             tmp = ad.AnnData(dense, obs=obs.obs[[label_key]])

@@ -81,7 +81,9 @@ def tcer_impute(
     is never used, for training or for any choice.
 
     **The default departs from the paper** (``preset="default"``), because the paper's
-    design scores below simple imputers on real data (``benchmarks/results/tcer.md``);
+    design scores below simple imputers on real data (``benchmarks/results/tcer.md``;
+    trained to the paper's 100 epochs it falls further, and even the epoch picked with
+    the ground truth stays below the observed data: ``benchmarks/results/tcer_paper.md``);
     ``preset="paper"`` keeps the paper's design:
 
     1. *Cross-cell context* (``n_neighbors``): ER-Net gets a second input channel, the
