@@ -334,6 +334,35 @@ def test_blind_spot_output_keeps_or_blends_observed_values():
         sct.tl.tcer_impute(a.copy(), observed_weight=2.0, progress=False)
 
 
+def test_network_sees_a_bounded_chunk_and_gives_the_same_prediction(monkeypatch):
+    # inference memory is set by how many GenoMaps ER-Net sees at once; chunking them
+    # must not change the prediction (each image is computed on its own)
+    from sctorch.tcer import _model
+
+    a = _with_grid_placement(_planted_counts(n_cells=40), (6, 6))
+    for objective in ("blind_spot", "dropout"):
+        p = TCERConfig(n_features=4, epochs=1, batch_size=32, objective=objective)
+        model = TCERModel.from_genomap(a, p).fit(a, rng=0, device="cpu", progress=False)
+        imgs = np.random.default_rng(1).random((40, model.module.in_channels, 6, 6))
+        imgs = (imgs * (imgs > 0.4)).astype(np.float32)
+        seen = []
+        forward = model.module.forward
+
+        def counted(x, seen=seen, forward=forward):
+            seen.append(len(x))
+            return forward(x)
+
+        monkeypatch.setattr(model.module, "forward", counted)
+        monkeypatch.setattr(_model, "NETWORK_CHUNK", 1000)
+        whole = model._predict_images(imgs, "cpu")
+        monkeypatch.setattr(_model, "NETWORK_CHUNK", 7)
+        seen.clear()
+        chunked = model._predict_images(imgs, "cpu")
+        assert max(seen) == 7 and sum(seen) % 40 == 0
+        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+        assert (chunked[:, ~model.placement.pixel_mask()] == 0).all()
+
+
 # ---------------------------------------------------------------------- model lifecycle
 def _small_model(n_dfa=3, seed=0):
     a = _with_grid_placement(_planted_counts(n_cells=48), (6, 6))
