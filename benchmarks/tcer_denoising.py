@@ -46,7 +46,9 @@ Methods, side by side in one process, each from the train counts only:
   ``TCER prior=network, random placement`` (the same genes on random pixels
   of the grid: whether the GenoMap matters) and ``TCER preset=paper`` (its measured
   values kept, zeros filled; epochs and width capped by ``--paper-epochs`` /
-  ``--paper-features``).
+  ``--paper-features``), ``TCER objective=noise2noise, prior=network`` (ER-Net trained to
+  predict held-out molecules from the rest of each cell, its prior kept) and the same
+  with random placement.
 
 Each run appends its rows to ``benchmarks/results/tcer_denoising_runs.json``; ``--render``
 writes ``benchmarks/results/tcer_denoising.md``.
@@ -79,6 +81,20 @@ from _harness import RssSampler, command, random_placement, write_results
 HERE = Path(__file__).parent
 RUNS = HERE / "results" / "tcer_denoising_runs.json"
 DATASETS = ("pbmc3k", "ifnb", "intestine", "zeisel")
+
+
+METHODS = (
+    "magic",
+    "knn",
+    "tcer",
+    "network",
+    "global",
+    "random",
+    "no_ernet",
+    "paper",
+    "noise2noise",
+    "noise2noise_random",
+)
 
 
 def load(name: str) -> ad.AnnData:
@@ -189,6 +205,16 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
         run_tcer("TCER shrinkage=global", shrinkage="global")
     if "random" in methods:
         run_tcer("TCER prior=network, random placement", placement=True, prior="network")
+    if "noise2noise" in methods:
+        n2n = {"objective": "noise2noise", "prior": "network"}
+        run_tcer("TCER objective=noise2noise, prior=network", **n2n)
+    if "noise2noise_random" in methods:
+        run_tcer(
+            "TCER objective=noise2noise, prior=network, random placement",
+            placement=True,
+            objective="noise2noise",
+            prior="network",
+        )
     if "no_ernet" in methods:
         k = extra.get("TCER", {}).get("n_neighbors")
         if k is None:
@@ -248,6 +274,8 @@ ORDER = [
     "TCER prior=network",
     "TCER prior=network, random placement",
     "TCER preset=paper",
+    "TCER objective=noise2noise, prior=network",
+    "TCER objective=noise2noise, prior=network, random placement",
 ]
 
 
@@ -323,8 +351,8 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         nargs="*",
-        default=["magic", "knn", "tcer", "network", "global", "random", "no_ernet", "paper"],
-        choices=["magic", "knn", "tcer", "network", "global", "random", "no_ernet", "paper"],
+        default=list(METHODS),
+        choices=METHODS,
     )
     ap.add_argument("--paper-epochs", type=int, default=10)
     ap.add_argument("--paper-features", type=int, default=16)

@@ -363,6 +363,45 @@ def test_network_sees_a_bounded_chunk_and_gives_the_same_prediction(monkeypatch)
         assert (chunked[:, ~model.placement.pixel_mask()] == 0).all()
 
 
+def test_noise2noise_trains_on_split_molecules_and_predicts_from_the_whole_cell(monkeypatch):
+    from sctorch.tcer._config import SPLIT_FRACTION
+
+    a = _with_grid_placement(_planted_counts(n_cells=96), (6, 6))
+    p = TCERConfig(n_features=4, epochs=3, batch_size=32, objective="noise2noise", prior="network")
+    model = TCERModel.from_genomap(a, p).fit(a, rng=0, device="cpu", progress=False)
+    assert model.use_network and model.n_neighbors > 0
+    # the held-out molecules' loss fell during training (it starts at the context itself)
+    assert model.history["val_loss"][-1] < model.history["val_loss"][0]
+    rates, shared, _ = model._rates(a, None, "the data", all_genes=True)
+    idx = model._neighbours(rates, 0)
+    cells = np.arange(10, 30)
+    inputs, target = model._split_images(rates, idx, shared)(cells, np.random.default_rng(3))
+    frac = np.random.default_rng(3).uniform(*SPLIT_FRACTION, size=cells.size)[:, None]
+    counts, size = rates.counts(cells)
+    size = size[:, None]
+    part = np.expm1(model.placement.genes_of(inputs[:, 0]) * model.scale) * frac * size
+    rest = np.expm1(model.placement.genes_of(target) * model.scale) * (1 - frac) * size
+    # the two parts are integer counts that add up to the cell's counts
+    np.testing.assert_allclose(part + rest, counts.toarray(), atol=2e-3)
+    np.testing.assert_allclose(part, np.round(part), atol=2e-3)
+    assert (part > 0.5).sum() > 0.4 * (counts.toarray() > 0).sum() and (rest > 0.5).any()
+    # the context channel is the neighbours' (the cell's own molecules are in neither)
+    whole = model._cell_images(rates, rates.rates(cells).toarray(), cells, idx, shared)
+    np.testing.assert_array_equal(inputs[:, 1], whole[:, 1])
+    # inference: the network sees the cell's whole GenoMap, nothing hidden
+    seen = []
+    forward = model.module.forward
+
+    def record(x):
+        seen.append(x.clone())
+        return forward(x)
+
+    monkeypatch.setattr(model.module, "forward", record)
+    model._predict_images(whole, "cpu")
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0].numpy(), whole)
+
+
 # ---------------------------------------------------------------------- model lifecycle
 def _small_model(n_dfa=3, seed=0):
     a = _with_grid_placement(_planted_counts(n_cells=48), (6, 6))

@@ -20,7 +20,16 @@ OBJECTIVES: dict[str, dict[str, bool]] = {
     "sqrt": {"blind_spot": True, "squared": True, "poisson": True},
     "blind_spot": {"blind_spot": True, "squared": True, "poisson": False},
     "dropout": {"blind_spot": False, "squared": False, "poisson": False},
+    # noise2noise at the molecule level: each cell's counts are split binomially, ER-Net
+    # sees one part's whole GenoMap (and the context) and predicts the other part's rates
+    # (Poisson loss, every gene pixel); no pixel is hidden, at inference or in training
+    "noise2noise": {"blind_spot": False, "squared": False, "poisson": True, "split": True},
 }
+
+#: range of the fraction of a cell's molecules ER-Net sees with ``objective="noise2noise"``
+#: (drawn per cell and batch; the rest are the target): the network learns to denoise at
+#: depths from half the cell's to near its full depth, where it is applied
+SPLIT_FRACTION = (0.5, 0.9)
 
 #: the prior rules of the posterior output (:attr:`TCERConfig.prior`)
 PRIORS = ("auto", "network", "context")
@@ -93,7 +102,12 @@ class TCERConfig(MethodConfig):
         ``"poisson"``, ``"sqrt"``, ``"blind_spot"`` or ``"dropout"`` (the paper's); see
         :func:`sctorch.tl.tcer_impute`. ``"sqrt"``: the Poisson objective's rate scored by
         the squared error of its square root, minimised by the variance-stabilised mean
-        ``(E√r)²`` that ``space="sqrt"`` averages to.
+        ``(E√r)²`` that ``space="sqrt"`` averages to. ``"noise2noise"``: no pixel is
+        hidden; each cell's counts are split binomially (a fraction drawn from
+        :data:`SPLIT_FRACTION` to the input), and ER-Net predicts the other part's rates
+        from the input part's whole GenoMap and the context, by their Poisson loss on every
+        gene pixel (molecular noise2noise; not in the paper). At inference it sees the
+        cell's full counts.
     n_neighbors
         Cells in the cross-cell context: ``None`` chooses it by molecular
         cross-validation (:mod:`sctorch.tcer._context`), 0 switches the context off (one
@@ -246,6 +260,11 @@ class TCERConfig(MethodConfig):
     def poisson(self) -> bool:
         """Whether ER-Net predicts a Poisson rate (a log-ratio to the context)."""
         return OBJECTIVES[self.objective]["poisson"]
+
+    @property
+    def split(self) -> bool:
+        """Whether training splits molecules (``"noise2noise"``) instead of hiding pixels."""
+        return OBJECTIVES[self.objective].get("split", False)
 
     @property
     def squared(self) -> bool:

@@ -35,9 +35,10 @@ class MaskedBatches:
     the cells' own scaled images ``(B, H, W)``, the network input ``(B, C, H, W)`` (channel
     0 masked with the placeholder δ on hidden pixels, other channels as given) and the
     bool pixels the loss is taken on (``objective="blind_spot"``: the hidden pixels;
-    ``"dropout"``: the observed non-zero gene pixels). Training cells are shuffled each
-    epoch. The validation cells get masks drawn once, before training, so their loss
-    (:meth:`val_loss`) is comparable across epochs.
+    ``"dropout"``: the observed non-zero gene pixels; ``"noise2noise"``: ``x`` is the target
+    part's image, the input is not masked and every gene pixel is scored). Training cells
+    are shuffled each epoch. The validation cells get masks (or splits) drawn once, before
+    training, so their loss (:meth:`val_loss`) is comparable across epochs.
 
     Parameters
     ----------
@@ -63,6 +64,11 @@ class MaskedBatches:
     max_cells
         Training cells per epoch (the first of each epoch's shuffle; ``None``: all), and
         four times the most validation cells kept (a seeded subset).
+    split_of
+        For ``objective="noise2noise"``: ``(cell positions, numpy Generator) -> (inputs (n,
+        C, H, W), target (n, H, W))``, the network input from one binomial part of the
+        cells' counts and the other part's scaled image; nothing is masked and the loss
+        is taken on every gene pixel. ``images_of`` is then not used.
     """
 
     def __init__(
@@ -79,8 +85,11 @@ class MaskedBatches:
         device,
         scale: float = 1.0,
         max_cells: int | None = None,
+        split_of: Callable | None = None,
     ):
-        self.images_of = images_of
+        self.images_of, self.split_of = images_of, split_of
+        if OBJECTIVES[objective].get("split", False) != (split_of is not None):
+            raise ValueError(f"objective {objective!r} and split_of do not agree.")
         self.train_idx = train_idx
         self.gene_px = torch.as_tensor(gene_px)
         self.mask_ratio = mask_ratio
@@ -94,12 +103,15 @@ class MaskedBatches:
         self.max_cells = max_cells
         if max_cells is not None and len(val_idx) > max(max_cells // 4, 1):
             val_idx = np.sort(self.rng.choice(val_idx, max(max_cells // 4, 1), replace=False))
-        self.val = []  # fixed validation masks, drawn first
-        for sl in iter_batches(len(val_idx), 256):
+        self.val = []  # fixed validation masks, drawn first; batches of the training size,
+        for sl in iter_batches(len(val_idx), batch_size):  # which sets the peak memory
             x, inp, masked = self._masked(val_idx[sl])
             self.val.append((inp, x, masked))
 
     def _masked(self, cells):
+        if self.split_of is not None:
+            inp, target = (torch.tensor(v) for v in self.split_of(cells, self.rng))
+            return target, inp, self.gene_px.expand_as(target).clone()
         imgs = torch.tensor(self.images_of(cells))  # a copy in torch-aligned memory
         x = imgs[:, 0]
         inp, hidden = self.masker(x, *self.mask_ratio, self.gene_px, self.gen)
@@ -110,9 +122,10 @@ class MaskedBatches:
         if self.max_cells is not None:
             order = order[: self.max_cells]
         for sl in iter_batches(len(order), self.batch_size):
-            x, inp, hidden = self._masked(order[sl])
-            x, inp, hidden = x.to(self.device), inp.to(self.device), hidden.to(self.device)
-            known = hidden if self.blind else (x > 0) & self.gene_px.to(self.device)
+            x, inp, known = self._masked(order[sl])
+            x, inp, known = x.to(self.device), inp.to(self.device), known.to(self.device)
+            if not (self.blind or self.split_of is not None):  # "dropout"
+                known = (x > 0) & self.gene_px.to(self.device)
             yield x, inp, known
 
     def val_loss(self, module) -> float:

@@ -324,6 +324,35 @@ class TCERModel(BaseModel):
         ctx = None if idx is None else neighbour_mean(rates, idx, cells, self.config.space)
         return self._images(own, ctx, shared)
 
+    def _split_images(self, rates, idx: np.ndarray | None, shared: np.ndarray):
+        """``objective="noise2noise"``'s training pairs: ``(cells, rng) -> (inputs, target)``.
+
+        Each cell's counts are split binomially, a fraction ``f`` drawn per cell from
+        :data:`~sctorch.tcer._config.SPLIT_FRACTION` to the input part; each part's rates are
+        its counts over ``f`` (or ``1 − f``) × the cell's size, so both estimate the same
+        rate. ``inputs``: :meth:`_images` of the input part with the context (the
+        neighbours' full counts: no molecule of the cell); ``target``: the other part's
+        scaled image ``(n, H, W)``.
+        """
+        from ._config import SPLIT_FRACTION
+
+        space = self.config.space
+
+        def split_of(cells, rng):
+            counts, size = rates.counts(cells)
+            frac = rng.uniform(*SPLIT_FRACTION, size=len(cells))
+            part = counts.copy()
+            part.data = rng.binomial(
+                np.round(counts.data).astype(np.int64), np.repeat(frac, np.diff(counts.indptr))
+            ).astype(np.float32)
+            rest = counts - part
+            ctx = None if idx is None else neighbour_mean(rates, idx, cells, space)
+            inputs = self._images(to_rates(part, size * frac).toarray(), ctx, shared)
+            target = self._images(to_rates(rest, size * (1.0 - frac)).toarray(), None, shared)
+            return inputs, target[:, 0]
+
+        return split_of
+
     def _neighbours(self, rates, seed: int) -> np.ndarray | None:
         """The cross-cell neighbour index of the cells of ``rates`` (``None``: no context)."""
         if self.n_neighbors == 0:
@@ -450,6 +479,7 @@ class TCERModel(BaseModel):
                 device=dev,
                 scale=scale,
                 max_cells=p.max_cells_per_epoch,
+                split_of=self._split_images(rates, idx, shared) if p.split else None,
             )
 
             def loss_fn(batch):
@@ -540,6 +570,8 @@ class TCERModel(BaseModel):
 
         ``imgs`` is the network input ``(n, C, H, W)`` (channel 0 the cells' own images).
         ``objective="dropout"``: zero gene pixels get the placeholder and are predicted.
+        ``"noise2noise"``: the input as it is (nothing hidden: the network was trained to
+        predict held-out molecules from all pixels).
         ``"blind_spot"``, ``"poisson"`` and ``"sqrt"``: every gene pixel is predicted while
         hidden, in ``ceil(1 / largest mask ratio)`` passes over disjoint pixel groups (the
         fewest passes whose hidden fraction training covered; a fixed pattern, so
@@ -576,7 +608,8 @@ class TCERModel(BaseModel):
                         inp[:, 0] = torch.where(hide, placeholder, x)
                         pred = torch.where(hide, self._network(inp), pred)
                 else:
-                    inp[:, 0] = torch.where(gene_px & (x <= 0), placeholder, x)
+                    if not p.split:  # "dropout": the zeros are predicted
+                        inp[:, 0] = torch.where(gene_px & (x <= 0), placeholder, x)
                     pred = self._network(inp)
                 pred = torch.where(gene_px, pred, torch.zeros_like(pred))
                 out[sl] = pred.float().cpu().numpy()
