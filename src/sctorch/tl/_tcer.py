@@ -138,7 +138,14 @@ def tcer_impute(
     which sctorch never makes.
 
     The other objective, ``"blind_spot"``, is the blind-spot masking with a squared
-    error on the log-normalised values (sctorch's earlier default). With
+    error on the log-normalised values (sctorch's earlier default). ``"noise2noise"``
+    (not in the paper) hides no pixel: each cell's counts are split binomially, and
+    ER-Net learns to predict one part's rates from the other part's whole GenoMap and the
+    context, by their Poisson loss; at inference it sees the full counts. It is the one
+    design in which the network and the GenoMap raise the held-out Poisson score at full
+    depth, but it lowers the openproblems MSE and the down-sampling correlation, so it
+    is not the default (``benchmarks/results/tcer_denoising.md``,
+    ``benchmarks/results/tcer.md``, ``docs/which_method.md``). With
     ``output="observed"``, a zero pixel gets the prediction and an observed non-zero
     ``x`` becomes ``w·x + (1 − w)·prediction`` with ``w = observed_weight``. Which
     setting to use on which data: ``docs/which_method.md``; measured numbers and the
