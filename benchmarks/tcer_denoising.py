@@ -205,16 +205,11 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
         run_tcer("TCER shrinkage=global", shrinkage="global")
     if "random" in methods:
         run_tcer("TCER prior=network, random placement", placement=True, prior="network")
+    n2n = {"objective": "noise2noise", "prior": "network"}
     if "noise2noise" in methods:
-        n2n = {"objective": "noise2noise", "prior": "network"}
         run_tcer("TCER objective=noise2noise, prior=network", **n2n)
     if "noise2noise_random" in methods:
-        run_tcer(
-            "TCER objective=noise2noise, prior=network, random placement",
-            placement=True,
-            objective="noise2noise",
-            prior="network",
-        )
+        run_tcer("TCER objective=noise2noise, prior=network, random placement", True, **n2n)
     if "no_ernet" in methods:
         k = extra.get("TCER", {}).get("n_neighbors")
         if k is None:

@@ -68,6 +68,13 @@ def test_split_molecules_is_a_binomial_partition_with_own_sizes():
     assert abs(a.sum() / X.sum() - 0.5) < 0.01
     np.testing.assert_allclose(sa + sb, size)
     np.testing.assert_allclose(sa, np.asarray(a.sum(1)).ravel() / 1e4, rtol=1e-6)
+    # one probability per cell (a Generator drawn from): each cell keeps its own share
+    p = np.tile([0.0, 1.0, 0.2, 0.8], 50)
+    (a, _), (b, _) = tcer.split_molecules(X, size, np.random.default_rng(0), p=p)
+    np.testing.assert_array_equal((a + b).toarray(), X.toarray())
+    assert a[p == 0].sum() == 0 and b[p == 1].sum() == 0
+    share = np.asarray(a.sum(1)).ravel() / np.asarray(X.sum(1)).ravel()
+    np.testing.assert_allclose([share[p == q].mean() for q in (0.2, 0.8)], [0.2, 0.8], atol=0.02)
 
 
 def test_molecular_cross_validation_trusts_a_true_prior_and_not_a_wrong_one():

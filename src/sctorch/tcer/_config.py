@@ -14,12 +14,12 @@ from .._utils import check_positive
 #: rate parameterisation); the one place that says what each objective does
 OBJECTIVES: dict[str, dict[str, bool]] = {
     # "poisson" (rate parameterisation): ER-Net predicts a rate as a log-ratio to its context
-    "poisson": {"blind_spot": True, "squared": False, "poisson": True},
+    "poisson": {"blind_spot": True, "squared": False, "poisson": True, "split": False},
     # the same rate, scored by the squared error of its square root: minimised by the
     # variance-stabilised mean (E√r)², the scale of space="sqrt"
-    "sqrt": {"blind_spot": True, "squared": True, "poisson": True},
-    "blind_spot": {"blind_spot": True, "squared": True, "poisson": False},
-    "dropout": {"blind_spot": False, "squared": False, "poisson": False},
+    "sqrt": {"blind_spot": True, "squared": True, "poisson": True, "split": False},
+    "blind_spot": {"blind_spot": True, "squared": True, "poisson": False, "split": False},
+    "dropout": {"blind_spot": False, "squared": False, "poisson": False, "split": False},
     # noise2noise at the molecule level: each cell's counts are split binomially, ER-Net
     # sees one part's whole GenoMap (and the context) and predicts the other part's rates
     # (Poisson loss, every gene pixel); no pixel is hidden, at inference or in training
@@ -264,7 +264,7 @@ class TCERConfig(MethodConfig):
     @property
     def split(self) -> bool:
         """Whether training splits molecules (``"noise2noise"``) instead of hiding pixels."""
-        return OBJECTIVES[self.objective].get("split", False)
+        return OBJECTIVES[self.objective]["split"]
 
     @property
     def squared(self) -> bool:

@@ -314,13 +314,15 @@ def posterior(counts, size: np.ndarray, mu: np.ndarray, beta, space: str = "line
     return ((y + beta * mu) / (s + beta)).astype(np.float32)
 
 
-def split_molecules(counts, size: np.ndarray, seed: int, p: float = 0.5):
+def split_molecules(counts, size: np.ndarray, seed, p=0.5):
     """Binomial split of every count (molecular cross-validation, Batson et al. 2019).
 
     Each molecule of the raw ``counts`` ``(n_cells, n_genes)`` goes to half A with
-    probability ``p``. Each half's size is ``size`` (``(n_cells,)``) × the half's share
-    of the cell's counts, so a half is normalised by its own molecules (no molecule of B
-    enters A's rates, or the reverse); a half with no counts gets size 0.
+    probability ``p`` (a float, or one per cell, ``(n_cells,)``). Each half's size is
+    ``size`` (``(n_cells,)``) × the half's share of the cell's counts, so a half is
+    normalised by its own molecules (no molecule of B enters A's rates, or the reverse); a
+    half with no counts gets size 0. ``seed``: an int or a :class:`numpy.random.Generator`
+    (drawn from).
 
     Returns
     -------
@@ -328,6 +330,8 @@ def split_molecules(counts, size: np.ndarray, seed: int, p: float = 0.5):
     """
     counts = sparse.csr_matrix(counts)
     a = counts.copy()
+    p = np.asarray(p, dtype=np.float64)
+    p = p if p.ndim == 0 else np.repeat(p, np.diff(counts.indptr))  # one per stored count
     a.data = get_rng(seed).binomial(np.round(counts.data).astype(np.int64), p).astype(np.float32)
     b = counts - a
     total = np.maximum(row_sums(counts).astype(np.float64), 1e-12)

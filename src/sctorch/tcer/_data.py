@@ -88,7 +88,7 @@ class MaskedBatches:
         split_of: Callable | None = None,
     ):
         self.images_of, self.split_of = images_of, split_of
-        if OBJECTIVES[objective].get("split", False) != (split_of is not None):
+        if OBJECTIVES[objective]["split"] != (split_of is not None):
             raise ValueError(f"objective {objective!r} and split_of do not agree.")
         self.train_idx = train_idx
         self.gene_px = torch.as_tensor(gene_px)

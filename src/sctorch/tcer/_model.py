@@ -39,6 +39,7 @@ from ._context import (
     neighbour_mean,
     posterior,
     prior_score,
+    split_molecules,
     to_rates,
 )
 
@@ -341,11 +342,8 @@ class TCERModel(BaseModel):
         def split_of(cells, rng):
             counts, size = rates.counts(cells)
             frac = rng.uniform(*SPLIT_FRACTION, size=len(cells))
-            part = counts.copy()
-            part.data = rng.binomial(
-                np.round(counts.data).astype(np.int64), np.repeat(frac, np.diff(counts.indptr))
-            ).astype(np.float32)
-            rest = counts - part
+            # each part normalised by its expected share, so both estimate the cell's rate
+            (part, _), (rest, _) = split_molecules(counts, size, rng, p=frac)
             ctx = None if idx is None else neighbour_mean(rates, idx, cells, space)
             inputs = self._images(to_rates(part, size * frac).toarray(), ctx, shared)
             target = self._images(to_rates(rest, size * (1.0 - frac)).toarray(), None, shared)
