@@ -30,7 +30,9 @@ Methods, all from the observed counts only, side by side in one process:
   held-out cells, the neighbour mean as the prior: TCER's priors and output rule without
   the network), ``TCER objective=noise2noise, prior=network`` (ER-Net trained to predict
   held-out molecules from the rest of the cell, its prior kept) and the same with random
-  placement; ``--ablations`` picks which.
+  placement, ``no ER-Net, β pooled over all genes`` (``one_pool``: each gene's β pooled
+  with all genes' rather than its expression group's, the rule before the seventh
+  session of issue 23); ``--ablations`` picks which.
 
 Each run appends its rows to ``benchmarks/results/tcer_runs.json`` (so data sets can run in
 parallel processes); ``--render`` writes ``benchmarks/results/tcer.md`` from that file,
@@ -65,7 +67,7 @@ RUNS = HERE / "results" / "tcer_runs.json"
 LEVELS = {15.0: "0.75 %", 10.0: "0.5 %", 8.0: "0.4 %"}
 LABELS = {"ifnb": "cell_type", "zeisel": "cell_type"}
 DATASETS = ("pbmc3k", "ifnb", "intestine", "zeisel")
-ABLATIONS = ("no_ernet", "random", "no_context", "plain", "paper", "noise2noise")
+ABLATIONS = ("no_ernet", "random", "no_context", "plain", "paper", "noise2noise", "one_pool")
 
 
 def load(name: str) -> ad.AnnData:
@@ -166,6 +168,10 @@ def run_one(
 
         if "no_ernet" in ablations:
             results["no ER-Net"] = timed(no_ernet)
+        if "one_pool" in ablations:  # per-gene beta pooled over all genes, not by expression
+            results["no ER-Net, β pooled over all genes"] = timed(
+                lambda: np.log1p(tcer.neighbour_posterior(rates, k=k, seed=0, group=None)[0])
+            )
         random_placement(obs, "random")
         if "random" in ablations:
             run_tcer("TCER random placement", key="random")
@@ -243,6 +249,7 @@ ORDER = [
     "ridge + posterior",
     "TCER",
     "no ER-Net",
+    "no ER-Net, β pooled over all genes",
     "TCER random placement",
     "TCER no cross-cell channel",
     "TCER plain convolution",

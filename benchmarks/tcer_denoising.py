@@ -35,6 +35,9 @@ Methods, side by side in one process, each from the train counts only:
   k = 10; :func:`sctorch.tcer.knn_smoothing`);
 - ``no ER-Net``: TCER's neighbour mean prior and posterior (the default's ``space`` and
   ``shrinkage``: one β per gene by molecular cross-validation), without the network;
+- ``no ER-Net, β pooled over all genes``: the same, each gene's β pooled with all genes'
+  rather than its expression group's (``choose_gene_beta(group=None)``, the rule before
+  the seventh session of issue 23): the ablation of the expression groups;
 - ``no ER-Net, one β``: the same with one β for all genes (``shrinkage="global"``, the
   default before per-gene β): the ablation of per-gene shrinkage;
 - ``no ER-Net, linear``: one β on the linear scale (the default before issue 23's
@@ -94,6 +97,7 @@ METHODS = (
     "paper",
     "noise2noise",
     "noise2noise_random",
+    "one_pool",
 )
 
 
@@ -141,7 +145,7 @@ def process(adata: ad.AnnData, seed: int = 0, n_top_genes: int = 2000):
 
 # ---------------------------------------------------------------------- the methods
 def no_ernet(
-    train: ad.AnnData, k: int, seed: int = 0, space: str | None = None, shrinkage=None
+    train: ad.AnnData, k: int, seed: int = 0, space: str | None = None, shrinkage=None, **kw
 ) -> np.ndarray:
     """TCER's neighbour prior + posterior (``sctorch.tcer.neighbour_posterior``), count scale.
 
@@ -149,7 +153,9 @@ def no_ernet(
     the network.
     """
     rates = tcer.Rates(train.X, None, 1e4)
-    out, _, _ = tcer.neighbour_posterior(rates, k=k, space=space, shrinkage=shrinkage, seed=seed)
+    out, _, _ = tcer.neighbour_posterior(
+        rates, k=k, space=space, shrinkage=shrinkage, seed=seed, **kw
+    )
     return out * rates.counts(slice(None))[1][:, None]
 
 
@@ -210,7 +216,7 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
         run_tcer("TCER objective=noise2noise, prior=network", **n2n)
     if "noise2noise_random" in methods:
         run_tcer("TCER objective=noise2noise, prior=network, random placement", True, **n2n)
-    if "no_ernet" in methods:
+    if "no_ernet" in methods or "one_pool" in methods:
         k = extra.get("TCER", {}).get("n_neighbors")
         if k is None:
             k = tcer.choose_neighbours(
@@ -219,6 +225,11 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
                 cells=np.arange(train.n_obs),
                 space=sct.tl.TCERConfig().space,
             )[0]
+    if "one_pool" in methods:  # per-gene beta pooled over all genes, not expression groups
+        results["no ER-Net, β pooled over all genes"] = timed(
+            lambda: no_ernet(train, int(k), group=None)
+        )
+    if "no_ernet" in methods:
         results["no ER-Net"] = timed(lambda: no_ernet(train, int(k)))
         results["no ER-Net, one β"] = timed(lambda: no_ernet(train, int(k), shrinkage="global"))
         results["no ER-Net, linear"] = timed(
@@ -264,6 +275,7 @@ ORDER = [
     "MAGIC",
     "kNN smoothing",
     "no ER-Net",
+    "no ER-Net, β pooled over all genes",
     "no ER-Net, linear",
     "TCER",
     "TCER prior=network",

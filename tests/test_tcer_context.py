@@ -231,6 +231,37 @@ def test_gene_beta_shrinks_the_genes_the_prior_knows_and_keeps_the_others_observ
         )
 
 
+def test_gene_beta_pools_a_sparse_gene_with_genes_of_its_expression_level():
+    # genes 0-19: sparse (~15 held-out molecules each, far below the pooling's 100) and
+    # exactly at the prior; genes 20-39: abundant, varying around a prior that knows
+    # nothing of it, so their molecules want a small beta and dominate a single pool
+    rng = np.random.default_rng(0)
+    n = 300
+    truth = np.concatenate([np.full((n, 20), 0.1), rng.gamma(0.5, 100.0, size=(n, 20))], 1)
+    size = np.ones(n)
+    counts = sparse.csr_matrix(rng.poisson(truth).astype(np.float32))
+    half_a, half_b = tcer.split_molecules(counts, size, seed=0)
+    mu = np.concatenate([np.full((n, 20), 0.1), np.full((n, 20), truth[:, 20:].mean())], 1)
+    one_pool, _ = tcer.choose_gene_beta(half_a, half_b, mu, space="sqrt", group=None)
+    grouped, scores = tcer.choose_gene_beta(half_a, half_b, mu, space="sqrt", group=20)
+    # one pool: the sparse genes follow the abundant genes' small beta
+    assert one_pool[:20].max() < 1.0
+    # two groups by prior mean: the sparse genes lean on the prior, the others unchanged
+    assert grouped[:20].min() > 20 * one_pool[:20].max()
+    np.testing.assert_array_equal(grouped[20:], one_pool[20:])
+    err = {
+        name: np.mean(
+            (np.sqrt(tcer.posterior(counts, size, mu, b, "sqrt")) - np.sqrt(truth))[:, :20] ** 2
+        )
+        for name, b in (("one", one_pool), ("grouped", grouped))
+    }
+    assert err["grouped"] < 0.01 * err["one"]
+    # the default group of 200 genes holds all 40 here: one pool
+    default, _ = tcer.choose_gene_beta(half_a, half_b, mu, space="sqrt")
+    np.testing.assert_array_equal(default, one_pool)
+    assert scores["gene"] >= scores["global"]
+
+
 def test_context_prior_trains_nothing_and_is_the_neighbour_posterior():
     counts, _, _ = _two_types(n_per=40, depth=150.0)
     a = _placed(counts)

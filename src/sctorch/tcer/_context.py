@@ -57,9 +57,14 @@ BETA_GRID: tuple[float, ...] = (
 GENE_BETA_GRID: tuple[float, ...] = (*BETA_GRID, 200.0, 500.0, 1000.0, 10000.0)
 #: pseudo-molecules of the genes' pooled held-out loss curve added to each gene's own
 #: curve by :func:`choose_gene_beta`: a gene with far fewer held-out molecules follows the
-#: β shared by all genes, one with far more its own (a method constant; 20 to 500 gave
+#: β shared by its expression group, one with far more its own (a method constant; 20 to 500 gave
 #: the same openproblems scores within 0.01 on pbmc3k and intestine)
 GENE_BETA_POOLING: float = 100.0
+#: genes per expression group of :func:`choose_gene_beta`: each gene's loss curve is
+#: pooled with those of the genes nearest to it in prior mean expression, in groups of about
+#: this many (2,000 genes: 10 groups). A method constant; its ablation (one pool) is a row of
+#: ``benchmarks/results/tcer_denoising.md`` and ``tcer.md``
+GENE_BETA_GROUP: int = 200
 #: the scales on which the context is averaged and the posterior is taken
 SPACES = ("linear", "sqrt")
 #: most entries (cells × genes) of the dense matrix the context's PCA is fitted on; above
@@ -483,15 +488,21 @@ def choose_gene_beta(
     *,
     grid: Sequence[float] = GENE_BETA_GRID,
     pooling: float = GENE_BETA_POOLING,
+    group: int | None = GENE_BETA_GROUP,
     space: str = "linear",
 ) -> tuple[np.ndarray, dict[str, float]]:
     """One prior weight β per gene, by molecular cross-validation (held-out Poisson loss).
 
     ``half_a``, ``half_b`` and ``mu`` as for :func:`mcv_scores`. Each gene's held-out loss
     curve over ``grid`` (:func:`gene_mcv_losses`, relative to its loss at β = 0) plus the
-    pooled curve of all genes per held-out molecule × ``pooling`` is minimised over the
-    grid: a gene with many more held-out molecules than ``pooling`` gets its own β, one
-    with far fewer the β shared by the genes. Where a gene's true expression varies
+    pooled curve of its expression group per held-out molecule × ``pooling`` is minimised
+    over the grid: a gene with many more held-out molecules than ``pooling`` gets its own
+    β, one with far fewer the β shared by its group. The groups: the genes ranked by their
+    mean prior rate over the scored cells (``mu``, which holds no molecule of half B) and
+    cut into ``round(n_genes / group)`` runs of equal size (at least one); ``group=None``:
+    one group of all genes (sctorch 0.x before issue 23's seventh session). Pooling by
+    expression keeps a sparse gene from following the β of the abundant genes, whose
+    molecules dominate a single pooled curve. Where a gene's true expression varies
     little between a cell and its neighbours, the held-out molecules favour a large β
     (much shrinkage); where the cell differs from its neighbours, a small one.
     sctorch's extension of SAVER's per-gene prior (Huang et al. 2018, whose shape
@@ -505,12 +516,16 @@ def choose_gene_beta(
     score}``: minus the mean held-out Poisson loss per entry with the per-gene β, and
     with the best single β of the grid (the scale of :func:`mcv_scores`).
     """
-    _, sa, cb, _, _, ms = _scored_cells(half_a, half_b, mu)
+    _, sa, cb, _, mu_scored, ms = _scored_cells(half_a, half_b, mu)
     L = gene_mcv_losses(half_a, half_b, mu, grid, space=space)
     entries = max(sa.size * L.shape[1], 1)
     rel = L - L[:1]
-    molecules = max(float(cb.sum()), 1.0)
-    pick = np.argmin(rel + pooling * rel.sum(1, keepdims=True) / molecules, axis=0)
+    per_gene = np.asarray(cb.sum(0), dtype=np.float64).ravel()
+    n_groups = 1 if group is None else max(1, round(L.shape[1] / group))
+    pooled = np.empty_like(rel)
+    for genes in np.array_split(np.argsort(mu_scored.mean(0), kind="stable"), n_groups):
+        pooled[:, genes] = rel[:, genes].sum(1, keepdims=True) / max(per_gene[genes].sum(), 1.0)
+    pick = np.argmin(rel + pooling * pooled, axis=0)
     beta = np.asarray(grid, dtype=np.float64)[pick] * ms
     scores = {
         "gene": -float(L[pick, np.arange(L.shape[1])].sum()) / entries,
@@ -560,6 +575,7 @@ def choose_prior_on(
     criterion: str = "poisson",
     space: str = "linear",
     shrinkage: str = "global",
+    group: int | None = GENE_BETA_GROUP,
 ) -> tuple[str, float | np.ndarray, dict[str, dict]]:
     """Choose among prior rules (and β) by molecular cross-validation on ``cells``.
 
@@ -568,9 +584,9 @@ def choose_prior_on(
     :func:`choose_beta_on`. Each rule's posterior is scored against half B: over the β
     grid (``beta=None``; ``shrinkage="global"``: one β, :func:`choose_beta`, the grid
     extended past its edge; ``"gene"``: one β per gene, :func:`choose_gene_beta`, which
-    needs ``criterion="poisson"``) or at the given ``beta`` (units of ``size``). The rule
-    with the highest score wins; on a tie the one listed first (list the cheaper rule
-    first).
+    needs ``criterion="poisson"``, its genes pooled in expression groups of ``group``) or
+    at the given ``beta`` (units of ``size``). The rule with the highest score wins; on a
+    tie the one listed first (list the cheaper rule first).
 
     Returns
     -------
@@ -598,7 +614,9 @@ def choose_prior_on(
             [prior_of(own[sl].toarray(), cells[sl]) for sl in iter_batches(cells.size, batch_size)]
         )
         if per_gene:
-            betas[name], scores[name] = choose_gene_beta(half_a, half_b, mu, space=space)
+            betas[name], scores[name] = choose_gene_beta(
+                half_a, half_b, mu, space=space, group=group
+            )
         elif beta is None:
             betas[name], scores[name] = choose_beta(
                 half_a, half_b, mu, criterion=criterion, space=space
@@ -670,6 +688,7 @@ def neighbour_posterior(
     shrinkage: str | None = None,
     seed: int = 0,
     validation_fraction: float = 0.1,
+    group: int | None = GENE_BETA_GROUP,
 ) -> tuple[np.ndarray, int, float]:
     """TCER's output rule without the network: the neighbour mean as the prior.
 
@@ -691,6 +710,8 @@ def neighbour_posterior(
         Seeds the split of molecules, the PCA and the validation cells.
     validation_fraction
         Fraction of cells on which β is chosen.
+    group
+        Genes per expression group of the per-gene β (:func:`choose_gene_beta`).
 
     Returns
     -------
@@ -724,6 +745,7 @@ def neighbour_posterior(
         criterion=criterion,
         space=space,
         shrinkage=shrinkage,
+        group=group,
     )
     counts, size = rates.counts(slice(None))
     mu = neighbour_mean(rates, idx, np.arange(n), space)
