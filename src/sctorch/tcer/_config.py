@@ -120,8 +120,8 @@ class TCERConfig(MethodConfig):
         cells, per ``shrinkage``).
     shrinkage
         With ``beta=None``: ``"gene"`` (default) chooses one β per gene, each by its own
-        held-out Poisson loss pulled towards the genes' shared curve
-        (:func:`sctorch.tcer.choose_gene_beta`; needs ``criterion="poisson"``);
+        held-out Poisson loss pulled towards the curve of the genes of its expression
+        level (:func:`sctorch.tcer.choose_gene_beta`; needs ``criterion="poisson"``);
         ``"global"`` one β for all genes (sctorch's earlier default). A gene whose
         expression varies little between neighbouring cells is shrunk more. SAVER also
         fits its prior per gene; the paper has no posterior. Per-gene β raised both

@@ -62,9 +62,16 @@ GENE_BETA_GRID: tuple[float, ...] = (*BETA_GRID, 200.0, 500.0, 1000.0, 10000.0)
 GENE_BETA_POOLING: float = 100.0
 #: genes per expression group of :func:`choose_gene_beta`: each gene's loss curve is
 #: pooled with those of the genes nearest to it in prior mean expression, in groups of about
-#: this many (2,000 genes: 10 groups). A method constant; its ablation (one pool) is a row of
+#: this many (2,000 genes: 10 groups), each group's curve pooled with all genes' by
+#: :data:`GENE_BETA_GROUP_POOLING`. A method constant; its ablation (one pool) is a row of
 #: ``benchmarks/results/tcer_denoising.md`` and ``tcer.md``
 GENE_BETA_GROUP: int = 200
+#: pseudo-molecules of all genes' pooled curve added to each expression group's curve by
+#: :func:`choose_gene_beta`: a group with far fewer held-out molecules (sparse genes at
+#: low depth) follows the curve of all genes, one with far more its own (a method
+#: constant; 1,000, 5,000 and 20,000 were measured, see the issue-23 note of the seventh
+#: session)
+GENE_BETA_GROUP_POOLING: float = 1000.0
 #: the scales on which the context is averaged and the posterior is taken
 SPACES = ("linear", "sqrt")
 #: most entries (cells × genes) of the dense matrix the context's PCA is fitted on; above
@@ -489,6 +496,7 @@ def choose_gene_beta(
     grid: Sequence[float] = GENE_BETA_GRID,
     pooling: float = GENE_BETA_POOLING,
     group: int | None = GENE_BETA_GROUP,
+    group_pooling: float = GENE_BETA_GROUP_POOLING,
     space: str = "linear",
 ) -> tuple[np.ndarray, dict[str, float]]:
     """One prior weight β per gene, by molecular cross-validation (held-out Poisson loss).
@@ -500,11 +508,15 @@ def choose_gene_beta(
     β, one with far fewer the β shared by its group. The groups: the genes ranked by their
     mean prior rate over the scored cells (``mu``, which holds no molecule of half B) and
     cut into ``round(n_genes / group)`` runs of equal size (at least one); ``group=None``:
-    one group of all genes (sctorch 0.x before issue 23's seventh session). Pooling by
-    expression keeps a sparse gene from following the β of the abundant genes, whose
-    molecules dominate a single pooled curve. Where a gene's true expression varies
-    little between a cell and its neighbours, the held-out molecules favour a large β
-    (much shrinkage); where the cell differs from its neighbours, a small one.
+    one group of all genes (sctorch 0.x before issue 23's seventh session). A group's
+    curve is itself pooled with all genes' by :data:`GENE_BETA_GROUP_POOLING`
+    pseudo-molecules, so a group with few held-out molecules (sparse genes at low depth)
+    follows the curve of all genes. Pooling by expression keeps a sparse gene from
+    following the β of the abundant genes, whose molecules dominate a single pooled
+    curve, where its group holds enough molecules to say otherwise. Where a gene's true
+    expression varies little between a cell and its neighbours, the held-out molecules
+    favour a large β (much shrinkage); where the cell differs from its neighbours, a
+    small one.
     sctorch's extension of SAVER's per-gene prior (Huang et al. 2018, whose shape
     parameter is fitted per gene by likelihood) to TCER's posterior; measured in
     ``benchmarks/results/tcer_denoising.md``.
@@ -522,9 +534,14 @@ def choose_gene_beta(
     rel = L - L[:1]
     per_gene = np.asarray(cb.sum(0), dtype=np.float64).ravel()
     n_groups = 1 if group is None else max(1, round(L.shape[1] / group))
+    every = rel.sum(1, keepdims=True) / max(per_gene.sum(), 1.0)  # all genes, per molecule
     pooled = np.empty_like(rel)
     for genes in np.array_split(np.argsort(mu_scored.mean(0), kind="stable"), n_groups):
-        pooled[:, genes] = rel[:, genes].sum(1, keepdims=True) / max(per_gene[genes].sum(), 1.0)
+        if n_groups == 1:
+            pooled[:, genes] = every
+            continue
+        own = rel[:, genes].sum(1, keepdims=True)
+        pooled[:, genes] = (own + group_pooling * every) / (per_gene[genes].sum() + group_pooling)
     pick = np.argmin(rel + pooling * pooled, axis=0)
     beta = np.asarray(grid, dtype=np.float64)[pick] * ms
     scores = {
