@@ -61,7 +61,8 @@ Methods, side by side in one process, each from the train counts only:
   with random placement.
 
 Each run appends its rows to ``benchmarks/results/tcer_denoising_runs.json``; ``--render``
-writes ``benchmarks/results/tcer_denoising.md``.
+writes ``benchmarks/results/tcer_denoising.md``, keeping its hand-written "## Reading"
+section.
 
 Usage::
 
@@ -396,6 +397,8 @@ def render(out: Path) -> None:
                 f"{'met' if ok else 'missed'} |"
             )
     cmds = sorted({r for r in df["command"]})
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    reading = old[old.index("\n## Reading") :].strip().splitlines() if "\n## Reading" in old else []
     body = [
         "Protocol and metrics: openproblems-bio/task_denoising (see the script's docstring). "
         "`*_scaled`: 0 = no denoising, 1 = perfect denoising (the held-out counts), higher is "
@@ -415,6 +418,7 @@ def render(out: Path) -> None:
         "## Target",
         "",
         *lines,
+        *(["", *reading] if reading else []),
     ]
     write_results(out, "TCER on full-depth counts (openproblems denoising protocol)", body)
 
