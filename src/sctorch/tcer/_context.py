@@ -57,8 +57,9 @@ BETA_GRID: tuple[float, ...] = (
 GENE_BETA_GRID: tuple[float, ...] = (*BETA_GRID, 200.0, 500.0, 1000.0, 10000.0)
 #: pseudo-molecules of the genes' pooled held-out loss curve added to each gene's own
 #: curve by :func:`choose_gene_beta`: a gene with far fewer held-out molecules follows the
-#: β shared by its expression group, one with far more its own (a method constant; 20 to 500 gave
-#: the same openproblems scores within 0.01 on pbmc3k and intestine)
+#: β shared by its expression group, one with far more its own (a method constant; with
+#: one pool of all genes, 20 to 500 gave the same openproblems scores within 0.01 on
+#: pbmc3k and intestine)
 GENE_BETA_POOLING: float = 100.0
 #: genes per expression group of :func:`choose_gene_beta`: each gene's loss curve is
 #: pooled with those of the genes nearest to it in prior mean expression, in groups of about
@@ -69,8 +70,9 @@ GENE_BETA_GROUP: int = 200
 #: pseudo-molecules of all genes' pooled curve added to each expression group's curve by
 #: :func:`choose_gene_beta`: a group with far fewer held-out molecules (sparse genes at
 #: low depth) follows the curve of all genes, one with far more its own (a method
-#: constant; 1,000, 5,000 and 20,000 were measured, see the issue-23 note of the seventh
-#: session)
+#: constant, chosen among 1,000, 5,000 and 20,000 in a one-off run on ifnb at full depth
+#: and intestine down-sampled; without it, the groups cost intestine 0.02 mean gene
+#: Pearson at 0.4 %, ``benchmarks/results/tcer.md``)
 GENE_BETA_GROUP_POOLING: float = 1000.0
 #: the scales on which the context is averaged and the posterior is taken
 SPACES = ("linear", "sqrt")
@@ -508,7 +510,7 @@ def choose_gene_beta(
     β, one with far fewer the β shared by its group. The groups: the genes ranked by their
     mean prior rate over the scored cells (``mu``, which holds no molecule of half B) and
     cut into ``round(n_genes / group)`` runs of equal size (at least one); ``group=None``:
-    one group of all genes (sctorch 0.x before issue 23's seventh session). A group's
+    one group of all genes (the rule before this release). A group's
     curve is itself pooled with all genes' by :data:`GENE_BETA_GROUP_POOLING`
     pseudo-molecules, so a group with few held-out molecules (sparse genes at low depth)
     follows the curve of all genes. Pooling by expression keeps a sparse gene from
@@ -535,13 +537,12 @@ def choose_gene_beta(
     per_gene = np.asarray(cb.sum(0), dtype=np.float64).ravel()
     n_groups = 1 if group is None else max(1, round(L.shape[1] / group))
     every = rel.sum(1, keepdims=True) / max(per_gene.sum(), 1.0)  # all genes, per molecule
-    pooled = np.empty_like(rel)
-    for genes in np.array_split(np.argsort(mu_scored.mean(0), kind="stable"), n_groups):
-        if n_groups == 1:
-            pooled[:, genes] = every
-            continue
-        own = rel[:, genes].sum(1, keepdims=True)
-        pooled[:, genes] = (own + group_pooling * every) / (per_gene[genes].sum() + group_pooling)
+    pooled = np.broadcast_to(every, rel.shape).copy()
+    if n_groups > 1:  # each group's curve per molecule, pooled with all genes'
+        for genes in np.array_split(np.argsort(mu_scored.mean(0), kind="stable"), n_groups):
+            own = rel[:, genes].sum(1, keepdims=True)
+            m = per_gene[genes].sum()
+            pooled[:, genes] = (own + group_pooling * every) / max(m + group_pooling, 1.0)
     pick = np.argmin(rel + pooling * pooled, axis=0)
     beta = np.asarray(grid, dtype=np.float64)[pick] * ms
     scores = {
