@@ -233,6 +233,16 @@ def write_results(
     return path
 
 
+def kept_reading(path: str | Path) -> list[str]:
+    """The hand-written ``## Reading`` section of a results file (its lines; ``[]`` if none).
+
+    Renderers put it back at the end, so re-rendering a table keeps the text about it.
+    """
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    return old[old.index("\n## Reading") :].strip().splitlines() if "\n## Reading" in old else []
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """A Markdown table: a header row, the separator and one line per row (str() cells)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -60,7 +60,14 @@ import sctorch as sct
 from sctorch import tcer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import RssSampler, command, log_normalize, random_placement, write_results
+from _harness import (
+    RssSampler,
+    command,
+    kept_reading,
+    log_normalize,
+    random_placement,
+    write_results,
+)
 
 HERE = Path(__file__).parent
 RUNS = HERE / "results" / "tcer_runs.json"
@@ -307,8 +314,7 @@ def render(out: Path) -> None:
             f"| {d} | {e} | {best} {peers['mean_pearson'].max():.3f} | "
             f"{by.loc['TCER', 'mean_pearson']:.3f} | {margin:+.3f} | {ari} |"
         )
-    old = out.read_text(encoding="utf-8") if out.exists() else ""
-    reading = old[old.index("\n## Reading") :].strip().splitlines() if "\n## Reading" in old else []
+    reading = kept_reading(out)
     commands = sorted(set(df["command"].dropna()))
     body = [
         "Rows from `benchmarks/results/tcer_runs.json`, made by:",

@@ -87,7 +87,7 @@ import sctorch as sct
 from sctorch import tcer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import RssSampler, command, random_placement, write_results
+from _harness import RssSampler, command, kept_reading, random_placement, write_results
 
 HERE = Path(__file__).parent
 RUNS = HERE / "results" / "tcer_denoising_runs.json"
@@ -171,15 +171,20 @@ def no_ernet(
     return out * rates.counts(slice(None))[1][:, None]
 
 
-def fixed_beta(train: ad.AnnData, k: int, rel: float, seed: int = 0) -> np.ndarray:
-    """The neighbour prior and posterior at one fixed β (``rel`` × the median size), counts."""
+def fixed_beta(train: ad.AnnData, k: int, seed: int = 0):
+    """``rel -> counts``: the neighbour prior and posterior at one fixed β (``rel`` × the
+    median size), on the count scale; the neighbours and their mean are found once."""
     rates = tcer.Rates(train.X, None, 1e4)
     counts, size = rates.counts(slice(None))
     space = sct.tl.TCERConfig().space
     idx = tcer.neighbour_index(rates, k, seed=seed)
     mu = tcer.neighbour_mean(rates, idx, np.arange(rates.n), space)
-    beta = rel * float(np.median(size))
-    return tcer.posterior(counts, size, mu, beta, space) * size[:, None]
+
+    def at(rel: float) -> np.ndarray:
+        beta = rel * float(np.median(size))
+        return tcer.posterior(counts, size, mu, beta, space) * size[:, None]
+
+    return at
 
 
 def mse_readout(denoised: np.ndarray, train_lib: np.ndarray, held_out: float = 0.1) -> np.ndarray:
@@ -279,10 +284,9 @@ def run_one(name: str, paper_epochs: int, paper_features: int, methods: list[str
             lambda: no_ernet(train, int(k), group=None)
         )
     if "beta_sweep" in methods:  # the MSE / Poisson trade-off along β, chosen by nothing
+        at = fixed_beta(train, int(k))
         for rel in SWEEP:
-            results[f"no ER-Net, fixed β = {rel:g} × median"] = timed(
-                lambda rel=rel: fixed_beta(train, int(k), rel)
-            )
+            results[f"no ER-Net, fixed β = {rel:g} × median"] = timed(lambda rel=rel: at(rel))
     if "no_ernet" in methods:
         results["no ER-Net"] = timed(lambda: no_ernet(train, int(k)))
         results["no ER-Net, one β"] = timed(lambda: no_ernet(train, int(k), shrinkage="global"))
@@ -397,8 +401,7 @@ def render(out: Path) -> None:
                 f"{'met' if ok else 'missed'} |"
             )
     cmds = sorted({r for r in df["command"]})
-    old = out.read_text(encoding="utf-8") if out.exists() else ""
-    reading = old[old.index("\n## Reading") :].strip().splitlines() if "\n## Reading" in old else []
+    reading = kept_reading(out)
     body = [
         "Protocol and metrics: openproblems-bio/task_denoising (see the script's docstring). "
         "`*_scaled`: 0 = no denoising, 1 = perfect denoising (the held-out counts), higher is "

@@ -269,6 +269,17 @@ def test_gene_beta_pools_a_sparse_gene_with_genes_of_its_expression_level():
     b40, _ = tcer.choose_gene_beta(*a40, mu[:, few], space="sqrt")
     b40_one, _ = tcer.choose_gene_beta(*a40, mu[:, few], space="sqrt", group=None)
     np.testing.assert_array_equal(b40, b40_one)
+    # choose_prior_on passes the grouping on (the benchmarks' one-pool ablation uses it)
+    r, cells = _rates(counts.toarray()), np.arange(n)
+    split = tcer.split_molecules(*r.counts(cells), seed=0)
+    chosen = {}
+    for group in (None, 200):
+        _, chosen[group], _ = tcer.choose_prior_on(
+            r, cells, {"p": lambda o, c: mu[c]}, seed=0, space="sqrt", shrinkage="gene", group=group
+        )
+        expected, _ = tcer.choose_gene_beta(*split, mu, space="sqrt", group=group)
+        np.testing.assert_array_equal(chosen[group], expected)
+    assert not np.array_equal(chosen[None], chosen[200])
 
 
 def test_context_prior_trains_nothing_and_is_the_neighbour_posterior():
