@@ -110,7 +110,7 @@ class TCERConfig(MethodConfig):
         cell's full counts.
     n_neighbors
         Cells in the cross-cell context: ``None`` chooses it by molecular
-        cross-validation (:mod:`sctorch.tcer._context`), 0 switches the context off (one
+        cross-validation (:mod:`sctorch.tcer._mcv`), 0 switches the context off (one
         input channel, as the paper).
     output
         ``"posterior"`` or ``"observed"`` (the paper's).

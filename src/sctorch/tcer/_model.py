@@ -31,17 +31,8 @@ from .._utils import (
 from ..genomap import Placement
 from ..models import BaseModel
 from ._config import TCERConfig
-from ._context import (
-    Rates,
-    choose_neighbours,
-    choose_prior_on,
-    neighbour_index,
-    neighbour_mean,
-    posterior,
-    prior_score,
-    split_molecules,
-    to_rates,
-)
+from ._context import Rates, neighbour_index, neighbour_mean, posterior, to_rates
+from ._mcv import choose_neighbours, choose_prior_on, prior_score, split_molecules
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -373,8 +364,8 @@ class TCERModel(BaseModel):
         images. With the cross-cell context (``n_neighbors`` ≠ 0) a second channel holds
         the GenoMap of the mean rates of the cell's nearest other cells, and ER-Net
         predicts a residual on it; ``n_neighbors=None`` chooses the number of neighbours
-        from :data:`~sctorch.tcer._context.K_GRID` by molecular cross-validation
-        (:func:`~sctorch.tcer._context.choose_neighbours`, on up to 3,000 cells).
+        from :data:`~sctorch.tcer._mcv.K_GRID` by molecular cross-validation
+        (:func:`~sctorch.tcer._mcv.choose_neighbours`, on up to 3,000 cells).
         A seeded ``validation_fraction`` of cells is held out with masks fixed
         before training; each epoch trains on fresh masks of the other cells
         (:class:`~sctorch.tcer._data.MaskedBatches`) with Adam (β = 0.9, 0.999) and the
@@ -518,7 +509,7 @@ class TCERModel(BaseModel):
         into halves; each candidate prior is computed from half A (the network: own
         GenoMap of A and the other cells' context; the neighbour mean: the other cells
         only), so no molecule of half B enters it, and its posterior is scored against B
-        (:func:`~sctorch.tcer._context.choose_prior_on`). Candidates: the neighbour mean
+        (:func:`~sctorch.tcer._mcv.choose_prior_on`). Candidates: the neighbour mean
         and ER-Net with ``prior="auto"`` (the neighbour mean first: it wins a tie),
         the one asked for otherwise. Nothing is chosen with ``output="observed"``, or
         with one candidate and a given ``beta``.

@@ -115,7 +115,7 @@ def tcer_impute(
        halves, the output from one half is scored by the Poisson likelihood of the other
        half's molecules (``criterion="poisson"``; ``"pearson"``, the gene-wise
        correlation, was the earlier default and keeps the observed data at full depth;
-       :mod:`sctorch.tcer._context`). The chosen values are in
+       :mod:`sctorch.tcer._mcv`). The chosen values are in
        ``uns[key_added]["params"]``.
     5. *A bounded budget, and the network only where it pays*: at most
        ``max_cells_per_epoch`` cells per epoch and 3 epochs; in the ablations the network
